@@ -1,0 +1,134 @@
+"""Configuration, read in one place.
+
+Every setting comes from the environment; command-line flags may override some of them.
+Nothing else in the package reads ``os.environ`` for runner settings.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 3400
+DATABASE_FILE = "runner.db"
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message says which and how to fix it."""
+
+
+class Secret:
+    """Holds a secret so that it never shows in a repr, a log line or a traceback's locals."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    def __str__(self) -> str:
+        return "**********"
+
+    def reveal(self) -> bytes:
+        return self._value.encode()
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path
+    database_url: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    secret: Secret | None = field(default=None, repr=False)
+
+    @property
+    def queues_dir(self) -> Path:
+        return self.home / "queues"
+
+    @property
+    def pipelines_dir(self) -> Path:
+        return self.home / "pipelines"
+
+    @property
+    def templates_dir(self) -> Path:
+        return self.home / "templates"
+
+    @property
+    def main_queue_dir(self) -> Path:
+        return self.queues_dir / "main"
+
+    @property
+    def uses_default_database(self) -> bool:
+        return self.database_url == default_database_url(self.home)
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        """Apply command-line flags; ``None`` means the flag was not given."""
+        given = {key: value for key, value in overrides.items() if value is not None}
+        return replace(self, **given)
+
+    def require_secret(self) -> Secret:
+        if not self.secret:
+            raise ConfigError(
+                "no webhook secret is configured: set RUNNER_SECRET to the secret entered in the GitHub "
+                "webhook's settings, or RUNNER_SECRET_FILE to a file holding it "
+                "(for example: openssl rand -hex 32 > secret && chmod 600 secret && "
+                "export RUNNER_SECRET_FILE=$PWD/secret)"
+            )
+        return self.secret
+
+
+def default_database_url(home: Path) -> str:
+    return f"sqlite:///{home / DATABASE_FILE}"
+
+
+def _read_secret(environ: Mapping[str, str]) -> Secret | None:
+    value = environ.get("RUNNER_SECRET")
+    path = environ.get("RUNNER_SECRET_FILE")
+    if value and path:
+        raise ConfigError("both RUNNER_SECRET and RUNNER_SECRET_FILE are set: set only one of them")
+    if path:
+        try:
+            # A trailing newline is what `echo` and editors leave; GitHub's secret never has one.
+            value = Path(path).read_text().rstrip("\r\n")
+        except OSError as exc:
+            raise ConfigError(f"RUNNER_SECRET_FILE={path}: cannot read it: {exc.strerror}") from None
+        if not value:
+            raise ConfigError(f"RUNNER_SECRET_FILE={path}: the file is empty")
+    return Secret(value) if value else None
+
+
+def _read_port(environ: Mapping[str, str]) -> int:
+    raw = environ.get("RUNNER_PORT")
+    if raw is None or raw == "":
+        return DEFAULT_PORT
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ConfigError(f"RUNNER_PORT={raw!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"RUNNER_PORT={raw!r} is not a port number (0-65535)")
+    return port
+
+
+def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) -> Config:
+    """Read the configuration from the environment (``os.environ`` unless given).
+
+    ``home`` overrides RUNNER_HOME, and so moves the default database with it.
+    """
+    if environ is None:
+        environ = os.environ
+    home = (home or Path(environ.get("RUNNER_HOME") or os.getcwd())).resolve()
+    return Config(
+        home=home,
+        database_url=environ.get("RUNNER_DATABASE_URL") or default_database_url(home),
+        host=environ.get("RUNNER_HOST") or DEFAULT_HOST,
+        port=_read_port(environ),
+        secret=_read_secret(environ),
+    )

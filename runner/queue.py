@@ -1,0 +1,336 @@
+"""A durable queue of JSON files in one directory.
+
+An entry is a file named by the nanosecond epoch time of its publication, zero-padded to 20 digits, plus
+``.json``: the names sort in the order the entries were published, across threads and processes. An entry is
+written under a hidden temporary name, fsynced, renamed into place and made durable by an fsync of the
+directory, so a reader never sees half an entry and an entry that was announced survives a crash.
+
+Names are handed out under an exclusive ``flock`` on the queue's ``.lock`` file, which also keeps the last name
+given: two publishers in the same nanosecond, or a clock that steps back, still give distinct increasing names,
+and since the renames happen under the lock too, no reader can see entry N+1 before entry N.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import heapq
+import itertools
+import json
+import logging
+import os
+import re
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from inotify_simple import INotify, flags
+
+logger = logging.getLogger(__name__)
+
+NAME_DIGITS = 20
+ENTRY_NAME = re.compile(r"^[0-9]{20}\.json$")
+LOCK_FILE = ".lock"
+TEMP_SUFFIX = ".tmp"
+
+_temp_counter = itertools.count()
+
+
+class QueueError(Exception):
+    pass
+
+
+def is_entry_name(name: str) -> bool:
+    return ENTRY_NAME.match(name) is not None
+
+
+def entry_time_ns(name: str) -> int:
+    """The publication time an entry's name records, in nanoseconds since the epoch."""
+    if not is_entry_name(name):
+        raise QueueError(f"{name!r} is not a queue entry name")
+    return int(name[:NAME_DIGITS])
+
+
+def _fsync_directory(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Queue:
+    """A queue directory. Safe to share between threads, and between processes through the file system."""
+
+    def __init__(self, directory: Path | str) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._thread_lock = threading.Lock()
+        self._lock_fd: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Queue({str(self.directory)!r})"
+
+    @property
+    def name(self) -> str:
+        return self.directory.name
+
+    # Writing -------------------------------------------------------------------------------------------
+
+    def write_temp(self, data: bytes) -> Path:
+        """Write ``data`` to a hidden temporary file in the queue directory and fsync it.
+
+        Readers ignore the file until :meth:`publish` renames it. Concurrent callers' fsyncs proceed in
+        parallel, which the file system commits together.
+        """
+        temp = self.directory / f".{os.getpid()}.{threading.get_ident()}.{next(_temp_counter)}{TEMP_SUFFIX}"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        except BaseException:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        os.close(fd)
+        return temp
+
+    def publish(self, temps: list[Path]) -> list[str]:
+        """Rename written temporary files into place, in order, and make the renames durable.
+
+        Returns the entry names, which increase in the order of ``temps``.
+        """
+        names: list[str] = []
+        with self._name_lock() as lock_fd:
+            last = self._read_last(lock_fd)
+            try:
+                for temp in temps:
+                    name_ns = max(time.time_ns(), last + 1)
+                    name = f"{name_ns:0{NAME_DIGITS}d}.json"
+                    os.rename(temp, self.directory / name)
+                    last = name_ns
+                    names.append(name)
+            finally:
+                # Even after a failed rename, the names already used must never be handed out again.
+                os.pwrite(lock_fd, f"{last:0{NAME_DIGITS}d}".encode(), 0)
+        # One directory fsync makes the whole batch durable; it needs no lock, the renames are done.
+        _fsync_directory(self.directory)
+        return names
+
+    def put(self, data: bytes | dict[str, Any]) -> str:
+        """Write one entry durably and return its name."""
+        if isinstance(data, dict):
+            data = json.dumps(data, separators=(",", ":")).encode()
+        return self.publish([self.write_temp(data)])[0]
+
+    @contextlib.contextmanager
+    def _name_lock(self) -> Iterator[int]:
+        with self._thread_lock:
+            if self._lock_fd is None:
+                self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+            try:
+                yield self._lock_fd
+            finally:
+                fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def _read_last(self, lock_fd: int) -> int:
+        raw = os.pread(lock_fd, NAME_DIGITS, 0)
+        return int(raw) if raw.isdigit() else 0
+
+    # Reading -------------------------------------------------------------------------------------------
+
+    def entries(self) -> list[str]:
+        """Names of the published entries, oldest first."""
+        with os.scandir(self.directory) as it:
+            return sorted(e.name for e in it if is_entry_name(e.name))
+
+    def path(self, name: str) -> Path:
+        if not is_entry_name(name):
+            raise QueueError(f"{name!r} is not a queue entry name")
+        return self.directory / name
+
+    def read(self, name: str) -> dict[str, Any]:
+        return json.loads(self.path(name).read_bytes())
+
+    def remove(self, name: str) -> None:
+        """Remove an entry once its work is done; the removal is made durable too."""
+        self.path(name).unlink()
+        _fsync_directory(self.directory)
+
+    def remove_stale_temps(self, older_than: float = 3600.0) -> list[str]:
+        """Remove temporary files left by a writer that crashed before publishing.
+
+        Only files older than ``older_than`` seconds go, so a writer still at work keeps its file.
+        """
+        removed = []
+        cutoff = time.time() - older_than
+        with os.scandir(self.directory) as it:
+            for e in it:
+                if e.name.startswith(".") and e.name.endswith(TEMP_SUFFIX) and e.stat().st_mtime < cutoff:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(e.path)
+                        removed.append(e.name)
+        return removed
+
+    def close(self) -> None:
+        with self._thread_lock:
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)
+                self._lock_fd = None
+
+
+class Reader:
+    """Hands out a queue's entries in name order: those present at start, then each new one.
+
+    The inotify watch is set up before the first scan, so an entry published during the scan is reported
+    by the watch even if the scan missed it. If the kernel's event queue overflows, the reader rescans.
+    An entry handed out is not handed out again until :meth:`release` (work not done, keep it) or
+    :meth:`done` (work done, remove it).
+    """
+
+    def __init__(self, queue: Queue) -> None:
+        self.queue = queue
+        self._inotify = INotify()
+        # IN_MOVED_TO is a publish; IN_CLOSE_WRITE covers an entry copied in by hand.
+        self._inotify.add_watch(queue.directory, flags.MOVED_TO | flags.CLOSE_WRITE | flags.ONLYDIR)
+        self._pending: list[str] = []
+        self._known: set[str] = set()
+        self._taken: set[str] = set()
+        self.rescans = 0
+        self.scan()
+
+    def fileno(self) -> int:
+        return self._inotify.fileno()
+
+    def close(self) -> None:
+        self._inotify.close()
+
+    def __enter__(self) -> Reader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def scan(self) -> None:
+        self.rescans += 1
+        for name in self.queue.entries():
+            self._add(name)
+
+    def _add(self, name: str) -> None:
+        if name not in self._known and name not in self._taken and is_entry_name(name):
+            self._known.add(name)
+            heapq.heappush(self._pending, name)
+
+    def poll(self, timeout: float | None = 0) -> bool:
+        """Take in the watch's events, waiting up to ``timeout`` seconds (None: forever) for the first.
+
+        Returns whether an entry is ready to take.
+        """
+        millis = None if timeout is None else int(timeout * 1000)
+        overflow = False
+        for event in self._inotify.read(timeout=millis):
+            if event.mask & flags.Q_OVERFLOW:
+                overflow = True
+            elif event.name:
+                self._add(event.name)
+        if overflow:
+            logger.warning("%s: inotify queue overflowed, rescanning", self.queue.directory)
+            self.scan()
+        return bool(self._pending)
+
+    def take(self) -> str | None:
+        """The oldest entry not yet handed out, or None."""
+        while self._pending:
+            name = heapq.heappop(self._pending)
+            self._known.discard(name)
+            if self.queue.path(name).exists():
+                self._taken.add(name)
+                return name
+        return None
+
+    def done(self, name: str) -> None:
+        self.queue.remove(name)
+        self._taken.discard(name)
+
+    def release(self, name: str) -> None:
+        """Forget that ``name`` was handed out; it is handed out again (first) if still present."""
+        self._taken.discard(name)
+        if self.queue.path(name).exists():
+            self._add(name)
+
+    def forget(self, name: str) -> None:
+        """The entry was moved elsewhere by the consumer: stop tracking it."""
+        self._taken.discard(name)
+
+    async def wait(self) -> None:
+        """Wait until an entry is ready to take."""
+        loop = asyncio.get_running_loop()
+        while not self.poll(0):
+            ready = loop.create_future()
+            loop.add_reader(self.fileno(), ready.set_result, None)
+            try:
+                await ready
+            finally:
+                loop.remove_reader(self.fileno())
+
+
+class GroupCommitter:
+    """Publishes the entries of concurrent asyncio callers together.
+
+    Each entry is written and fsynced in a pool of threads (the file system merges concurrent fsyncs into
+    one journal commit); entries written while a publish is running wait and are published by the next one,
+    with a single directory fsync for all of them. A caller is answered only when its entry is durable.
+    """
+
+    def __init__(self, queue: Queue, writers: int = 8) -> None:
+        self.queue = queue
+        self._writers = ThreadPoolExecutor(writers, thread_name_prefix="queue-write")
+        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="queue-publish")
+        self._waiting: list[tuple[Path, asyncio.Future[str]]] = []
+        self._publishing = False
+
+    async def put(self, data: bytes) -> str:
+        loop = asyncio.get_running_loop()
+        temp = await loop.run_in_executor(self._writers, self.queue.write_temp, data)
+        future: asyncio.Future[str] = loop.create_future()
+        self._waiting.append((temp, future))
+        if not self._publishing:
+            self._publish_waiting(loop)
+        # Shielded: a caller that goes away must not cancel the future the batch will resolve.
+        return await asyncio.shield(future)
+
+    def _publish_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
+        batch, self._waiting = self._waiting, []
+        self._publishing = True
+        published = loop.run_in_executor(self._publisher, self.queue.publish, [temp for temp, _ in batch])
+        published.add_done_callback(lambda done: self._published(loop, batch, done))
+
+    def _published(
+        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Path, asyncio.Future[str]]], done: asyncio.Future
+    ) -> None:
+        self._publishing = False
+        error = done.exception()
+        if error is not None:
+            logger.error("publishing %d entries to %s failed: %s", len(batch), self.queue.directory, error)
+            for temp, future in batch:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+                future.set_exception(error)
+        else:
+            for (_, future), name in zip(batch, done.result(), strict=True):
+                future.set_result(name)
+        if self._waiting:
+            self._publish_waiting(loop)
+
+    def close(self) -> None:
+        self._writers.shutdown(wait=True)
+        self._publisher.shutdown(wait=True)
