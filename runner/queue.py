@@ -5,9 +5,9 @@ An entry is a file named by the nanosecond epoch time of its publication, zero-p
 written under a hidden temporary name, fsynced, renamed into place and made durable by an fsync of the
 directory, so a reader never sees half an entry and an entry that was announced survives a crash.
 
-Names are handed out under an exclusive ``flock`` on the queue's ``.lock`` file, which also keeps the last name
-given: two publishers in the same nanosecond, or a clock that steps back, still give distinct increasing names,
-and since the renames happen under the lock too, no reader can see entry N+1 before entry N.
+Names are handed out under an exclusive ``flock`` on the queue's ``.lock`` file, which also keeps the last
+name given: two publishers in the same nanosecond, or a clock that steps back, still give distinct increasing
+names, and since the renames happen under the lock too, no reader can see entry N+1 before entry N.
 """
 
 from __future__ import annotations
@@ -135,7 +135,9 @@ class Queue:
     def _name_lock(self) -> Iterator[int]:
         with self._thread_lock:
             if self._lock_fd is None:
-                self._lock_fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+                self._lock_fd = os.open(
+                    self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640
+                )
             fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
             try:
                 yield self._lock_fd
@@ -315,7 +317,10 @@ class GroupCommitter:
         published.add_done_callback(lambda done: self._published(loop, batch, done))
 
     def _published(
-        self, loop: asyncio.AbstractEventLoop, batch: list[tuple[Path, asyncio.Future[str]]], done: asyncio.Future
+        self,
+        loop: asyncio.AbstractEventLoop,
+        batch: list[tuple[Path, asyncio.Future[str]]],
+        done: asyncio.Future,
     ) -> None:
         self._publishing = False
         error = done.exception()

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 MAX_BODY_BYTES = 25 * 1024 * 1024
 SIGNATURE_PREFIX = "sha256="
 # What GitHub sends: event names are lower_snake_case, delivery ids GUIDs, hook ids integers.
-EVENT_NAME = re.compile(r"^[a-z_]{1,64}$")
+EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 HOOK_ID = re.compile(r"^[0-9]{1,32}$")
 

@@ -1,0 +1,346 @@
+"""The webhook endpoint, against a real ``runner serve`` process on loopback."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import socket
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from inotify_simple import INotify, flags
+from support import SECRET, Server, payload_files, postgres_database, run_cli, runner_env, sign
+
+from runner.web import signature, verify_signature
+
+VECTOR_SECRET = "It's a Secret to Everybody"
+VECTOR_BODY = b"Hello, World!"
+VECTOR_SIGNATURE = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+
+
+def start_server(home: Path, database_url: str | None = None, **env: str) -> Server:
+    environment = runner_env(home, database_url, **env)
+    upgraded = run_cli("db", "upgrade", env=environment)
+    assert upgraded.returncode == 0, upgraded.stderr
+    return Server(home, environment)
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    srv = start_server(tmp_path)
+    yield srv
+    assert srv.stop() == 0, srv.output()
+    assert SECRET not in srv.output()
+
+
+def queued(home: Path) -> list[str]:
+    return sorted(p.name for p in (home / "queues" / "main").glob("*.json"))
+
+
+def push_payload() -> bytes:
+    return next(p for p in payload_files() if p.name == "with-new-branch.payload.json").read_bytes()
+
+
+def test_signature_test_vector_from_githubs_documentation() -> None:
+    assert signature(VECTOR_SECRET.encode(), VECTOR_BODY) == VECTOR_SIGNATURE
+    assert verify_signature(VECTOR_SECRET.encode(), VECTOR_BODY, VECTOR_SIGNATURE)
+    assert not verify_signature(VECTOR_SECRET.encode(), VECTOR_BODY + b" ", VECTOR_SIGNATURE)
+
+
+def test_server_verifies_the_test_vector(tmp_path: Path) -> None:
+    srv = start_server(tmp_path, RUNNER_SECRET=VECTOR_SECRET)
+    try:
+        headers = {
+            "X-GitHub-Event": "ping",
+            "X-GitHub-Delivery": "vector-1",
+            "Content-Type": "application/json",
+        }
+        answer = srv.post(VECTOR_BODY, {**headers, "X-Hub-Signature-256": VECTOR_SIGNATURE})
+        # The signature passed; the body, being no JSON, is what it refused.
+        assert (answer.status, answer.json()["error"]) == (400, "body")
+        wrong = srv.post(VECTOR_BODY, {**headers, "X-Hub-Signature-256": VECTOR_SIGNATURE[:-1] + "0"})
+        assert (wrong.status, wrong.json()["error"]) == (403, "signature")
+    finally:
+        srv.stop()
+    assert VECTOR_SECRET not in srv.output()
+
+
+def test_every_shared_payload_is_queued_exactly_once(server: Server) -> None:
+    files = payload_files()
+    assert len(files) >= 200
+    sent: dict[str, tuple[str, str, Path]] = {}
+    connection = server.connection()
+    for i, path in enumerate(files):
+        event = path.parent.name
+        delivery = str(uuid.uuid4())
+        # GitHub sends both content types; so do we, alternately.
+        answer = server.deliver(event, path.read_bytes(), delivery, form=i % 2 == 1, connection=connection)
+        assert answer.status == 202, (path, answer.body)
+        body = answer.json()
+        assert body["delivery"] == delivery
+        sent[body["entry"]] = (event, delivery, path)
+    connection.close()
+    assert queued(server.home) == sorted(sent)
+    for name, (event, delivery, path) in sent.items():
+        entry = json.loads((server.home / "queues" / "main" / name).read_bytes())
+        assert entry["event"] == event
+        assert entry["delivery"] == delivery
+        assert entry["hook_id"] == "292430182"
+        assert entry["received_at"]
+        assert entry["payload"] == json.loads(path.read_bytes()), path
+
+
+def test_refused_deliveries_enqueue_nothing(server: Server) -> None:
+    body = push_payload()
+    good = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-GitHub-Delivery": "f3a5e0a0-1d2c-11ef-8e2a-7c1e6f4d0001",
+        "X-Hub-Signature-256": sign(body),
+    }
+    sha1 = "sha1=" + hmac.new(SECRET.encode(), body, hashlib.sha1).hexdigest()
+    cases = [
+        ({"X-Hub-Signature-256": None}, body, 401, "signature"),
+        ({"X-Hub-Signature-256": ""}, body, 401, "signature"),
+        ({"X-Hub-Signature-256": sign(body + b"x")}, body, 403, "signature"),
+        ({"X-Hub-Signature-256": sign(body)[:-2]}, body, 403, "signature"),
+        ({"X-Hub-Signature-256": sign(body, "another secret")}, body, 403, "signature"),
+        ({"X-Hub-Signature-256": sha1}, body, 403, "signature"),
+        ({"X-Hub-Signature-256": sign(body).upper()}, body, 403, "signature"),
+        ({"X-GitHub-Event": None}, body, 400, "x-github-event"),
+        ({"X-GitHub-Delivery": None}, body, 400, "x-github-delivery"),
+        ({"X-GitHub-Delivery": "../../etc/passwd"}, body, 400, "x-github-delivery"),
+        ({"X-Hub-Signature-256": sign(b'{"a": 1')}, b'{"a": 1', 400, "body"),
+        ({"X-Hub-Signature-256": sign(b"[1, 2]")}, b"[1, 2]", 400, "body"),
+        ({"X-Hub-Signature-256": sign(b'{"a": NaN}')}, b'{"a": NaN}', 400, "body"),
+        ({"X-Hub-Signature-256": sign(b"")}, b"", 400, "body"),
+        (
+            {"Content-Type": "application/x-www-form-urlencoded", "X-Hub-Signature-256": sign(b"other=1")},
+            b"other=1",
+            400,
+            "body",
+        ),
+    ]
+    for changes, payload, status, check in cases:
+        headers = {k: v for k, v in {**good, **changes}.items() if v is not None}
+        answer = server.post(payload, headers)
+        assert (answer.status, answer.json()["error"]) == (status, check), changes
+        assert answer.json()["message"]
+        assert queued(server.home) == []
+    assert server.deliver("push", body).status == 202
+    assert len(queued(server.home)) == 1
+
+
+def _raw_request(port: int, head: bytes, chunks: Iterator[bytes]) -> bytes:
+    """Send a request slowly enough that the answer comes while the body is still being sent."""
+    with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
+        sock.sendall(head)
+        answer = b""
+        for chunk in chunks:
+            try:
+                sock.sendall(chunk)
+            except OSError:
+                break
+            sock.settimeout(0.05)
+            try:
+                answer += sock.recv(65536)
+            except TimeoutError:
+                pass
+            except OSError:
+                break
+            finally:
+                sock.settimeout(20)
+            if b"\r\n\r\n" in answer:
+                break
+        try:
+            while not _complete(answer) and (data := sock.recv(65536)):
+                answer += data
+        except OSError:
+            pass
+        return answer
+
+
+def _complete(answer: bytes) -> bool:
+    head, sep, body = answer.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    for line in head.split(b"\r\n"):
+        if line.lower().startswith(b"content-length:"):
+            return len(body) >= int(line.split(b":")[1])
+    return True
+
+
+def test_a_body_over_25_mib_is_refused_without_reading_it(server: Server) -> None:
+    size = 26 * 1024 * 1024
+    signature_of_zeros = sign(b"\0" * size)
+    head = (
+        f"POST /github-webhook HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"X-GitHub-Event: push\r\nX-GitHub-Delivery: big-1\r\nX-Hub-Signature-256: {signature_of_zeros}\r\n"
+    )
+    chunk = b"\0" * (1024 * 1024)
+    sent = [0]
+
+    def body() -> Iterator[bytes]:
+        for _ in range(26):
+            sent[0] += 1
+            yield chunk
+
+    answer = _raw_request(server.port, (head + f"Content-Length: {size}\r\n\r\n").encode(), body())
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b'"size"' in answer
+    assert sent[0] < 26, "the server waited for the whole body before answering"
+
+    # Without a Content-Length (chunked), the server counts as it reads and stops past the limit.
+    sent[0] = 0
+
+    def chunked() -> Iterator[bytes]:
+        for _ in range(27):
+            sent[0] += 1
+            yield b"%x\r\n" % len(chunk) + chunk + b"\r\n"
+        yield b"0\r\n\r\n"
+
+    answer = _raw_request(server.port, (head + "Transfer-Encoding: chunked\r\n\r\n").encode(), chunked())
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert sent[0] <= 27
+    assert queued(server.home) == []
+    assert server.get("/healthz").status == 200
+
+
+def test_concurrent_deliveries_get_distinct_complete_entries_in_order(server: Server) -> None:
+    body = push_payload()
+    expected = json.loads(body)
+    watch = INotify()
+    watch.add_watch(server.home / "queues" / "main", flags.MOVED_TO)
+    answers: dict[str, str] = {}
+    failures: list[str] = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(50)
+
+    def client(n: int) -> None:
+        connection = server.connection()
+        barrier.wait()
+        try:
+            for i in range(10):
+                delivery = f"c{n:02d}-{i:02d}-{uuid.uuid4()}"
+                answer = server.deliver("push", body, delivery, connection=connection)
+                with lock:
+                    if answer.status == 202:
+                        answers[answer.json()["entry"]] = delivery
+                    else:
+                        failures.append(f"{answer.status} {answer.body!r}")
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    published: list[str] = []
+    while events := watch.read(timeout=300):
+        for event in events:
+            assert not event.mask & flags.Q_OVERFLOW
+            published.append(event.name)
+    watch.close()
+    assert failures == []
+    assert len(answers) == 500
+    assert queued(server.home) == sorted(answers)
+    assert published == sorted(published), "names were not published in increasing order"
+    assert sorted(published) == sorted(answers)
+    for name, delivery in answers.items():
+        entry = json.loads((server.home / "queues" / "main" / name).read_bytes())
+        assert entry["delivery"] == delivery
+        assert entry["payload"] == expected
+    leftovers = [p.name for p in (server.home / "queues" / "main").iterdir() if p.name.endswith(".tmp")]
+    assert leftovers == []
+
+
+def test_healthz_reports_an_unusable_queue_directory(server: Server) -> None:
+    assert server.get("/healthz").json() == {"status": "ok"}
+    main = server.home / "queues" / "main"
+    main.rename(server.home / "queues" / "moved")
+    main.write_text("not a directory")
+    answer = server.get("/healthz")
+    assert answer.status == 503
+    assert "queue" in answer.json()["problems"]
+    main.unlink()
+    (server.home / "queues" / "moved").rename(main)
+    assert server.get("/healthz").status == 200
+
+
+def test_healthz_reports_an_unreachable_database(tmp_path: Path) -> None:
+    with postgres_database() as url:
+        srv = start_server(tmp_path, url)
+        try:
+            assert srv.get("/healthz").status == 200
+            admin = sa.create_engine(
+                sa.engine.make_url(url).set(database="postgres"), isolation_level="AUTOCOMMIT"
+            )
+            with admin.connect() as connection:
+                name = sa.engine.make_url(url).database
+                connection.execute(sa.text(f'DROP DATABASE "{name}" WITH (FORCE)'))
+            admin.dispose()
+            answer = srv.get("/healthz")
+            assert answer.status == 503
+            assert "database" in answer.json()["problems"]
+            assert srv.deliver("ping", b'{"zen": "still queued"}').status == 202
+        finally:
+            srv.stop()
+
+
+def test_serve_refuses_to_start_without_a_secret(tmp_path: Path) -> None:
+    env = runner_env(tmp_path)
+    del env["RUNNER_SECRET"]
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    result = run_cli("serve", "--port", "0", env=env, timeout=30)
+    assert result.returncode == 1
+    assert "RUNNER_SECRET" in result.stderr and "RUNNER_SECRET_FILE" in result.stderr
+    assert not (tmp_path / "queues" / "main").exists() or queued(tmp_path) == []
+
+
+def test_secret_from_a_file(tmp_path: Path) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(SECRET + "\n")
+    env = runner_env(tmp_path)
+    del env["RUNNER_SECRET"]
+    env["RUNNER_SECRET_FILE"] = str(secret_file)
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    srv = Server(tmp_path, env)
+    try:
+        assert srv.deliver("ping", b'{"zen": "Keep it logically awesome."}').status == 202
+    finally:
+        srv.stop()
+    assert len(queued(tmp_path)) == 1
+
+
+def test_sigterm_answers_what_is_in_flight(tmp_path: Path) -> None:
+    srv = start_server(tmp_path)
+    body = push_payload()
+    answers: list[int] = []
+
+    def client() -> None:
+        connection = srv.connection()
+        try:
+            for _ in range(40):
+                answers.append(srv.deliver("push", body, connection=connection).status)
+        except OSError:
+            pass
+        finally:
+            connection.close()
+
+    threads = [threading.Thread(target=client) for _ in range(10)]
+    for t in threads:
+        t.start()
+    while len(answers) < 50:
+        threading.Event().wait(0.01)
+    assert srv.stop() == 0
+    for t in threads:
+        t.join()
+    # Every delivery answered 202 is on disk; none was answered otherwise.
+    assert set(answers) <= {202}
+    assert len(queued(tmp_path)) >= answers.count(202)
