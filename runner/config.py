@@ -15,6 +15,7 @@ from typing import Any
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3400
 DATABASE_FILE = "runner.db"
+DEFAULT_STOP_GRACE = 60.0
 
 
 class ConfigError(Exception):
@@ -47,6 +48,9 @@ class Config:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     secret: Secret | None = field(default=None, repr=False)
+    # How long a running step may go on after the worker is asked to stop; systemd's TimeoutStopSec
+    # for the worker must be longer.
+    stop_grace: float = DEFAULT_STOP_GRACE
 
     @property
     def queues_dir(self) -> Path:
@@ -59,6 +63,10 @@ class Config:
     @property
     def templates_dir(self) -> Path:
         return self.home / "templates"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.home / "logs"
 
     @property
     def main_queue_dir(self) -> Path:
@@ -117,6 +125,19 @@ def _read_port(environ: Mapping[str, str]) -> int:
     return port
 
 
+def _read_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
+    if value < 0:
+        raise ConfigError(f"{name}={raw!r} is negative")
+    return value
+
+
 def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) -> Config:
     """Read the configuration from the environment (``os.environ`` unless given).
 
@@ -131,4 +152,5 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         host=environ.get("RUNNER_HOST") or DEFAULT_HOST,
         port=_read_port(environ),
         secret=_read_secret(environ),
+        stop_grace=_read_seconds(environ, "RUNNER_STOP_GRACE", DEFAULT_STOP_GRACE),
     )

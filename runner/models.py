@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, MetaData, String, Text
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, MetaData, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints keep migrations identical on SQLite and PostgreSQL.
@@ -36,3 +36,47 @@ class Delivery(Base):
     # What became of it: "received" until routed; the router fills in the outcome and why.
     outcome: Mapped[str] = mapped_column(String(32), default="received")
     detail: Mapped[str | None] = mapped_column(Text)
+    repository: Mapped[str | None] = mapped_column(String(255))
+    ref: Mapped[str | None] = mapped_column(String(255))
+    # How often GitHub delivered this id again (a redelivery); those copies are recorded, not routed.
+    duplicates: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+
+
+class Run(Base):
+    """One run of a pipeline: for a routed delivery, or triggered by hand."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    pipeline: Mapped[str] = mapped_column(String(100), index=True)
+    # The pipeline queue entry it carries out; a run interrupted by a crash is followed by another for it.
+    entry: Mapped[str | None] = mapped_column(String(32))
+    delivery_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    trigger: Mapped[str] = mapped_column(String(16))  # "push" or "manual"
+    ref: Mapped[str | None] = mapped_column(String(255))
+    commit: Mapped[str | None] = mapped_column(String(64))
+    # queued, running, succeeded, failed, cancelled, interrupted
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    log_path: Mapped[str | None] = mapped_column(Text)
+    queued_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+
+class StepResult(Base):
+    """What one step of a run did."""
+
+    __tablename__ = "steps"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(200))
+    # succeeded, failed, timed_out, cancelled, skipped
+    status: Mapped[str] = mapped_column(String(16))
+    exit_code: Mapped[int | None] = mapped_column(Integer)
+    detail: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    finished_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    duration: Mapped[float] = mapped_column(Float)

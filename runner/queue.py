@@ -36,6 +36,7 @@ NAME_DIGITS = 20
 ENTRY_NAME = re.compile(r"^[0-9]{20}\.json$")
 LOCK_FILE = ".lock"
 TEMP_SUFFIX = ".tmp"
+FAILED_DIR = "failed"
 
 _temp_counter = itertools.count()
 
@@ -168,6 +169,22 @@ class Queue:
         self.path(name).unlink()
         _fsync_directory(self.directory)
 
+    def fail(self, name: str, reason: str) -> Path:
+        """Move an entry whose work failed into ``failed/``, beside a file saying why. Nothing is lost."""
+        failed = self.directory / FAILED_DIR
+        failed.mkdir(exist_ok=True)
+        (failed / f"{name}.reason").write_text(reason.rstrip("\n") + "\n")
+        os.rename(self.path(name), failed / name)
+        _fsync_directory(failed)
+        _fsync_directory(self.directory)
+        return failed / name
+
+    def failed(self) -> list[str]:
+        failed = self.directory / FAILED_DIR
+        if not failed.is_dir():
+            return []
+        return sorted(p.name for p in failed.iterdir() if is_entry_name(p.name))
+
     def remove_stale_temps(self, older_than: float = 3600.0) -> list[str]:
         """Remove temporary files left by a writer that crashed before publishing.
 
@@ -273,16 +290,25 @@ class Reader:
         """The entry was moved elsewhere by the consumer: stop tracking it."""
         self._taken.discard(name)
 
-    async def wait(self) -> None:
-        """Wait until an entry is ready to take."""
+    async def wait(self, stop: asyncio.Event | None = None) -> bool:
+        """Wait until an entry is ready to take (True), or until ``stop`` is set (False)."""
         loop = asyncio.get_running_loop()
         while not self.poll(0):
+            if stop is not None and stop.is_set():
+                return False
             ready = loop.create_future()
             loop.add_reader(self.fileno(), ready.set_result, None)
+            stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
             try:
-                await ready
+                await asyncio.wait(
+                    [ready, stopping] if stopping else [ready], return_when=asyncio.FIRST_COMPLETED
+                )
             finally:
                 loop.remove_reader(self.fileno())
+                ready.cancel()
+                if stopping is not None:
+                    stopping.cancel()
+        return True
 
 
 class GroupCommitter:

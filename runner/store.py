@@ -6,11 +6,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select, text
+from sqlalchemy import Engine, create_engine, event, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from runner.models import Delivery
+from runner.models import Delivery, Run, StepResult
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -137,6 +138,8 @@ class Store:
         entry: str | None = None,
         outcome: str = "received",
         detail: str | None = None,
+        repository: str | None = None,
+        ref: str | None = None,
     ) -> bool:
         """Record a delivery; False if its id was recorded before.
 
@@ -152,6 +155,8 @@ class Store:
             "entry": entry,
             "outcome": outcome,
             "detail": detail,
+            "repository": repository,
+            "ref": ref,
         }
         try:
             with self.engine.begin() as connection:
@@ -160,8 +165,169 @@ class Store:
             return False
         return True
 
-    def delivery(self, delivery_id: str) -> Delivery | None:
-        from sqlalchemy.orm import Session
+    def begin_routing(
+        self,
+        delivery_id: str,
+        event: str,
+        received_at: datetime,
+        *,
+        hook_id: str | None,
+        entry: str,
+        repository: str | None,
+        ref: str | None,
+    ) -> str:
+        """Record a delivery the router is about to route. Returns what it is:
 
+        ``new``; ``resume`` (this very entry was recorded before a crash and not yet routed); ``routed``
+        (this entry was routed before a crash, only its removal is left); or ``duplicate`` (GitHub delivered
+        the id before, as another entry: counted on the first delivery's record, routed nowhere).
+        """
+        if self.record_delivery(
+            delivery_id, event, received_at, hook_id=hook_id, entry=entry, repository=repository, ref=ref
+        ):
+            return "new"
+        with self.engine.begin() as connection:
+            first = connection.execute(
+                select(Delivery.entry, Delivery.outcome).where(Delivery.delivery_id == delivery_id)
+            ).one()
+            if first.entry == entry:
+                return "resume" if first.outcome == "received" else "routed"
+            connection.execute(
+                update(Delivery)
+                .where(Delivery.delivery_id == delivery_id)
+                .values(duplicates=Delivery.duplicates + 1)
+            )
+        return "duplicate"
+
+    def finish_routing(self, delivery_id: str, outcome: str, detail: str | None) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                update(Delivery)
+                .where(Delivery.delivery_id == delivery_id)
+                .values(outcome=outcome, detail=detail)
+            )
+
+    def delivery(self, delivery_id: str) -> Delivery | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Delivery, delivery_id)
+
+    def deliveries(self, limit: int = 20) -> list[Delivery]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.delivery_id).limit(limit)
+            return list(session.scalars(query))
+
+    # Runs ----------------------------------------------------------------------------------------------
+
+    def create_run(
+        self,
+        pipeline: str,
+        *,
+        trigger: str,
+        delivery_id: str | None = None,
+        ref: str | None = None,
+        commit: str | None = None,
+    ) -> int:
+        """Record a queued run. Its id goes into the queue entry, so the run exists before its entry does."""
+        with Session(self.engine) as session, session.begin():
+            run = Run(
+                pipeline=pipeline,
+                trigger=trigger,
+                delivery_id=delivery_id,
+                ref=ref,
+                commit=commit,
+                status="queued",
+                queued_at=datetime.now(UTC),
+            )
+            session.add(run)
+            session.flush()
+            return run.id
+
+    def claim_run(
+        self, pipeline: str, entry: str, run_id: int | None, *, trigger: str, **fields: Any
+    ) -> tuple[int, list[int]]:
+        """The run that carries out ``entry`` now: the queued run ``run_id``, or a new one.
+
+        Runs of the entry left ``running`` by a worker that died are marked ``interrupted`` and returned
+        as the second item: the entry is done again, by a new run.
+        """
+        now = datetime.now(UTC)
+        with Session(self.engine) as session, session.begin():
+            interrupted = []
+            for stale in session.scalars(
+                select(Run).where(Run.pipeline == pipeline, Run.entry == entry, Run.status == "running")
+            ):
+                stale.status = "interrupted"
+                stale.reason = "the worker stopped during the run; the entry is run again"
+                stale.finished_at = now
+                interrupted.append(stale.id)
+            run = session.get(Run, run_id) if run_id is not None else None
+            if run is None or run.pipeline != pipeline or run.status != "queued":
+                run = Run(pipeline=pipeline, trigger=trigger, queued_at=now, **fields)
+                session.add(run)
+            run.entry = entry
+            run.status = "running"
+            run.started_at = now
+            session.flush()
+            return run.id, interrupted
+
+    def set_run(self, run_id: int, **fields: Any) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(update(Run).where(Run.id == run_id).values(**fields))
+
+    def finish_run(self, run_id: int, status: str, reason: str | None = None) -> None:
+        self.set_run(run_id, status=status, reason=reason, finished_at=datetime.now(UTC))
+
+    def record_step(
+        self,
+        run_id: int,
+        position: int,
+        name: str,
+        status: str,
+        *,
+        exit_code: int | None,
+        detail: str | None,
+        started_at: datetime,
+        finished_at: datetime,
+    ) -> None:
+        with self.engine.begin() as connection:
+            connection.execute(
+                insert(StepResult),
+                {
+                    "run_id": run_id,
+                    "position": position,
+                    "name": name[:200],
+                    "status": status,
+                    "exit_code": exit_code,
+                    "detail": detail,
+                    "started_at": started_at,
+                    "finished_at": finished_at,
+                    "duration": (finished_at - started_at).total_seconds(),
+                },
+            )
+
+    def run(self, run_id: int) -> Run | None:
+        with Session(self.engine, expire_on_commit=False) as session:
+            return session.get(Run, run_id)
+
+    def runs(self, pipeline: str | None = None, limit: int = 20) -> list[Run]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(Run).order_by(Run.id.desc()).limit(limit)
+            if pipeline is not None:
+                query = query.where(Run.pipeline == pipeline)
+            return list(session.scalars(query))
+
+    def steps(self, run_id: int) -> list[StepResult]:
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(StepResult).where(StepResult.run_id == run_id).order_by(StepResult.position)
+            return list(session.scalars(query))
+
+    def last_deployed_commit(self, pipeline: str) -> str | None:
+        """The commit of the pipeline's last successful run: what is deployed now."""
         with Session(self.engine) as session:
-            return session.scalars(select(Delivery).where(Delivery.delivery_id == delivery_id)).first()
+            query = (
+                select(Run.commit)
+                .where(Run.pipeline == pipeline, Run.status == "succeeded", Run.commit.is_not(None))
+                .order_by(Run.finished_at.desc(), Run.id.desc())
+                .limit(1)
+            )
+            return session.scalars(query).first()
