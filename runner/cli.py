@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import signal
 import sys
@@ -58,7 +59,7 @@ def _open_store(config: Config, migrate_default: bool) -> Any:
     return store
 
 
-def _serve(config: Config, migrate_default: bool) -> None:
+def _serve(config: Config, migrate_default: bool, with_worker: bool) -> None:
     from runner.queue import Queue
     from runner.web import serve
 
@@ -68,19 +69,272 @@ def _serve(config: Config, migrate_default: bool) -> None:
     logger.info(
         "webhook endpoint: http://%s:%d/github-webhook, queue: %s", config.host, config.port, queue.directory
     )
+
+    async def main(stop: asyncio.Event) -> None:
+        web = serve(config.host, config.port, secret, queue, store, stop)
+        if not with_worker:
+            await web
+            return
+        worker = _worker(config, store).run(stop)
+        tasks = [asyncio.ensure_future(web), asyncio.ensure_future(worker)]
+        # If either ends by itself (a crash), stop the other too rather than run half a runner.
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for task in done:
+            task.result()
+
     try:
-        _run_async(lambda stop: serve(config.host, config.port, secret, queue, store, stop))
+        _run_async(main)
     finally:
         queue.close()
         store.close()
 
 
+def _worker(config: Config, store: Any) -> Any:
+    import os
+
+    from runner.pipeline import PipelineSet
+    from runner.worker import Worker, WorkerSettings
+
+    settings = WorkerSettings(
+        home=config.home,
+        queues_dir=config.queues_dir,
+        logs_dir=config.logs_dir,
+        stop_grace=config.stop_grace,
+        environ=dict(os.environ),
+    )
+    return Worker(PipelineSet(config.pipelines_dir, config.home), store, settings)
+
+
 def cmd_serve(config: Config, _args: argparse.Namespace) -> None:
-    _serve(config, migrate_default=False)
+    _serve(config, migrate_default=False, with_worker=False)
 
 
 def cmd_up(config: Config, _args: argparse.Namespace) -> None:
-    _serve(config, migrate_default=True)
+    _serve(config, migrate_default=True, with_worker=True)
+
+
+def cmd_work(config: Config, _args: argparse.Namespace) -> None:
+    store = _open_store(config, migrate_default=False)
+    try:
+        _run_async(_worker(config, store).run)
+    finally:
+        store.close()
+
+
+def cmd_validate(config: Config, args: argparse.Namespace) -> None:
+    from runner.pipeline import pipeline_files, validate
+
+    files = [Path(f) for f in args.files] if args.files else pipeline_files(config.pipelines_dir)
+    problems = validate(files, config.home)
+    for problem in problems:
+        print(problem)
+    if problems:
+        files_with_problems = len({p.path for p in problems})
+        raise CommandError(f"{len(problems)} problem(s) in {files_with_problems} of {len(files)} file(s)")
+    print(f"{len(files)} pipeline file(s) valid", file=sys.stderr)
+
+
+def _when(value: Any) -> str:
+    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> None:
+    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
+    for row in [headers, *rows]:
+        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
+
+
+def cmd_deliveries(config: Config, args: argparse.Namespace) -> None:
+    store = _open_store(config, migrate_default=False)
+    try:
+        deliveries = store.deliveries(limit=args.limit)
+    finally:
+        store.close()
+    if args.json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "delivery": d.delivery_id,
+                        "event": d.event,
+                        "repository": d.repository,
+                        "ref": d.ref,
+                        "received_at": _iso(d.received_at),
+                        "outcome": d.outcome,
+                        "detail": d.detail,
+                        "duplicates": d.duplicates,
+                    }
+                    for d in deliveries
+                ],
+                indent=2,
+            )
+        )
+        return
+    rows = [
+        [
+            _when(d.received_at),
+            d.delivery_id,
+            d.event,
+            d.repository or "-",
+            d.ref or "-",
+            d.outcome + (f" (+{d.duplicates} dup)" if d.duplicates else ""),
+            d.detail or "",
+        ]
+        for d in deliveries
+    ]
+    _table(rows, ["RECEIVED", "DELIVERY", "EVENT", "REPOSITORY", "REF", "OUTCOME", "DETAIL"])
+
+
+def _run_json(run: Any, steps: list[Any] | None = None) -> dict[str, Any]:
+    data = {
+        "id": run.id,
+        "pipeline": run.pipeline,
+        "status": run.status,
+        "trigger": run.trigger,
+        "delivery": run.delivery_id,
+        "ref": run.ref,
+        "commit": run.commit,
+        "reason": run.reason,
+        "queued_at": _iso(run.queued_at),
+        "started_at": _iso(run.started_at),
+        "finished_at": _iso(run.finished_at),
+        "log": run.log_path,
+    }
+    if steps is not None:
+        data["steps"] = [
+            {
+                "position": s.position,
+                "name": s.name,
+                "status": s.status,
+                "exit_code": s.exit_code,
+                "duration": s.duration,
+                "detail": s.detail,
+            }
+            for s in steps
+        ]
+    return data
+
+
+def cmd_runs(config: Config, args: argparse.Namespace) -> None:
+    store = _open_store(config, migrate_default=False)
+    try:
+        runs = store.runs(args.pipeline, limit=args.limit)
+        steps = {run.id: store.steps(run.id) for run in runs} if args.json else {}
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps([_run_json(run, steps[run.id]) for run in runs], indent=2))
+        return
+    rows = []
+    for run in runs:
+        took = (
+            f"{(run.finished_at - run.started_at).total_seconds():.1f}s"
+            if run.finished_at and run.started_at
+            else "-"
+        )
+        ref = (run.ref or "").removeprefix("refs/heads/").removeprefix("refs/tags/")
+        rows.append(
+            [
+                str(run.id),
+                run.pipeline,
+                run.status,
+                run.trigger,
+                ref or "-",
+                (run.commit or "-")[:12],
+                _when(run.started_at or run.queued_at),
+                took,
+                run.reason or "",
+            ]
+        )
+    _table(rows, ["RUN", "PIPELINE", "STATUS", "TRIGGER", "REF", "COMMIT", "STARTED", "TOOK", "REASON"])
+
+
+def cmd_logs(config: Config, args: argparse.Namespace) -> None:
+    import time
+
+    store = _open_store(config, migrate_default=False)
+    try:
+        run = store.run(args.run)
+        if run is None:
+            raise CommandError(f"there is no run {args.run}: `runner runs` lists them")
+        offset = 0
+        while True:
+            path = Path(run.log_path) if run.log_path else None
+            if path is not None and path.exists():
+                with path.open("rb") as log:
+                    log.seek(offset)
+                    chunk = log.read()
+                    offset += len(chunk)
+                    sys.stdout.buffer.write(chunk)
+                    sys.stdout.flush()
+            if not args.follow or run.status not in ("queued", "running"):
+                break
+            time.sleep(0.25)
+            run = store.run(args.run)
+            assert run is not None
+        if run.status not in ("queued", "running"):
+            print(f"run {run.id}: {run.status}" + (f" ({run.reason})" if run.reason else ""), file=sys.stderr)
+    finally:
+        store.close()
+
+
+def _ref(value: str) -> str:
+    return value if value.startswith("refs/") else f"refs/heads/{value}"
+
+
+def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
+    import getpass
+    from datetime import UTC, datetime
+
+    from runner.pipeline import PipelineSet
+    from runner.queue import Queue
+    from runner.steps import COMMIT, REF
+
+    pipelines = PipelineSet(config.pipelines_dir, config.home)
+    problems = pipelines.reload()
+    pipeline = pipelines.get(args.pipeline)
+    if pipeline is None:
+        known = ", ".join(p.name for p in pipelines.all()) or "none"
+        detail = "".join(f"\n{p}" for p in problems if p.path.stem == args.pipeline)
+        raise CommandError(f"no valid pipeline {args.pipeline!r} (pipelines: {known}){detail}")
+    if args.commit is not None and not COMMIT.match(args.commit):
+        raise CommandError(f"--commit {args.commit!r} is not a full 40-character commit id")
+    ref = _ref(args.ref) if args.ref else None
+    if ref is not None and not REF.match(ref):
+        raise CommandError(f"--ref {args.ref!r} is not a branch or a refs/tags/ ref")
+    store = _open_store(config, migrate_default=False)
+    try:
+        if ref is None and args.commit is None:
+            # A redeploy: the ref of the pipeline's last run.
+            last = store.runs(pipeline.name, limit=1)
+            if not last or not last[0].ref:
+                raise CommandError(
+                    f"pipeline {pipeline.name} has no run yet to redeploy: give --ref or --commit"
+                )
+            ref = last[0].ref
+        run_id = store.create_run(pipeline.name, trigger="manual", ref=ref, commit=args.commit)
+        entry = {
+            "kind": "manual",
+            "run_id": run_id,
+            "pipeline": pipeline.name,
+            "ref": ref,
+            "commit": args.commit,
+            "requested_at": datetime.now(UTC).isoformat(),
+            "requested_by": getpass.getuser(),
+        }
+        queue = Queue(config.queues_dir / pipeline.name)
+        store.set_run(run_id, entry=queue.put(entry))
+    finally:
+        store.close()
+    what = " ".join(x for x in (ref, args.commit) if x)
+    print(f"run {run_id} queued: pipeline {pipeline.name}, {what}")
+    print(f"follow it with: runner logs {run_id}", file=sys.stderr)
 
 
 def cmd_db(config: Config, args: argparse.Namespace) -> None:
@@ -119,11 +373,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     for name, handler, help in (
         ("serve", cmd_serve, "serve the webhook endpoint"),
-        ("up", cmd_up, "migrate the default SQLite database if needed, then serve"),
+        ("up", cmd_up, "migrate the default SQLite database if needed, then serve and work in one process"),
     ):
         sub = add(name, handler, help)
         sub.add_argument("--host", help="address to listen on (default: $RUNNER_HOST or 127.0.0.1)")
         sub.add_argument("--port", type=int, help="port to listen on (default: $RUNNER_PORT or 3400)")
+
+    add(name="work", handler=cmd_work, help="route deliveries and run the pipelines")
+
+    validate = add("validate", cmd_validate, "check pipeline files; print each problem as file:line:column")
+    validate.add_argument("files", nargs="*", help="pipeline files (default: every file in pipelines/)")
+
+    deliveries = add("deliveries", cmd_deliveries, "recent deliveries and what became of each")
+    deliveries.add_argument("--limit", type=int, default=20)
+    deliveries.add_argument("--json", action="store_true", help="print JSON")
+
+    runs = add("runs", cmd_runs, "recent runs and their status")
+    runs.add_argument("pipeline", nargs="?", help="only this pipeline's runs")
+    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--json", action="store_true", help="print JSON, with each run's steps")
+
+    logs = add("logs", cmd_logs, "print a run's log, following it while the run goes on")
+    logs.add_argument("run", type=int, help="the run's number (see `runner runs`)")
+    logs.add_argument("--no-follow", dest="follow", action="store_false", help="print what is there and stop")
+
+    trigger = add("trigger", cmd_trigger, "queue a run by hand: a redeploy, or a rollback to a commit")
+    trigger.add_argument("pipeline")
+    trigger.add_argument("--ref", help="branch name, or a full ref such as refs/tags/v1.2")
+    trigger.add_argument("--commit", help="the exact commit to deploy (40 hex digits)")
 
     db = add("db", cmd_db, "manage the database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")

@@ -1,0 +1,417 @@
+"""The built-in steps, and the one way they run programs: argument lists, a process group, a time limit.
+
+Every program a step starts runs in a session of its own, so that a step over its time limit (or a worker
+that stops) takes the whole process tree with it, and its output goes, line by line and time-stamped, to
+the run's log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import shlex
+import shutil
+import signal
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, BinaryIO
+
+from runner.pipeline import Pipeline, StepSpec
+from runner.templating import RenderError, render, render_shell
+
+COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
+REF = re.compile(r"^refs/(heads|tags)/[^\x00-\x20~^:?*\[\\]+$")
+# How long a process group gets between SIGTERM and SIGKILL.
+KILL_GRACE = 5.0
+# Variables of the worker's own environment that steps never see: they hold secrets or configure runner.
+HIDDEN_ENV_PREFIXES = ("RUNNER_",)
+
+
+class StepFailed(Exception):
+    """A step cannot be carried out; the message says why, for the run's record."""
+
+
+@dataclass
+class Outcome:
+    status: str  # succeeded, failed, timed_out, cancelled, skipped
+    exit_code: int | None = None
+    detail: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("succeeded", "skipped")
+
+
+class RunLog:
+    """A run's output: one time-stamped line per line a step printed, and runner's own notes."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._file: BinaryIO = path.open("ab", buffering=0)
+
+    def write(self, stream: str, data: bytes | str) -> None:
+        if isinstance(data, str):
+            data = data.encode()
+        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+        lines = data.splitlines() or [b""]
+        self._file.write(b"".join(b"%s %-6s| %s\n" % (stamp, stream.encode(), line) for line in lines))
+
+    def note(self, text: str) -> None:
+        self.write("runner", text)
+
+    def close(self) -> None:
+        self._file.close()
+
+
+@dataclass
+class RunContext:
+    """What the steps of one run share."""
+
+    run_id: int
+    pipeline: Pipeline
+    home: Path
+    log: RunLog
+    trigger: str  # "push" or "manual"
+    ref: str | None
+    commit: str | None
+    repository: str
+    delivery: str | None
+    event_name: str | None
+    event: Mapping[str, Any]
+    previous_commit: str | None
+    deadline: float  # time.monotonic() by which the whole run must be done
+    base_env: Mapping[str, str]
+    changed_files: list[str] | None = None
+    on_commit: Callable[[str], Awaitable[None]] | None = None
+    variables: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def workdir(self) -> Path:
+        return self.pipeline.workdir
+
+    @property
+    def branch(self) -> str | None:
+        return (
+            self.ref.removeprefix("refs/heads/") if self.ref and self.ref.startswith("refs/heads/") else None
+        )
+
+    @property
+    def tag(self) -> str | None:
+        return self.ref.removeprefix("refs/tags/") if self.ref and self.ref.startswith("refs/tags/") else None
+
+    def template_context(self) -> dict[str, Any]:
+        return {
+            "commit": self.commit,
+            "branch": self.branch,
+            "tag": self.tag,
+            "ref": self.ref,
+            "repository": self.repository,
+            "delivery": self.delivery,
+            "event": self.event,
+            "event_name": self.event_name,
+            "run_id": self.run_id,
+            "pipeline": self.pipeline.name,
+            "workdir": str(self.workdir),
+            "previous_commit": self.previous_commit,
+            "changed_files": self.changed_files,
+            "env": self.pipeline.env,
+            **self.variables,
+        }
+
+    def runner_env(self) -> dict[str, str]:
+        """The values a step may read from its environment instead of a template."""
+        values = {
+            "RUNNER_COMMIT": self.commit,
+            "RUNNER_BRANCH": self.branch,
+            "RUNNER_TAG": self.tag,
+            "RUNNER_REF": self.ref,
+            "RUNNER_REPOSITORY": self.repository,
+            "RUNNER_DELIVERY": self.delivery,
+            "RUNNER_EVENT": self.event_name,
+            "RUNNER_RUN_ID": str(self.run_id),
+            "RUNNER_PIPELINE": self.pipeline.name,
+            "RUNNER_WORKDIR": str(self.workdir),
+        }
+        return {key: value for key, value in values.items() if value is not None}
+
+    def env_for(self, spec: StepSpec) -> dict[str, str]:
+        context = self.template_context()
+        env = dict(self.base_env)
+        for source in (self.pipeline.env, spec.env):
+            for key, value in source.items():
+                env[key] = render(value, context)
+        env.update(self.runner_env())
+        return env
+
+    def remaining(self) -> float:
+        return self.deadline - time.monotonic()
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def step_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """The part of the worker's environment that steps inherit."""
+    return {key: value for key, value in environ.items() if not key.startswith(HIDDEN_ENV_PREFIXES)}
+
+
+def _kill_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+async def _pump(stream: asyncio.StreamReader, name: str, log: RunLog) -> None:
+    pending = b""
+    while chunk := await stream.read(65536):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        if lines:
+            log.write(name, b"\n".join(lines))
+    if pending:
+        log.write(name, pending)
+
+
+async def execute(
+    argv: Sequence[str],
+    *,
+    cwd: Path,
+    env: Mapping[str, str],
+    timeout: float,
+    log: RunLog,
+) -> Outcome:
+    """Run a program to its end, or until ``timeout`` seconds, or until cancelled; never through a shell."""
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *argv,
+            cwd=cwd,
+            env=dict(env),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+    except OSError as exc:
+        return Outcome("failed", None, f"cannot start {argv[0]}: {exc.strerror}")
+    assert process.stdout is not None and process.stderr is not None
+    pumps = [
+        asyncio.ensure_future(_pump(process.stdout, "out", log)),
+        asyncio.ensure_future(_pump(process.stderr, "err", log)),
+    ]
+    pgid = process.pid  # start_new_session: the process leads its own group
+    status = "succeeded"
+    try:
+        try:
+            await asyncio.wait_for(process.wait(), timeout=max(timeout, 0))
+        except TimeoutError:
+            status = "timed_out"
+            await _stop_group(process, pgid)
+    except asyncio.CancelledError:
+        await asyncio.shield(_stop_group(process, pgid))
+        raise
+    finally:
+        # Children left in the background would keep the pipes open: they end with the step.
+        _, still_reading = await asyncio.wait(pumps, timeout=1.0)
+        if still_reading:
+            _kill_group(pgid, signal.SIGKILL)
+            await asyncio.wait(still_reading, timeout=1.0)
+            for pump in still_reading:
+                pump.cancel()
+        _kill_group(pgid, signal.SIGKILL)
+    code = process.returncode
+    if status == "timed_out":
+        return Outcome("timed_out", code, f"killed after {timeout:.0f} s, with its process group")
+    if code != 0:
+        return Outcome("failed", code, f"exited with status {code}")
+    return Outcome("succeeded", code)
+
+
+async def _stop_group(process: asyncio.subprocess.Process, pgid: int) -> None:
+    _kill_group(pgid, signal.SIGTERM)
+    try:
+        await asyncio.wait_for(process.wait(), timeout=KILL_GRACE)
+    except TimeoutError:
+        _kill_group(pgid, signal.SIGKILL)
+        await process.wait()
+
+
+def step_timeout(spec: StepSpec, ctx: RunContext) -> float:
+    remaining = ctx.remaining()
+    return min(spec.timeout, remaining) if spec.timeout is not None else remaining
+
+
+def step_cwd(spec: StepSpec, ctx: RunContext) -> Path:
+    cwd = (ctx.workdir / spec.cwd).resolve() if spec.cwd else ctx.workdir
+    if not cwd.is_relative_to(ctx.workdir.resolve()) and cwd != ctx.workdir:
+        raise StepFailed(f"cwd {spec.cwd!r} is outside the workdir")
+    if not cwd.is_dir():
+        raise StepFailed(f"the working directory {cwd} does not exist")
+    return cwd
+
+
+# run ---------------------------------------------------------------------------------------------------
+
+
+async def run_step(spec: StepSpec, ctx: RunContext) -> Outcome:
+    context = ctx.template_context()
+    if isinstance(spec.args, str):
+        line = render_shell(spec.args, context)
+        shell = shutil.which("bash", path=ctx.base_env.get("PATH"))
+        # As GitHub Actions runs `run:`: a failing command or pipeline fails the step.
+        argv = (
+            [shell, "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", line]
+            if shell
+            else ["/bin/sh", "-ec", line]
+        )
+        ctx.log.note(f"$ {line}")
+    else:
+        argv = [render(str(arg), context) for arg in spec.args]
+        ctx.log.note("$ " + " ".join(shlex.quote(arg) for arg in argv))
+    return await execute(
+        argv, cwd=step_cwd(spec, ctx), env=ctx.env_for(spec), timeout=step_timeout(spec, ctx), log=ctx.log
+    )
+
+
+# git ---------------------------------------------------------------------------------------------------
+
+
+def _remote(spec: StepSpec, ctx: RunContext) -> str | None:
+    configured = (spec.args or {}).get("remote")
+    if configured:
+        remote = render(configured, ctx.template_context())
+        # A plain relative path is a repository on this machine, relative to RUNNER_HOME.
+        if "://" not in remote and ":" not in remote.split("/", 1)[0] and not remote.startswith("/"):
+            remote = str(ctx.home / remote)
+        return remote
+    repository = ctx.event.get("repository") if isinstance(ctx.event, Mapping) else None
+    if isinstance(repository, Mapping) and isinstance(repository.get("clone_url"), str):
+        return repository["clone_url"]
+    return None
+
+
+async def _git(ctx: RunContext, spec: StepSpec, *args: str, cwd: Path | None = None) -> Outcome:
+    ctx.log.note("$ git " + " ".join(shlex.quote(a) for a in args))
+    return await execute(
+        ["git", *args],
+        cwd=cwd or ctx.workdir,
+        env=ctx.env_for(spec),
+        timeout=step_timeout(spec, ctx),
+        log=ctx.log,
+    )
+
+
+async def _git_output(ctx: RunContext, *args: str) -> str | None:
+    """A read-only git query's output, or None if it fails."""
+    process = await asyncio.create_subprocess_exec(
+        "git",
+        *args,
+        cwd=ctx.workdir,
+        env=dict(ctx.base_env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate()
+    return out.decode(errors="replace") if process.returncode == 0 else None
+
+
+async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
+    """Clone if missing, fetch, and check out exactly the pushed commit (detached)."""
+    if ctx.ref is not None and not REF.match(ctx.ref):
+        raise StepFailed(f"refusing ref {ctx.ref!r}: not a branch or tag ref")
+    if ctx.commit is not None and not COMMIT.match(ctx.commit):
+        raise StepFailed(f"refusing commit {ctx.commit!r}: not a full commit id")
+    if ctx.ref is None and ctx.commit is None:
+        raise StepFailed("nothing to check out: the run has neither a ref nor a commit")
+    remote = _remote(spec, ctx)
+    workdir = ctx.workdir
+    if not (workdir / ".git").exists():
+        if workdir.exists() and any(workdir.iterdir()):
+            raise StepFailed(f"the workdir {workdir} exists, is not empty and is not a git checkout")
+        if remote is None:
+            raise StepFailed("no checkout yet and no remote to clone from: set `remote:` on the git step")
+        workdir.parent.mkdir(parents=True, exist_ok=True)
+        outcome = await _git(
+            ctx, spec, "clone", "--no-checkout", "--", remote, str(workdir), cwd=workdir.parent
+        )
+        if not outcome.ok:
+            return outcome
+    elif remote is not None:
+        outcome = await _git(ctx, spec, "remote", "set-url", "origin", remote)
+        if not outcome.ok:
+            return outcome
+    if ctx.ref is not None:
+        outcome = await _git(
+            ctx, spec, "fetch", "--prune", "--no-tags", "origin", f"+{ctx.ref}:{_tracking(ctx.ref)}"
+        )
+        if not outcome.ok:
+            return outcome
+    if ctx.commit is None:
+        resolved = await _git_output(
+            ctx, "rev-parse", "--verify", "-q", f"{_tracking(ctx.ref or '')}^{{commit}}"
+        )
+        if not resolved:
+            raise StepFailed(f"{ctx.ref} was not found on the remote")
+        ctx.commit = resolved.strip()
+        if ctx.on_commit is not None:
+            await ctx.on_commit(ctx.commit)
+    if await _git_output(ctx, "cat-file", "-e", f"{ctx.commit}^{{commit}}") is None:
+        # Not reachable from the ref (a force-push since?): ask for the commit itself.
+        outcome = await _git(ctx, spec, "fetch", "--no-tags", "origin", ctx.commit)
+        if not outcome.ok:
+            raise StepFailed(f"commit {ctx.commit} is not on the remote")
+    outcome = await _git(ctx, spec, "checkout", "--force", "--detach", ctx.commit)
+    if not outcome.ok:
+        return outcome
+    if (spec.args or {}).get("clean"):
+        outcome = await _git(ctx, spec, "clean", "-ffdx")
+        if not outcome.ok:
+            return outcome
+    ctx.changed_files = await _changed_files(ctx)
+    if ctx.changed_files is None:
+        ctx.log.note("changed files: all (no previously deployed commit to compare with)")
+    else:
+        ctx.log.note(f"changed files since {ctx.previous_commit}: {len(ctx.changed_files)}")
+    return Outcome("succeeded", 0, f"checked out {ctx.commit}")
+
+
+def _tracking(ref: str) -> str:
+    """Where a fetched ref is kept in the checkout: branches as origin's, tags as themselves."""
+    if ref.startswith("refs/heads/"):
+        return "refs/remotes/origin/" + ref.removeprefix("refs/heads/")
+    return ref
+
+
+async def _changed_files(ctx: RunContext) -> list[str] | None:
+    previous = ctx.previous_commit
+    if not previous or not COMMIT.match(previous):
+        return None
+    diff = await _git_output(ctx, "diff", "--name-only", "--no-renames", "-z", previous, ctx.commit or "HEAD")
+    if diff is None:
+        return None
+    return [name for name in diff.split("\0") if name]
+
+
+StepFunction = Callable[[StepSpec, RunContext], Awaitable[Outcome]]
+
+STEPS: dict[str, StepFunction] = {
+    "git": git_step,
+    "run": run_step,
+}
+
+
+async def run(spec: StepSpec, ctx: RunContext) -> Outcome:
+    """Carry out one step; a step that cannot be carried out fails with the reason."""
+    function = STEPS.get(spec.type)
+    if function is None:
+        return Outcome("failed", None, f"unknown step type {spec.type!r}")
+    try:
+        return await function(spec, ctx)
+    except (StepFailed, RenderError) as exc:
+        return Outcome("failed", None, str(exc))
