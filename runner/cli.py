@@ -338,6 +338,8 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_db(config: Config, args: argparse.Namespace) -> None:
+    from sqlalchemy.exc import SQLAlchemyError
+
     from runner.store import Store, head_revision, safe_url
 
     store = Store(config.database_url)
@@ -352,6 +354,8 @@ def cmd_db(config: Config, args: argparse.Namespace) -> None:
             current, head = store.current_revision(), head_revision()
             state = "up to date" if current == head else f"needs `runner db upgrade` to {head}"
             print(f"{safe_url(config.database_url)}: at revision {current} ({state})")
+    except SQLAlchemyError as exc:
+        raise CommandError(f"cannot use the database {safe_url(config.database_url)}: {exc}") from None
     finally:
         store.close()
 
