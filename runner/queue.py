@@ -23,8 +23,8 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -82,12 +82,8 @@ class Queue:
 
     # Writing -------------------------------------------------------------------------------------------
 
-    def write_temp(self, data: bytes) -> Path:
-        """Write ``data`` to a hidden temporary file in the queue directory and fsync it.
-
-        Readers ignore the file until :meth:`publish` renames it. Concurrent callers' fsyncs proceed in
-        parallel, which the file system commits together.
-        """
+    def create_temp(self, data: bytes) -> tuple[Path, int]:
+        """Write ``data`` to a hidden temporary file; the caller fsyncs and closes the descriptor returned."""
         temp = self.directory / f".{os.getpid()}.{threading.get_ident()}.{next(_temp_counter)}{TEMP_SUFFIX}"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
@@ -95,20 +91,67 @@ class Queue:
             while view:
                 written = os.write(fd, view)
                 view = view[written:]
-            os.fsync(fd)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
                 temp.unlink()
             raise
-        os.close(fd)
+        return temp, fd
+
+    def write_temp(self, data: bytes) -> Path:
+        """Write ``data`` to a hidden temporary file in the queue directory and fsync it.
+
+        Readers ignore the file until :meth:`publish` renames it.
+        """
+        temp, fd = self.create_temp(data)
+        try:
+            os.fsync(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                temp.unlink()
+            raise
+        finally:
+            os.close(fd)
         return temp
+
+    def put_many(self, items: Sequence[bytes], syncers: Executor | None = None) -> list[str]:
+        """Write several entries durably, with as few journal commits as the file system allows.
+
+        Every file is written first, then all are fsynced at once (in ``syncers``, when given: concurrent
+        fsyncs share a journal commit), then renamed into place in order, then one directory fsync.
+        """
+        written: list[tuple[Path, int]] = []
+        try:
+            for data in items:
+                written.append(self.create_temp(data))
+            fds = [fd for _, fd in written]
+            if syncers is not None and len(fds) > 1:
+                list(syncers.map(os.fsync, fds))
+            else:
+                for fd in fds:
+                    os.fsync(fd)
+        except BaseException:
+            for temp, _ in written:
+                with contextlib.suppress(OSError):
+                    temp.unlink()
+            raise
+        finally:
+            for _, fd in written:
+                os.close(fd)
+        return self.publish([temp for temp, _ in written])
 
     def publish(self, temps: list[Path]) -> list[str]:
         """Rename written temporary files into place, in order, and make the renames durable.
 
         Returns the entry names, which increase in the order of ``temps``.
         """
+        names = self.rename_into_place(temps)
+        # One directory fsync makes the whole batch durable; it needs no lock, the renames are done.
+        self.sync_directory()
+        return names
+
+    def rename_into_place(self, temps: list[Path]) -> list[str]:
+        """Give fsynced temporary files their entry names; durable only after :meth:`sync_directory`."""
         names: list[str] = []
         with self._name_lock() as lock_fd:
             last = self._read_last(lock_fd)
@@ -122,9 +165,10 @@ class Queue:
             finally:
                 # Even after a failed rename, the names already used must never be handed out again.
                 os.pwrite(lock_fd, f"{last:0{NAME_DIGITS}d}".encode(), 0)
-        # One directory fsync makes the whole batch durable; it needs no lock, the renames are done.
-        _fsync_directory(self.directory)
         return names
+
+    def sync_directory(self) -> None:
+        _fsync_directory(self.directory)
 
     def put(self, data: bytes | dict[str, Any]) -> str:
         """Write one entry durably and return its name."""
@@ -312,56 +356,55 @@ class Reader:
 
 
 class GroupCommitter:
-    """Publishes the entries of concurrent asyncio callers together.
+    """Makes the entries of concurrent asyncio callers durable together (group commit).
 
-    Each entry is written and fsynced in a pool of threads (the file system merges concurrent fsyncs into
-    one journal commit); entries written while a publish is running wait and are published by the next one,
-    with a single directory fsync for all of them. A caller is answered only when its entry is durable.
+    Entries that arrive while a batch is being committed wait and form the next batch, which costs about
+    two journal commits (its files' fsyncs, run side by side, then one directory fsync) whatever its size.
+    A caller is answered only when its entry is durable.
     """
 
-    def __init__(self, queue: Queue, writers: int = 8) -> None:
+    def __init__(self, queue: Queue, syncers: int = 16) -> None:
         self.queue = queue
-        self._writers = ThreadPoolExecutor(writers, thread_name_prefix="queue-write")
-        self._publisher = ThreadPoolExecutor(1, thread_name_prefix="queue-publish")
-        self._waiting: list[tuple[Path, asyncio.Future[str]]] = []
-        self._publishing = False
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="queue-commit")
+        self._syncers = ThreadPoolExecutor(syncers, thread_name_prefix="queue-fsync")
+        self._waiting: list[tuple[bytes, asyncio.Future[str]]] = []
+        self._committing = False
 
     async def put(self, data: bytes) -> str:
         loop = asyncio.get_running_loop()
-        temp = await loop.run_in_executor(self._writers, self.queue.write_temp, data)
         future: asyncio.Future[str] = loop.create_future()
-        self._waiting.append((temp, future))
-        if not self._publishing:
-            self._publish_waiting(loop)
-        # Shielded: a caller that goes away must not cancel the future the batch will resolve.
+        self._waiting.append((data, future))
+        if not self._committing:
+            self._commit_waiting(loop)
+        # Shielded: a caller that goes away must not cancel the future its batch will resolve.
         return await asyncio.shield(future)
 
-    def _publish_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
+    def _commit_waiting(self, loop: asyncio.AbstractEventLoop) -> None:
         batch, self._waiting = self._waiting, []
-        self._publishing = True
-        published = loop.run_in_executor(self._publisher, self.queue.publish, [temp for temp, _ in batch])
-        published.add_done_callback(lambda done: self._published(loop, batch, done))
+        self._committing = True
+        committed = loop.run_in_executor(
+            self._committer, self.queue.put_many, [data for data, _ in batch], self._syncers
+        )
+        committed.add_done_callback(lambda done: self._committed(loop, batch, done))
 
-    def _published(
+    def _committed(
         self,
         loop: asyncio.AbstractEventLoop,
-        batch: list[tuple[Path, asyncio.Future[str]]],
-        done: asyncio.Future,
+        batch: list[tuple[bytes, asyncio.Future[str]]],
+        done: asyncio.Future[list[str]],
     ) -> None:
-        self._publishing = False
+        self._committing = False
         error = done.exception()
         if error is not None:
-            logger.error("publishing %d entries to %s failed: %s", len(batch), self.queue.directory, error)
-            for temp, future in batch:
-                with contextlib.suppress(OSError):
-                    temp.unlink()
+            logger.error("writing %d entries to %s failed: %s", len(batch), self.queue.directory, error)
+            for _, future in batch:
                 future.set_exception(error)
         else:
             for (_, future), name in zip(batch, done.result(), strict=True):
                 future.set_result(name)
         if self._waiting:
-            self._publish_waiting(loop)
+            self._commit_waiting(loop)
 
     def close(self) -> None:
-        self._writers.shutdown(wait=True)
-        self._publisher.shutdown(wait=True)
+        self._committer.shutdown(wait=True)
+        self._syncers.shutdown(wait=True)
