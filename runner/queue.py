@@ -341,7 +341,7 @@ class Reader:
             if stop is not None and stop.is_set():
                 return False
             ready = loop.create_future()
-            loop.add_reader(self.fileno(), ready.set_result, None)
+            loop.add_reader(self.fileno(), _resolve, ready)
             stopping = asyncio.ensure_future(stop.wait()) if stop is not None else None
             try:
                 await asyncio.wait(
@@ -353,6 +353,12 @@ class Reader:
                 if stopping is not None:
                     stopping.cancel()
         return True
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    # The reader callback can fire once more after the waiter has gone; that is not an error.
+    if not future.done():
+        future.set_result(None)
 
 
 class GroupCommitter:
