@@ -8,6 +8,7 @@ are rendered element by element and never reach a shell.
 
 from __future__ import annotations
 
+import re
 import shlex
 from collections.abc import Mapping
 from typing import Any
@@ -42,35 +43,113 @@ def syntax_problem(source: str) -> str | None:
     return None
 
 
+_CONTEXT_NAMES = {
+    "'": "single quotes",
+    '"': "double quotes",
+    "`": "backticks",
+    "((": "an arithmetic expression",
+    "${": "a ${...} expansion",
+}
+_HEREDOC = re.compile(r"<<-?\s*(['\"]?)([A-Za-z_][A-Za-z0-9_]*)\1")
+
+
+def _heredoc_bodies(source: str) -> list[tuple[int, int]]:
+    """Where the bodies of here-documents are: the shell expands them, and quotes there are plain text."""
+    bodies = []
+    lines = source.splitlines(keepends=True)
+    offset, i = 0, 0
+    while i < len(lines):
+        line = lines[i]
+        delimiters = [m.group(2) for m in _HEREDOC.finditer(line) if not line[m.start() :].startswith("<<<")]
+        offset += len(line)
+        i += 1
+        for delimiter in delimiters:
+            start = offset
+            while i < len(lines) and lines[i].strip() != delimiter:
+                offset += len(lines[i])
+                i += 1
+            bodies.append((start, offset))
+            if i < len(lines):
+                offset += len(lines[i])
+                i += 1
+    return bodies
+
+
 def shell_template_problem(source: str) -> str | None:
-    """Why ``source`` cannot be rendered safely into a shell line, or None."""
+    """Why ``source`` cannot be rendered safely into a shell line, or None.
+
+    A value is shell-quoted, which protects it only where the shell reads quotes as quotes: as (part of)
+    a plain word, also inside ``$(...)``. Everywhere else (inside quotes or backticks, after a backslash,
+    in arithmetic, in ``${...}``, in a here-document) the shell would read the value again.
+    """
     problem = syntax_problem(source)
     if problem:
         return problem
-    quote: str | None = None
+    bodies = _heredoc_bodies(source)
+    stack: list[str] = []  # open contexts: quotes, `, ((, ${, and $( or ( which reset quoting
     i = 0
     while i < len(source):
-        char = source[i]
-        if source.startswith("{{", i) and quote is not None:
-            what = "backticks" if quote == "`" else f"{quote} quotes"
-            return (
-                f"{{{{ ... }}}} inside {what}: expressions are shell-quoted already; "
-                "write them outside quotes, e.g. echo {{ branch }}"
-            )
+        top = stack[-1] if stack else None
+        if source.startswith("{{", i):
+            if any(start <= i < end for start, end in bodies):
+                return _misplaced("a here-document")
+            unsafe = [context for context in stack if context in _CONTEXT_NAMES]
+            if unsafe:
+                return _misplaced(_CONTEXT_NAMES[unsafe[-1]])
+            end = source.find("}}", i + 2)
+            i = len(source) if end < 0 else end + 2
+            continue
         if source.startswith("{%", i) or source.startswith("{#", i):
             # Control blocks produce no value; skip to their end so quotes inside them do not count.
             end = source.find("%}" if source[i + 1] == "%" else "#}", i + 2)
             i = len(source) if end < 0 else end + 2
             continue
-        if char == "\\" and quote != "'":
+        char = source[i]
+        if top == "'":
+            if char == "'":
+                stack.pop()
+            i += 1
+            continue
+        if char == "\\":
+            if source.startswith("{{", i + 1):
+                return _misplaced("a backslash's reach")
             i += 2
             continue
-        if quote is None and char in "'\"`":
-            quote = char
-        elif quote is not None and char == quote:
-            quote = None
+        if (top == "`" and char == "`") or (top == '"' and char == '"'):
+            stack.pop()
+        elif source.startswith("$((", i) or (source.startswith("((", i) and top != '"'):
+            stack.append("((")
+            i += 3 if char == "$" else 2
+            continue
+        elif top == "((" and source.startswith("))", i):
+            stack.pop()
+            i += 2
+            continue
+        elif source.startswith("${", i):
+            stack.append("${")
+            i += 2
+            continue
+        elif top == "${" and char == "}":
+            stack.pop()
+        elif source.startswith("$(", i):
+            stack.append("$(")
+            i += 2
+            continue
+        elif char == "(" and top != '"':
+            stack.append("(")
+        elif char == ")" and top in ("$(", "("):
+            stack.pop()
+        elif (char in "'\"`" and top != '"') or char == "`":
+            stack.append(char)
         i += 1
     return None
+
+
+def _misplaced(where: str) -> str:
+    return (
+        f"{{{{ ... }}}} inside {where}: the shell would read the value again; an expression's value is "
+        "shell-quoted already, so write it as a plain word, e.g. echo {{ branch }}"
+    )
 
 
 def _render(env: ImmutableSandboxedEnvironment, source: str, context: Mapping[str, Any]) -> str:
