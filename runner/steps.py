@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from runner.pipeline import Pipeline, StepSpec
-from runner.templating import RenderError, render, render_shell
+from runner.pipeline import Filter, Pipeline, StepSpec
+from runner.templating import RenderError, evaluate, render, render_shell
 
 COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 REF = re.compile(r"^refs/(heads|tags)/[^\x00-\x20~^:?*\[\\]+$")
@@ -398,6 +398,20 @@ async def _changed_files(ctx: RunContext) -> list[str] | None:
     return [name for name in diff.split("\0") if name]
 
 
+def skip_reason(spec: StepSpec, ctx: RunContext) -> str | None:
+    """Why the step's ``when:`` skips it, or None to run it. Raises RenderError on a broken condition."""
+    when = spec.when or {}
+    changed = when.get("changed")
+    if changed and ctx.changed_files is not None:
+        wanted = Filter(changed)
+        if not any(wanted.matches(name) for name in ctx.changed_files):
+            return f"no file changed since {ctx.previous_commit} matches {wanted}"
+    condition = when.get("if")
+    if condition and not evaluate(condition, ctx.template_context()):
+        return f"the condition {condition!r} is false"
+    return None
+
+
 StepFunction = Callable[[StepSpec, RunContext], Awaitable[Outcome]]
 
 STEPS: dict[str, StepFunction] = {
@@ -412,6 +426,9 @@ async def run(spec: StepSpec, ctx: RunContext) -> Outcome:
     if function is None:
         return Outcome("failed", None, f"unknown step type {spec.type!r}")
     try:
+        skip = skip_reason(spec, ctx)
+        if skip is not None:
+            return Outcome("skipped", None, skip)
         return await function(spec, ctx)
     except (StepFailed, RenderError) as exc:
         return Outcome("failed", None, str(exc))

@@ -224,9 +224,8 @@ class Worker:
             self._tasks[name] = asyncio.create_task(lane.run(stop), name=f"lane-{name}")
 
     async def run(self, stop: asyncio.Event) -> None:
-        problems = await asyncio.to_thread(self.pipelines.reload)
-        for problem in problems:
-            logger.error("%s", problem)
+        # reload() logs each invalid file itself.
+        await asyncio.to_thread(self.pipelines.reload)
         self._start_lanes(stop)
         router = asyncio.create_task(self.router.run(stop), name="router")
         logger.info("worker started: pipelines %s", ", ".join(sorted(self.lanes)) or "(none)")
