@@ -89,6 +89,8 @@ class RunContext:
     base_env: Mapping[str, str]
     changed_files: list[str] | None = None
     on_commit: Callable[[str], Awaitable[None]] | None = None
+    # Where the running step's process group id is kept (see execute).
+    group_file: Path | None = None
     variables: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -185,8 +187,13 @@ async def execute(
     env: Mapping[str, str],
     timeout: float,
     log: RunLog,
+    group_file: Path | None = None,
 ) -> Outcome:
-    """Run a program to its end, or until ``timeout`` seconds, or until cancelled; never through a shell."""
+    """Run a program to its end, or until ``timeout`` seconds, or until cancelled; never through a shell.
+
+    While it runs, its process group id is kept in ``group_file``: if the worker dies, the next worker
+    finds there what to stop before it runs the entry again.
+    """
     try:
         process = await asyncio.create_subprocess_exec(
             *argv,
@@ -205,6 +212,8 @@ async def execute(
         asyncio.ensure_future(_pump(process.stderr, "err", log)),
     ]
     pgid = process.pid  # start_new_session: the process leads its own group
+    if group_file is not None:
+        group_file.write_text(str(pgid))
     status = "succeeded"
     try:
         try:
@@ -224,12 +233,56 @@ async def execute(
             for pump in still_reading:
                 pump.cancel()
         _kill_group(pgid, signal.SIGKILL)
+        if group_file is not None:
+            with contextlib.suppress(FileNotFoundError):
+                group_file.unlink()
     code = process.returncode
     if status == "timed_out":
         return Outcome("timed_out", code, f"killed after {timeout:.0f} s, with its process group")
     if code != 0:
         return Outcome("failed", code, f"exited with status {code}")
     return Outcome("succeeded", code)
+
+
+def _group_members(pgid: int, run_id: int) -> list[int]:
+    """Processes of group ``pgid`` that belong to run ``run_id`` (a reused group id is left alone)."""
+    marker = f"RUNNER_RUN_ID={run_id}".encode()
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_bytes()
+            # The command name in parentheses may hold spaces; the fields after it are fixed.
+            fields = stat[stat.rindex(b")") + 2 :].split()
+            if int(fields[2]) != pgid or fields[0] == b"Z":
+                continue
+            if marker in (entry / "environ").read_bytes().split(b"\0"):
+                members.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return members
+
+
+def stop_leftovers(group_file: Path, run_id: int) -> list[int]:
+    """Stop what a step of run ``run_id`` left running when its worker died; returns the pids stopped."""
+    try:
+        pgid = int(group_file.read_text())
+    except (OSError, ValueError):
+        return []
+    members = _group_members(pgid, run_id)
+    for signum in (signal.SIGTERM, signal.SIGKILL):
+        for pid in members:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
+        deadline = time.monotonic() + KILL_GRACE
+        while _group_members(pgid, run_id) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not _group_members(pgid, run_id):
+            break
+    with contextlib.suppress(FileNotFoundError):
+        group_file.unlink()
+    return members
 
 
 async def _stop_group(process: asyncio.subprocess.Process, pgid: int) -> None:
@@ -274,7 +327,12 @@ async def run_step(spec: StepSpec, ctx: RunContext) -> Outcome:
         argv = [render(str(arg), context) for arg in spec.args]
         ctx.log.note("$ " + " ".join(shlex.quote(arg) for arg in argv))
     return await execute(
-        argv, cwd=step_cwd(spec, ctx), env=ctx.env_for(spec), timeout=step_timeout(spec, ctx), log=ctx.log
+        argv,
+        cwd=step_cwd(spec, ctx),
+        env=ctx.env_for(spec),
+        timeout=step_timeout(spec, ctx),
+        log=ctx.log,
+        group_file=ctx.group_file,
     )
 
 
@@ -303,6 +361,7 @@ async def _git(ctx: RunContext, spec: StepSpec, *args: str, cwd: Path | None = N
         env=ctx.env_for(spec),
         timeout=step_timeout(spec, ctx),
         log=ctx.log,
+        group_file=ctx.group_file,
     )
 
 

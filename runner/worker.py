@@ -100,9 +100,14 @@ class Lane:
             commit=commit,
         )
         for old in interrupted:
-            logger.warning(
-                "run %d of %s was interrupted by a stop of the worker; running it again", old, self.name
+            logger.warning("run %d of %s was cut short by the worker's end; running it again", old, self.name)
+            # Its step ran in a session of its own and may have outlived the worker: it must not run
+            # beside the new run.
+            stopped = await asyncio.to_thread(
+                steps.stop_leftovers, self.settings.logs_dir / pipeline.name / f"{old}.pgid", old
             )
+            if stopped:
+                logger.warning("stopped processes %s left running by run %d", stopped, old)
         log_path = self.settings.logs_dir / pipeline.name / f"{run_id}.log"
         log = steps.RunLog(log_path)
         previous = await asyncio.to_thread(self.store.last_deployed_commit, pipeline.name)
@@ -127,6 +132,7 @@ class Lane:
             deadline=time.monotonic() + pipeline.timeout,
             base_env=steps.step_environment(self.settings.environ),
             on_commit=on_commit,
+            group_file=log_path.with_suffix(".pgid"),
         )
         log.note(f"run {run_id} of pipeline {pipeline.name}: {trigger} {ref or ''} {commit or ''}".rstrip())
         for interrupted_id in interrupted:
