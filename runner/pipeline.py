@@ -31,10 +31,14 @@ from runner.templating import shell_template_problem, syntax_problem
 logger = logging.getLogger(__name__)
 
 # Step types the worker knows, with what each does. A new type goes here, in the schema's step definition
-# (a property, its $defs entry and a oneOf branch) and in runner/steps.py.
+# (a property, its $defs entry and a oneOf branch) and in runner/steps/.
 STEP_TYPES: dict[str, str] = {
     "git": "check out the pushed commit in the workdir, cloning the repository the first time",
     "run": "run a command: a string through a shell, a list of strings without one",
+    "pnpm": "pnpm install (frozen lockfile) or pnpm run SCRIPT, with workspace filters",
+    "nginx": "render a site from templates/nginx/, check it with nginx -t, reload nginx",
+    "certbot": "obtain or renew a certificate through the root-owned runner-certbot wrapper",
+    "systemctl": "reload or restart a unit through sudo, exactly as the sudoers file allows",
 }
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "pipeline.schema.json"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")

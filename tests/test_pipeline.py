@@ -349,7 +349,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         timeout: soon
         steps:
           - run: echo '{{ commit }}'
-          - nginx: {}
+          - deploy: {}
         """,
     )
     assert [(p.line, p.column) for p in problems] == [(2, 15), (3, 10), (5, 10), (7, 10), (8, 5)]
@@ -357,7 +357,9 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     assert "unclosed '['" in problems[1].message
     assert "duration" in problems[2].message
     assert "inside single quotes" in problems[3].message
-    assert problems[4].message == "step 2: unknown step type 'nginx' (known: git, run)"
+    assert problems[4].message == (
+        "step 2: unknown step type 'deploy' (known: git, run, pnpm, nginx, certbot, systemctl)"
+    )
 
 
 @pytest.mark.parametrize("name", ["API", "my_site", "-api", "main", "site.v2"])
