@@ -95,16 +95,10 @@ def _worker(config: Config, store: Any) -> Any:
     import os
 
     from runner.pipeline import PipelineSet
-    from runner.worker import Worker, WorkerSettings
+    from runner.worker import Worker
 
-    settings = WorkerSettings(
-        home=config.home,
-        queues_dir=config.queues_dir,
-        logs_dir=config.logs_dir,
-        stop_grace=config.stop_grace,
-        environ=dict(os.environ),
-    )
-    return Worker(PipelineSet(config.pipelines_dir, config.home), store, settings)
+    # Steps inherit the worker's environment (less runner's own settings): PATH, HOME, locale.
+    return Worker(PipelineSet(config.pipelines_dir, config.home), store, config, dict(os.environ))
 
 
 def cmd_serve(config: Config, _args: argparse.Namespace) -> None:

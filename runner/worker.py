@@ -12,11 +12,10 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from runner import steps
+from runner.config import Config
 from runner.events import pushed_commit, repository_name
 from runner.events import ref as event_ref
 from runner.pipeline import Pipeline, PipelineSet
@@ -30,23 +29,16 @@ logger = logging.getLogger(__name__)
 RELOAD_INTERVAL = 1.0
 
 
-@dataclass(frozen=True)
-class WorkerSettings:
-    home: Path
-    queues_dir: Path
-    logs_dir: Path
-    # How long a running step may go on after a stop is asked for, before it is killed.
-    stop_grace: float
-    environ: Mapping[str, str]
-
-
 class Lane:
-    def __init__(self, name: str, pipelines: PipelineSet, store: Store, settings: WorkerSettings) -> None:
+    def __init__(
+        self, name: str, pipelines: PipelineSet, store: Store, config: Config, environ: Mapping[str, str]
+    ) -> None:
         self.name = name
         self.pipelines = pipelines
         self.store = store
-        self.settings = settings
-        self.queue = Queue(settings.queues_dir / name)
+        self.config = config
+        self.environ = environ
+        self.queue = Queue(config.queues_dir / name)
         self.last_known: Pipeline | None = pipelines.get(name)
         self.busy = False
 
@@ -104,11 +96,11 @@ class Lane:
             # Its step ran in a session of its own and may have outlived the worker: it must not run
             # beside the new run.
             stopped = await asyncio.to_thread(
-                steps.stop_leftovers, self.settings.logs_dir / pipeline.name / f"{old}.pgid", old
+                steps.stop_leftovers, self.config.logs_dir / pipeline.name / f"{old}.pgid", old
             )
             if stopped:
                 logger.warning("stopped processes %s left running by run %d", stopped, old)
-        log_path = self.settings.logs_dir / pipeline.name / f"{run_id}.log"
+        log_path = self.config.logs_dir / pipeline.name / f"{run_id}.log"
         log = steps.RunLog(log_path)
         previous = await asyncio.to_thread(self.store.last_deployed_commit, pipeline.name)
         await asyncio.to_thread(self.store.set_run, run_id, log_path=str(log_path), ref=ref, commit=commit)
@@ -119,7 +111,7 @@ class Lane:
         ctx = steps.RunContext(
             run_id=run_id,
             pipeline=pipeline,
-            home=self.settings.home,
+            config=self.config,
             log=log,
             trigger=trigger,
             ref=ref,
@@ -130,7 +122,7 @@ class Lane:
             event=payload,
             previous_commit=previous,
             deadline=time.monotonic() + pipeline.timeout,
-            base_env=steps.step_environment(self.settings.environ),
+            base_env=steps.step_environment(self.environ),
             on_commit=on_commit,
             group_file=log_path.with_suffix(".pgid"),
         )
@@ -192,8 +184,8 @@ class Lane:
         try:
             await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if not task.done():
-                ctx.log.note(f"stop asked for: the step has {self.settings.stop_grace:.0f} s to finish")
-                done, _ = await asyncio.wait({task}, timeout=self.settings.stop_grace)
+                ctx.log.note(f"stop asked for: the step has {self.config.stop_grace:.0f} s to finish")
+                done, _ = await asyncio.wait({task}, timeout=self.config.stop_grace)
                 if not done:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
@@ -207,25 +199,28 @@ class Lane:
 class Worker:
     """The router, a lane per pipeline, and the reloading of pipeline files."""
 
-    def __init__(self, pipelines: PipelineSet, store: Store, settings: WorkerSettings) -> None:
+    def __init__(
+        self, pipelines: PipelineSet, store: Store, config: Config, environ: Mapping[str, str]
+    ) -> None:
         self.pipelines = pipelines
         self.store = store
-        self.settings = settings
-        self.router = Router(Queue(settings.queues_dir / "main"), settings.queues_dir, pipelines, store)
+        self.config = config
+        self.environ = environ
+        self.router = Router(Queue(config.main_queue_dir), config.queues_dir, pipelines, store)
         self.lanes: dict[str, Lane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
     def _start_lanes(self, stop: asyncio.Event) -> None:
         names = {p.name for p in self.pipelines.all()}
         # Queues left by pipelines whose files are gone still get a lane, so their entries are not stranded.
-        if self.settings.queues_dir.is_dir():
+        if self.config.queues_dir.is_dir():
             names |= {
                 d.name
-                for d in self.settings.queues_dir.iterdir()
+                for d in self.config.queues_dir.iterdir()
                 if d.is_dir() and d.name != "main" and not d.name.startswith(".")
             }
         for name in sorted(names - set(self.lanes)):
-            lane = Lane(name, self.pipelines, self.store, self.settings)
+            lane = Lane(name, self.pipelines, self.store, self.config, self.environ)
             self.lanes[name] = lane
             self._tasks[name] = asyncio.create_task(lane.run(stop), name=f"lane-{name}")
 

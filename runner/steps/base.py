@@ -1,4 +1,5 @@
-"""The built-in steps, and the one way they run programs: argument lists, a process group, a time limit.
+"""What every step uses: the run's context and log, and the one way programs run: argument lists, a
+process group of their own, a time limit.
 
 Every program a step starts runs in a session of its own, so that a step over its time limit (or a worker
 that stops) takes the whole process tree with it, and its output goes, line by line and time-stamped, to
@@ -11,8 +12,6 @@ import asyncio
 import contextlib
 import os
 import re
-import shlex
-import shutil
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -21,8 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from runner.pipeline import Filter, Pipeline, StepSpec
-from runner.templating import RenderError, evaluate, render, render_shell
+from runner.config import Config
+from runner.pipeline import Pipeline, StepSpec
+from runner.templating import render
 
 COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 REF = re.compile(r"^refs/(heads|tags)/[^\x00-\x20~^:?*\[\\]+$")
@@ -75,7 +75,7 @@ class RunContext:
 
     run_id: int
     pipeline: Pipeline
-    home: Path
+    config: Config
     log: RunLog
     trigger: str  # "push" or "manual"
     ref: str | None
@@ -92,6 +92,10 @@ class RunContext:
     # Where the running step's process group id is kept (see execute).
     group_file: Path | None = None
     variables: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def home(self) -> Path:
+        return self.config.home
 
     @property
     def workdir(self) -> Path:
@@ -306,188 +310,3 @@ def step_cwd(spec: StepSpec, ctx: RunContext) -> Path:
     if not cwd.is_dir():
         raise StepFailed(f"the working directory {cwd} does not exist")
     return cwd
-
-
-# run ---------------------------------------------------------------------------------------------------
-
-
-async def run_step(spec: StepSpec, ctx: RunContext) -> Outcome:
-    context = ctx.template_context()
-    if isinstance(spec.args, str):
-        line = render_shell(spec.args, context)
-        shell = shutil.which("bash", path=ctx.base_env.get("PATH"))
-        # As GitHub Actions runs `run:`: a failing command or pipeline fails the step.
-        argv = (
-            [shell, "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", line]
-            if shell
-            else ["/bin/sh", "-ec", line]
-        )
-        ctx.log.note(f"$ {line}")
-    else:
-        argv = [render(str(arg), context) for arg in spec.args]
-        ctx.log.note("$ " + " ".join(shlex.quote(arg) for arg in argv))
-    return await execute(
-        argv,
-        cwd=step_cwd(spec, ctx),
-        env=ctx.env_for(spec),
-        timeout=step_timeout(spec, ctx),
-        log=ctx.log,
-        group_file=ctx.group_file,
-    )
-
-
-# git ---------------------------------------------------------------------------------------------------
-
-
-def _remote(spec: StepSpec, ctx: RunContext) -> str | None:
-    configured = (spec.args or {}).get("remote")
-    if configured:
-        remote = render(configured, ctx.template_context())
-        # A plain relative path is a repository on this machine, relative to RUNNER_HOME.
-        if "://" not in remote and ":" not in remote.split("/", 1)[0] and not remote.startswith("/"):
-            remote = str(ctx.home / remote)
-        return remote
-    repository = ctx.event.get("repository") if isinstance(ctx.event, Mapping) else None
-    if isinstance(repository, Mapping) and isinstance(repository.get("clone_url"), str):
-        return repository["clone_url"]
-    return None
-
-
-async def _git(ctx: RunContext, spec: StepSpec, *args: str, cwd: Path | None = None) -> Outcome:
-    ctx.log.note("$ git " + " ".join(shlex.quote(a) for a in args))
-    return await execute(
-        ["git", *args],
-        cwd=cwd or ctx.workdir,
-        env=ctx.env_for(spec),
-        timeout=step_timeout(spec, ctx),
-        log=ctx.log,
-        group_file=ctx.group_file,
-    )
-
-
-async def _git_output(ctx: RunContext, *args: str) -> str | None:
-    """A read-only git query's output, or None if it fails."""
-    process = await asyncio.create_subprocess_exec(
-        "git",
-        *args,
-        cwd=ctx.workdir,
-        env=dict(ctx.base_env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    out, _ = await process.communicate()
-    return out.decode(errors="replace") if process.returncode == 0 else None
-
-
-async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
-    """Clone if missing, fetch, and check out exactly the pushed commit (detached)."""
-    if ctx.ref is not None and not REF.match(ctx.ref):
-        raise StepFailed(f"refusing ref {ctx.ref!r}: not a branch or tag ref")
-    if ctx.commit is not None and not COMMIT.match(ctx.commit):
-        raise StepFailed(f"refusing commit {ctx.commit!r}: not a full commit id")
-    if ctx.ref is None and ctx.commit is None:
-        raise StepFailed("nothing to check out: the run has neither a ref nor a commit")
-    remote = _remote(spec, ctx)
-    workdir = ctx.workdir
-    if not (workdir / ".git").exists():
-        if workdir.exists() and any(workdir.iterdir()):
-            raise StepFailed(f"the workdir {workdir} exists, is not empty and is not a git checkout")
-        if remote is None:
-            raise StepFailed("no checkout yet and no remote to clone from: set `remote:` on the git step")
-        workdir.parent.mkdir(parents=True, exist_ok=True)
-        outcome = await _git(
-            ctx, spec, "clone", "--no-checkout", "--", remote, str(workdir), cwd=workdir.parent
-        )
-        if not outcome.ok:
-            return outcome
-    elif remote is not None:
-        outcome = await _git(ctx, spec, "remote", "set-url", "origin", remote)
-        if not outcome.ok:
-            return outcome
-    if ctx.ref is not None:
-        outcome = await _git(
-            ctx, spec, "fetch", "--prune", "--no-tags", "origin", f"+{ctx.ref}:{_tracking(ctx.ref)}"
-        )
-        if not outcome.ok:
-            return outcome
-    if ctx.commit is None:
-        resolved = await _git_output(
-            ctx, "rev-parse", "--verify", "-q", f"{_tracking(ctx.ref or '')}^{{commit}}"
-        )
-        if not resolved:
-            raise StepFailed(f"{ctx.ref} was not found on the remote")
-        ctx.commit = resolved.strip()
-        if ctx.on_commit is not None:
-            await ctx.on_commit(ctx.commit)
-    if await _git_output(ctx, "cat-file", "-e", f"{ctx.commit}^{{commit}}") is None:
-        # Not reachable from the ref (a force-push since?): ask for the commit itself.
-        outcome = await _git(ctx, spec, "fetch", "--no-tags", "origin", ctx.commit)
-        if not outcome.ok:
-            raise StepFailed(f"commit {ctx.commit} is not on the remote")
-    outcome = await _git(ctx, spec, "checkout", "--force", "--detach", ctx.commit)
-    if not outcome.ok:
-        return outcome
-    if (spec.args or {}).get("clean"):
-        outcome = await _git(ctx, spec, "clean", "-ffdx")
-        if not outcome.ok:
-            return outcome
-    ctx.changed_files = await _changed_files(ctx)
-    if ctx.changed_files is None:
-        ctx.log.note("changed files: all (no previously deployed commit to compare with)")
-    else:
-        ctx.log.note(f"changed files since {ctx.previous_commit}: {len(ctx.changed_files)}")
-    return Outcome("succeeded", 0, f"checked out {ctx.commit}")
-
-
-def _tracking(ref: str) -> str:
-    """Where a fetched ref is kept in the checkout: branches as origin's, tags as themselves."""
-    if ref.startswith("refs/heads/"):
-        return "refs/remotes/origin/" + ref.removeprefix("refs/heads/")
-    return ref
-
-
-async def _changed_files(ctx: RunContext) -> list[str] | None:
-    previous = ctx.previous_commit
-    if not previous or not COMMIT.match(previous):
-        return None
-    diff = await _git_output(ctx, "diff", "--name-only", "--no-renames", "-z", previous, ctx.commit or "HEAD")
-    if diff is None:
-        return None
-    return [name for name in diff.split("\0") if name]
-
-
-def skip_reason(spec: StepSpec, ctx: RunContext) -> str | None:
-    """Why the step's ``when:`` skips it, or None to run it. Raises RenderError on a broken condition."""
-    when = spec.when or {}
-    changed = when.get("changed")
-    if changed and ctx.changed_files is not None:
-        wanted = Filter(changed)
-        if not any(wanted.matches(name) for name in ctx.changed_files):
-            return f"no file changed since {ctx.previous_commit} matches {wanted}"
-    condition = when.get("if")
-    if condition and not evaluate(condition, ctx.template_context()):
-        return f"the condition {condition!r} is false"
-    return None
-
-
-StepFunction = Callable[[StepSpec, RunContext], Awaitable[Outcome]]
-
-STEPS: dict[str, StepFunction] = {
-    "git": git_step,
-    "run": run_step,
-}
-
-
-async def run(spec: StepSpec, ctx: RunContext) -> Outcome:
-    """Carry out one step; a step that cannot be carried out fails with the reason."""
-    function = STEPS.get(spec.type)
-    if function is None:
-        return Outcome("failed", None, f"unknown step type {spec.type!r}")
-    try:
-        skip = skip_reason(spec, ctx)
-        if skip is not None:
-            return Outcome("skipped", None, skip)
-        return await function(spec, ctx)
-    except (StepFailed, RenderError) as exc:
-        return Outcome("failed", None, str(exc))

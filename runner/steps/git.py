@@ -1,0 +1,130 @@
+"""The git step: clone if missing, fetch, and check out exactly the pushed commit."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+from collections.abc import Mapping
+from pathlib import Path
+
+from runner.pipeline import StepSpec
+from runner.steps.base import COMMIT, REF, Outcome, RunContext, StepFailed, execute, step_timeout
+from runner.templating import render
+
+
+def _remote(spec: StepSpec, ctx: RunContext) -> str | None:
+    configured = (spec.args or {}).get("remote")
+    if configured:
+        remote = render(configured, ctx.template_context())
+        # A plain relative path is a repository on this machine, relative to RUNNER_HOME.
+        if "://" not in remote and ":" not in remote.split("/", 1)[0] and not remote.startswith("/"):
+            remote = str(ctx.home / remote)
+        return remote
+    repository = ctx.event.get("repository") if isinstance(ctx.event, Mapping) else None
+    if isinstance(repository, Mapping) and isinstance(repository.get("clone_url"), str):
+        return repository["clone_url"]
+    return None
+
+
+async def _git(ctx: RunContext, spec: StepSpec, *args: str, cwd: Path | None = None) -> Outcome:
+    ctx.log.note("$ git " + " ".join(shlex.quote(a) for a in args))
+    return await execute(
+        ["git", *args],
+        cwd=cwd or ctx.workdir,
+        env=ctx.env_for(spec),
+        timeout=step_timeout(spec, ctx),
+        log=ctx.log,
+        group_file=ctx.group_file,
+    )
+
+
+async def _git_output(ctx: RunContext, *args: str) -> str | None:
+    """A read-only git query's output, or None if it fails."""
+    process = await asyncio.create_subprocess_exec(
+        "git",
+        *args,
+        cwd=ctx.workdir,
+        env=dict(ctx.base_env),
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    out, _ = await process.communicate()
+    return out.decode(errors="replace") if process.returncode == 0 else None
+
+
+async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
+    """Clone if missing, fetch, and check out exactly the pushed commit (detached)."""
+    if ctx.ref is not None and not REF.match(ctx.ref):
+        raise StepFailed(f"refusing ref {ctx.ref!r}: not a branch or tag ref")
+    if ctx.commit is not None and not COMMIT.match(ctx.commit):
+        raise StepFailed(f"refusing commit {ctx.commit!r}: not a full commit id")
+    if ctx.ref is None and ctx.commit is None:
+        raise StepFailed("nothing to check out: the run has neither a ref nor a commit")
+    remote = _remote(spec, ctx)
+    workdir = ctx.workdir
+    if not (workdir / ".git").exists():
+        if workdir.exists() and any(workdir.iterdir()):
+            raise StepFailed(f"the workdir {workdir} exists, is not empty and is not a git checkout")
+        if remote is None:
+            raise StepFailed("no checkout yet and no remote to clone from: set `remote:` on the git step")
+        workdir.parent.mkdir(parents=True, exist_ok=True)
+        outcome = await _git(
+            ctx, spec, "clone", "--no-checkout", "--", remote, str(workdir), cwd=workdir.parent
+        )
+        if not outcome.ok:
+            return outcome
+    elif remote is not None:
+        outcome = await _git(ctx, spec, "remote", "set-url", "origin", remote)
+        if not outcome.ok:
+            return outcome
+    if ctx.ref is not None:
+        outcome = await _git(
+            ctx, spec, "fetch", "--prune", "--no-tags", "origin", f"+{ctx.ref}:{_tracking(ctx.ref)}"
+        )
+        if not outcome.ok:
+            return outcome
+    if ctx.commit is None:
+        resolved = await _git_output(
+            ctx, "rev-parse", "--verify", "-q", f"{_tracking(ctx.ref or '')}^{{commit}}"
+        )
+        if not resolved:
+            raise StepFailed(f"{ctx.ref} was not found on the remote")
+        ctx.commit = resolved.strip()
+        if ctx.on_commit is not None:
+            await ctx.on_commit(ctx.commit)
+    if await _git_output(ctx, "cat-file", "-e", f"{ctx.commit}^{{commit}}") is None:
+        # Not reachable from the ref (a force-push since?): ask for the commit itself.
+        outcome = await _git(ctx, spec, "fetch", "--no-tags", "origin", ctx.commit)
+        if not outcome.ok:
+            raise StepFailed(f"commit {ctx.commit} is not on the remote")
+    outcome = await _git(ctx, spec, "checkout", "--force", "--detach", ctx.commit)
+    if not outcome.ok:
+        return outcome
+    if (spec.args or {}).get("clean"):
+        outcome = await _git(ctx, spec, "clean", "-ffdx")
+        if not outcome.ok:
+            return outcome
+    ctx.changed_files = await _changed_files(ctx)
+    if ctx.changed_files is None:
+        ctx.log.note("changed files: all (no previously deployed commit to compare with)")
+    else:
+        ctx.log.note(f"changed files since {ctx.previous_commit}: {len(ctx.changed_files)}")
+    return Outcome("succeeded", 0, f"checked out {ctx.commit}")
+
+
+def _tracking(ref: str) -> str:
+    """Where a fetched ref is kept in the checkout: branches as origin's, tags as themselves."""
+    if ref.startswith("refs/heads/"):
+        return "refs/remotes/origin/" + ref.removeprefix("refs/heads/")
+    return ref
+
+
+async def _changed_files(ctx: RunContext) -> list[str] | None:
+    previous = ctx.previous_commit
+    if not previous or not COMMIT.match(previous):
+        return None
+    diff = await _git_output(ctx, "diff", "--name-only", "--no-renames", "-z", previous, ctx.commit or "HEAD")
+    if diff is None:
+        return None
+    return [name for name in diff.split("\0") if name]
