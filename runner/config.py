@@ -7,6 +7,7 @@ Nothing else in the package reads ``os.environ`` for runner settings.
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -16,6 +17,12 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3400
 DATABASE_FILE = "runner.db"
 DEFAULT_STOP_GRACE = 60.0
+DEFAULT_NGINX_SITES_DIR = "/etc/nginx/conf.d"
+DEFAULT_NGINX_TEST = "nginx -t"
+DEFAULT_NGINX_RELOAD = "sudo -n /usr/bin/systemctl reload nginx"
+DEFAULT_NGINX_PID_FILE = "/run/nginx.pid"
+DEFAULT_NGINX_ERROR_LOG = "/var/log/nginx/error.log"
+DEFAULT_CERTBOT = "sudo -n /usr/local/libexec/runner-certbot"
 
 
 class ConfigError(Exception):
@@ -51,6 +58,17 @@ class Config:
     # How long a running step may go on after the worker is asked to stop; systemd's TimeoutStopSec
     # for the worker must be longer.
     stop_grace: float = DEFAULT_STOP_GRACE
+    # Directories searched before PATH by every step: the deploy user's node and pnpm live outside PATH.
+    tool_path: tuple[str, ...] = ()
+    # The nginx step: where sites go, how they are checked, and how nginx is told to reload. The pid
+    # file and error log are how the step sees whether a reload took.
+    nginx_sites_dir: Path = Path(DEFAULT_NGINX_SITES_DIR)
+    nginx_test: tuple[str, ...] = tuple(shlex.split(DEFAULT_NGINX_TEST))
+    nginx_reload: tuple[str, ...] = tuple(shlex.split(DEFAULT_NGINX_RELOAD))
+    nginx_pid_file: Path = Path(DEFAULT_NGINX_PID_FILE)
+    nginx_error_log: Path = Path(DEFAULT_NGINX_ERROR_LOG)
+    # The certbot step runs this (the root-owned wrapper through sudo), never certbot itself.
+    certbot: tuple[str, ...] = tuple(shlex.split(DEFAULT_CERTBOT))
 
     @property
     def queues_dir(self) -> Path:
@@ -138,6 +156,17 @@ def _read_seconds(environ: Mapping[str, str], name: str, default: float) -> floa
     return value
 
 
+def _read_command(environ: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
+    raw = environ.get(name) or default
+    try:
+        argv = tuple(shlex.split(raw))
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r}: {exc}") from None
+    if not argv:
+        raise ConfigError(f"{name} is empty")
+    return argv
+
+
 def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) -> Config:
     """Read the configuration from the environment (``os.environ`` unless given).
 
@@ -153,4 +182,11 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         port=_read_port(environ),
         secret=_read_secret(environ),
         stop_grace=_read_seconds(environ, "RUNNER_STOP_GRACE", DEFAULT_STOP_GRACE),
+        tool_path=tuple(d for d in environ.get("RUNNER_TOOL_PATH", "").split(":") if d),
+        nginx_sites_dir=Path(environ.get("RUNNER_NGINX_SITES_DIR") or DEFAULT_NGINX_SITES_DIR),
+        nginx_test=_read_command(environ, "RUNNER_NGINX_TEST", DEFAULT_NGINX_TEST),
+        nginx_reload=_read_command(environ, "RUNNER_NGINX_RELOAD", DEFAULT_NGINX_RELOAD),
+        nginx_pid_file=Path(environ.get("RUNNER_NGINX_PID_FILE") or DEFAULT_NGINX_PID_FILE),
+        nginx_error_log=Path(environ.get("RUNNER_NGINX_ERROR_LOG") or DEFAULT_NGINX_ERROR_LOG),
+        certbot=_read_command(environ, "RUNNER_CERTBOT", DEFAULT_CERTBOT),
     )

@@ -122,7 +122,7 @@ class Lane:
             event=payload,
             previous_commit=previous,
             deadline=time.monotonic() + pipeline.timeout,
-            base_env=steps.step_environment(self.environ),
+            base_env=steps.step_environment(self.environ, self.config.tool_path),
             on_commit=on_commit,
             group_file=log_path.with_suffix(".pgid"),
         )

@@ -163,9 +163,12 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def step_environment(environ: Mapping[str, str]) -> dict[str, str]:
-    """The part of the worker's environment that steps inherit."""
-    return {key: value for key, value in environ.items() if not key.startswith(HIDDEN_ENV_PREFIXES)}
+def step_environment(environ: Mapping[str, str], tool_path: Sequence[str] = ()) -> dict[str, str]:
+    """The part of the worker's environment that steps inherit, with ``tool_path`` before PATH."""
+    env = {key: value for key, value in environ.items() if not key.startswith(HIDDEN_ENV_PREFIXES)}
+    if tool_path:
+        env["PATH"] = ":".join([*tool_path, env.get("PATH", os.defpath)])
+    return env
 
 
 def _kill_group(pgid: int, signum: int) -> None:
