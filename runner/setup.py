@@ -1,0 +1,312 @@
+"""``runner setup``: the deploy user, its directories, sudoers, the nginx ACL and the systemd units.
+
+Run as root; every action first looks at what is there and changes only what differs, so a second run
+changes nothing. An instance is named by its user: the default user ``runner`` gets ``runner-web.service``,
+``runner-worker.service`` and ``/etc/sudoers.d/runner``; another user name gives a second instance beside it.
+"""
+
+from __future__ import annotations
+
+import grp
+import os
+import pwd
+import secrets
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+WRAPPER = "usr/local/libexec/runner-certbot"
+# systemd waits this much longer than the worker's grace before it kills what is left: the step's own
+# SIGTERM-to-SIGKILL grace, and the worker's bookkeeping.
+STOP_TIMEOUT_MARGIN = 15
+
+
+class SetupError(Exception):
+    pass
+
+
+@dataclass
+class Setup:
+    user: str
+    home: Path
+    sites_dir: Path
+    stop_grace: float
+    prefix: Path = Path("/")
+    database_url: str | None = None
+    runner_bin: Path = field(default_factory=lambda: Path(sys.executable).with_name("runner"))
+    dry_run: bool = False
+    report: Callable[[str], None] = print
+    changes: int = 0
+
+    # Where things go ---------------------------------------------------------------------------------
+
+    def _at(self, path: str) -> Path:
+        return self.prefix / path.lstrip("/")
+
+    @property
+    def etc_dir(self) -> Path:
+        return self._at(f"/etc/{self.user}")
+
+    @property
+    def env_file(self) -> Path:
+        return self.etc_dir / "runner.env"
+
+    @property
+    def secret_file(self) -> Path:
+        return self.etc_dir / "secret"
+
+    @property
+    def sudoers_file(self) -> Path:
+        return self._at(f"/etc/sudoers.d/{self.user}")
+
+    @property
+    def units_dir(self) -> Path:
+        return self._at("/etc/systemd/system")
+
+    @property
+    def wrapper(self) -> Path:
+        return self._at(WRAPPER)
+
+    # Running -----------------------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Carry out (or, with dry_run, describe) every action; returns how many changed something."""
+        if os.geteuid() != 0 and not self.dry_run:
+            raise SetupError("runner setup must run as root (sudo runner setup), or with --dry-run")
+        if not self.user.replace("-", "").replace("_", "").isalnum() or self.user.startswith("-"):
+            raise SetupError(f"{self.user!r} is not a user name")
+        self.ensure_user()
+        self.ensure_directories()
+        self.ensure_secret_and_env()
+        self.ensure_wrapper()
+        self.ensure_sudoers()
+        self.ensure_acl()
+        self.ensure_units()
+        self.report(
+            f"{'would change' if self.dry_run else 'changed'} {self.changes} thing(s)"
+            if self.changes
+            else "nothing to change: everything is set up"
+        )
+        return self.changes
+
+    def _change(self, what: str, action: Callable[[], None]) -> None:
+        self.changes += 1
+        if self.dry_run:
+            self.report(f"would {what}")
+            return
+        action()
+        self.report(f"{what}: done")
+
+    def _ok(self, what: str) -> None:
+        self.report(f"ok: {what}")
+
+    # Actions -----------------------------------------------------------------------------------------
+
+    def ensure_user(self) -> None:
+        try:
+            grp.getgrnam(self.user)
+            self._ok(f"group {self.user} exists")
+        except KeyError:
+            self._change(f"create system group {self.user}", lambda: _call("groupadd", "--system", self.user))
+        try:
+            entry = pwd.getpwnam(self.user)
+            self._ok(f"user {self.user} exists (home {entry.pw_dir})")
+        except KeyError:
+            self._change(
+                f"create system user {self.user} with home {self.home}",
+                lambda: _call(
+                    "useradd",
+                    "--system",
+                    "--gid",
+                    self.user,
+                    "--home-dir",
+                    str(self.home),
+                    "--no-create-home",
+                    "--shell",
+                    "/usr/sbin/nologin",
+                    "--comment",
+                    "runner deployments",
+                    self.user,
+                ),
+            )
+
+    def _ids(self) -> tuple[int, int]:
+        if self.dry_run:
+            try:
+                return pwd.getpwnam(self.user).pw_uid, grp.getgrnam(self.user).gr_gid
+            except KeyError:
+                return -1, -1
+        return pwd.getpwnam(self.user).pw_uid, grp.getgrnam(self.user).gr_gid
+
+    def _ensure_dir(self, path: Path, uid: int, gid: int, mode: int) -> None:
+        if not path.is_dir():
+            self._change(f"create {path} ({oct(mode)}, {self.user})", lambda: _make_dir(path, uid, gid, mode))
+            return
+        st = path.stat()
+        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (uid, gid, mode):
+            self._change(f"set owner and mode of {path}", lambda: _own(path, uid, gid, mode))
+        else:
+            self._ok(f"{path}")
+
+    def ensure_directories(self) -> None:
+        uid, gid = self._ids()
+        for path in (self.home, self.home / "queues", self.home / "queues" / "main", self.home / "logs"):
+            self._ensure_dir(path, uid, gid, 0o750)
+        # Pipelines are configuration: the deploy user reads them (and may update them through a pipeline).
+        self._ensure_dir(self.home / "pipelines", uid, gid, 0o750)
+
+    def _ensure_file(self, path: Path, content: bytes, uid: int, gid: int, mode: int, *, keep: bool) -> None:
+        """Write ``content`` unless the file is there (``keep``: the admin's to edit) or already equal."""
+        exists = path.is_file()
+        if exists and (keep or path.read_bytes() == content):
+            st = path.stat()
+            if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (uid, gid, mode):
+                self._change(f"set owner and mode of {path}", lambda: _own(path, uid, gid, mode))
+            else:
+                self._ok(f"{path}")
+            return
+        verb = "update" if exists else "write"
+        self._change(f"{verb} {path}", lambda: _write_file(path, content, uid, gid, mode))
+
+    def ensure_secret_and_env(self) -> None:
+        _, gid = self._ids()
+        self._ensure_dir(self.etc_dir, 0, gid, 0o750)
+        self._ensure_file(self.secret_file, (secrets.token_hex(32) + "\n").encode(), 0, gid, 0o640, keep=True)
+        database = (
+            f"RUNNER_DATABASE_URL={self.database_url}\n"
+            if self.database_url
+            else "# RUNNER_DATABASE_URL=postgresql+psycopg2://runner@/runner\n"
+        )
+        env = (
+            "# runner's settings for the systemd units (see the README's Configuration section).\n"
+            f"RUNNER_HOME={self.home}\n"
+            f"RUNNER_SECRET_FILE={self.secret_file}\n"
+            f"{database}"
+            f"RUNNER_NGINX_SITES_DIR={self.sites_dir}\n"
+        )
+        self._ensure_file(self.env_file, env.encode(), 0, gid, 0o640, keep=True)
+
+    def ensure_wrapper(self) -> None:
+        source = PACKAGING / "libexec" / "runner-certbot"
+        if not source.is_file():
+            raise SetupError(f"{source} is missing from this installation")
+        if not self.wrapper.parent.is_dir():
+            self._ensure_dir(self.wrapper.parent, 0, 0, 0o755)
+        self._ensure_file(self.wrapper, source.read_bytes(), 0, 0, 0o755, keep=False)
+        conf = self._at("/etc/runner/certbot.conf")
+        example = PACKAGING / "certbot.conf"
+        if example.is_file():
+            if not conf.parent.is_dir():
+                self._ensure_dir(conf.parent, 0, 0, 0o755)
+            self._ensure_file(conf, example.read_bytes(), 0, 0, 0o644, keep=True)
+
+    def sudoers(self) -> bytes:
+        template = (PACKAGING / "sudoers" / "runner").read_text()
+        return template.replace("@USER@", self.user).replace("@WRAPPER@", "/" + WRAPPER).encode()
+
+    def ensure_sudoers(self) -> None:
+        content = self.sudoers()
+        _check_sudoers(content)
+        self._ensure_file(self.sudoers_file, content, 0, 0, 0o440, keep=False)
+
+    def ensure_acl(self) -> None:
+        if not self.sites_dir.is_dir():
+            self.report(f"skipped: {self.sites_dir} does not exist (install nginx, then run setup again)")
+            return
+        wanted = [
+            (self.sites_dir, f"user:{self.user}:rwx", False),
+            (self.sites_dir, f"default:user:{self.user}:rw-", True),
+        ]
+        wanted += [(path, f"user:{self.user}:rw-", False) for path in sorted(self.sites_dir.glob("*.conf"))]
+        for path, entry, default in wanted:
+            if entry in _acl(path):
+                self._ok(f"ACL {entry} on {path}")
+                continue
+            spec = entry.removeprefix("default:")
+            args = ["setfacl", "-d", "-m", spec, str(path)] if default else ["setfacl", "-m", spec, str(path)]
+            self._change(f"set ACL {entry} on {path}", lambda args=args: _call(*args))
+
+    def units(self) -> dict[str, bytes]:
+        values = {
+            "@USER@": self.user,
+            "@GROUP@": self.user,
+            "@HOME@": str(self.home),
+            "@ENV_FILE@": str(self._strip_prefix(self.env_file)),
+            "@RUNNER@": str(self.runner_bin),
+            "@STOP_GRACE@": f"{self.stop_grace:g}",
+            "@STOP_TIMEOUT@": f"{self.stop_grace + STOP_TIMEOUT_MARGIN:g}s",
+        }
+        rendered = {}
+        for role in ("web", "worker"):
+            text = (PACKAGING / "systemd" / f"runner-{role}.service").read_text()
+            for key, value in values.items():
+                text = text.replace(key, value)
+            rendered[f"{self.user}-{role}.service"] = text.encode()
+        return rendered
+
+    def _strip_prefix(self, path: Path) -> Path:
+        return Path("/") / path.relative_to(self.prefix)
+
+    def ensure_units(self) -> None:
+        before = self.changes
+        for name, content in self.units().items():
+            self._ensure_file(self.units_dir / name, content, 0, 0, 0o644, keep=False)
+        if self.changes > before and Path("/run/systemd/system").is_dir() and self.prefix == Path("/"):
+            self._change("reload systemd", lambda: _call("systemctl", "daemon-reload"))
+
+
+def _call(*argv: str) -> None:
+    result = subprocess.run(argv, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SetupError(f"{' '.join(argv)} failed: {(result.stderr or result.stdout).strip()}")
+
+
+def _make_dir(path: Path, uid: int, gid: int, mode: int) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    _own(path, uid, gid, mode)
+
+
+def _own(path: Path, uid: int, gid: int, mode: int) -> None:
+    os.chown(path, uid, gid)
+    os.chmod(path, mode)
+
+
+def _write_file(path: Path, content: bytes, uid: int, gid: int, mode: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Owner and mode are set before the file gets its name: a secret is never readable by others.
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        os.write(fd, content)
+        os.fchown(fd, uid, gid)
+        os.fchmod(fd, mode)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(temp, path)
+
+
+def _check_sudoers(content: bytes) -> None:
+    visudo = shutil.which("visudo") or "/usr/sbin/visudo"
+    with tempfile.NamedTemporaryFile(prefix="runner-sudoers.") as candidate:
+        candidate.write(content)
+        candidate.flush()
+        result = subprocess.run([visudo, "-c", "-f", candidate.name], capture_output=True, text=True)
+    if result.returncode != 0:
+        detail = (result.stderr or result.stdout).strip()
+        raise SetupError(f"the sudoers file does not pass visudo -c: {detail}")
+
+
+def _acl(path: Path) -> set[str]:
+    result = subprocess.run(
+        ["getfacl", "--omit-header", "--absolute-names", "--no-effective", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise SetupError(f"getfacl {path} failed: {result.stderr.strip()}")
+    return {line.strip() for line in result.stdout.splitlines() if line.strip()}
