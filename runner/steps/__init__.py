@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from runner.pipeline import Filter, StepSpec
+from runner.sudo import SudoRefused
 from runner.steps.base import (
     COMMIT,
     REF,
@@ -22,6 +23,8 @@ from runner.steps.base import (
 )
 from runner.steps.command import run_step
 from runner.steps.git import git_step
+from runner.steps.pnpm import pnpm_step
+from runner.steps.systemctl import systemctl_step
 from runner.templating import RenderError, evaluate
 
 __all__ = [
@@ -60,6 +63,8 @@ StepFunction = Callable[[StepSpec, RunContext], Awaitable[Outcome]]
 STEPS: dict[str, StepFunction] = {
     "git": git_step,
     "run": run_step,
+    "pnpm": pnpm_step,
+    "systemctl": systemctl_step,
 }
 
 
@@ -73,5 +78,5 @@ async def run(spec: StepSpec, ctx: RunContext) -> Outcome:
         if skip is not None:
             return Outcome("skipped", None, skip)
         return await function(spec, ctx)
-    except (StepFailed, RenderError) as exc:
+    except (StepFailed, RenderError, SudoRefused) as exc:
         return Outcome("failed", None, str(exc))
