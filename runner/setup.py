@@ -10,6 +10,7 @@ from __future__ import annotations
 import grp
 import os
 import pwd
+import re
 import secrets
 import shutil
 import subprocess
@@ -145,7 +146,8 @@ class Setup:
 
     def _ensure_dir(self, path: Path, uid: int, gid: int, mode: int) -> None:
         if not path.is_dir():
-            self._change(f"create {path} ({oct(mode)}, {self.user})", lambda: _make_dir(path, uid, gid, mode))
+            owner = self.user if uid else "root"
+            self._change(f"create {path} ({owner}, {mode:o})", lambda: _make_dir(path, uid, gid, mode))
             return
         st = path.stat()
         if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (uid, gid, mode):
@@ -206,8 +208,44 @@ class Setup:
             self._ensure_file(conf, example.read_bytes(), 0, 0, 0o644, keep=True)
 
     def sudoers(self) -> bytes:
-        template = (PACKAGING / "sudoers" / "runner").read_text()
-        return template.replace("@USER@", self.user).replace("@WRAPPER@", "/" + WRAPPER).encode()
+        """The shipped sudoers file for this instance's user, with the units its pipelines restart.
+
+        Alias names are global in sudoers, so another instance's aliases get the user's name as suffix.
+        """
+        text = (PACKAGING / "sudoers" / "runner").read_text()
+        text = re.sub(r"^(User_Alias RUNNER_DEPLOY = )runner$", rf"\g<1>{self.user}", text, flags=re.M)
+        text = text.replace("restart runner-web.service", f"restart {self.user}-web.service")
+        text = text.replace("restart runner-worker.service", f"restart {self.user}-worker.service")
+        extra = [" ".join(command) for command in self.pipeline_units() if " ".join(command) not in text]
+        if extra:
+            listed = ", \\\n    ".join(extra)
+            text += (
+                "\n# Units the pipelines in " + str(self.home / "pipelines") + " reload or restart "
+                "(written by runner setup).\n"
+                f"Cmnd_Alias RUNNER_UNITS = {listed}\n"
+                "RUNNER_DEPLOY ALL = (root) NOPASSWD: RUNNER_UNITS\n"
+            )
+        if self.user != "runner":
+            suffix = re.sub(r"[^A-Z0-9]", "_", self.user.upper())
+            text = re.sub(r"\bRUNNER_([A-Z_]+)\b", rf"RUNNER_\1_{suffix}", text)
+        return text.encode()
+
+    def pipeline_units(self) -> list[list[str]]:
+        """The systemctl commands of this instance's pipelines: each gets its own sudoers line."""
+        from runner.pipeline import PipelineSet
+        from runner.steps.systemctl import command
+
+        pipelines = PipelineSet(self.home / "pipelines", self.home)
+        pipelines.reload()
+        commands: list[list[str]] = []
+        for pipeline in pipelines.all():
+            for step in pipeline.steps:
+                if step.type == "systemctl":
+                    args = step.args or {}
+                    argv = command(args["action"], args["unit"], bool(args.get("no-block")))
+                    if argv not in commands:
+                        commands.append(argv)
+        return commands
 
     def ensure_sudoers(self) -> None:
         content = self.sudoers()

@@ -1,0 +1,260 @@
+"""``runner doctor``: what a deployment needs on this server, checked one thing at a time, as the deploy user.
+
+Each check gives one line: ``ok`` and what holds, or ``FAIL`` and the exact fix. The aim is that what would
+fail a deployment at 2 a.m. is found the afternoon before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner import sudo
+from runner.config import Config
+from runner.pipeline import Pipeline, pipeline_files, validate
+
+# The commands runner itself may ask sudo for, whatever the pipelines: anything else sudo allows the
+# deploy user is wider than needed.
+SELF_RESTART = ("web", "worker")
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    message: str
+
+    def __str__(self) -> str:
+        return f"{'ok  ' if self.ok else 'FAIL'}  {self.name}: {self.message}"
+
+
+class Doctor:
+    def __init__(self, config: Config, environ: dict[str, str]) -> None:
+        self.config = config
+        self.environ = environ
+        self.pipelines: list[Pipeline] = []
+
+    def checks(self) -> Iterator[Check]:
+        yield self.check_secret()
+        yield self.check_database()
+        yield self.check_pipelines()
+        yield from self.check_queues()
+        yield from self.check_workdirs()
+        yield from self.check_tools()
+        yield from self.check_sites_dir()
+        yield from self.check_sudo_rights()
+        yield self.check_no_wider_sudo()
+
+    # Each check ---------------------------------------------------------------------------------------
+
+    def check_secret(self) -> Check:
+        if self.config.secret:
+            return Check("secret", True, "the webhook secret is set")
+        return Check(
+            "secret", False, "no webhook secret: set RUNNER_SECRET_FILE (or RUNNER_SECRET) in the env file"
+        )
+
+    def check_database(self) -> Check:
+        from runner.store import SchemaError, Store, safe_url
+
+        store = Store(self.config.database_url)
+        where = safe_url(self.config.database_url)
+        try:
+            store.check_schema()
+        except SchemaError as exc:
+            return Check("database", False, str(exc))
+        except Exception as exc:
+            return Check(
+                "database",
+                False,
+                f"{where} is not reachable ({type(exc).__name__}): check RUNNER_DATABASE_URL",
+            )
+        finally:
+            store.close()
+        return Check("database", True, f"{where} is reachable and migrated")
+
+    def check_pipelines(self) -> Check:
+        files = pipeline_files(self.config.pipelines_dir)
+        problems = validate(files, self.config.home)
+        if problems:
+            shown = "; ".join(str(p) for p in problems[:3]) + (" ..." if len(problems) > 3 else "")
+            return Check("pipelines", False, f"{len(problems)} problem(s): {shown}; run `runner validate`")
+        from runner.pipeline import load_pipeline
+
+        self.pipelines = [load_pipeline(path, self.config.home) for path in files]
+        names = ", ".join(p.name for p in self.pipelines) or "none"
+        return Check("pipelines", True, f"{len(files)} valid ({names})")
+
+    def check_queues(self) -> Iterator[Check]:
+        directories = [self.config.main_queue_dir] + [self.config.queues_dir / p.name for p in self.pipelines]
+        for directory in directories:
+            problem = _writable(directory)
+            yield Check(
+                f"queue {directory.name}",
+                problem is None,
+                f"{directory} is writable" if problem is None else f"{problem}: {_own_fix(directory)}",
+            )
+
+    def check_workdirs(self) -> Iterator[Check]:
+        for pipeline in self.pipelines:
+            workdir = pipeline.workdir
+            target = workdir if workdir.exists() else _nearest_existing(workdir)
+            problem = _writable(target)
+            if problem is None:
+                what = "is writable" if workdir.exists() else f"can be created (in {target})"
+                yield Check(f"workdir of {pipeline.name}", True, f"{workdir} {what}")
+            else:
+                yield Check(f"workdir of {pipeline.name}", False, f"{problem}: {_own_fix(workdir)}")
+
+    def _step_types(self) -> set[str]:
+        return {step.type for pipeline in self.pipelines for step in pipeline.steps}
+
+    def check_tools(self) -> Iterator[Check]:
+        path = ":".join([*self.config.tool_path, self.environ.get("PATH", os.defpath)])
+        used = self._step_types()
+        wanted = {"git": "git" in used, "pnpm": "pnpm" in used, "node": "pnpm" in used}
+        wanted[self.config.nginx_test[0]] = "nginx" in used
+        for tool, needed in wanted.items():
+            found = shutil.which(tool, path=path)
+            if found:
+                yield Check(f"tool {tool}", True, f"found at {found}")
+            elif needed:
+                hint = "install it, or add its directory to RUNNER_TOOL_PATH"
+                yield Check(f"tool {tool}", False, f"not found on RUNNER_TOOL_PATH or PATH: {hint}")
+        if "certbot" in used:
+            command = sudo.unwrap(self.config.certbot) or list(self.config.certbot)
+            wrapper = Path(command[0])
+            if wrapper.is_file() and os.access(wrapper, os.X_OK):
+                yield Check("tool certbot", True, f"the wrapper {wrapper} is installed")
+            else:
+                yield Check("tool certbot", False, f"{wrapper} is missing: run `sudo runner setup`")
+            if not shutil.which("certbot", path="/usr/bin:/usr/local/bin:/snap/bin"):
+                yield Check("tool certbot", False, "certbot is not installed: apt-get install certbot")
+
+    def check_sites_dir(self) -> Iterator[Check]:
+        if "nginx" not in self._step_types():
+            return
+        sites = self.config.nginx_sites_dir
+        problem = _writable(sites)
+        if problem is not None:
+            user = sudo.current_user()
+            fix = (
+                f"sudo setfacl -m u:{user}:rwx {sites} && sudo setfacl -d -m u:{user}:rw {sites} "
+                "(or run `sudo runner setup`)"
+            )
+            yield Check("nginx sites", False, f"{problem}: {fix}")
+        else:
+            yield Check("nginx sites", True, f"{sites} is writable")
+
+    def needed_sudo(self) -> list[list[str]]:
+        """The exact commands the pipelines will ask sudo for."""
+        from runner.steps.systemctl import command as systemctl_command
+
+        needed: list[list[str]] = []
+        for pipeline in self.pipelines:
+            for step in pipeline.steps:
+                argv: list[str] | None = None
+                if step.type == "systemctl":
+                    args = step.args or {}
+                    argv = sudo.privileged(
+                        systemctl_command(args["action"], args["unit"], bool(args.get("no-block")))
+                    )
+                elif step.type == "nginx" and (step.args or {}).get("reload", True):
+                    argv = list(self.config.nginx_reload)
+                elif step.type == "certbot":
+                    argv = list(self.config.certbot)
+                command = sudo.unwrap(argv) if argv else None
+                if command is not None and command not in needed:
+                    needed.append(command)
+        return needed
+
+    def check_sudo_rights(self) -> Iterator[Check]:
+        for command in self.needed_sudo():
+            try:
+                asyncio.run(sudo.check(sudo.privileged(command), env=self.environ))
+            except sudo.SudoRefused as exc:
+                yield Check(f"sudo {command[0]}", False, str(exc))
+            else:
+                yield Check(f"sudo {command[0]}", True, f"may run `{' '.join(command)}`")
+
+    def check_no_wider_sudo(self) -> Check:
+        allowed = {" ".join(command) for command in self.needed_sudo()}
+        user = sudo.current_user()
+        allowed |= {f"/usr/bin/systemctl --no-block restart {user}-{role}.service" for role in SELF_RESTART}
+        wrapper = sudo.unwrap(self.config.certbot)
+        if wrapper:
+            allowed.add(wrapper[0])
+        granted = _granted_commands()
+        if granted is None:
+            return Check("sudo scope", True, "sudo grants this user nothing (or is not installed)")
+        wider = [command for command in granted if command not in allowed]
+        if wider:
+            return Check(
+                "sudo scope",
+                False,
+                "sudo allows more than the pipelines need: "
+                + ", ".join(wider)
+                + f"; remove it from the sudoers files (`sudo -l -U {user}` lists them)",
+            )
+        return Check("sudo scope", True, f"sudo allows only what is needed ({len(granted)} command(s))")
+
+
+def _granted_commands() -> list[str] | None:
+    """The commands ``sudo -n -l`` says this user may run, one per entry; None if none or no sudo."""
+    if shutil.which("sudo") is None:
+        return None
+    result = subprocess.run(["sudo", "-n", "-l"], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    if result.returncode != 0:
+        return None
+    commands: list[str] = []
+    listing = result.stdout.split("may run the following commands", 1)[-1]
+    for line in listing.splitlines()[1:]:
+        line = line.strip()
+        if not line:
+            continue
+        # "(root) NOPASSWD: /a, /b c" -- the run-as part, tags, then commands separated by ", ".
+        line = re.sub(r"^\([^)]*\)\s*", "", line)
+        line = re.sub(r"^(?:[A-Z_]+:\s*)+", "", line)
+        commands.extend(part.strip() for part in re.split(r",\s+", line) if part.strip())
+    return commands
+
+
+def _writable(directory: Path) -> str | None:
+    """Why this user cannot create files in ``directory``, or None. Tried for real: ACLs count."""
+    if not directory.is_dir():
+        return f"{directory} is not a directory"
+    try:
+        with tempfile.NamedTemporaryFile(dir=directory, prefix=".runner-doctor."):
+            pass
+    except OSError as exc:
+        return f"cannot create a file in {directory} ({exc.strerror})"
+    return None
+
+
+def _nearest_existing(path: Path) -> Path:
+    for parent in path.parents:
+        if parent.exists():
+            return parent
+    return Path("/")
+
+
+def _own_fix(path: Path) -> str:
+    user = sudo.current_user()
+    return f"sudo install -d -o {user} -g {user} {path}"
+
+
+def run(config: Config, environ: dict[str, str]) -> int:
+    """Print every check; 0 only when all pass."""
+    failed = 0
+    for check in Doctor(config, environ).checks():
+        print(check, flush=True)
+        failed += not check.ok
+    print(f"{failed} check(s) failed" if failed else "all checks passed")
+    return 1 if failed else 0
