@@ -41,6 +41,8 @@ STEP_TYPES: dict[str, str] = {
     "systemctl": "reload or restart a unit through sudo, exactly as the sudoers file allows",
 }
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "pipeline.schema.json"
+# Where the nginx step's templates are, under RUNNER_HOME.
+NGINX_TEMPLATES = "templates/nginx"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # queues/main/ is the main queue; a pipeline's queue is queues/<name>/.
 RESERVED_NAMES = frozenset({"main"})
@@ -725,7 +727,22 @@ def _check_step(doc: _Document, step: dict[str, Any], where: Where, names: dict[
         doc.check(at, shell_template_problem(text) if at == (*where, "run") else syntax_problem(text))
 
 
-def _check(doc: _Document) -> None:
+def _nginx_template_problem(name: str, home: Path) -> str | None:
+    """Why an nginx step's template cannot be used, or None; the step checks again when it runs."""
+    directory = (home / NGINX_TEMPLATES).resolve()
+    path = (directory / name).resolve()
+    if not path.is_relative_to(directory) or not path.is_file():
+        return f"template '{name}' not found in {NGINX_TEMPLATES}/"
+    try:
+        problem = syntax_problem(path.read_text())
+    except OSError as exc:
+        return f"template '{name}' in {NGINX_TEMPLATES}/ cannot be read: {exc.strerror}"
+    except UnicodeDecodeError:
+        return f"template '{name}' in {NGINX_TEMPLATES}/ is not UTF-8 text"
+    return f"template '{name}' in {NGINX_TEMPLATES}/: {problem}" if problem else None
+
+
+def _check(doc: _Document, home: Path) -> None:
     """What the schema cannot say: globs, durations, templates, paths, unique names."""
     data = doc.data
     on = data.get("on")
@@ -741,6 +758,10 @@ def _check(doc: _Document) -> None:
         for index, step in enumerate(steps):
             if isinstance(step, dict):
                 _check_step(doc, step, ("steps", index), names)
+                nginx = step.get("nginx")
+                if isinstance(nginx, dict) and isinstance(nginx.get("template"), str):
+                    where: Where = ("steps", index, "nginx", "template")
+                    doc.check(where, _nginx_template_problem(nginx["template"], home))
 
 
 def _default_step_name(step_type: str, args: Any) -> str:
@@ -855,7 +876,7 @@ def _load(path: Path, home: Path) -> tuple[list[Problem], Pipeline | None]:
     ]
     for where, key, message in explained:
         doc.add(where, message, key=key)
-    _check(doc)
+    _check(doc, home)
     if doc.problems:
         unique = dict.fromkeys(doc.problems)
         return sorted(unique, key=lambda p: (p.line, p.column)), None

@@ -23,6 +23,7 @@ from runner.steps.base import (
 )
 from runner.steps.command import run_step
 from runner.steps.git import git_step
+from runner.steps.nginx import nginx_step
 from runner.steps.pnpm import pnpm_step
 from runner.steps.systemctl import systemctl_step
 from runner.templating import RenderError, evaluate
@@ -63,6 +64,7 @@ StepFunction = Callable[[StepSpec, RunContext], Awaitable[Outcome]]
 STEPS: dict[str, StepFunction] = {
     "git": git_step,
     "run": run_step,
+    "nginx": nginx_step,
     "pnpm": pnpm_step,
     "systemctl": systemctl_step,
 }

@@ -1,0 +1,746 @@
+"""The nginx step, against a real nginx.
+
+Each test starts its own nginx master, as a non-root user when the tests run as root (as in CI): a prefix
+directory of its own, a main configuration that includes the test's sites directory, a free loopback port.
+``nginx -t`` and the reload run as the tests' user, as they do through sudo in production, so that a
+configuration can pass the test and still be refused by the master. The end-to-end tests run a real
+``runner work`` and queue runs with ``runner trigger``; the others call the step in-process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import os
+import pwd
+import re
+import shlex
+import shutil
+import signal
+import ssl
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from support import ROOT, free_port, require, run_cli, runner_env
+
+from runner import steps
+from runner.config import Config
+from runner.models import Run
+from runner.pipeline import StepSpec, load_pipeline, validate
+from runner.steps.base import RunContext, RunLog, step_environment
+from runner.store import Store
+
+T = TypeVar("T")
+
+NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+# The user the test's nginx master runs as when the tests run as root; created if missing.
+NGINX_USER = "runner-nginx-test"
+FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test Author",
+    "GIT_AUTHOR_EMAIL": "author@example.com",
+    "GIT_COMMITTER_NAME": "Test Committer",
+    "GIT_COMMITTER_EMAIL": "committer@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
+# A test-only template: one answer on one port, and a directive named by a variable.
+ANSWER_TEMPLATE = """\
+{# answer.conf.j2 (tests): port, option (a directive set to on), answer (any text) #}
+server {
+    listen 127.0.0.1:{{ port }};
+    {{ option }} on;
+    location / {
+        default_type text/plain;
+        return 200 {{ answer | nginx_quote }};
+    }
+}
+"""
+
+
+def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30, details: str = "") -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{details}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def children(pid: int) -> set[int]:
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == pid and fields[0] != "Z":
+                    found.add(int(entry.name))
+    return found
+
+
+# nginx ------------------------------------------------------------------------------------------------------
+
+
+class Nginx:
+    """A real nginx master on a loopback port, as ``user`` (None: as the tests' own user)."""
+
+    def __init__(self, root: Path, user: str | None) -> None:
+        self.prefix = root / "nginx"
+        self.logs = self.prefix / "logs"
+        self.sites = self.prefix / "sites"
+        self.conf = self.prefix / "nginx.conf"
+        self.pid_file = self.logs / "nginx.pid"
+        self.error_log = self.logs / "error.log"
+        self.logs.mkdir(parents=True)
+        self.sites.mkdir()
+        if user is not None:
+            shutil.chown(self.logs, user)
+        temp_paths = "\n".join(
+            f"    {kind}_temp_path {self.logs / kind};"
+            for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+        )
+        # `user`: a master run by root ignores it, but `nginx -t` run by root then creates the temporary
+        # directories for that user rather than for nobody.
+        self.conf.write_text(
+            (f"user {user};\n" if user is not None and os.geteuid() == 0 else "")
+            + textwrap.dedent(
+                f"""\
+                worker_processes 1;
+                pid {self.pid_file};
+                error_log {self.error_log};
+                events {{
+                    worker_connections 64;
+                }}
+                http {{
+                    access_log off;
+                """
+            )
+            + temp_paths
+            + f"\n    include {self.sites}/*.conf;\n}}\n"
+        )
+        self.argv = [NGINX, "-p", str(self.prefix), "-c", str(self.conf)]
+        started = subprocess.run(
+            [*(["runuser", "-u", user, "--"] if user is not None else []), *self.argv],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        assert started.returncode == 0, f"nginx did not start: {started.stderr}"
+        self.pid = wait_for(self._read_pid, "nginx's pid file", 10)
+
+    def _read_pid(self) -> int | None:
+        with contextlib.suppress(OSError, ValueError):
+            return int(self.pid_file.read_text())
+        return None
+
+    def env(self) -> dict[str, str]:
+        """What points runner's nginx step at this master."""
+        return {
+            "RUNNER_NGINX_SITES_DIR": str(self.sites),
+            "RUNNER_NGINX_TEST": shlex.join([*self.argv, "-t"]),
+            "RUNNER_NGINX_RELOAD": shlex.join([*self.argv, "-s", "reload"]),
+            "RUNNER_NGINX_PID_FILE": str(self.pid_file),
+            "RUNNER_NGINX_ERROR_LOG": str(self.error_log),
+        }
+
+    def workers(self) -> set[int]:
+        return children(self.pid)
+
+    def stop(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while alive(self.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for pid in [*children(self.pid), self.pid]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def get(
+    port: int, path: str = "/", host: str = "localhost", tls: ssl.SSLContext | None = None
+) -> tuple[int, str, dict[str, str]]:
+    connection = (
+        http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=tls)
+        if tls is not None
+        else http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    )
+    try:
+        connection.request("GET", path, headers={"Host": host})
+        response = connection.getresponse()
+        return response.status, response.read().decode(), dict(response.getheaders())
+    finally:
+        connection.close()
+
+
+def self_signed(directory: Path, name: str) -> tuple[Path, Path]:
+    """A certificate for ``name`` and 127.0.0.1, laid out as certbot's live/<name>/ is."""
+    directory.mkdir(parents=True)
+    chain, key = directory / "fullchain.pem", directory / "privkey.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+         "-addext", f"subjectAltName=DNS:{name},IP:127.0.0.1", "-keyout", str(key), "-out", str(chain)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    return chain, key
+
+
+@pytest.fixture
+def world() -> Iterator[Path]:
+    """A directory the nginx user can reach: pytest's own tmp_path is private to the tests' user."""
+    root = Path(tempfile.mkdtemp(prefix="runner-nginx-test-"))
+    root.chmod(0o755)
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def nginx_user() -> str | None:
+    """The master's user: a throw-away system user when the tests run as root, else the tests' own."""
+    require(Path(NGINX).exists(), f"nginx is not installed ({NGINX}): apt-get install nginx")
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(NGINX_USER)
+    except KeyError:
+        made = subprocess.run(
+            ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", NGINX_USER],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert made.returncode == 0 or "already exists" in made.stderr, made.stderr
+    return NGINX_USER
+
+
+@pytest.fixture
+def nginx(world: Path, nginx_user: str | None) -> Iterator[Nginx]:
+    server = Nginx(world, nginx_user)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def make_home(world: Path, templates: dict[str, str] | None = None) -> Path:
+    """A runner home whose templates/nginx/ holds the shipped templates and ``templates``."""
+    home = world / "home"
+    (home / "pipelines").mkdir(parents=True)
+    shutil.copytree(ROOT / "templates" / "nginx", home / "templates" / "nginx")
+    for name, text in (templates or {}).items():
+        (home / "templates" / "nginx" / name).write_text(text)
+    return home
+
+
+def write_pipeline(home: Path, name: str, text: str, **values: object) -> Path:
+    text = textwrap.dedent(text).lstrip("\n")
+    for key, value in values.items():
+        text = text.replace(f"<{key}>", str(value))
+    assert not re.search(r"<[A-Z_0-9]+>", text), text
+    path = home / "pipelines" / f"{name}.yaml"
+    path.write_text(text)
+    return path
+
+
+# In-process: the step alone ---------------------------------------------------------------------------------
+
+
+def config_for(home: Path, server: Nginx, **changes: Any) -> Config:
+    settings: dict[str, Any] = {
+        "home": home,
+        "database_url": f"sqlite:///{home / 'runner.db'}",
+        "nginx_sites_dir": server.sites,
+        "nginx_test": (*server.argv, "-t"),
+        "nginx_reload": (*server.argv, "-s", "reload"),
+        "nginx_pid_file": server.pid_file,
+        "nginx_error_log": server.error_log,
+    }
+    settings.update(changes)
+    return Config(**settings)
+
+
+def step_context(
+    home: Path, config: Config, step_yaml: str, event: dict[str, Any], name: str = "unit"
+) -> tuple[StepSpec, RunContext]:
+    """The one step of pipeline ``name`` and a run's context for it, its log in logs/<name>.log."""
+    header = "on: {repository: acme/web}\nworkdir: .\nsteps:\n"
+    path = write_pipeline(home, name, header + textwrap.indent(textwrap.dedent(step_yaml).strip("\n"), "  "))
+    pipeline = load_pipeline(path, home)
+    log_path = home / "logs" / f"{name}.log"
+    log_path.unlink(missing_ok=True)
+    ctx = RunContext(
+        run_id=1,
+        pipeline=pipeline,
+        config=config,
+        log=RunLog(log_path),
+        trigger="push",
+        ref="refs/heads/main",
+        commit="c0ffee" + "0" * 34,
+        repository="acme/web",
+        delivery="d-1",
+        event_name="push",
+        event=event,
+        previous_commit=None,
+        deadline=time.monotonic() + 60,
+        base_env=step_environment(os.environ),
+    )
+    return pipeline.steps[0], ctx
+
+
+def run_step(
+    home: Path,
+    config: Config,
+    step_yaml: str,
+    event: dict[str, Any],
+    after_load: Callable[[], None] | None = None,
+) -> tuple[steps.Outcome, str]:
+    """Run the one step of a pipeline in-process; returns its outcome and the run's log."""
+    spec, ctx = step_context(home, config, step_yaml, event)
+    if after_load is not None:
+        after_load()
+    try:
+        outcome = asyncio.run(steps.run(spec, ctx))
+    finally:
+        ctx.log.close()
+    return outcome, ctx.log.path.read_text()
+
+
+ANSWER_STEP = """
+- nginx:
+    site: answer
+    template: answer.conf.j2
+    vars:
+      port: <PORT>
+      option: gzip
+      answer: "{{ event.head_commit.message }}"
+"""
+
+
+def test_event_values_cannot_add_directives(world: Path, nginx: Nginx) -> None:
+    bare = ANSWER_TEMPLATE.replace("{{ answer | nginx_quote }}", "{{ answer }}")
+    home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE, "bare.conf.j2": bare})
+    port = free_port()
+    config = config_for(home, nginx)
+    step = ANSWER_STEP.replace("<PORT>", str(port))
+
+    # Quoted by the vetted filter, text with nginx syntax in it is one string, and served as it is.
+    text = 'said "hi"; } server { listen 1; } # \\ done'
+    outcome, log = run_step(home, config, step, {"head_commit": {"message": text}})
+    assert outcome.status == "succeeded", (outcome, log)
+    site = nginx.sites / "answer.conf"
+    assert r'return 200 "said \"hi\"; } server { listen 1; } # \\ done";' in site.read_text()
+    assert get(port)[:2] == (200, text)
+    before = site.read_bytes()
+
+    # Printed bare, every value that holds nginx syntax is refused before anything is written or run.
+    bare = step.replace("answer.conf.j2", "bare.conf.j2")
+    for value in [
+        "x; return 200 pwned",
+        "x}server{listen 9;",
+        "pwned{",
+        "a\nreturn 200 pwned",
+        'a"b',
+        "a'b",
+        "a#b",
+        "a\\;b",
+        "a b",
+        "$request_uri",
+    ]:
+        outcome, log = run_step(home, config, bare, {"head_commit": {"message": value}})
+        assert outcome.status == "failed", (value, outcome, log)
+        assert "refusing to print" in (outcome.detail or "") and "is nginx syntax" in (outcome.detail or "")
+        assert "bare.conf.j2:7" in (outcome.detail or ""), outcome.detail
+        assert "$ " not in log, log  # no program ran
+        assert site.read_bytes() == before, value
+    # ... and through the vetted filter, a $ (which nginx would expand even in quotes) is refused too.
+    outcome, _ = run_step(home, config, step, {"head_commit": {"message": "costs $5"}})
+    assert outcome.status == "failed" and "nginx_quote refuses 'costs $5'" in (outcome.detail or "")
+    assert site.read_bytes() == before
+    assert get(port)[:2] == (200, text)
+    assert list(nginx.sites.iterdir()) == [site], "a temporary file was left behind"
+
+
+def test_a_missing_pid_file_fails_the_step_and_names_the_setting(world: Path, nginx: Nginx) -> None:
+    home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE})
+    port = free_port()
+    step = ANSWER_STEP.replace("<PORT>", str(port))
+    outcome, _ = run_step(home, config_for(home, nginx), step, {"head_commit": {"message": "first"}})
+    assert outcome.status == "succeeded", outcome
+    before = (nginx.sites / "answer.conf").read_bytes()
+
+    missing = world / "no-such.pid"
+    config = config_for(home, nginx, nginx_pid_file=missing)
+    outcome, log = run_step(home, config, step, {"head_commit": {"message": "second"}})
+    assert outcome.status == "failed", (outcome, log)
+    assert "RUNNER_NGINX_PID_FILE" in (outcome.detail or "") and str(missing) in (outcome.detail or "")
+    assert "put the previous answer.conf back" in (outcome.detail or "")
+    assert "test is successful" in log  # nginx -t passed; the reload could not be checked
+    assert (nginx.sites / "answer.conf").read_bytes() == before
+    assert get(port)[:2] == (200, "first")
+
+    # Without a reload there is nothing to check, and no pid needed.
+    no_reload = step.replace("site: answer", "site: answer\n    reload: false")
+    outcome, log = run_step(home, config, no_reload, {"head_commit": {"message": "third"}})
+    assert outcome.status == "succeeded", (outcome, log)
+    assert outcome.detail == "answer.conf: nginx -t passed; not reloaded (reload: false)"
+    assert '"third"' in (nginx.sites / "answer.conf").read_text()
+    assert get(port)[:2] == (200, "first")
+
+
+def test_two_runs_never_interleave_their_writes_tests_and_reloads(world: Path, nginx: Nginx) -> None:
+    home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE})
+    config = config_for(home, nginx)
+    ports = free_port(), free_port()
+    contexts = [
+        step_context(
+            home,
+            config,
+            ANSWER_STEP.replace("<PORT>", str(port)).replace("site: answer", f"site: answer-{n}"),
+            {"head_commit": {"message": f"site {n}"}},
+            name=f"lane-{n}",
+        )
+        for n, port in enumerate(ports)
+    ]
+
+    async def both() -> list[steps.Outcome]:
+        return list(await asyncio.gather(*(steps.run(spec, ctx) for spec, ctx in contexts)))
+
+    outcomes = asyncio.run(both())
+    logs = []
+    for _, ctx in contexts:
+        ctx.log.close()
+        logs.append(ctx.log.path.read_text())
+    assert [o.status for o in outcomes] == ["succeeded", "succeeded"], (outcomes, logs)
+    assert "waiting for another nginx step" in logs[1], logs[1]
+    # The second wrote its file only once the first had finished: after the first's reload took.
+    took = re.search(r"^(\S+) runner\| nginx master .* the reload took$", logs[0], re.M)
+    wrote = re.search(r"^(\S+) runner\| wrote ", logs[1], re.M)
+    assert took and wrote and took.group(1) < wrote.group(1), logs
+    assert [get(port)[:2] for port in ports] == [(200, "site 0"), (200, "site 1")]
+
+
+def test_templates_outside_templates_nginx_are_refused(world: Path, nginx: Nginx) -> None:
+    home = make_home(world)
+    outside = world / "outside.conf.j2"
+    outside.write_text("server { listen 127.0.0.1:1; }\n")
+    template = home / "templates" / "nginx" / "static.conf.j2"
+    config = config_for(home, nginx)
+    step = "- nginx: {site: s, template: static.conf.j2}"
+
+    # Validation refuses such a template; the step checks again, as the file may change after that.
+    def make_link() -> None:
+        template.unlink()
+        template.symlink_to(outside)
+
+    outcome, _ = run_step(home, config, step, {}, after_load=make_link)
+    assert outcome.status == "failed" and "outside" in (outcome.detail or ""), outcome
+    template.unlink()
+    shutil.copy(ROOT / "templates" / "nginx" / "static.conf.j2", template)
+    outcome, _ = run_step(home, config, step, {}, after_load=template.unlink)
+    assert outcome.status == "failed", outcome
+    assert "template 'static.conf.j2' not found in templates/nginx/" in (outcome.detail or "")
+    assert list(nginx.sites.iterdir()) == []
+
+
+def test_validation_names_a_template_that_is_not_in_templates_nginx(tmp_path: Path) -> None:
+    home = tmp_path
+    (home / "templates" / "nginx").mkdir(parents=True)
+    (home / "pipelines").mkdir()
+    (home / "templates" / "nginx" / "broken.conf.j2").write_text("server { {{ port }\n")
+    path = write_pipeline(
+        home,
+        "site",
+        """
+        on: {repository: acme/web}
+        workdir: web
+        steps:
+          - nginx:
+              site: example.com
+              template: nope.conf.j2
+          - nginx: {site: example.org, template: broken.conf.j2}
+        """,
+    )
+    problems = [str(problem) for problem in validate([path], home)]
+    assert (
+        problems[0]
+        == f"{path}:6:17: step 1 nginx.template: template 'nope.conf.j2' not found in templates/nginx/"
+    )
+    assert problems[1].startswith(
+        f"{path}:7:42: step 2 nginx.template: template 'broken.conf.j2' in templates/nginx/:"
+    )
+    assert "template syntax error" in problems[1]
+    assert len(problems) == 2, problems
+    done = run_cli("validate", env=runner_env(home))
+    assert done.returncode == 1
+    assert (
+        f"{path}:6:17: step 1 nginx.template: template 'nope.conf.j2' not found in templates/nginx/"
+        in done.stdout
+    )
+
+
+# End to end: runner work ------------------------------------------------------------------------------------
+
+
+class Rig:
+    """A runner home with a migrated database, a git repository to deploy and a running ``runner work``."""
+
+    def __init__(self, world: Path, server: Nginx) -> None:
+        self.world = world
+        self.nginx = server
+        self.home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE})
+        self.env = runner_env(self.home, **server.env())
+        upgraded = run_cli("db", "upgrade", env=self.env)
+        assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
+        self.store = Store(f"sqlite:///{self.home / 'runner.db'}")
+        self.bare = world / "app.git"
+        work = world / "app-work"
+        self._git("init", "-q", "--bare", "--initial-branch=main", str(self.bare))
+        self._git("init", "-q", "--initial-branch=main", str(work))
+        (work / "public").mkdir()
+        (work / "public" / "index.html").write_text("version one\n")
+        self._git("add", "--all", cwd=work)
+        self._git("commit", "-q", "-m", "first", cwd=work)
+        self._git("push", "-q", str(self.bare), "main:refs/heads/main", cwd=work)
+        self.commit = self._git("rev-parse", "HEAD", cwd=work)
+        self.worker: subprocess.Popen[bytes] | None = None
+        self.worker_log = world / "worker.log"
+
+    @staticmethod
+    def _git(*args: str, cwd: Path | None = None) -> str:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            env={**os.environ, **GIT_ENV},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert done.returncode == 0, f"git {' '.join(args)}: {done.stderr}"
+        return done.stdout.strip()
+
+    def start(self) -> None:
+        with self.worker_log.open("wb") as out:
+            self.worker = subprocess.Popen(
+                [sys.executable, "-m", "runner", "work"], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
+
+        def started() -> bool:
+            assert self.worker is not None
+            if self.worker.poll() is not None:
+                pytest.fail(f"runner work exited {self.worker.returncode}:\n{self.output()}")
+            return "worker started" in self.output()
+
+        wait_for(started, "runner work to start", details=self.output())
+
+    def output(self) -> str:
+        return self.worker_log.read_text(errors="replace") if self.worker_log.exists() else ""
+
+    def trigger(self, pipeline: str) -> Run:
+        done = run_cli("trigger", pipeline, "--ref", "main", env=self.env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        run_id = int(re.search(r"run (\d+) queued", done.stdout).group(1))  # type: ignore[union-attr]
+
+        def finished() -> Run | None:
+            run = self.store.run(run_id)
+            return run if run is not None and run.status in FINISHED else None
+
+        return wait_for(finished, f"run {run_id} to finish", 60, self.output())
+
+    def log_of(self, run: Run) -> str:
+        assert run.log_path
+        return Path(run.log_path).read_text()
+
+    def details(self, run: Run) -> str:
+        steps_said = "\n".join(f"  {s.name}: {s.status} {s.detail}" for s in self.store.steps(run.id))
+        said = f"run {run.id}: {run.status} {run.reason}\n{steps_said}\n{self.log_of(run)}"
+        return f"{said}\n--- runner work:\n{self.output()[-3000:]}"
+
+    def close(self) -> None:
+        if self.worker is not None and self.worker.poll() is None:
+            self.worker.send_signal(signal.SIGTERM)
+            try:
+                self.worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.worker.kill()
+                self.worker.wait()
+        self.store.close()
+
+
+@pytest.fixture
+def rig(world: Path, nginx: Nginx) -> Iterator[Rig]:
+    made = Rig(world, nginx)
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+WEB_PIPELINE = """
+on: {repository: acme/web, branches: [main]}
+workdir: checkout
+steps:
+  - git: {remote: <REMOTE>}
+  - name: answer
+    nginx:
+      site: answer
+      template: answer.conf.j2
+      vars:
+        port: <PORT>
+        option: <OPTION>
+        answer: "deployed {{ commit }} from {{ branch }}"
+  - name: static site
+    nginx:
+      site: web.example
+      template: static.conf.j2
+      vars:
+        server_name: "{{ branch }}.localhost"
+        root: "{{ workdir }}/public"
+        tls: false
+        listen_addresses: [127.0.0.1]
+        http_port: <STATIC_PORT>
+"""
+
+
+def test_a_run_renders_checks_and_reloads_and_a_broken_site_is_put_back(rig: Rig) -> None:
+    port, static_port = free_port(), free_port()
+    values = {"REMOTE": rig.bare, "PORT": port, "STATIC_PORT": static_port}
+    write_pipeline(rig.home, "web", WEB_PIPELINE, OPTION="gzip", **values)
+    write_pipeline(rig.home, "broken", WEB_PIPELINE, OPTION="bogus_directive", **values)
+    rig.start()
+    workers = rig.nginx.workers()
+
+    run = rig.trigger("web")
+    assert run.status == "succeeded", rig.details(run)
+    assert get(port)[:2] == (200, f"deployed {rig.commit} from main")
+    assert get(static_port, host="main.localhost")[:2] == (200, "version one\n")
+    static = (rig.nginx.sites / "web.example.conf").read_text()
+    assert "server_name main.localhost;" in static and f"root {rig.home}/checkout/public;" in static
+    wait_for(lambda: not rig.nginx.workers() & workers, "the old generation of workers to leave")
+    log = rig.log_of(run)
+    assert f"$ {shlex.join([*rig.nginx.argv, '-t'])}" in log and "test is successful" in log
+    assert f"$ {shlex.join([*rig.nginx.argv, '-s', 'reload'])}" in log
+    assert "the reload took" in log
+    [_, answer_step, static_step] = rig.store.steps(run.id)
+    assert "answer.conf: nginx -t passed, reloaded" in (answer_step.detail or ""), answer_step.detail
+    assert static_step.status == "succeeded"
+
+    # A variable that makes an unknown directive: nginx -t fails, the previous file is back byte for byte,
+    # nothing is reloaded and nginx answers as before.
+    site = rig.nginx.sites / "answer.conf"
+    before = site.read_bytes()
+    workers = rig.nginx.workers()
+    run = rig.trigger("broken")
+    assert run.status == "failed", rig.details(run)
+    [_, answer_step] = rig.store.steps(run.id)
+    assert answer_step.status == "failed"
+    assert f'unknown directive "bogus_directive" in {site}:3' in (answer_step.detail or ""), (
+        answer_step.detail
+    )
+    assert "put the previous answer.conf back" in (answer_step.detail or "")
+    said = rf'^\S+ err +\| .*\[emerg\] .*unknown directive "bogus_directive" in {re.escape(str(site))}:3$'
+    assert re.search(said, rig.log_of(run), re.M), rig.log_of(run)
+    assert re.search(r"^\S+ diff +\| \+ +bogus_directive on;$", rig.log_of(run), re.M), (
+        "the log shows no diff"
+    )
+    assert site.read_bytes() == before
+    assert sorted(p.name for p in rig.nginx.sites.iterdir()) == ["answer.conf", "web.example.conf"]
+    assert rig.nginx.workers() <= workers, "nginx was reloaded"
+    assert get(port)[:2] == (200, f"deployed {rig.commit} from main")
+
+
+PROXY_PIPELINE = """
+on: {repository: acme/web, branches: [main]}
+workdir: checkout
+steps:
+  - name: proxy
+    nginx:
+      site: tls.localhost
+      template: proxy.conf.j2
+      vars:
+        server_name: tls.localhost
+        upstream_port: <UPSTREAM>
+        cert_dir: <CERT_DIR>
+        acme_root: <ACME_ROOT>
+        listen_addresses: [127.0.0.1]
+        http_port: <HTTP_PORT>
+        https_port: <HTTPS_PORT>
+"""
+
+
+def test_a_reload_the_master_refuses_fails_the_step_with_the_masters_reason(
+    rig: Rig, nginx_user: str
+) -> None:
+    require(
+        os.geteuid() == 0, "needs root: nginx -t as root passes where the non-root master cannot read a key"
+    )
+    upstream, http_port, https_port = free_port(), free_port(), free_port()
+    # The upstream: a site of the same nginx.
+    (rig.nginx.sites / "upstream.conf").write_text(
+        f'server {{ listen 127.0.0.1:{upstream}; return 200 "from upstream $http_x_forwarded_proto"; }}\n'
+    )
+    acme_root = rig.world / "acme"
+    (acme_root / ".well-known" / "acme-challenge").mkdir(parents=True)
+    (acme_root / ".well-known" / "acme-challenge" / "token").write_text("key authorization\n")
+    chain, key = self_signed(rig.world / "live" / "tls.localhost", "tls.localhost")
+    shutil.chown(key, nginx_user)  # certbot's key, made readable to this master
+    # The same certificate, its key readable by root only: as certbot leaves live/ and archive/.
+    locked = rig.world / "live-locked" / "tls.localhost"
+    locked.mkdir(parents=True)
+    shutil.copy(chain, locked / "fullchain.pem")
+    shutil.copy(key, locked / "privkey.pem")
+    os.chown(locked / "privkey.pem", 0, 0)
+    (locked / "privkey.pem").chmod(0o600)
+    values = {"UPSTREAM": upstream, "ACME_ROOT": acme_root, "HTTP_PORT": http_port, "HTTPS_PORT": https_port}
+    write_pipeline(rig.home, "tls", PROXY_PIPELINE, CERT_DIR=rig.world / "live", **values)
+    write_pipeline(rig.home, "locked", PROXY_PIPELINE, CERT_DIR=rig.world / "live-locked", **values)
+    rig.start()
+
+    run = rig.trigger("tls")
+    assert run.status == "succeeded", rig.details(run)
+    tls = ssl.create_default_context(cafile=str(chain))
+    assert get(https_port, host="tls.localhost", tls=tls)[:2] == (200, "from upstream https")
+    status, _, headers = get(http_port, "/some/page?x=1", host="tls.localhost")
+    assert (status, headers["Location"]) == (301, f"https://tls.localhost:{https_port}/some/page?x=1")
+    assert get(http_port, "/.well-known/acme-challenge/token")[:2] == (200, "key authorization\n")
+
+    site = rig.nginx.sites / "tls.localhost.conf"
+    before = site.read_bytes()
+    run = rig.trigger("locked")
+    assert run.status == "failed", rig.details(run)
+    log = rig.log_of(run)
+    assert "test is successful" in log, "nginx -t (as root) should have passed"
+    [step] = rig.store.steps(run.id)
+    detail = step.detail or ""
+    assert f"nginx master {rig.nginx.pid} kept its old configuration" in detail, detail
+    assert (
+        f'[emerg] {rig.nginx.pid}#{rig.nginx.pid}: cannot load certificate key "{locked}/privkey.pem"'
+        in detail
+    )
+    assert "Permission denied" in detail
+    assert "put the previous tls.localhost.conf back" in detail
+    assert site.read_bytes() == before
+    assert get(https_port, host="tls.localhost", tls=tls)[:2] == (200, "from upstream https")
