@@ -8,7 +8,6 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from runner.pipeline import Filter, StepSpec
-from runner.sudo import SudoRefused
 from runner.steps.base import (
     COMMIT,
     REF,
@@ -21,11 +20,13 @@ from runner.steps.base import (
     step_environment,
     stop_leftovers,
 )
+from runner.steps.certbot import certbot_step
 from runner.steps.command import run_step
 from runner.steps.git import git_step
 from runner.steps.nginx import nginx_step
 from runner.steps.pnpm import pnpm_step
 from runner.steps.systemctl import systemctl_step
+from runner.sudo import SudoRefused
 from runner.templating import RenderError, evaluate
 
 __all__ = [
@@ -63,8 +64,9 @@ StepFunction = Callable[[StepSpec, RunContext], Awaitable[Outcome]]
 
 STEPS: dict[str, StepFunction] = {
     "git": git_step,
-    "run": run_step,
     "nginx": nginx_step,
+    "run": run_step,
+    "certbot": certbot_step,
     "pnpm": pnpm_step,
     "systemctl": systemctl_step,
 }
