@@ -30,6 +30,8 @@ from typing import Any
 
 from inotify_simple import INotify, flags
 
+from runner.files import fsync_directory
+
 logger = logging.getLogger(__name__)
 
 NAME_DIGITS = 20
@@ -54,14 +56,6 @@ def entry_time_ns(name: str) -> int:
     if not is_entry_name(name):
         raise QueueError(f"{name!r} is not a queue entry name")
     return int(name[:NAME_DIGITS])
-
-
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Queue:
@@ -168,7 +162,7 @@ class Queue:
         return names
 
     def sync_directory(self) -> None:
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def put(self, data: bytes | dict[str, Any]) -> str:
         """Write one entry durably and return its name."""
@@ -211,7 +205,7 @@ class Queue:
     def remove(self, name: str) -> None:
         """Remove an entry once its work is done; the removal is made durable too."""
         self.path(name).unlink()
-        _fsync_directory(self.directory)
+        fsync_directory(self.directory)
 
     def fail(self, name: str, reason: str) -> Path:
         """Move an entry whose work failed into ``failed/``, beside a file saying why. Nothing is lost."""
@@ -219,8 +213,8 @@ class Queue:
         failed.mkdir(exist_ok=True)
         (failed / f"{name}.reason").write_text(reason.rstrip("\n") + "\n")
         os.rename(self.path(name), failed / name)
-        _fsync_directory(failed)
-        _fsync_directory(self.directory)
+        fsync_directory(failed)
+        fsync_directory(self.directory)
         return failed / name
 
     def failed(self) -> list[str]:

@@ -61,6 +61,7 @@ from typing import Any
 
 from jinja2 import TemplateRuntimeError
 
+from runner.files import fsync_directory
 from runner.pipeline import StepSpec
 from runner.steps.base import Outcome, RunContext, RunLog, StepFailed, execute, step_timeout
 from runner.templating import render, render_file
@@ -185,14 +186,6 @@ def _read_previous(path: Path) -> _Previous | None:
         return None
 
 
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _write_atomic(path: Path, data: bytes, mode: int, owner: tuple[int, int] | None) -> None:
     # Hidden and not *.conf: no include pattern nginx is given matches it.
     temp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
@@ -210,7 +203,7 @@ def _write_atomic(path: Path, data: bytes, mode: int, owner: tuple[int, int] | N
         with contextlib.suppress(FileNotFoundError):
             temp.unlink()
         raise
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 def _put_back(path: Path, previous: _Previous | None) -> str:
@@ -219,7 +212,7 @@ def _put_back(path: Path, previous: _Previous | None) -> str:
         if previous is None:
             with contextlib.suppress(FileNotFoundError):
                 path.unlink()
-            _fsync_dir(path.parent)
+            fsync_directory(path.parent)
             return f"removed the new {path.name}"
         _write_atomic(path, previous.data, previous.mode, (previous.uid, previous.gid))
         return f"put the previous {path.name} back"
