@@ -81,26 +81,31 @@ class Doctor:
         return Check("database", True, f"{where} is reachable and migrated")
 
     def check_pipelines(self) -> Check:
+        from runner.pipeline import load_pipeline
+
         files = pipeline_files(self.config.pipelines_dir)
         problems = validate(files, self.config.home)
+        # The valid ones are still checked: their needs (and sudo rights) hold whatever the broken one says.
+        invalid = {problem.path for problem in problems}
+        self.pipelines = [load_pipeline(path, self.config.home) for path in files if path not in invalid]
         if problems:
             shown = "; ".join(str(p) for p in problems[:3]) + (" ..." if len(problems) > 3 else "")
             return Check("pipelines", False, f"{len(problems)} problem(s): {shown}; run `runner validate`")
-        from runner.pipeline import load_pipeline
-
-        self.pipelines = [load_pipeline(path, self.config.home) for path in files]
         names = ", ".join(p.name for p in self.pipelines) or "none"
         return Check("pipelines", True, f"{len(files)} valid ({names})")
 
     def check_queues(self) -> Iterator[Check]:
         directories = [self.config.main_queue_dir] + [self.config.queues_dir / p.name for p in self.pipelines]
         for directory in directories:
-            problem = _writable(directory)
-            yield Check(
-                f"queue {directory.name}",
-                problem is None,
-                f"{directory} is writable" if problem is None else f"{problem}: {_own_fix(directory)}",
-            )
+            # A pipeline's queue appears when the worker first routes to it: its parent must allow that.
+            target = directory if directory.exists() else _nearest_existing(directory)
+            problem = _writable(target)
+            if problem is not None:
+                yield Check(f"queue {directory.name}", False, f"{problem}: {_own_fix(directory)}")
+            elif directory.exists():
+                yield Check(f"queue {directory.name}", True, f"{directory} is writable")
+            else:
+                yield Check(f"queue {directory.name}", True, f"{directory} can be created (in {target})")
 
     def check_workdirs(self) -> Iterator[Check]:
         for pipeline in self.pipelines:

@@ -187,7 +187,7 @@ class Setup:
         env = (
             "# runner's settings for the systemd units (see the README's Configuration section).\n"
             f"RUNNER_HOME={self.home}\n"
-            f"RUNNER_SECRET_FILE={self.secret_file}\n"
+            f"RUNNER_SECRET_FILE={self._strip_prefix(self.secret_file)}\n"
             f"{database}"
             f"RUNNER_NGINX_SITES_DIR={self.sites_dir}\n"
         )
@@ -216,7 +216,8 @@ class Setup:
         text = re.sub(r"^(User_Alias RUNNER_DEPLOY = )runner$", rf"\g<1>{self.user}", text, flags=re.M)
         text = text.replace("restart runner-web.service", f"restart {self.user}-web.service")
         text = text.replace("restart runner-worker.service", f"restart {self.user}-worker.service")
-        extra = [" ".join(command) for command in self.pipeline_units() if " ".join(command) not in text]
+        shipped = _sudoers_commands(text)
+        extra = [" ".join(command) for command in self.pipeline_units() if " ".join(command) not in shipped]
         if extra:
             listed = ", \\\n    ".join(extra)
             text += (
@@ -278,6 +279,7 @@ class Setup:
             "@RUNNER@": str(self.runner_bin),
             "@STOP_GRACE@": f"{self.stop_grace:g}",
             "@STOP_TIMEOUT@": f"{self.stop_grace + STOP_TIMEOUT_MARGIN:g}s",
+            "@SITES_DIR@": str(self.sites_dir),
         }
         rendered = {}
         for role in ("web", "worker"):
@@ -326,6 +328,17 @@ def _write_file(path: Path, content: bytes, uid: int, gid: int, mode: int) -> No
     finally:
         os.close(fd)
     os.replace(temp, path)
+
+
+def _sudoers_commands(text: str) -> set[str]:
+    """The commands the Cmnd_Alias lines of a sudoers text name, each as one space-separated string."""
+    joined = re.sub(r"\\\n\s*", " ", text)
+    commands: set[str] = set()
+    for line in joined.splitlines():
+        if line.startswith("Cmnd_Alias") and "=" in line:
+            for command in line.split("=", 1)[1].split(","):
+                commands.add(" ".join(command.split()))
+    return commands
 
 
 def _check_sudoers(content: bytes) -> None:

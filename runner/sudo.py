@@ -17,7 +17,6 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 SUDO = ("sudo", "-n")
-SUDOERS_FILE = "/etc/sudoers.d/runner"
 # sudo -n -l answers in milliseconds; only a hung name service (LDAP, sssd) makes it take longer.
 CHECK_TIMEOUT = 30.0
 # Characters sudoers reads as syntax inside a command's arguments unless escaped.
@@ -62,9 +61,14 @@ def rule(command: Sequence[str], user: str | None = None) -> str:
     return f"{user or current_user()} ALL=(root) NOPASSWD: {' '.join(words)}"
 
 
+def sudoers_file(user: str | None = None) -> str:
+    """The sudoers file ``runner setup`` writes for a deploy user (an instance is named by its user)."""
+    return f"/etc/sudoers.d/{user or current_user()}"
+
+
 def refusal(command: Sequence[str], said: str = "") -> str:
     """Why the step fails when sudo refuses ``command``, and the rule that would allow it."""
-    message = f'sudo refused "{shlex.join(command)}": add to {SUDOERS_FILE}: {rule(command)}'
+    message = f'sudo refused "{shlex.join(command)}": add to {sudoers_file()}: {rule(command)}'
     return f"{message} (sudo: {said})" if said else message
 
 

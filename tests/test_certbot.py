@@ -643,7 +643,7 @@ def test_the_step_fails_naming_the_missing_sudoers_rule_or_the_bad_server_name(t
         [(_, status, detail)] = runner.steps(run)
         assert status == "failed"
         assert detail.startswith(
-            f"sudo refused to run {WRAPPER} without a password: add to /etc/sudoers.d/runner:"
+            f"sudo refused to run {WRAPPER} without a password: add to /etc/sudoers.d/root:"
         )
         assert detail.endswith(f"ALL=(root) NOPASSWD: {WRAPPER}"), detail
 

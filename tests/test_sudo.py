@@ -299,7 +299,7 @@ def test_runner_sudo_names_the_missing_rule(user: DeployUser) -> None:
     # As the certbot step will use it: its configured command already starts with sudo -n.
     assert refusal([*shlex.split(DEFAULT_CERTBOT), "renew"]) is None
     assert refusal(sudo.privileged(["/usr/bin/systemctl", "restart", "sshd"])) == (
-        'sudo refused "/usr/bin/systemctl restart sshd": add to /etc/sudoers.d/runner: '
+        f'sudo refused "/usr/bin/systemctl restart sshd": add to /etc/sudoers.d/{user.name}: '
         f"{user.name} ALL=(root) NOPASSWD: /usr/bin/systemctl restart sshd"
     )
 
@@ -368,7 +368,7 @@ def test_the_systemctl_step_run_by_the_deploy_user(user: DeployUser) -> None:
     status, detail, text = outcome("sshd")
     assert status == "failed"
     assert detail == (
-        'sudo refused "/usr/bin/systemctl reload sshd": add to /etc/sudoers.d/runner: '
+        f'sudo refused "/usr/bin/systemctl reload sshd": add to /etc/sudoers.d/{user.name}: '
         f"{user.name} ALL=(root) NOPASSWD: /usr/bin/systemctl reload sshd"
     ), text
     assert "$ sudo" not in text and NOT_BOOTED not in text

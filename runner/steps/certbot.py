@@ -183,7 +183,7 @@ def site_domains(path: Path) -> tuple[list[str], list[str]]:
 def _missing_rule(wrapper: str) -> str:
     # The rule names the wrapper alone: it checks its own arguments, which differ from run to run.
     return (
-        f"sudo refused to run {wrapper} without a password: add to {sudo.SUDOERS_FILE}: "
+        f"sudo refused to run {wrapper} without a password: add to {sudo.sudoers_file()}: "
         f"{sudo.rule([wrapper])}"
     )
 
