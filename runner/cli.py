@@ -331,6 +331,33 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
     print(f"follow it with: runner logs {run_id}", file=sys.stderr)
 
 
+def cmd_setup(config: Config, args: argparse.Namespace) -> None:
+    from runner.setup import Setup, SetupError
+
+    setup = Setup(
+        user=args.user,
+        home=(args.home_dir or Path(f"/var/lib/{args.user}")).resolve(),
+        sites_dir=args.sites_dir or config.nginx_sites_dir,
+        stop_grace=config.stop_grace,
+        prefix=args.prefix,
+        database_url=args.database_url,
+        dry_run=args.dry_run,
+    )
+    try:
+        setup.run()
+    except SetupError as exc:
+        raise CommandError(str(exc)) from None
+
+
+def cmd_doctor(config: Config, _args: argparse.Namespace) -> None:
+    import os
+
+    from runner import doctor
+
+    if doctor.run(config, dict(os.environ)) != 0:
+        raise SystemExit(1)
+
+
 def cmd_db(config: Config, args: argparse.Namespace) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -399,6 +426,22 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("pipeline")
     trigger.add_argument("--ref", help="branch name, or a full ref such as refs/tags/v1.2")
     trigger.add_argument("--commit", help="the exact commit to deploy (40 hex digits)")
+
+    setup = add(
+        "setup", cmd_setup, "as root: create the deploy user, its directories, sudoers, ACLs and units"
+    )
+    setup.add_argument("--user", default="runner", help="the deploy user, also the instance's name (runner)")
+    setup.add_argument("--home-dir", type=Path, help="the instance's RUNNER_HOME (default /var/lib/USER)")
+    setup.add_argument(
+        "--sites-dir", type=Path, help="nginx's sites directory (default $RUNNER_NGINX_SITES_DIR)"
+    )
+    setup.add_argument("--database-url", help="RUNNER_DATABASE_URL to write into the new env file")
+    setup.add_argument(
+        "--prefix", type=Path, default=Path("/"), help="install under this root (for packaging)"
+    )
+    setup.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
+
+    add("doctor", cmd_doctor, "as the deploy user: check everything a deployment needs, print the fixes")
 
     db = add("db", cmd_db, "manage the database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
