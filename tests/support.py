@@ -14,9 +14,9 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -199,3 +199,33 @@ class Server:
                 self.process.wait()
         self._log.close()
         return self.process.returncode
+
+
+T = TypeVar("T")
+
+
+def wait_for(
+    check: Callable[[], T | None],
+    what: str,
+    timeout: float = 30,
+    details: str | Callable[[], str] = "",
+) -> T:
+    """Poll ``check`` until it returns something true; fail at the deadline, with ``details``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            told = details() if callable(details) else details
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{told}")
+        time.sleep(0.05)
+
+
+def alive(pid: int) -> bool:
+    """Whether ``pid`` is a running process; a zombie (dead, not yet reaped by its parent) counts as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

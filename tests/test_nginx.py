@@ -26,10 +26,10 @@ import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from support import ROOT, free_port, require, run_cli, runner_env
+from support import ROOT, alive, free_port, require, run_cli, runner_env, wait_for
 
 from runner import steps
 from runner.config import Config
@@ -37,8 +37,6 @@ from runner.models import Run
 from runner.pipeline import StepSpec, load_pipeline, validate
 from runner.steps.base import RunContext, RunLog, step_environment
 from runner.store import Store
-
-T = TypeVar("T")
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 # The user the test's nginx master runs as when the tests run as root; created if missing.
@@ -64,25 +62,6 @@ server {
     }
 }
 """
-
-
-def wait_for(check: Callable[[], T | None], what: str, timeout: float = 30, details: str = "") -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{details}")
-        time.sleep(0.05)
-
-
-def alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def children(pid: int) -> set[int]:

@@ -16,19 +16,17 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from support import PAYLOADS, Server, run_cli, runner_env
+from support import PAYLOADS, Server, alive, run_cli, runner_env, wait_for
 
 from runner.models import Delivery, Run, StepResult
 from runner.queue import Queue
 from runner.store import Store
-
-T = TypeVar("T")
 
 ZERO_COMMIT = "0" * 40
 # The time stamp the run log puts before each line: 2026-11-25T11:26:03.123456Z
@@ -48,34 +46,7 @@ GIT_ENV = {
 # Waiting ---------------------------------------------------------------------------------------------------
 
 
-def wait_for(
-    check: Callable[[], T | None],
-    what: str,
-    timeout: float = 30,
-    details: Callable[[], str] | None = None,
-) -> T:
-    """Poll ``check`` until it returns something true; fail with ``details()`` at the deadline."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}\n{details() if details else ''}")
-        time.sleep(0.05)
-
-
 # Processes -------------------------------------------------------------------------------------------------
-
-
-def alive(pid: int) -> bool:
-    """Whether ``pid`` is a running process; a zombie (dead, not yet reaped by its parent) counts as gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = stat.rsplit(")", 1)[1].split()[0]
-    return state != "Z"
 
 
 def read_pid(path: Path) -> int | None:
