@@ -660,3 +660,35 @@ def test_pipeline_set_keeps_one_of_two_files_with_the_same_name(tmp_path: Path) 
     assert problem.path == second and "also the name of" in problem.message
     kept = pipelines.get("api")
     assert kept is not None and kept.timeout == 1800.0
+
+
+@pytest.mark.parametrize(
+    "step",
+    [
+        "certbot: {cert-name: app, domains: [-x.example.com]}",
+        "certbot: {cert-name: app, domains: ['a b.example.com']}",
+        "certbot: {cert-name: app, domains: ['example.com --deploy-hook id']}",
+        "certbot: {cert-name: ../etc, domains: [example.com]}",
+        "certbot: {cert-name: a/b, domains: [example.com]}",
+        "certbot: {cert-name: app, domains-from-site: ../x}",
+        "nginx: {site: ../passwd, template: static.conf.j2}",
+        "nginx: {site: app, template: ../../etc/passwd}",
+        "systemctl: {action: restart, unit: -H}",
+        "systemctl: {action: 'restart; id', unit: nginx}",
+        "systemctl: {action: restart, unit: 'nginx sshd'}",
+        "pnpm: {run: '--help'}",
+        "pnpm: {run: build, filter: ['--workspace-root']}",
+    ],
+)
+def test_names_that_reach_a_command_line_are_refused_by_validation(tmp_path: Path, step: str) -> None:
+    problems = problems_of(
+        tmp_path,
+        f"""\
+        on: {{repository: acme/app}}
+        workdir: srv
+        steps:
+          - {step}
+        """,
+    )
+    assert problems, step
+    assert all(problem.line == 4 for problem in problems), problems

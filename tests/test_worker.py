@@ -123,6 +123,7 @@ class GitRepo:
             git("switch", "-q", *([] if exists else ["-c"]), branch, cwd=self.work)
             self.branch = branch
         for name, content in files.items():
+            (self.work / name).parent.mkdir(parents=True, exist_ok=True)
             (self.work / name).write_text(content)
         git("add", "--all", cwd=self.work)
         git("commit", "-q", "--allow-empty", "-m", message, cwd=self.work)
@@ -750,6 +751,64 @@ def test_a_run_triggered_by_hand_deploys_a_ref_or_rolls_back_to_a_commit(rig: Ri
     assert (checkout / "version.txt").read_text() == "version one\n"
     assert out_lines(rig.log_of(rollback)) == [f"deployed {first}", "version one"]
     assert rig.queue("app").entries() == []
+
+
+WHEN_PIPELINE = """
+    on:
+      repository: acme/app
+      events: [push]
+      branches: [main]
+    workdir: checkout
+    steps:
+      - git: {remote: <REMOTE>}
+      - name: docs
+        run: echo docs changed
+        when: {changed: ["docs/**"]}
+      - name: server
+        run: echo server changed
+        when: {changed: ["server/**"]}
+      - name: only on main
+        run: echo on main
+        when: {if: "branch == 'main'"}
+      - name: never
+        run: echo never
+        when: {if: "branch == 'release'"}
+"""
+
+
+def test_when_skips_steps_by_changed_files_and_by_condition_and_says_why(rig: Rig, repo: GitRepo) -> None:
+    repo.commit({"docs/index.md": "one\n", "server/app.py": "one\n"}, "first version")
+    repo.push("main")
+    rig.pipeline("app", WHEN_PIPELINE, REMOTE=repo.bare)
+    rig.start_worker()
+
+    def deploy() -> tuple[Run, dict[str, StepResult]]:
+        queued = rig.cli("trigger", "app", "--ref", "main").stdout
+        match = re.search(r"^run (\d+) queued", queued, re.MULTILINE)
+        assert match is not None, queued
+        run = rig.finished_run(int(match.group(1)))
+        assert run.status == "succeeded", rig.details(run)
+        return run, {step.name: step for step in rig.steps(run.id)}
+
+    # Nothing deployed before: every file counts as changed.
+    first, steps = deploy()
+    assert [steps[name].status for name in ("docs", "server", "only on main", "never")] == [
+        "succeeded",
+        "succeeded",
+        "succeeded",
+        "skipped",
+    ]
+    assert steps["never"].detail == "the condition \"branch == 'release'\" is false"
+
+    second_commit = repo.commit({"server/app.py": "two\n"}, "server only")
+    repo.push("main")
+    second, steps = deploy()
+    assert second.commit == second_commit
+    assert steps["docs"].status == "skipped"
+    assert steps["docs"].detail == f"no file changed since {first.commit} matches [docs/**]"
+    assert steps["server"].status == "succeeded"
+    assert "docs changed" not in out_lines(rig.log_of(second))
+    assert "server changed" in out_lines(rig.log_of(second))
 
 
 # 8. Reload -------------------------------------------------------------------------------------------------
