@@ -2,15 +2,16 @@
 
 Run it from the project's root, with the project's venv (``wrk`` must be installed: ``apt-get install wrk``)::
 
-    .venv/bin/python bench/ingest.py [--duration S] [--rounds N] [--requests N] [--baseline]
+    .venv/bin/python bench/ingest.py [--duration S] [--rounds N] [--requests N] [--workers N] [--baseline]
 
 The goal: at least 2,000 durable deliveries/s with 20 concurrent connections, and a p99 under 5 ms at one
 connection (GitHub sends a hook's deliveries one at a time), on a 2-core machine.
 
 Each measurement gets a fresh temporary RUNNER_HOME (``runner db upgrade`` on its default SQLite database)
-and a real ``runner serve`` process on a free loopback port, stopped and removed afterwards, also on Ctrl-C
-or error. The body is the largest real push payload in ``../shared/github-payloads/push/`` (the repository's
-parent directory's ``shared/``), signed with ``RUNNER_SECRET``.
+and a real ``runner serve --workers N`` (``--workers``, default 1: N server processes sharing the port) on a
+free loopback port, stopped and removed afterwards, also on Ctrl-C or error. The body is the largest real push
+payload in ``../shared/github-payloads/push/`` (the repository's parent directory's ``shared/``), signed with
+``RUNNER_SECRET``.
 
 - Saturation: ``wrk -t2 -c20 -d<duration>s --latency`` POSTs the payload with a valid signature and a delivery
   id that differs per request. Afterwards the entries in ``<home>/queues/main/`` are counted and compared with
@@ -224,7 +225,7 @@ def running(server: ServerProcess) -> Iterator[ServerProcess]:
 
 
 @contextlib.contextmanager
-def runner_server(parent: str | None) -> Iterator[tuple[ServerProcess, Path]]:
+def runner_server(parent: str | None, workers: int) -> Iterator[tuple[ServerProcess, Path]]:
     """A fresh RUNNER_HOME, migrated, and ``runner serve`` on it; yields the server and the main queue."""
     with temporary_home(parent) as home:
         env = base_env(home)
@@ -234,9 +235,8 @@ def runner_server(parent: str | None) -> Iterator[tuple[ServerProcess, Path]]:
         if upgrade.returncode != 0:
             raise BenchError(f"runner db upgrade failed ({upgrade.returncode}):\n{upgrade.stderr}")
         port = free_port()
-        server = ServerProcess(
-            "runner serve", [*runner_command(), "serve", "--port", str(port)], env, port, home / "serve.log"
-        )
+        command = [*runner_command(), "serve", "--port", str(port), "--workers", str(workers)]
+        server = ServerProcess("runner serve", command, env, port, home / "serve.log")
         with running(server):
             yield server, home / "queues" / "main"
 
@@ -453,7 +453,7 @@ class Latency:
 
 
 def measure_saturation(body: bytes, signature: str, lua: Path, args: argparse.Namespace) -> Saturation:
-    with runner_server(args.tmp_dir) as (server, queue_dir):
+    with runner_server(args.tmp_dir, args.workers) as (server, queue_dir):
         post_sequentially(server.port, body, signature, WARMUP_REQUESTS, "warmup")
         before, _ = settled_count(queue_dir)
         result = run_wrk(server.port, lua, args)
@@ -487,7 +487,7 @@ def measure_baseline(lua: Path, args: argparse.Namespace) -> WrkResult:
 
 
 def measure_latency(body: bytes, signature: str, args: argparse.Namespace) -> Latency:
-    with runner_server(args.tmp_dir) as (server, _queue_dir):
+    with runner_server(args.tmp_dir, args.workers) as (server, _queue_dir):
         post_sequentially(server.port, body, signature, WARMUP_REQUESTS, "warmup")
         times = sorted(post_sequentially(server.port, body, signature, args.requests, "latency"))
         server.check_alive()
@@ -575,7 +575,8 @@ def benchmark(args: argparse.Namespace) -> int:
     print(f"payload: {payload.relative_to(PAYLOADS)}, {len(body)} bytes")
     print(
         f"saturation: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency; "
-        f"one connection: {args.requests} sequential POSTs after {WARMUP_REQUESTS} warm-up"
+        f"one connection: {args.requests} sequential POSTs after {WARMUP_REQUESTS} warm-up; "
+        f"runner serve --workers {args.workers}"
     )
     print(f"temporary homes under {tmp_parent}, on {filesystem_of(tmp_parent)}")
     sys.stdout.flush()
@@ -591,7 +592,7 @@ def benchmark(args: argparse.Namespace) -> int:
             print(f"\nround {round_number}/{args.rounds}")
             saturation = measure_saturation(body, signature, lua, args)
             saturations.append(saturation)
-            print_saturation("durable (runner serve)", saturation)
+            print_saturation(f"durable (runner serve --workers {args.workers})", saturation)
             sys.stdout.flush()
             if args.baseline:
                 baseline = measure_baseline(lua, args)
@@ -654,7 +655,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--connections", type=positive_int, default=20, help="wrk connections (default 20)")
     parser.add_argument("--threads", type=positive_int, default=2, help="wrk threads (default 2)")
     parser.add_argument(
-        "--baseline", action="store_true", help="also load a no-write Starlette+Hypercorn app, for the ratio"
+        "--workers", type=positive_int, default=1, help="server processes of runner serve (default 1)"
+    )
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also load a no-write Starlette+Hypercorn app (one process), for the ratio",
     )
     parser.add_argument(
         "--tmp-dir", help="where the temporary RUNNER_HOMEs go (default: the system's temporary directory)"

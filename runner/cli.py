@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from runner import config as config_module
 from runner.config import Config, ConfigError
 
 logger = logging.getLogger("runner")
+
+# Connections that may wait for an accept(): GitHub's bursts, and a benchmark's connections, all at once.
+SERVE_BACKLOG = 128
 
 
 class CommandError(Exception):
@@ -59,19 +65,78 @@ def _open_store(config: Config, migrate_default: bool) -> Any:
     return store
 
 
+def _listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        sock = socket.create_server((host, port), family=family, backlog=SERVE_BACKLOG)
+    except OSError as exc:
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(f"cannot listen on {host}:{port}: {reason}") from None
+    # Accepted connections inherit it: an answer goes out at once, not after Nagle's delay.
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 def _serve(config: Config, migrate_default: bool, with_worker: bool) -> None:
-    from runner.queue import Queue
-    from runner.web import serve
+    # Imported before any fork, so that the server processes share these pages with the parent.
+    import runner.web  # noqa: F401
 
     secret = config.require_secret()
     store = _open_store(config, migrate_default)
-    queue = Queue(config.main_queue_dir)
+    try:
+        listener = _listen(config.host, config.port)
+    except BaseException:
+        store.close()
+        raise
+    host, port = listener.getsockname()[:2]
     logger.info(
-        "webhook endpoint: http://%s:%d/github-webhook, queue: %s", config.host, config.port, queue.directory
+        "webhook endpoint: http://%s:%d/github-webhook, queue: %s, %d server process(es)",
+        host,
+        port,
+        config.main_queue_dir,
+        config.workers,
     )
+    if config.workers == 1:
+        _serve_here(config, listener, secret, store, with_worker)
+        return
+    # The schema is checked; the children connect afresh, so no connection is shared across the fork.
+    store.close()
+    _serve_forked(config, listener, secret, store, with_worker)
+
+
+def _serve_here(
+    config: Config,
+    listener: socket.socket,
+    secret: Any,
+    store: Any,
+    with_worker: bool,
+    parent_pipe: int | None = None,
+) -> None:
+    """Serve (and work, with ``with_worker``) in this process until SIGTERM or SIGINT.
+
+    With ``parent_pipe``, the read end of a pipe only the parent writes to, it also stops when the parent
+    is gone (even killed with SIGKILL), so that no orphan goes on serving the port.
+    """
+    from runner.queue import Queue
+    from runner.web import serve
+
+    # Each process opens its own queue: the flock that orders names across processes is held per open
+    # file, so a lock file opened before a fork would not keep the children apart.
+    queue = Queue(config.main_queue_dir)
+    # Hypercorn owns the socket from here on and closes it when it stops.
+    fd = listener.detach()
 
     async def main(stop: asyncio.Event) -> None:
-        web = serve(config.host, config.port, secret, queue, store, stop)
+        if parent_pipe is not None:
+            loop = asyncio.get_running_loop()
+
+            def parent_gone() -> None:
+                loop.remove_reader(parent_pipe)
+                logger.warning("the parent process is gone: stopping")
+                stop.set()
+
+            loop.add_reader(parent_pipe, parent_gone)
+        web = serve(fd, secret, queue, store, stop)
         if not with_worker:
             await web
             return
@@ -89,6 +154,106 @@ def _serve(config: Config, migrate_default: bool, with_worker: bool) -> None:
     finally:
         queue.close()
         store.close()
+
+
+def _serve_forked(
+    config: Config, listener: socket.socket, secret: Any, store: Any, with_worker: bool
+) -> None:
+    """Fork ``config.workers`` server processes on one listening socket and wait for them.
+
+    SIGTERM and SIGINT are passed on to every child. If a child ends while no stop was asked for, the
+    others are stopped and the command fails: a runner serving at part strength would hide the fault.
+    """
+    import threading
+
+    # fork() copies only the calling thread: a lock held by another thread would stay locked forever.
+    if threading.active_count() != 1:
+        raise CommandError("internal error: a thread was started before the server processes were forked")
+    stop_signals = {signal.SIGTERM, signal.SIGINT}
+    children: dict[int, int] = {}
+    stopping = False
+    failures: list[str] = []
+
+    def stop_children(signum: int) -> None:
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signum)
+
+    def forward(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+        stop_children(signum)
+
+    def reap() -> None:
+        nonlocal stopping
+        while children:
+            pid, status = os.wait()
+            code = os.waitstatus_to_exitcode(status)
+            del children[pid]
+            if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT):
+                continue
+            failures.append(f"server process {pid} exited with status {code}")
+            if not stopping:
+                logger.error("%s; stopping the others", failures[-1])
+                stopping = True
+                stop_children(signal.SIGTERM)
+
+    # Never written to: the children see its end of file when the parent is gone.
+    pipe_read, pipe_write = os.pipe()
+    # Blocked until the handlers are in place: a stop asked for during the forks reaches every child.
+    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
+    try:
+        for index in range(config.workers):
+            pid = os.fork()
+            if pid == 0:
+                os.close(pipe_write)
+                child_worker = with_worker and index == 0
+                _run_child(config, listener, secret, store, child_worker, pipe_read, previous_mask)
+            children[pid] = index
+        for signum in stop_signals:
+            signal.signal(signum, forward)
+    except BaseException:
+        # A failed fork: the children already started must not outlive the command.
+        stopping = True
+        stop_children(signal.SIGTERM)
+        reap()
+        os.close(pipe_write)
+        raise
+    finally:
+        # Only the children accept connections; they close their copies when they stop.
+        listener.close()
+        os.close(pipe_read)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+    reap()
+    os.close(pipe_write)
+    if failures:
+        raise CommandError("; ".join(failures))
+
+
+def _run_child(
+    config: Config,
+    listener: socket.socket,
+    secret: Any,
+    store: Any,
+    with_worker: bool,
+    parent_pipe: int,
+    signal_mask: Any,
+) -> NoReturn:
+    code = 1
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
+        _serve_here(config, listener, secret, store, with_worker, parent_pipe)
+        code = 0
+    except BaseException:
+        logger.exception("server process %d failed", os.getpid())
+    finally:
+        # The parent's cleanup (its finally blocks, atexit) is not the child's to run.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _worker(config: Config, store: Any) -> Any:
@@ -381,6 +546,12 @@ def cmd_db(config: Config, args: argparse.Namespace) -> None:
         store.close()
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
+    return int(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner", description="A declarative deployment runner driven by GitHub webhooks."
@@ -403,6 +574,11 @@ def build_parser() -> argparse.ArgumentParser:
         sub = add(name, handler, help)
         sub.add_argument("--host", help="address to listen on (default: $RUNNER_HOST or 127.0.0.1)")
         sub.add_argument("--port", type=int, help="port to listen on (default: $RUNNER_PORT or 3400)")
+        sub.add_argument(
+            "--workers",
+            type=_positive_int,
+            help="server processes sharing the port (default: $RUNNER_WORKERS or 1)",
+        )
 
     add(name="work", handler=cmd_work, help="route deliveries and run the pipelines")
 
@@ -463,7 +639,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
         config = config_module.load(home=args.home)
-        config = config.with_overrides(host=getattr(args, "host", None), port=getattr(args, "port", None))
+        config = config.with_overrides(
+            host=getattr(args, "host", None),
+            port=getattr(args, "port", None),
+            workers=getattr(args, "workers", None),
+        )
         args.handler(config, args)
     except (ConfigError, CommandError) as exc:
         print(f"runner: {exc}", file=sys.stderr)

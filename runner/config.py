@@ -17,6 +17,7 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3400
 DATABASE_FILE = "runner.db"
 DEFAULT_STOP_GRACE = 60.0
+DEFAULT_WORKERS = 1
 DEFAULT_NGINX_SITES_DIR = "/etc/nginx/conf.d"
 DEFAULT_NGINX_TEST = "nginx -t"
 DEFAULT_NGINX_RELOAD = "sudo -n /usr/bin/systemctl reload nginx"
@@ -58,6 +59,9 @@ class Config:
     # How long a running step may go on after the worker is asked to stop; systemd's TimeoutStopSec
     # for the worker must be longer.
     stop_grace: float = DEFAULT_STOP_GRACE
+    # Server processes sharing the listening socket: each has its own event loop and GIL, which is what
+    # limits how many deliveries one process can make durable.
+    workers: int = DEFAULT_WORKERS
     # Directories searched before PATH by every step: the deploy user's node and pnpm live outside PATH.
     tool_path: tuple[str, ...] = ()
     # The nginx step: where sites go, how they are checked, and how nginx is told to reload. The pid
@@ -167,6 +171,15 @@ def _read_command(environ: Mapping[str, str], name: str, default: str) -> tuple[
     return argv
 
 
+def _read_workers(environ: Mapping[str, str]) -> int:
+    raw = environ.get("RUNNER_WORKERS")
+    if raw is None or raw == "":
+        return DEFAULT_WORKERS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"RUNNER_WORKERS={raw!r} is not a positive number of server processes")
+    return int(raw)
+
+
 def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) -> Config:
     """Read the configuration from the environment (``os.environ`` unless given).
 
@@ -182,6 +195,7 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         port=_read_port(environ),
         secret=_read_secret(environ),
         stop_grace=_read_seconds(environ, "RUNNER_STOP_GRACE", DEFAULT_STOP_GRACE),
+        workers=_read_workers(environ),
         tool_path=tuple(d for d in environ.get("RUNNER_TOOL_PATH", "").split(":") if d),
         nginx_sites_dir=Path(environ.get("RUNNER_NGINX_SITES_DIR") or DEFAULT_NGINX_SITES_DIR),
         nginx_test=_read_command(environ, "RUNNER_NGINX_TEST", DEFAULT_NGINX_TEST),

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -105,13 +105,15 @@ class Response:
 class Server:
     """A real ``runner`` process serving on a free loopback port."""
 
-    def __init__(self, home: Path, env: dict[str, str], command: str = "serve") -> None:
+    def __init__(
+        self, home: Path, env: dict[str, str], command: str = "serve", args: Sequence[str] = ()
+    ) -> None:
         self.home = home
         self.port = free_port()
         self.log_path = home / f"{command}.log"
         self._log = self.log_path.open("wb")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner", command, "--port", str(self.port)],
+            [sys.executable, "-m", "runner", command, "--port", str(self.port), *args],
             env=env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

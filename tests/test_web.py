@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
+import http.client
 import json
+import os
+import signal
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -344,3 +349,147 @@ def test_sigterm_answers_what_is_in_flight(tmp_path: Path) -> None:
     # Every delivery answered 202 is on disk; none was answered otherwise.
     assert set(answers) <= {202}
     assert len(queued(tmp_path)) >= answers.count(202)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            # The command name may hold spaces and parentheses; the fields after the last ")" do not.
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return sorted(found)
+
+
+def _serving_process(connection: http.client.HTTPConnection, server_port: int, pids: list[int]) -> int | None:
+    """Which of ``pids`` holds the server's end of ``connection`` (after it has answered on it)."""
+    client_port = connection.sock.getsockname()[1]
+    inodes = set()
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote = fields[1], fields[2]
+        if int(local.split(":")[1], 16) == server_port and int(remote.split(":")[1], 16) == client_port:
+            inodes.add(f"socket:[{fields[9]}]")
+    for pid in pids:
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            with contextlib.suppress(OSError):
+                if os.readlink(fd) in inodes:
+                    return pid
+    return None
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_two_server_processes_share_the_port_and_the_queue(tmp_path: Path) -> None:
+    environment = runner_env(tmp_path)
+    assert run_cli("db", "upgrade", env=environment).returncode == 0
+    srv = Server(tmp_path, environment, args=("--workers", "2"))
+    children = _children(srv.process.pid)
+    try:
+        assert len(children) == 2, srv.output()
+        body = push_payload()
+        watch = INotify()
+        watch.add_watch(tmp_path / "queues" / "main", flags.MOVED_TO)
+        answers: dict[str, str] = {}
+        failures: list[str] = []
+        lock = threading.Lock()
+
+        def deliver(connection: http.client.HTTPConnection, delivery: str) -> None:
+            answer = srv.deliver("push", body, delivery, connection=connection)
+            with lock:
+                if answer.status == 202:
+                    answers[answer.json()["entry"]] = delivery
+                else:
+                    failures.append(f"{answer.status} {answer.body!r}")
+
+        # Connections until each process holds some: the kernel hands each to whichever accepts first.
+        connections: dict[int, list[http.client.HTTPConnection]] = {pid: [] for pid in children}
+        for n in range(40):
+            connection = srv.connection()
+            deliver(connection, f"first-{n}")
+            holder = _serving_process(connection, srv.port, children)
+            assert holder in connections, (holder, children)
+            connections[holder].append(connection)
+            if n >= 5 and all(connections.values()):
+                break
+        assert all(connections.values()), {pid: len(c) for pid, c in connections.items()}
+
+        def client(connection: http.client.HTTPConnection, n: int) -> None:
+            for i in range(20):
+                deliver(connection, f"c{n:02d}-{i:02d}-{uuid.uuid4()}")
+
+        threads = [
+            threading.Thread(target=client, args=(connection, n))
+            for n, connection in enumerate(c for group in connections.values() for c in group)
+        ]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for group in connections.values():
+            for connection in group:
+                connection.close()
+        published: list[str] = []
+        while events := watch.read(timeout=300):
+            published.extend(event.name for event in events)
+        watch.close()
+        assert failures == []
+        assert len(answers) == len(set(answers.values())) == len(threads) * 21
+        # Names come from the lock both processes take: distinct, and published in increasing order.
+        assert queued(tmp_path) == sorted(answers)
+        assert published == sorted(published) == sorted(answers)
+        for name, delivery in answers.items():
+            assert json.loads((tmp_path / "queues" / "main" / name).read_bytes())["delivery"] == delivery
+    finally:
+        code = srv.stop()
+    assert code == 0, srv.output()
+    assert all(_gone(pid) for pid in children), srv.output()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", srv.port), timeout=5).close()
+    assert SECRET not in srv.output()
+
+
+def test_a_server_process_that_dies_stops_the_others(tmp_path: Path) -> None:
+    environment = runner_env(tmp_path)
+    assert run_cli("db", "upgrade", env=environment).returncode == 0
+    srv = Server(tmp_path, environment, args=("--workers", "2"))
+    children = _children(srv.process.pid)
+    try:
+        assert len(children) == 2, srv.output()
+        os.kill(children[0], signal.SIGKILL)
+        assert srv.process.wait(timeout=20) == 1
+    finally:
+        srv.stop()
+    assert all(_gone(pid) for pid in children), srv.output()
+    assert f"server process {children[0]} exited with status -9" in srv.output()
+
+
+def test_server_processes_stop_when_their_parent_is_killed(tmp_path: Path) -> None:
+    environment = runner_env(tmp_path)
+    assert run_cli("db", "upgrade", env=environment).returncode == 0
+    srv = Server(tmp_path, environment, args=("--workers", "2"))
+    children = _children(srv.process.pid)
+    try:
+        assert len(children) == 2, srv.output()
+        srv.process.kill()
+        srv.process.wait(timeout=20)
+        deadline = time.monotonic() + 20
+        while not all(_gone(pid) for pid in children) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert all(_gone(pid) for pid in children), srv.output()
+    finally:
+        srv.stop()
+        for pid in children:
+            if not _gone(pid):
+                os.kill(pid, signal.SIGKILL)
+    assert "the parent process is gone" in srv.output()
