@@ -27,6 +27,17 @@ POSTGRES_URL = os.environ.get(
     "RUNNER_TEST_POSTGRES_URL", "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 )
 SECRET = "test secret, not GitHub's"
+# The statuses a run ends in.
+FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
+# The tests' own git commands do not depend on the machine's or the user's configuration.
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test Author",
+    "GIT_AUTHOR_EMAIL": "author@example.com",
+    "GIT_COMMITTER_NAME": "Test Committer",
+    "GIT_COMMITTER_EMAIL": "committer@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+    "GIT_CONFIG_GLOBAL": os.devnull,
+}
 
 
 def require(condition: bool, reason: str) -> None:

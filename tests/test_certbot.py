@@ -27,7 +27,7 @@ from types import ModuleType
 from typing import TypeVar
 
 import pytest
-from support import ROOT, free_port, require, run_cli, runner_env
+from support import FINISHED, ROOT, free_port, require, run_cli, runner_env
 
 from runner.models import Run
 from runner.steps import StepFailed
@@ -37,7 +37,6 @@ from runner.store import Store
 WRAPPER = ROOT / "packaging" / "libexec" / "runner-certbot"
 EXAMPLE_CONF = ROOT / "packaging" / "certbot.conf"
 NOBODY = 65534
-FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
 T = TypeVar("T")
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, alive, free_port, require, run_cli, runner_env, wait_for
+from support import FINISHED, GIT_ENV, ROOT, alive, free_port, require, run_cli, runner_env, wait_for
 
 from runner import steps
 from runner.config import Config
@@ -41,15 +41,6 @@ from runner.store import Store
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 # The user the test's nginx master runs as when the tests run as root; created if missing.
 NGINX_USER = "runner-nginx-test"
-FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Test Author",
-    "GIT_AUTHOR_EMAIL": "author@example.com",
-    "GIT_COMMITTER_NAME": "Test Committer",
-    "GIT_COMMITTER_EMAIL": "committer@example.com",
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-}
 # A test-only template: one answer on one port, and a directive named by a variable.
 ANSWER_TEMPLATE = """\
 {# answer.conf.j2 (tests): port, option (a directive set to on), answer (any text) #}

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import PAYLOADS, Server, alive, run_cli, runner_env, wait_for
+from support import FINISHED, GIT_ENV, PAYLOADS, Server, alive, run_cli, runner_env, wait_for
 
 from runner.models import Delivery, Run, StepResult
 from runner.queue import Queue
@@ -31,16 +31,6 @@ from runner.store import Store
 ZERO_COMMIT = "0" * 40
 # The time stamp the run log puts before each line: 2026-11-25T11:26:03.123456Z
 STAMP = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z"
-FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
-GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Test Author",
-    "GIT_AUTHOR_EMAIL": "author@example.com",
-    "GIT_COMMITTER_NAME": "Test Committer",
-    "GIT_COMMITTER_EMAIL": "committer@example.com",
-    # The tests' own git commands do not depend on the machine's or the user's configuration.
-    "GIT_CONFIG_NOSYSTEM": "1",
-    "GIT_CONFIG_GLOBAL": os.devnull,
-}
 
 
 # Waiting ---------------------------------------------------------------------------------------------------
