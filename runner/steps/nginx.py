@@ -61,6 +61,7 @@ from typing import Any
 
 from jinja2 import TemplateRuntimeError
 
+from runner import sudo
 from runner.files import fsync_directory
 from runner.pipeline import StepSpec
 from runner.steps.base import Outcome, RunContext, RunLog, StepFailed, execute, step_timeout
@@ -381,6 +382,8 @@ def _log_since(path: Path, offset: int) -> tuple[list[str], str | None]:
 async def _reload(ctx: RunContext, spec: StepSpec, deadline: float) -> Outcome:
     """Reload nginx and wait for the master to start a new generation of workers."""
     config = ctx.config
+    # A missing sudo right fails here with the sudoers line to add, before anything is changed.
+    await sudo.check(config.nginx_reload, env=ctx.env_for(spec))
     master = _master_pid(config.nginx_pid_file)
     before = _children(master)
     log_offset = _log_size(config.nginx_error_log)
@@ -490,7 +493,7 @@ async def _check_and_reload(
         return Outcome("succeeded", 0, f"{path.name}: nginx -t passed; not reloaded (reload: false)")
     try:
         reloaded = await _reload(ctx, spec, deadline)
-    except StepFailed as exc:
+    except (StepFailed, sudo.SudoRefused) as exc:
         return Outcome("failed", None, str(exc))
     if not reloaded.ok:
         return reloaded
