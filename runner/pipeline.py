@@ -934,6 +934,13 @@ def pipeline_files(directory: Path) -> list[Path]:
 # The pipelines of a directory --------------------------------------------------------------------------
 
 
+def _mtime(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return -1
+
+
 class PipelineSet:
     """The pipelines of a directory, reloaded when files change; an invalid file keeps its last valid version.
 
@@ -945,7 +952,7 @@ class PipelineSet:
         self.directory = directory
         self.home = home
         self._lock = threading.Lock()
-        self._signatures: dict[Path, tuple[int, int, int, int]] = {}
+        self._signatures: dict[Path, tuple[int, ...]] = {}
         self._valid: dict[Path, Pipeline] = {}
         self._problems: dict[Path, list[Problem]] = {}
         self._conflicts: set[Path] = set()
@@ -954,7 +961,10 @@ class PipelineSet:
     def reload(self) -> list[Problem]:
         """Re-read new and changed files, forget removed ones; returns the problems of every invalid file."""
         with self._lock:
-            signatures: dict[Path, tuple[int, int, int, int]] = {}
+            signatures: dict[Path, tuple[int, ...]] = {}
+            # A pipeline is also checked against the templates it names: one refused because its template
+            # was missing is read again when templates are added (or renamed, as editors save them).
+            templates = _mtime(self.home / NGINX_TEMPLATES)
             for path in pipeline_files(self.directory):
                 try:
                     st = path.stat()
@@ -965,7 +975,7 @@ class PipelineSet:
                     signatures[path] = (-1, -1, -1, -1)
                     continue
                 # ctime too: a chmod that makes an unreadable file readable changes nothing else.
-                signatures[path] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino)
+                signatures[path] = (st.st_mtime_ns, st.st_ctime_ns, st.st_size, st.st_ino, templates)
             valid = dict(self._valid)
             problems = dict(self._problems)
             for path in set(self._signatures) - set(signatures):

@@ -714,3 +714,32 @@ def test_a_reload_the_master_refuses_fails_the_step_with_the_masters_reason(
     assert "put the previous tls.localhost.conf back" in detail
     assert site.read_bytes() == before
     assert get(https_port, host="tls.localhost", tls=tls)[:2] == (200, "from upstream https")
+
+
+def test_a_pipeline_waiting_for_its_template_is_loaded_once_the_template_appears(tmp_path: Path) -> None:
+    from runner.pipeline import PipelineSet
+
+    home = tmp_path
+    (home / "templates" / "nginx").mkdir(parents=True)
+    (home / "pipelines").mkdir()
+    write_pipeline(
+        home,
+        "site",
+        """
+        on: {repository: acme/web}
+        workdir: web
+        steps:
+          - nginx: {site: example.com, template: later.conf.j2}
+        """,
+    )
+    pipelines = PipelineSet(home / "pipelines", home)
+    assert [p.message for p in pipelines.reload()] == [
+        "step 1 nginx.template: template 'later.conf.j2' not found in templates/nginx/"
+    ]
+    assert pipelines.get("site") is None
+    # Saved the way editors save: written under another name, renamed into place.
+    temp = home / "templates" / "nginx" / ".later.conf.j2.swp"
+    temp.write_text("server { listen 8080; }\n")
+    temp.rename(home / "templates" / "nginx" / "later.conf.j2")
+    assert pipelines.reload() == []
+    assert pipelines.get("site") is not None
