@@ -8,6 +8,7 @@ import hmac
 import http.client
 import json
 import os
+import pwd
 import signal
 import socket
 import subprocess
@@ -15,6 +16,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -242,3 +244,42 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@dataclass
+class Account:
+    """A user to run commands as."""
+
+    name: str
+    home: Path
+
+    @property
+    def uid(self) -> int:
+        return pwd.getpwnam(self.name).pw_uid
+
+    @property
+    def gid(self) -> int:
+        return pwd.getpwnam(self.name).pw_gid
+
+    def argv(self, *argv: str | Path) -> list[str]:
+        """``argv`` as this user: setpriv execs it directly, with the user's groups and nothing of root's."""
+        ids = [f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups"]
+        return ["setpriv", *ids, "--", *map(str, argv)]
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = runner_env(self.home, HOME=str(self.home), USER=self.name, LOGNAME=self.name, **extra)
+        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the checkout is not the user's to write in
+        return env
+
+    def run(
+        self, *argv: str | Path, env: dict[str, str] | None = None, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            self.argv(*argv),
+            env=env if env is not None else self.env(),
+            cwd=self.home if self.home.is_dir() else "/",
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, require, runner_env
+from support import ROOT, Account, require
 
 from runner import sudo
 from runner.config import DEFAULT_CERTBOT
@@ -103,33 +103,10 @@ def test_a_command_not_through_sudo_is_not_checked() -> None:
 
 
 @dataclass
-class DeployUser:
-    name: str
-    uid: int
-    gid: int
-    home: Path
-    sudoers: Path
+class DeployUser(Account):
+    """The throw-away user, with the sudoers file installed for it."""
 
-    def argv(self, *argv: str | Path) -> list[str]:
-        """``argv`` as this user: setpriv execs it directly, so signals reach it (runuser keeps SIGTERM)."""
-        ids = [f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups"]
-        return ["setpriv", *ids, "--", *map(str, argv)]
-
-    def env(self, **extra: str) -> dict[str, str]:
-        env = runner_env(self.home, HOME=str(self.home), USER=self.name, LOGNAME=self.name, **extra)
-        env["PYTHONDONTWRITEBYTECODE"] = "1"  # the checkout is not the user's to write in
-        return env
-
-    def run(self, *argv: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            self.argv(*argv),
-            env=self.env(),
-            cwd=self.home,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
+    sudoers: Path = Path()
 
     def runner(self, *args: str) -> subprocess.CompletedProcess[str]:
         done = self.run(sys.executable, "-m", "runner", *args)
@@ -232,7 +209,7 @@ def user() -> Iterator[DeployUser]:
         check(["visudo", "-c", "-q", "-f", str(staged)])
         staged.rename(installed)
 
-        deploy = DeployUser(name, uid, gid, home, installed)
+        deploy = DeployUser(name, home, installed)
         done = deploy.run(sys.executable, "-c", "import runner.cli")
         assert done.returncode == 0, f"{name} cannot run {sys.executable} with runner:\n{done.stderr}"
         yield deploy
