@@ -51,13 +51,6 @@ def is_entry_name(name: str) -> bool:
     return ENTRY_NAME.match(name) is not None
 
 
-def entry_time_ns(name: str) -> int:
-    """The publication time an entry's name records, in nanoseconds since the epoch."""
-    if not is_entry_name(name):
-        raise QueueError(f"{name!r} is not a queue entry name")
-    return int(name[:NAME_DIGITS])
-
-
 class Queue:
     """A queue directory. Safe to share between threads, and between processes through the file system."""
 
@@ -92,22 +85,6 @@ class Queue:
             raise
         return temp, fd
 
-    def write_temp(self, data: bytes) -> Path:
-        """Write ``data`` to a hidden temporary file in the queue directory and fsync it.
-
-        Readers ignore the file until :meth:`publish` renames it.
-        """
-        temp, fd = self.create_temp(data)
-        try:
-            os.fsync(fd)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                temp.unlink()
-            raise
-        finally:
-            os.close(fd)
-        return temp
-
     def put_many(self, items: Sequence[bytes], syncers: Executor | None = None) -> list[str]:
         """Write several entries durably, with as few journal commits as the file system allows.
 
@@ -135,17 +112,10 @@ class Queue:
         return self.publish([temp for temp, _ in written])
 
     def publish(self, temps: list[Path]) -> list[str]:
-        """Rename written temporary files into place, in order, and make the renames durable.
+        """Rename fsynced temporary files into place, in order, and make the renames durable.
 
         Returns the entry names, which increase in the order of ``temps``.
         """
-        names = self.rename_into_place(temps)
-        # One directory fsync makes the whole batch durable; it needs no lock, the renames are done.
-        self.sync_directory()
-        return names
-
-    def rename_into_place(self, temps: list[Path]) -> list[str]:
-        """Give fsynced temporary files their entry names; durable only after :meth:`sync_directory`."""
         names: list[str] = []
         with self._name_lock() as lock_fd:
             last = self._read_last(lock_fd)
@@ -159,16 +129,15 @@ class Queue:
             finally:
                 # Even after a failed rename, the names already used must never be handed out again.
                 os.pwrite(lock_fd, f"{last:0{NAME_DIGITS}d}".encode(), 0)
-        return names
-
-    def sync_directory(self) -> None:
+        # One directory fsync makes the whole batch durable; it needs no lock, the renames are done.
         fsync_directory(self.directory)
+        return names
 
     def put(self, data: bytes | dict[str, Any]) -> str:
         """Write one entry durably and return its name."""
         if isinstance(data, dict):
             data = json.dumps(data, separators=(",", ":")).encode()
-        return self.publish([self.write_temp(data)])[0]
+        return self.put_many([data])[0]
 
     @contextlib.contextmanager
     def _name_lock(self) -> Iterator[int]:

@@ -141,6 +141,9 @@ class Router:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Route entries as they arrive until ``stop`` is set; the entry at hand is finished first."""
+        # Left by a writer that crashed before publishing: no consumer will ever read them.
+        for temp in self.main.remove_stale_temps():
+            logger.warning("removed %s/%s, a write that never completed", self.main.directory, temp)
         with Reader(self.main) as reader:
             while not stop.is_set():
                 name = reader.take()

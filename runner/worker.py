@@ -43,6 +43,9 @@ class Lane:
         self.busy = False
 
     async def run(self, stop: asyncio.Event) -> None:
+        # Left by a writer that crashed before publishing: no consumer will ever read them.
+        for temp in self.queue.remove_stale_temps():
+            logger.warning("removed %s/%s, a write that never completed", self.queue.directory, temp)
         with Reader(self.queue) as reader:
             while not stop.is_set():
                 name = reader.take()
