@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from runner import steps
@@ -40,7 +41,6 @@ class Lane:
         self.environ = environ
         self.queue = Queue(config.queues_dir / name)
         self.last_known: Pipeline | None = pipelines.get(name)
-        self.busy = False
 
     async def run(self, stop: asyncio.Event) -> None:
         # Left by a writer that crashed before publishing: no consumer will ever read them.
@@ -52,17 +52,17 @@ class Lane:
                 if name is None:
                     await reader.wait(stop)
                     continue
-                self.busy = True
-                try:
-                    result = await self.carry_out(name, stop)
-                finally:
-                    self.busy = False
+                result = await self.carry_out(name, stop)
                 if result == "succeeded":
                     reader.done(name)
                 elif result == "failed":
                     reader.forget(name)
                 else:
                     reader.release(name)
+
+    def _run_file(self, run_id: int, suffix: str) -> Path:
+        """A run's log (``.log``), or the process group of its running step (``.pgid``)."""
+        return self.config.logs_dir / self.name / f"{run_id}{suffix}"
 
     async def carry_out(self, name: str, stop: asyncio.Event) -> str:
         """Run the pipeline for one entry; returns succeeded, failed or cancelled."""
@@ -98,12 +98,10 @@ class Lane:
             logger.warning("run %d of %s was cut short by the worker's end; running it again", old, self.name)
             # Its step ran in a session of its own and may have outlived the worker: it must not run
             # beside the new run.
-            stopped = await asyncio.to_thread(
-                steps.stop_leftovers, self.config.logs_dir / pipeline.name / f"{old}.pgid", old
-            )
+            stopped = await asyncio.to_thread(steps.stop_leftovers, self._run_file(old, ".pgid"), old)
             if stopped:
                 logger.warning("stopped processes %s left running by run %d", stopped, old)
-        log_path = self.config.logs_dir / pipeline.name / f"{run_id}.log"
+        log_path = self._run_file(run_id, ".log")
         log = steps.RunLog(log_path)
         previous = await asyncio.to_thread(self.store.last_deployed_commit, pipeline.name)
         await asyncio.to_thread(self.store.set_run, run_id, log_path=str(log_path), ref=ref, commit=commit)
@@ -127,7 +125,7 @@ class Lane:
             deadline=time.monotonic() + pipeline.timeout,
             base_env=steps.step_environment(self.environ, self.config.tool_path),
             on_commit=on_commit,
-            group_file=log_path.with_suffix(".pgid"),
+            group_file=self._run_file(run_id, ".pgid"),
         )
         log.note(f"run {run_id} of pipeline {pipeline.name}: {trigger} {ref or ''} {commit or ''}".rstrip())
         for interrupted_id in interrupted:
