@@ -56,6 +56,9 @@ class Config:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     secret: Secret | None = field(default=None, repr=False)
+    # Read only when the secret is needed (by `runner serve`): the worker and the deploy user's commands
+    # cannot read it, and must not fail for that.
+    secret_file: Path | None = None
     # How long a running step may go on after the worker is asked to stop; systemd's TimeoutStopSec
     # for the worker must be longer.
     stop_grace: float = DEFAULT_STOP_GRACE
@@ -104,6 +107,8 @@ class Config:
         return replace(self, **given)
 
     def require_secret(self) -> Secret:
+        if self.secret_file is not None:
+            return _read_secret_file(self.secret_file)
         if not self.secret:
             raise ConfigError(
                 "no webhook secret is configured: set RUNNER_SECRET to the secret entered in the GitHub "
@@ -118,20 +123,24 @@ def default_database_url(home: Path) -> str:
     return f"sqlite:///{home / DATABASE_FILE}"
 
 
-def _read_secret(environ: Mapping[str, str]) -> Secret | None:
+def _read_secret(environ: Mapping[str, str]) -> tuple[Secret | None, Path | None]:
+    """The secret given in the environment, and the file named to hold it (read later, when needed)."""
     value = environ.get("RUNNER_SECRET")
     path = environ.get("RUNNER_SECRET_FILE")
     if value and path:
         raise ConfigError("both RUNNER_SECRET and RUNNER_SECRET_FILE are set: set only one of them")
-    if path:
-        try:
-            # A trailing newline is what `echo` and editors leave; GitHub's secret never has one.
-            value = Path(path).read_text().rstrip("\r\n")
-        except OSError as exc:
-            raise ConfigError(f"RUNNER_SECRET_FILE={path}: cannot read it: {exc.strerror}") from None
-        if not value:
-            raise ConfigError(f"RUNNER_SECRET_FILE={path}: the file is empty")
-    return Secret(value) if value else None
+    return (Secret(value) if value else None), (Path(path) if path else None)
+
+
+def _read_secret_file(path: Path) -> Secret:
+    try:
+        # A trailing newline is what `echo` and editors leave; GitHub's secret never has one.
+        value = path.read_text().rstrip("\r\n")
+    except OSError as exc:
+        raise ConfigError(f"RUNNER_SECRET_FILE={path}: cannot read it: {exc.strerror}") from None
+    if not value:
+        raise ConfigError(f"RUNNER_SECRET_FILE={path}: the file is empty")
+    return Secret(value)
 
 
 def _read_port(environ: Mapping[str, str]) -> int:
@@ -188,12 +197,14 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
     if environ is None:
         environ = os.environ
     home = (home or Path(environ.get("RUNNER_HOME") or os.getcwd())).resolve()
+    secret, secret_file = _read_secret(environ)
     return Config(
         home=home,
         database_url=environ.get("RUNNER_DATABASE_URL") or default_database_url(home),
         host=environ.get("RUNNER_HOST") or DEFAULT_HOST,
         port=_read_port(environ),
-        secret=_read_secret(environ),
+        secret=secret,
+        secret_file=secret_file,
         stop_grace=_read_seconds(environ, "RUNNER_STOP_GRACE", DEFAULT_STOP_GRACE),
         workers=_read_workers(environ),
         tool_path=tuple(d for d in environ.get("RUNNER_TOOL_PATH", "").split(":") if d),

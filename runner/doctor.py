@@ -55,11 +55,34 @@ class Doctor:
     # Each check ---------------------------------------------------------------------------------------
 
     def check_secret(self) -> Check:
-        if self.config.secret:
-            return Check("secret", True, "the webhook secret is set")
-        return Check(
-            "secret", False, "no webhook secret: set RUNNER_SECRET_FILE (or RUNNER_SECRET) in the env file"
-        )
+        """The deploy user (and so every step) must not get the webhook secret: it could forge deliveries.
+
+        Only the web unit, running as a user of its own, gets it (LoadCredential=).
+        """
+        user = sudo.current_user()
+        paths = [Path(f"/etc/{user}/secret")]
+        named = [name for name in ("RUNNER_SECRET", "RUNNER_SECRET_FILE") if self.environ.get(name)]
+        if self.environ.get("RUNNER_SECRET_FILE"):
+            paths.append(Path(self.environ["RUNNER_SECRET_FILE"]))
+        denied = []
+        for path in paths:
+            reason = _unreadable(path)
+            if reason is None:
+                return Check(
+                    "secret",
+                    False,
+                    f"{user} can read the webhook secret {path}, and so can every step: "
+                    f"`sudo chown root:root {path} && sudo chmod 600 {path}` (or run `sudo runner setup`)",
+                )
+            denied.append(f"{path}: {reason}")
+        if named:
+            return Check(
+                "secret",
+                False,
+                f"{' and '.join(named)} set in the worker's environment: delete it from the env file; "
+                "only the web unit gets the secret, as a credential (`sudo runner setup` says how)",
+            )
+        return Check("secret", True, f"{user} cannot read the webhook secret ({'; '.join(denied)})")
 
     def check_database(self) -> Check:
         from runner.store import SchemaError, Store, safe_url
@@ -240,6 +263,25 @@ def _writable(directory: Path) -> str | None:
             pass
     except OSError as exc:
         return f"cannot create a file in {directory} ({exc.strerror})"
+    return None
+
+
+def _unreadable(path: Path) -> str | None:
+    """Why this user cannot read ``path``, or None when it can. Tried for real: ACLs count."""
+    try:
+        with path.open("rb") as file:
+            file.read(1)
+    except OSError as exc:
+        return (exc.strerror or type(exc).__name__).lower()
+    return None
+
+
+def _not_roots(path: Path) -> str | None:
+    """Why ``path`` is not root's alone to change (it or a directory above it), or None."""
+    for entry in [path, *path.parents]:
+        st = entry.stat()
+        if st.st_uid != 0 or (st.st_mode & 0o022 and not (entry != path and st.st_mode & 0o1000)):
+            return f"{entry} is not root's or is writable by group or others, and sudo runs {path} as root"
     return None
 
 

@@ -25,6 +25,8 @@ WRAPPER = "usr/local/libexec/runner-certbot"
 # systemd waits this much longer than the worker's grace before it kills what is left: the step's own
 # SIGTERM-to-SIGKILL grace, and the worker's bookkeeping.
 STOP_TIMEOUT_MARGIN = 15
+# The main queue: the web user's, setgid to the deploy user's group, which reads and removes the entries.
+MAIN_QUEUE_MODE = 0o2770
 
 
 class SetupError(Exception):
@@ -60,6 +62,11 @@ class Setup:
     @property
     def secret_file(self) -> Path:
         return self.etc_dir / "secret"
+
+    @property
+    def web_user(self) -> str:
+        """The webhook endpoint's own user: the only one, besides root, that gets the secret."""
+        return f"{self.user}-web"
 
     @property
     def sudoers_file(self) -> Path:
@@ -109,31 +116,27 @@ class Setup:
     # Actions -----------------------------------------------------------------------------------------
 
     def ensure_user(self) -> None:
+        self._ensure_system_user(self.user, self.home, "runner deployments")
+        # Whatever one uid can read, every step running as that uid can read too: the endpoint, which
+        # holds the secret, runs as a user of its own, with no home and no shell.
+        self._ensure_system_user(self.web_user, None, "runner webhook endpoint")
+
+    def _ensure_system_user(self, name: str, home: Path | None, comment: str) -> None:
+        """A system user ``name`` whose primary group is a system group of the same name."""
         try:
-            grp.getgrnam(self.user)
-            self._ok(f"group {self.user} exists")
+            grp.getgrnam(name)
+            self._ok(f"group {name} exists")
         except KeyError:
-            self._change(f"create system group {self.user}", lambda: _call("groupadd", "--system", self.user))
+            self._change(f"create system group {name}", lambda: _call("groupadd", "--system", name))
         try:
-            entry = pwd.getpwnam(self.user)
-            self._ok(f"user {self.user} exists (home {entry.pw_dir})")
+            entry = pwd.getpwnam(name)
+            self._ok(f"user {name} exists (home {entry.pw_dir})")
         except KeyError:
+            argv = ["useradd", "--system", "--gid", name, "--home-dir", str(home or "/nonexistent")]
+            argv += ["--no-create-home", "--shell", "/usr/sbin/nologin", "--comment", comment, name]
             self._change(
-                f"create system user {self.user} with home {self.home}",
-                lambda: _call(
-                    "useradd",
-                    "--system",
-                    "--gid",
-                    self.user,
-                    "--home-dir",
-                    str(self.home),
-                    "--no-create-home",
-                    "--shell",
-                    "/usr/sbin/nologin",
-                    "--comment",
-                    "runner deployments",
-                    self.user,
-                ),
+                f"create system user {name} with home {home}" if home else f"create system user {name}",
+                lambda: _call(*argv),
             )
 
     def _ids(self) -> tuple[int, int]:
@@ -157,10 +160,45 @@ class Setup:
 
     def ensure_directories(self) -> None:
         uid, gid = self._ids()
-        for path in (self.home, self.home / "queues", self.home / "queues" / "main", self.home / "logs"):
+        for path in (self.home, self.home / "queues"):
             self._ensure_dir(path, uid, gid, 0o750)
+        self._ensure_main_queue(gid)
+        self._ensure_dir(self.home / "logs", uid, gid, 0o750)
         # Pipelines are configuration: the deploy user reads them (and may update them through a pipeline).
         self._ensure_dir(self.home / "pipelines", uid, gid, 0o750)
+
+    def _web_uid(self) -> int:
+        try:
+            return pwd.getpwnam(self.web_user).pw_uid
+        except KeyError:
+            if self.dry_run:
+                return -1
+            raise
+
+    def _ensure_main_queue(self, gid: int) -> None:
+        """The web user writes the main queue; the deploy user's group reads its entries and removes them.
+
+        The setgid bit gives every entry (and the queue's ``.lock``) the deploy user's group; the web unit's
+        umask makes them 0640. The web user can write nowhere else in RUNNER_HOME.
+        """
+        from runner.queue import LOCK_FILE
+
+        main, uid = self.home / "queues" / "main", self._web_uid()
+        owner = f"{self.web_user}:{self.user} {MAIN_QUEUE_MODE:o}"
+        if not main.is_dir():
+            self._change(f"create {main} ({owner})", lambda: _make_dir(main, uid, gid, MAIN_QUEUE_MODE))
+            return
+        st = main.stat()
+        if (st.st_uid, st.st_gid, st.st_mode & 0o7777) != (uid, gid, MAIN_QUEUE_MODE):
+            self._change(
+                f"set owner and mode of {main} ({owner})", lambda: _own(main, uid, gid, MAIN_QUEUE_MODE)
+            )
+        else:
+            self._ok(f"{main}")
+        # A queue the deploy user used to write has its lock file: the web user must be able to take it.
+        lock = main / LOCK_FILE
+        if lock.is_file() and (lock.stat().st_uid, lock.stat().st_gid) != (uid, gid):
+            self._change(f"give {lock} to {self.web_user}", lambda: _own(lock, uid, gid, 0o640))
 
     def _ensure_file(self, path: Path, content: bytes, uid: int, gid: int, mode: int, *, keep: bool) -> None:
         """Write ``content`` unless the file is there (``keep``: the admin's to edit) or already equal."""
@@ -178,20 +216,58 @@ class Setup:
     def ensure_secret_and_env(self) -> None:
         _, gid = self._ids()
         self._ensure_dir(self.etc_dir, 0, gid, 0o750)
-        self._ensure_file(self.secret_file, (secrets.token_hex(32) + "\n").encode(), 0, gid, 0o640, keep=True)
+        # root's alone: systemd reads it for the web unit (LoadCredential=); a secret there is never
+        # replaced, only its owner and mode are put right.
+        self._ensure_file(self.secret_file, (secrets.token_hex(32) + "\n").encode(), 0, 0, 0o600, keep=True)
         database = (
             f"RUNNER_DATABASE_URL={self.database_url}\n"
             if self.database_url
-            else "# RUNNER_DATABASE_URL=postgresql+psycopg2://runner@/runner\n"
+            else "# No user in the URL: each unit connects as its own system user (peer authentication).\n"
+            "# RUNNER_DATABASE_URL=postgresql+psycopg2:///runner\n"
         )
         env = (
             "# runner's settings for the systemd units (see the README's Configuration section).\n"
+            "# Both units read this file, so it never names the webhook secret: the web unit gets it alone.\n"
             f"RUNNER_HOME={self.home}\n"
-            f"RUNNER_SECRET_FILE={self._strip_prefix(self.secret_file)}\n"
             f"{database}"
             f"RUNNER_NGINX_SITES_DIR={self.sites_dir}\n"
         )
+        self._ensure_env_without_secret()
         self._ensure_file(self.env_file, env.encode(), 0, gid, 0o640, keep=True)
+
+    def _ensure_env_without_secret(self) -> None:
+        """An env file from before the web user named the secret, which the worker must not have.
+
+        That line, as setup wrote it, is taken out (the web unit sets RUNNER_SECRET_FILE itself, and an
+        EnvironmentFile= overrides Environment=); any other secret setting is the admin's to move.
+        """
+        if not self.env_file.is_file():
+            return
+        text = self.env_file.read_text()
+        secret = self._strip_prefix(self.secret_file)
+        ours = f"RUNNER_SECRET_FILE={secret}"
+        kept, dropped = [], False
+        for line in text.splitlines(keepends=True):
+            setting = line.strip().removeprefix("export ").strip()
+            if setting == ours:
+                dropped = True
+                continue
+            if re.match(r"RUNNER_SECRET(_FILE)?\s*=", setting):
+                name = setting.split("=", 1)[0].strip()
+                raise SetupError(
+                    f"{self.env_file} sets {name}: both units read that file, so the worker (and every "
+                    f"step) could get the webhook secret. Put the secret into {secret} "
+                    "(root:root 0600; the web unit loads it as a credential), delete that line, "
+                    "and run setup again"
+                )
+            kept.append(line)
+        if dropped:
+            st = self.env_file.stat()
+            content = "".join(kept).encode()
+            self._change(
+                f"remove {ours} from {self.env_file} (only the web unit gets the secret)",
+                lambda: _write_file(self.env_file, content, st.st_uid, st.st_gid, st.st_mode & 0o7777),
+            )
 
     def ensure_wrapper(self) -> None:
         source = PACKAGING / "libexec" / "runner-certbot"
@@ -280,6 +356,8 @@ class Setup:
             "@STOP_GRACE@": f"{self.stop_grace:g}",
             "@STOP_TIMEOUT@": f"{self.stop_grace + STOP_TIMEOUT_MARGIN:g}s",
             "@SITES_DIR@": str(self.sites_dir),
+            "@WEB_USER@": self.web_user,
+            "@SECRET_FILE@": str(self._strip_prefix(self.secret_file)),
         }
         rendered = {}
         for role in ("web", "worker"):

@@ -59,7 +59,11 @@ class Deployed:
 
     def env(self, **extra: str) -> dict[str, str]:
         settings = {"RUNNER_DATABASE_URL": self.database, "RUNNER_NGINX_SITES_DIR": str(self.instance.sites)}
-        return self.instance.account.env(**{**settings, **extra})
+        env = self.instance.account.env(**{**settings, **extra})
+        # The worker's environment, as the units give it: the webhook secret is the web unit's alone.
+        if "RUNNER_SECRET" not in extra:
+            del env["RUNNER_SECRET"]
+        return env
 
     def runner(self, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
         return self.instance.account.run(sys.executable, "-m", "runner", *args, env=self.env(**env))

@@ -210,6 +210,7 @@ def new_instance() -> Iterator[Instance]:
         cleanup.callback(shutil.rmtree, base, ignore_errors=True)
         # Registered early, so it runs last: the ACL and sudoers entries naming the user go first.
         cleanup.callback(remove_user, name)
+        cleanup.callback(remove_user, f"{name}-web")
         # The deploy user must reach its home and the sites directory in here (mkdtemp makes it 0700).
         base.chmod(0o755)
         (base / "sites").mkdir(mode=0o755)
@@ -282,13 +283,21 @@ def test_setup_creates_the_user_directories_secret_wrapper_sudoers_acls_and_unit
             f"{path}: {st.st_uid}:{st.st_gid} {stat.S_IMODE(st.st_mode):o}"
         )
 
-    for path in ("", "queues", "queues/main", "logs", "pipelines"):
+    for path in ("", "queues", "logs", "pipelines"):
         owned(fresh.home / path, (uid, gid), 0o750, stat.S_IFDIR)
+    # The webhook endpoint's own user, and the main queue it writes: setgid, so that the deploy user's
+    # group reads and removes the entries.
+    web = pwd.getpwnam(f"{fresh.name}-web")
+    assert web.pw_gid == grp.getgrnam(f"{fresh.name}-web").gr_gid != gid
+    assert web.pw_shell == "/usr/sbin/nologin"
+    assert not Path(web.pw_dir).exists(), web.pw_dir
+    assert fresh.name not in grp.getgrgid(web.pw_gid).gr_mem
+    owned(fresh.home / "queues" / "main", (web.pw_uid, gid), 0o2770, stat.S_IFDIR)
 
-    # The secret and the settings: root's to write, the deploy user's group's to read, nobody else's.
+    # The settings: root's to write, the deploy user's group's to read. The secret: root's alone.
     owned(fresh.etc_dir, (0, gid), 0o750, stat.S_IFDIR)
     secret_file, env_file = fresh.etc_dir / "secret", fresh.etc_dir / "runner.env"
-    owned(secret_file, (0, gid), 0o640)
+    owned(secret_file, (0, 0), 0o600)
     owned(env_file, (0, gid), 0o640)
     secret = secret_file.read_text().strip()
     assert len(secret) >= 32, "the generated secret is empty or short"
@@ -309,7 +318,7 @@ def test_setup_creates_the_user_directories_secret_wrapper_sudoers_acls_and_unit
         owned(unit, (0, 0), 0o644)
         text = unit.read_text()
         assert not PLACEHOLDER.search(text), f"{unit} still holds {PLACEHOLDER.findall(text)}"
-        assert f"\nUser={fresh.name}\n" in text
+        assert f"\nUser={fresh.name}{'-web' if role == 'web' else ''}\n" in text
 
     # nginx's sites: the deploy user may create files there, new files are its to rewrite, and so are the
     # sites that were there before.
@@ -323,13 +332,14 @@ def test_setup_creates_the_user_directories_secret_wrapper_sudoers_acls_and_unit
         assert not path.exists(), f"setup --prefix wrote {path}"
 
 
-def test_the_env_file_names_the_secret_where_the_units_will_read_it(fresh: Instance) -> None:
-    # The units are rendered for the installed system (EnvironmentFile without the --prefix); the env file
-    # they load must name the secret the same way, not by its path in the staging root.
+def test_only_the_web_unit_names_the_secret_where_systemd_will_read_it(fresh: Instance) -> None:
+    # The units are rendered for the installed system (paths without the --prefix). The env file both
+    # units load never names the secret: the worker must not have it.
     web = (fresh.units_dir / f"{fresh.name}-web.service").read_text()
     assert f"\nEnvironmentFile=/etc/{fresh.name}/runner.env\n" in web
-    settings = (fresh.etc_dir / "runner.env").read_text().splitlines()
-    assert f"RUNNER_SECRET_FILE=/etc/{fresh.name}/secret" in settings, settings
+    assert f"\nLoadCredential=secret:/etc/{fresh.name}/secret\n" in web
+    settings = (fresh.etc_dir / "runner.env").read_text()
+    assert "RUNNER_SECRET" not in settings.replace("# ", ""), settings
 
 
 def test_a_second_run_changes_nothing(fresh: Instance) -> None:
@@ -356,6 +366,8 @@ def test_dry_run_on_a_fresh_name_changes_nothing() -> None:
             pwd.getpwnam(instance.name)
         with pytest.raises(KeyError):
             grp.getgrnam(instance.name)
+        with pytest.raises(KeyError):
+            pwd.getpwnam(f"{instance.name}-web")
         assert tree(instance.base) == before, "setup --dry-run wrote into its directories"
         assert {path: acl(path) for path in acls} == acls, "setup --dry-run changed an ACL"
         assert not (Path("/etc/sudoers.d") / instance.name).exists()
@@ -363,6 +375,9 @@ def test_dry_run_on_a_fresh_name_changes_nothing() -> None:
         for expected in (
             f"would create system group {instance.name}",
             f"would create system user {instance.name} with home {instance.home}",
+            f"would create system group {instance.name}-web",
+            f"would create system user {instance.name}-web",
+            f"would create {instance.home / 'queues' / 'main'} ({instance.name}-web:{instance.name} 2770)",
             f"would write {instance.sudoers_file}",
             f"would write {instance.etc_dir / 'secret'}",
             f"would set ACL user:{instance.name}:rwx on {instance.sites}",

@@ -99,10 +99,10 @@ def test_the_units_pass_systemd_analyze_verify_without_a_warning(
     user: str, tmp_path: Path, grace: float
 ) -> None:
     setup, files = render(user, tmp_path, grace)
-    for path in files.values():
+    for role, path in files.items():
         text = path.read_text()
         assert not re.search(r"@[A-Z_]+@", text), f"{path.name} still holds a placeholder"
-        assert f"\nUser={setup.user}\n" in text
+        assert f"\nUser={setup.web_user if role == 'web' else setup.user}\n" in text
         assert f"\nExecStart={setup.runner_bin} " in text
     done = subprocess.run(
         ["systemd-analyze", "verify", *map(str, files.values())],
@@ -132,6 +132,21 @@ def test_the_web_unit_gets_no_privilege_and_writes_only_the_main_queue(
     assert families and not families[0].startswith("~"), "an allow-list, not a deny-list"
     assert set(families) <= {"AF_INET", "AF_INET6", "AF_UNIX"}, families
     assert web["Service"]["ReadWritePaths"] == [str(setup.home / "queues" / "main")]
+
+
+def test_the_web_unit_runs_as_its_own_user_and_alone_gets_the_secret(rendered: Rendered) -> None:
+    # The secret reaches the web unit as a credential (systemd, as root, copies it into a directory only
+    # the unit's user can read; %d is that directory), never through the env file both units read.
+    setup, files = rendered
+    web, worker = parse(files["web"].read_text()), parse(files["worker"].read_text())
+    assert (one(web, "User"), one(web, "Group")) == (f"{setup.user}-web", f"{setup.user}-web")
+    assert one(web, "SupplementaryGroups") == setup.user
+    assert one(web, "LoadCredential") == f"secret:/etc/{setup.user}/secret"
+    assert "RUNNER_SECRET_FILE=%d/secret" in web["Service"]["Environment"]
+    assert one(web, "UMask") == "0027", "the worker reads the entries through the group: 0640"
+    for key in ("LoadCredential", "SetCredential", "LoadCredentialEncrypted"):
+        assert key not in worker["Service"], f"the worker unit has {key}"
+    assert not any("RUNNER_SECRET" in value for value in worker["Service"].get("Environment", []))
 
 
 @GRACES
