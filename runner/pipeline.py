@@ -26,7 +26,13 @@ from jsonschema.exceptions import ValidationError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from runner.templating import shell_template_problem, syntax_problem
+from runner.templating import (
+    argv_template_problems,
+    code_variable,
+    has_expression,
+    shell_template_problem,
+    syntax_problem,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -698,7 +704,18 @@ def _check_env(doc: _Document, env: Any, where: Where) -> None:
     if isinstance(env, dict):
         for key, value in env.items():
             if isinstance(value, str):
-                doc.check((*where, key), syntax_problem(value))
+                doc.check((*where, key), syntax_problem(value) or _env_problem(key, value))
+
+
+def _env_problem(name: str, value: str) -> str | None:
+    """Why a variable the shell or a program reads as code may not take its value from a template."""
+    why = code_variable(name)
+    if why is None or not has_expression(value):
+        return None
+    return (
+        f"{name} may not hold an expression: {why}, so a value from an event would run as code; set it to a "
+        "fixed value, and let a step read the event's value from its own variable (e.g. $RUNNER_BRANCH)"
+    )
 
 
 def _check_step(doc: _Document, step: dict[str, Any], where: Where, names: dict[str, int]) -> None:
@@ -722,9 +739,13 @@ def _check_step(doc: _Document, step: dict[str, Any], where: Where, names: dict[
         _check_globs(doc, when.get("changed"), (*where, "when", "changed"))
         if isinstance(when.get("if"), str):
             doc.check((*where, "when", "if"), _expression_problem(when["if"]))
+    _check_env(doc, step.get("env"), (*where, "env"))
     for at, text in _strings({k: v for k, v in step.items() if k != "when"}, where):
-        # A run string is a shell line, where an expression must also stay outside quotes.
+        # A run string is a shell line, which may not read a value again as code.
         doc.check(at, shell_template_problem(text) if at == (*where, "run") else syntax_problem(text))
+    if isinstance(step.get("run"), list):
+        for index, problem in argv_template_problems(step["run"]).items():
+            doc.check((*where, "run", index), problem)
 
 
 def _nginx_template_problem(name: str, home: Path) -> str | None:

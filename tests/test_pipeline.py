@@ -348,7 +348,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
         workdir: srv
         timeout: soon
         steps:
-          - run: echo '{{ commit }}'
+          - run: eval echo '{{ commit }}'
           - deploy: {}
         """,
     )
@@ -356,7 +356,7 @@ def test_every_problem_of_a_file_is_reported_at_once(tmp_path: Path) -> None:
     assert "owner/name" in problems[0].message
     assert "unclosed '['" in problems[1].message
     assert "duration" in problems[2].message
-    assert "inside single quotes" in problems[3].message
+    assert problems[3].message.startswith("step 1 run: eval (it runs its arguments as a command line)")
     assert problems[4].message == (
         "step 2: unknown step type 'deploy' (known: git, run, pnpm, nginx, certbot, systemctl)"
     )

@@ -11,6 +11,7 @@ import copy
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -639,6 +640,8 @@ def test_values_from_the_event_never_change_the_shape_of_a_command(rig: Rig) -> 
             run: echo {{ branch }} {{ event.head_commit.message }}
           - name: argv
             run: [echo, "{{ branch }}", "{{ event.head_commit.message }}"]
+          - name: quoted
+            run: echo "{{ branch }}" '{{ event.head_commit.message }}'
         """,
         WORKDIR=rig.workdir("echo"),
     )
@@ -657,9 +660,12 @@ def test_values_from_the_event_never_change_the_shape_of_a_command(rig: Rig) -> 
         assert not marker.exists(), f"{marker} was created: a value from the event ran as a command"
     for run, (ref, text) in zip(runs, [(branch, message), ("main", lone)], strict=True):
         printed = f"{ref} {text}".splitlines()
-        assert out_lines(rig.log_of(run)) == printed + printed, rig.details(run)
+        assert out_lines(rig.log_of(run)) == printed * 3, rig.details(run)
+        # The script the log shows holds references, the values follow it, shell-quoted.
+        assert '$ echo "${RUNNER_EXPR_1}" "${RUNNER_EXPR_2}"' in rig.log_of(run), rig.details(run)
+        assert f"RUNNER_EXPR_1={shlex.quote(ref)}" in rig.log_of(run), rig.details(run)
 
-    # An expression inside quotes is refused before anything runs.
+    # An expression where the shell would read its value again as code is refused before anything runs.
     bad = rig.tmp / "quoted.yaml"
     bad.write_text(
         textwrap.dedent(
@@ -667,7 +673,7 @@ def test_values_from_the_event_never_change_the_shape_of_a_command(rig: Rig) -> 
             on: {repository: acme/app, events: [push], branches: [main]}
             workdir: /tmp
             steps:
-              - run: echo "{{ branch }}"
+              - run: echo $(( {{ branch }} ))
             """
         )
     )
@@ -676,6 +682,7 @@ def test_values_from_the_event_never_change_the_shape_of_a_command(rig: Rig) -> 
     where = re.search(rf"{re.escape(str(bad))}:(\d+):(\d+)", output)
     assert where is not None, output
     assert int(where.group(1)) == 4 and int(where.group(2)) >= 1, output
+    assert "arithmetic" in output, output
 
 
 PIPELINE_HEAD = """\
@@ -683,13 +690,17 @@ on: {repository: acme/app, events: [push], branches: [main]}
 workdir: /tmp
 steps:
 """
-# Where a shell reads a value again, so that shell-quoting it protects nothing; each step starts on line 4.
+# Where a shell reads a variable's value again as code, or would not expand it; each step starts on line 4.
 QUOTING_HOLES = {
-    # A here-document's body is expanded: $(...) and `...` run, quotes are plain characters.
-    "heredoc": "  - run: |\n      cat <<EOF\n      {{ event.head_commit.message }}\n      EOF\n",
-    # An arithmetic expression is expanded as if in double quotes: $(...) runs.
+    # bash evaluates array subscripts in arithmetic: a value a[$(cmd)] runs cmd, even from a variable.
     "arithmetic": "  - run: echo $(( {{ event.head_commit.message }} ))\n",
-    # A backslash before the expression escapes the value's opening quote: the value is unquoted.
+    "test-arithmetic": "  - run: |\n      # don't\n      [[ {{ event.head_commit.message }} -gt 0 ]]\n",
+    "assigned-then-arithmetic": "  - run: N={{ event.head_commit.message }}; echo $((N + 1))\n",
+    "eval": "  - run: eval echo {{ event.head_commit.message }}\n",
+    "shell-c": "  - run: bash -c 'echo {{ event.head_commit.message }}'\n",
+    "argv-shell-c": "  - run: [sh, -c, 'echo {{ event.head_commit.message }}']\n",
+    # A quoted here-document or a backslash: the shell would not expand the variable at all.
+    "quoted-heredoc": "  - run: |\n      cat <<'EOF'\n      {{ event.head_commit.message }}\n      EOF\n",
     "backslash": "  - run: echo \\{{ event.head_commit.message }}\n",
 }
 
