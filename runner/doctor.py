@@ -148,7 +148,6 @@ class Doctor:
         path = ":".join([*self.config.tool_path, self.environ.get("PATH", os.defpath)])
         used = self._step_types()
         wanted = {"git": "git" in used, "pnpm": "pnpm" in used, "node": "pnpm" in used}
-        wanted[self.config.nginx_test[0]] = "nginx" in used
         for tool, needed in wanted.items():
             found = shutil.which(tool, path=path)
             if found:
@@ -156,6 +155,10 @@ class Doctor:
             elif needed:
                 hint = "install it, or add its directory to RUNNER_TOOL_PATH"
                 yield Check(f"tool {tool}", False, f"not found on RUNNER_TOOL_PATH or PATH: {hint}")
+        if "nginx" in used:
+            yield self._check_wrapper("nginx", self.config.nginx)
+            if not shutil.which("nginx", path="/usr/sbin:/usr/bin:/usr/local/sbin"):
+                yield Check("tool nginx", False, "nginx is not installed: apt-get install nginx")
         if "certbot" in used:
             command = sudo.unwrap(self.config.certbot) or list(self.config.certbot)
             wrapper = Path(command[0])
@@ -166,20 +169,45 @@ class Doctor:
             if not shutil.which("certbot", path="/usr/bin:/usr/local/bin:/snap/bin"):
                 yield Check("tool certbot", False, "certbot is not installed: apt-get install certbot")
 
+    def _check_wrapper(self, tool: str, configured: tuple[str, ...]) -> Check:
+        """A wrapper sudo runs as root: installed, and root's alone to change (or it is root for anyone)."""
+        command = sudo.unwrap(configured) or list(configured)
+        wrapper = Path(command[0])
+        if not wrapper.is_file() or not os.access(wrapper, os.X_OK):
+            return Check(f"tool {tool}", False, f"the wrapper {wrapper} is missing: run `sudo runner setup`")
+        if sudo.unwrap(configured) is not None:
+            problem = _not_roots(wrapper)
+            if problem:
+                return Check(f"tool {tool}", False, f"{problem}: run `sudo runner setup`")
+        return Check(f"tool {tool}", True, f"the wrapper {wrapper} is installed")
+
     def check_sites_dir(self) -> Iterator[Check]:
+        """The deploy user must not be able to change nginx's configuration, nor what becomes of it: nginx's
+        master opens as root whatever a site names, so that right is root's own."""
         if "nginx" not in self._step_types():
             return
-        sites = self.config.nginx_sites_dir
-        problem = _writable(sites)
-        if problem is not None:
-            user = sudo.current_user()
-            fix = (
-                f"sudo setfacl -m u:{user}:rwx {sites} && sudo setfacl -d -m u:{user}:rw {sites} "
-                "(or run `sudo runner setup`)"
-            )
-            yield Check("nginx sites", False, f"{problem}: {fix}")
-        else:
-            yield Check("nginx sites", True, f"{sites} is writable")
+        user = sudo.current_user()
+        for what, directory in (
+            ("nginx sites", self.config.nginx_sites_dir),
+            ("nginx templates", self.config.nginx_templates_dir),
+        ):
+            if not directory.is_dir():
+                yield Check(what, False, f"{directory} is not a directory: run `sudo runner setup`")
+                continue
+            writable = [str(directory)] if _writable(directory) is None else []
+            files = sorted(p for p in directory.iterdir() if p.is_file())
+            writable += [str(p) for p in files if os.access(p, os.W_OK)]
+            if writable:
+                yield Check(
+                    what,
+                    False,
+                    f"{user} can write {', '.join(writable[:3])}{' ...' if len(writable) > 3 else ''}: a "
+                    "root-equivalent right (nginx's master opens as root the files a site names); "
+                    f"`sudo setfacl -R -x u:{user} {directory}` and make it root's, 0755 (its files 0644), "
+                    "or run `sudo runner setup`",
+                )
+            else:
+                yield Check(what, True, f"{directory} is not writable by {user}: only runner-nginx, as root")
 
     def needed_sudo(self) -> list[list[str]]:
         """The exact commands the pipelines will ask sudo for."""
@@ -194,8 +222,8 @@ class Doctor:
                     argv = sudo.privileged(
                         systemctl_command(args["action"], args["unit"], bool(args.get("no-block")))
                     )
-                elif step.type == "nginx" and (step.args or {}).get("reload", True):
-                    argv = list(self.config.nginx_reload)
+                elif step.type == "nginx":
+                    argv = list(self.config.nginx)
                 elif step.type == "certbot":
                     argv = list(self.config.certbot)
                 command = sudo.unwrap(argv) if argv else None
@@ -216,9 +244,13 @@ class Doctor:
         allowed = {" ".join(command) for command in self.needed_sudo()}
         user = sudo.current_user()
         allowed |= {f"/usr/bin/systemctl --no-block restart {user}-{role}.service" for role in SELF_RESTART}
-        wrapper = sudo.unwrap(self.config.certbot)
-        if wrapper:
-            allowed.add(wrapper[0])
+        # The shipped sudoers file's rules: each wrapper checks its own arguments, and reloading nginx grants
+        # nothing while the deploy user cannot write nginx's configuration.
+        allowed.add("/usr/bin/systemctl reload nginx")
+        for configured in (self.config.certbot, self.config.nginx):
+            wrapper = sudo.unwrap(configured)
+            if wrapper:
+                allowed.add(wrapper[0])
         granted = _granted_commands()
         if granted is None:
             return Check("sudo scope", True, "sudo grants this user nothing (or is not installed)")

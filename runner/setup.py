@@ -13,6 +13,7 @@ import pwd
 import re
 import secrets
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,9 @@ from pathlib import Path
 
 PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
 WRAPPER = "usr/local/libexec/runner-certbot"
+NGINX_WRAPPER = "usr/local/libexec/runner-nginx"
+TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "nginx"
+TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # systemd waits this much longer than the worker's grace before it kills what is left: the step's own
 # SIGTERM-to-SIGKILL grace, and the worker's bookkeeping.
 STOP_TIMEOUT_MARGIN = 15
@@ -282,6 +286,60 @@ class Setup:
             if not conf.parent.is_dir():
                 self._ensure_dir(conf.parent, 0, 0, 0o755)
             self._ensure_file(conf, example.read_bytes(), 0, 0, 0o644, keep=True)
+        self.ensure_nginx_wrapper()
+        self.ensure_nginx_templates()
+        self.ensure_nginx_conf()
+
+    @property
+    def nginx_wrapper(self) -> Path:
+        return self._at(NGINX_WRAPPER)
+
+    @property
+    def nginx_conf(self) -> Path:
+        return self.etc_dir / "nginx.conf"
+
+    @property
+    def nginx_templates(self) -> Path:
+        return self.etc_dir / "templates" / "nginx"
+
+    def ensure_nginx_wrapper(self) -> None:
+        source = PACKAGING / "libexec" / "runner-nginx"
+        if not source.is_file():
+            raise SetupError(f"{source} is missing from this installation")
+        if not self.nginx_wrapper.parent.is_dir():
+            self._ensure_dir(self.nginx_wrapper.parent, 0, 0, 0o755)
+        self._ensure_file(self.nginx_wrapper, source.read_bytes(), 0, 0, 0o755, keep=False)
+
+    def ensure_nginx_templates(self) -> None:
+        """The templates runner-nginx renders, root's: the shipped ones, then the home's own (which win).
+
+        Copying the home's templates here is the root action that makes them usable: the deploy user may
+        change its home, never this directory.
+        """
+        for directory in (self.nginx_templates.parent, self.nginx_templates):
+            self._ensure_dir(directory, 0, 0, 0o755)
+        wanted: dict[str, bytes] = {}
+        for source in (TEMPLATES, self.home / "templates" / "nginx"):
+            if source.is_dir():
+                for path in sorted(source.iterdir()):
+                    if TEMPLATE_NAME.match(path.name) and not path.name.startswith("."):
+                        data = _read_plain_file(path)
+                        if data is not None:
+                            wanted[path.name] = data
+        for name, data in wanted.items():
+            self._ensure_file(self.nginx_templates / name, data, 0, 0, 0o644, keep=False)
+
+    def ensure_nginx_conf(self) -> None:
+        """runner-nginx's configuration for this instance (the admin's to edit once written)."""
+        text = (PACKAGING / "nginx.conf").read_text()
+        text = re.sub(
+            r"^templates-dir = .*$",
+            f"templates-dir = {self._strip_prefix(self.nginx_templates)}",
+            text,
+            flags=re.M,
+        )
+        text = re.sub(r"^sites-dir = .*$", f"sites-dir = {self.sites_dir}", text, flags=re.M)
+        self._ensure_file(self.nginx_conf, text.encode(), 0, 0, 0o644, keep=True)
 
     def sudoers(self) -> bytes:
         """The shipped sudoers file for this instance's user, with the units its pipelines restart.
@@ -330,21 +388,21 @@ class Setup:
         self._ensure_file(self.sudoers_file, content, 0, 0, 0o440, keep=False)
 
     def ensure_acl(self) -> None:
+        """Take off the ACL entries an older setup gave the deploy user on nginx's sites: with write access
+        there, it could make nginx's master (root) open any file; sites now go through runner-nginx."""
         if not self.sites_dir.is_dir():
             self.report(f"skipped: {self.sites_dir} does not exist (install nginx, then run setup again)")
             return
-        wanted = [
-            (self.sites_dir, f"user:{self.user}:rwx", False),
-            (self.sites_dir, f"default:user:{self.user}:rw-", True),
-        ]
-        wanted += [(path, f"user:{self.user}:rw-", False) for path in sorted(self.sites_dir.glob("*.conf"))]
-        for path, entry, default in wanted:
-            if entry in _acl(path):
-                self._ok(f"ACL {entry} on {path}")
+        for path in [self.sites_dir, *sorted(self.sites_dir.iterdir())]:
+            if path.is_symlink() or not (path.is_dir() or path.is_file()):
                 continue
-            spec = entry.removeprefix("default:")
-            args = ["setfacl", "-d", "-m", spec, str(path)] if default else ["setfacl", "-m", spec, str(path)]
-            self._change(f"set ACL {entry} on {path}", lambda args=args: _call(*args))
+            entries = _acl(path)
+            for prefix, flag in ((f"user:{self.user}:", None), (f"default:user:{self.user}:", "-d")):
+                if any(entry.startswith(prefix) for entry in entries):
+                    args = ["setfacl", *([flag] if flag else []), "-x", f"u:{self.user}", str(path)]
+                    what = f"remove ACL {prefix.rstrip(':')} from {path}"
+                    self._change(what, lambda args=args: _call(*args))
+        self._ok(f"{self.user} has no ACL entry in {self.sites_dir}")
 
     def units(self) -> dict[str, bytes]:
         values = {
@@ -406,6 +464,19 @@ def _write_file(path: Path, content: bytes, uid: int, gid: int, mode: int) -> No
     finally:
         os.close(fd)
     os.replace(temp, path)
+
+
+def _read_plain_file(path: Path) -> bytes | None:
+    """A regular file's bytes, never through a symlink or a hard link (root reads the user's home here)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as file:
+        st = os.fstat(file.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return None
+        return file.read()
 
 
 def _sudoers_commands(text: str) -> set[str]:

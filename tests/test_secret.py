@@ -38,7 +38,7 @@ on: {repository: Codertocat/Hello-World, events: [push], branches: [master]}
 workdir: checkout
 steps:
   - run: |
-      for f in SECRET CREDENTIAL /proc/WEB_PID/environ; do
+      for f in @SECRET@ @CREDENTIAL@ /proc/@WEB_PID@/environ; do
         if out=$(cat "$f" 2>&1); then echo "read $f: $out"; else echo "refused $f: $out"; fi
       done
       env | grep '^RUNNER_SECRET' || echo "no RUNNER_SECRET in the step's environment"
@@ -235,8 +235,8 @@ def test_a_step_cannot_read_the_secret_that_the_web_process_verifies_with(deploy
     assert json.loads(entry.read_bytes())["delivery"] == delivery
 
     # The pipeline names the web process, now that it runs; the worker starts after it is in place.
-    script = PIPELINE.replace("WEB_PID", str(web.pid)).replace("SECRET", str(deployed.secret_file))
-    script = script.replace("CREDENTIAL", str(deployed.credentials / "secret"))
+    script = PIPELINE.replace("@WEB_PID@", str(web.pid)).replace("@SECRET@", str(deployed.secret_file))
+    script = script.replace("@CREDENTIAL@", str(deployed.credentials / "secret"))
     pipeline = deployed.home / "pipelines" / "probe.yaml"
     pipeline.write_text(script)
     pipeline.chmod(0o644)
