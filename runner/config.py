@@ -7,6 +7,7 @@ Nothing else in the package reads ``os.environ`` for runner settings.
 from __future__ import annotations
 
 import os
+import pwd
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -19,10 +20,7 @@ DATABASE_FILE = "runner.db"
 DEFAULT_STOP_GRACE = 60.0
 DEFAULT_WORKERS = 1
 DEFAULT_NGINX_SITES_DIR = "/etc/nginx/conf.d"
-DEFAULT_NGINX_TEST = "nginx -t"
-DEFAULT_NGINX_RELOAD = "sudo -n /usr/bin/systemctl reload nginx"
-DEFAULT_NGINX_PID_FILE = "/run/nginx.pid"
-DEFAULT_NGINX_ERROR_LOG = "/var/log/nginx/error.log"
+DEFAULT_NGINX = "sudo -n /usr/local/libexec/runner-nginx"
 DEFAULT_CERTBOT = "sudo -n /usr/local/libexec/runner-certbot"
 
 
@@ -67,13 +65,14 @@ class Config:
     workers: int = DEFAULT_WORKERS
     # Directories searched before PATH by every step: the deploy user's node and pnpm live outside PATH.
     tool_path: tuple[str, ...] = ()
-    # The nginx step: where sites go, how they are checked, and how nginx is told to reload. The pid
-    # file and error log are how the step sees whether a reload took.
+    # The nginx step runs this (the root-owned wrapper through sudo): the deploy user may not write nginx's
+    # configuration, whose master opens as root whatever files it names. How sites are tested and reloaded
+    # is the wrapper's root-owned configuration (/etc/USER/nginx.conf).
+    nginx: tuple[str, ...] = tuple(shlex.split(DEFAULT_NGINX))
+    # Where the sites are, read only (the certbot step's domains-from-site, runner setup and doctor).
     nginx_sites_dir: Path = Path(DEFAULT_NGINX_SITES_DIR)
-    nginx_test: tuple[str, ...] = tuple(shlex.split(DEFAULT_NGINX_TEST))
-    nginx_reload: tuple[str, ...] = tuple(shlex.split(DEFAULT_NGINX_RELOAD))
-    nginx_pid_file: Path = Path(DEFAULT_NGINX_PID_FILE)
-    nginx_error_log: Path = Path(DEFAULT_NGINX_ERROR_LOG)
+    # The templates the wrapper renders, for validation (RUNNER_NGINX_TEMPLATES; see nginx_templates_dir).
+    nginx_templates: Path | None = None
     # The certbot step runs this (the root-owned wrapper through sudo), never certbot itself.
     certbot: tuple[str, ...] = tuple(shlex.split(DEFAULT_CERTBOT))
 
@@ -88,6 +87,10 @@ class Config:
     @property
     def templates_dir(self) -> Path:
         return self.home / "templates"
+
+    @property
+    def nginx_templates_dir(self) -> Path:
+        return self.nginx_templates or nginx_templates_dir(self.home, {})
 
     @property
     def logs_dir(self) -> Path:
@@ -121,6 +124,24 @@ class Config:
 
 def default_database_url(home: Path) -> str:
     return f"sqlite:///{home / DATABASE_FILE}"
+
+
+def nginx_templates_dir(home: Path, environ: Mapping[str, str] | None = None) -> Path:
+    """Where the nginx wrapper's templates are: RUNNER_NGINX_TEMPLATES, else the root-owned directory
+    ``runner setup`` installs for this user (/etc/USER/templates/nginx) when there is one, else the home's
+    templates/nginx (a development machine, where the wrapper's configuration names that directory)."""
+    if environ is None:
+        environ = os.environ
+    if environ.get("RUNNER_NGINX_TEMPLATES"):
+        return Path(environ["RUNNER_NGINX_TEMPLATES"])
+    try:
+        user = pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        user = None
+    installed = Path(f"/etc/{user}/templates/nginx")
+    if user and installed.is_dir():
+        return installed
+    return home / "templates" / "nginx"
 
 
 def _read_secret(environ: Mapping[str, str]) -> tuple[Secret | None, Path | None]:
@@ -209,9 +230,7 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         workers=_read_workers(environ),
         tool_path=tuple(d for d in environ.get("RUNNER_TOOL_PATH", "").split(":") if d),
         nginx_sites_dir=Path(environ.get("RUNNER_NGINX_SITES_DIR") or DEFAULT_NGINX_SITES_DIR),
-        nginx_test=_read_command(environ, "RUNNER_NGINX_TEST", DEFAULT_NGINX_TEST),
-        nginx_reload=_read_command(environ, "RUNNER_NGINX_RELOAD", DEFAULT_NGINX_RELOAD),
-        nginx_pid_file=Path(environ.get("RUNNER_NGINX_PID_FILE") or DEFAULT_NGINX_PID_FILE),
-        nginx_error_log=Path(environ.get("RUNNER_NGINX_ERROR_LOG") or DEFAULT_NGINX_ERROR_LOG),
+        nginx=_read_command(environ, "RUNNER_NGINX", DEFAULT_NGINX),
+        nginx_templates=nginx_templates_dir(home, environ),
         certbot=_read_command(environ, "RUNNER_CERTBOT", DEFAULT_CERTBOT),
     )

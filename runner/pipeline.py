@@ -26,6 +26,7 @@ from jsonschema.exceptions import ValidationError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from runner.config import nginx_templates_dir
 from runner.templating import (
     argv_template_problems,
     code_variable,
@@ -47,7 +48,8 @@ STEP_TYPES: dict[str, str] = {
     "systemctl": "reload or restart a unit through sudo, exactly as the sudoers file allows",
 }
 SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "pipeline.schema.json"
-# Where the nginx step's templates are, under RUNNER_HOME.
+# Where the nginx step's templates are on a development machine, under RUNNER_HOME; in production, the
+# root-owned copy runner setup installs (RUNNER_NGINX_TEMPLATES, see config.nginx_templates_dir).
 NGINX_TEMPLATES = "templates/nginx"
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
 # queues/main/ is the main queue; a pipeline's queue is queues/<name>/.
@@ -748,19 +750,27 @@ def _check_step(doc: _Document, step: dict[str, Any], where: Where, names: dict[
             doc.check((*where, "run", index), problem)
 
 
+def _nginx_templates(home: Path) -> tuple[Path, str]:
+    """The directory the nginx wrapper renders templates from, and how messages name it."""
+    directory = nginx_templates_dir(home)
+    shown = NGINX_TEMPLATES if directory == home / NGINX_TEMPLATES else str(directory)
+    return directory, shown
+
+
 def _nginx_template_problem(name: str, home: Path) -> str | None:
-    """Why an nginx step's template cannot be used, or None; the step checks again when it runs."""
-    directory = (home / NGINX_TEMPLATES).resolve()
+    """Why an nginx step's template cannot be used, or None; the wrapper checks again when it runs."""
+    directory, shown = _nginx_templates(home)
+    directory = directory.resolve()
     path = (directory / name).resolve()
     if not path.is_relative_to(directory) or not path.is_file():
-        return f"template '{name}' not found in {NGINX_TEMPLATES}/"
+        return f"template '{name}' not found in {shown}/"
     try:
         problem = syntax_problem(path.read_text())
     except OSError as exc:
-        return f"template '{name}' in {NGINX_TEMPLATES}/ cannot be read: {exc.strerror}"
+        return f"template '{name}' in {shown}/ cannot be read: {exc.strerror}"
     except UnicodeDecodeError:
-        return f"template '{name}' in {NGINX_TEMPLATES}/ is not UTF-8 text"
-    return f"template '{name}' in {NGINX_TEMPLATES}/: {problem}" if problem else None
+        return f"template '{name}' in {shown}/ is not UTF-8 text"
+    return f"template '{name}' in {shown}/: {problem}" if problem else None
 
 
 def _check(doc: _Document, home: Path) -> None:
@@ -985,7 +995,7 @@ class PipelineSet:
             signatures: dict[Path, tuple[int, ...]] = {}
             # A pipeline is also checked against the templates it names: one refused because its template
             # was missing is read again when templates are added (or renamed, as editors save them).
-            templates = _mtime(self.home / NGINX_TEMPLATES)
+            templates = _mtime(_nginx_templates(self.home)[0])
             for path in pipeline_files(self.directory):
                 try:
                     st = path.stat()

@@ -1,10 +1,13 @@
-"""The nginx step, against a real nginx.
+"""The nginx step and its root-owned wrapper (packaging/libexec/runner-nginx), against a real nginx.
 
-Each test starts its own nginx master, as a non-root user when the tests run as root (as in CI): a prefix
+Each test starts its own nginx master, as a non-root user (the tests run as root, as in CI): a prefix
 directory of its own, a main configuration that includes the test's sites directory, a free loopback port.
-``nginx -t`` and the reload run as the tests' user, as they do through sudo in production, so that a
-configuration can pass the test and still be refused by the master. The end-to-end tests run a real
-``runner work`` and queue runs with ``runner trigger``; the others call the step in-process.
+The step runs the wrapper with the system's python3 -I, as root but not through sudo, so that
+RUNNER_NGINX_CONF may name the test's wrapper configuration; ``nginx -t`` runs as root, as it does through
+sudo in production, so that a configuration can pass the test and still be refused by the non-root master.
+The end-to-end tests run a real ``runner work`` and queue runs with ``runner trigger``; the others call the
+step in-process. tests/test_setup.py runs the wrapper as installed by ``runner setup``, through sudo, for
+a deploy user that cannot write the sites directory.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ from runner.steps.base import RunContext, RunLog, step_environment
 from runner.store import Store
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
+WRAPPER = ROOT / "packaging" / "libexec" / "runner-nginx"
+# The system's interpreter, with its root-owned jinja2: never the checkout's venv.
+SYSTEM_PYTHON = "/usr/bin/python3"
 # The user the test's nginx master runs as when the tests run as root; created if missing.
 NGINX_USER = "runner-nginx-test"
 # A test-only template: one answer on one port, and a directive named by a variable.
@@ -122,15 +128,21 @@ class Nginx:
             return int(self.pid_file.read_text())
         return None
 
-    def env(self) -> dict[str, str]:
-        """What points runner's nginx step at this master."""
-        return {
-            "RUNNER_NGINX_SITES_DIR": str(self.sites),
-            "RUNNER_NGINX_TEST": shlex.join([*self.argv, "-t"]),
-            "RUNNER_NGINX_RELOAD": shlex.join([*self.argv, "-s", "reload"]),
-            "RUNNER_NGINX_PID_FILE": str(self.pid_file),
-            "RUNNER_NGINX_ERROR_LOG": str(self.error_log),
+    def wrapper_conf(self, path: Path, templates: Path, **changes: object) -> Path:
+        """A configuration for runner-nginx that points it at this master (root's, 0644)."""
+        settings: dict[str, object] = {
+            "templates-dir": templates,
+            "sites-dir": self.sites,
+            "nginx": NGINX,
+            "test": shlex.join([*self.argv, "-t"]),
+            "reload": shlex.join([*self.argv, "-s", "reload"]),
+            "pid-file": self.pid_file,
+            "error-log": self.error_log,
         }
+        settings.update({key.replace("_", "-"): value for key, value in changes.items()})
+        path.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
+        path.chmod(0o644)
+        return path
 
     def workers(self) -> set[int]:
         return children(self.pid)
@@ -188,12 +200,24 @@ def world() -> Iterator[Path]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def wrapper_command(conf: Path) -> tuple[str, ...]:
+    """How the step runs the wrapper here: as root directly, the only way RUNNER_NGINX_CONF counts."""
+    return ("/usr/bin/env", f"RUNNER_NGINX_CONF={conf}", SYSTEM_PYTHON, "-I", str(WRAPPER))
+
+
+def require_wrapper() -> None:
+    require(os.geteuid() == 0, "runner-nginx runs as root: these tests must run as root")
+    found = subprocess.run(
+        [SYSTEM_PYTHON, "-I", "-c", "import jinja2"], capture_output=True, text=True, check=False
+    )
+    require(found.returncode == 0, f"{SYSTEM_PYTHON} has no jinja2: apt-get install python3-jinja2")
+
+
 @pytest.fixture
-def nginx_user() -> str | None:
-    """The master's user: a throw-away system user when the tests run as root, else the tests' own."""
+def nginx_user() -> str:
+    """The master's user: a throw-away system user (the tests run as root)."""
     require(Path(NGINX).exists(), f"nginx is not installed ({NGINX}): apt-get install nginx")
-    if os.geteuid() != 0:
-        return None
+    require_wrapper()
     try:
         pwd.getpwnam(NGINX_USER)
     except KeyError:
@@ -239,18 +263,17 @@ def write_pipeline(home: Path, name: str, text: str, **values: object) -> Path:
 # In-process: the step alone ---------------------------------------------------------------------------------
 
 
-def config_for(home: Path, server: Nginx, **changes: Any) -> Config:
-    settings: dict[str, Any] = {
-        "home": home,
-        "database_url": f"sqlite:///{home / 'runner.db'}",
-        "nginx_sites_dir": server.sites,
-        "nginx_test": (*server.argv, "-t"),
-        "nginx_reload": (*server.argv, "-s", "reload"),
-        "nginx_pid_file": server.pid_file,
-        "nginx_error_log": server.error_log,
-    }
-    settings.update(changes)
-    return Config(**settings)
+def config_for(home: Path, server: Nginx, **changes: object) -> Config:
+    """runner's settings for the step, and the wrapper's configuration (``changes``) beside the home."""
+    templates = home / "templates" / "nginx"
+    conf = server.wrapper_conf(home.parent / "runner-nginx.conf", templates, **changes)
+    return Config(
+        home=home,
+        database_url=f"sqlite:///{home / 'runner.db'}",
+        nginx=wrapper_command(conf),
+        nginx_sites_dir=server.sites,
+        nginx_templates=templates,
+    )
 
 
 def step_context(
@@ -344,7 +367,7 @@ def test_event_values_cannot_add_directives(world: Path, nginx: Nginx) -> None:
         assert outcome.status == "failed", (value, outcome, log)
         assert "refusing to print" in (outcome.detail or "") and "is nginx syntax" in (outcome.detail or "")
         assert "bare.conf.j2:7" in (outcome.detail or ""), outcome.detail
-        assert "$ " not in log, log  # no program ran
+        assert f"$ {NGINX}" not in log, log  # nginx was not asked
         assert site.read_bytes() == before, value
     # ... and through the vetted filter, a $ (which nginx would expand even in quotes) is refused too.
     outcome, _ = run_step(home, config, step, {"head_commit": {"message": "costs $5"}})
@@ -363,10 +386,10 @@ def test_a_missing_pid_file_fails_the_step_and_names_the_setting(world: Path, ng
     before = (nginx.sites / "answer.conf").read_bytes()
 
     missing = world / "no-such.pid"
-    config = config_for(home, nginx, nginx_pid_file=missing)
+    config = config_for(home, nginx, pid_file=missing)
     outcome, log = run_step(home, config, step, {"head_commit": {"message": "second"}})
     assert outcome.status == "failed", (outcome, log)
-    assert "RUNNER_NGINX_PID_FILE" in (outcome.detail or "") and str(missing) in (outcome.detail or "")
+    assert "(pid-file)" in (outcome.detail or "") and str(missing) in (outcome.detail or "")
     assert "put the previous answer.conf back" in (outcome.detail or "")
     assert "test is successful" in log  # nginx -t passed; the reload could not be checked
     assert (nginx.sites / "answer.conf").read_bytes() == before
@@ -376,7 +399,7 @@ def test_a_missing_pid_file_fails_the_step_and_names_the_setting(world: Path, ng
     no_reload = step.replace("site: answer", "site: answer\n    reload: false")
     outcome, log = run_step(home, config, no_reload, {"head_commit": {"message": "third"}})
     assert outcome.status == "succeeded", (outcome, log)
-    assert outcome.detail == "answer.conf: nginx -t passed; not reloaded (reload: false)"
+    assert outcome.detail == "answer.conf: nginx -t passed; not reloaded (--no-reload)"
     assert '"third"' in (nginx.sites / "answer.conf").read_text()
     assert get(port)[:2] == (200, "first")
 
@@ -405,11 +428,18 @@ def test_two_runs_never_interleave_their_writes_tests_and_reloads(world: Path, n
         ctx.log.close()
         logs.append(ctx.log.path.read_text())
     assert [o.status for o in outcomes] == ["succeeded", "succeeded"], (outcomes, logs)
-    assert "waiting for another nginx step" in logs[1], logs[1]
-    # The second wrote its file only once the first had finished: after the first's reload took.
-    took = re.search(r"^(\S+) runner\| nginx master .* the reload took$", logs[0], re.M)
-    wrote = re.search(r"^(\S+) runner\| wrote ", logs[1], re.M)
-    assert took and wrote and took.group(1) < wrote.group(1), logs
+    # Whichever came second wrote its file only once the first had finished: after the first's reload took.
+    spans = []
+    for log in logs:
+        wrote = re.search(r"^(\S+) \w+ *\| runner-nginx: wrote ", log, re.M)
+        took = re.search(r"^(\S+) \w+ *\| runner-nginx: nginx master .* the reload took$", log, re.M)
+        assert wrote and took, log
+        spans.append((wrote.group(1), took.group(1)))
+    first, second = sorted(spans)
+    assert first[1] < second[0], logs
+    if any("waiting for another nginx step" in log for log in logs):
+        waited = next(n for n, log in enumerate(logs) if "waiting for another nginx step" in log)
+        assert spans[waited] == second, logs
     assert [get(port)[:2] for port in ports] == [(200, "site 0"), (200, "site 1")]
 
 
@@ -427,12 +457,12 @@ def test_templates_outside_templates_nginx_are_refused(world: Path, nginx: Nginx
         template.symlink_to(outside)
 
     outcome, _ = run_step(home, config, step, {}, after_load=make_link)
-    assert outcome.status == "failed" and "outside" in (outcome.detail or ""), outcome
+    assert outcome.status == "failed" and "symlink" in (outcome.detail or ""), outcome
     template.unlink()
     shutil.copy(ROOT / "templates" / "nginx" / "static.conf.j2", template)
     outcome, _ = run_step(home, config, step, {}, after_load=template.unlink)
     assert outcome.status == "failed", outcome
-    assert "template 'static.conf.j2' not found in templates/nginx/" in (outcome.detail or "")
+    assert "template 'static.conf.j2' not found in" in (outcome.detail or ""), outcome
     assert list(nginx.sites.iterdir()) == []
 
 
@@ -482,7 +512,14 @@ class Rig:
         self.world = world
         self.nginx = server
         self.home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE})
-        self.env = runner_env(self.home, **server.env())
+        templates = self.home / "templates" / "nginx"
+        conf = server.wrapper_conf(world / "runner-nginx.conf", templates)
+        self.env = runner_env(
+            self.home,
+            RUNNER_NGINX=shlex.join(wrapper_command(conf)),
+            RUNNER_NGINX_SITES_DIR=str(server.sites),
+            RUNNER_NGINX_TEMPLATES=str(templates),
+        )
         upgraded = run_cli("db", "upgrade", env=self.env)
         assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
         self.store = Store(f"sqlite:///{self.home / 'runner.db'}")
@@ -611,8 +648,8 @@ def test_a_run_renders_checks_and_reloads_and_a_broken_site_is_put_back(rig: Rig
     assert "server_name main.localhost;" in static and f"root {rig.home}/checkout/public;" in static
     wait_for(lambda: not rig.nginx.workers() & workers, "the old generation of workers to leave")
     log = rig.log_of(run)
-    assert f"$ {shlex.join([*rig.nginx.argv, '-t'])}" in log and "test is successful" in log
-    assert f"$ {shlex.join([*rig.nginx.argv, '-s', 'reload'])}" in log
+    assert f"runner-nginx: $ {shlex.join([*rig.nginx.argv, '-t'])}" in log and "test is successful" in log
+    assert f"runner-nginx: $ {shlex.join([*rig.nginx.argv, '-s', 'reload'])}" in log
     assert "the reload took" in log
     [_, answer_step, static_step] = rig.store.steps(run.id)
     assert "answer.conf: nginx -t passed, reloaded" in (answer_step.detail or ""), answer_step.detail
@@ -664,9 +701,7 @@ steps:
 def test_a_reload_the_master_refuses_fails_the_step_with_the_masters_reason(
     rig: Rig, nginx_user: str
 ) -> None:
-    require(
-        os.geteuid() == 0, "needs root: nginx -t as root passes where the non-root master cannot read a key"
-    )
+    # nginx -t as root (the wrapper's) passes where the non-root master cannot read a key.
     upstream, http_port, https_port = free_port(), free_port(), free_port()
     # The upstream: a site of the same nginx.
     (rig.nginx.sites / "upstream.conf").write_text(
