@@ -25,6 +25,7 @@ from jinja2 import (
     TemplateError,
     TemplateNotFound,
     TemplateSyntaxError,
+    Undefined,
     nodes,
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -548,8 +549,8 @@ def render_shell(source: str, context: Mapping[str, Any]) -> ShellScript:
             name = f"{PREFIX}{len(env) + 1}"
             env[name] = _value(part, context)
             text += _REFERENCES[next(expressions)].format(name)
-    except TemplateError as exc:
-        raise RenderError(f"cannot render {source!r}: {exc}") from None
+    except Exception as exc:
+        raise RenderError(f"cannot render {source!r}: {type(exc).__name__}: {exc}") from None
     return ShellScript(text, env)
 
 
@@ -558,8 +559,8 @@ def _render(env: ImmutableSandboxedEnvironment, source: str, context: Mapping[st
         return source
     try:
         return env.from_string(source).render(context)
-    except TemplateError as exc:
-        raise RenderError(f"cannot render {source!r}: {exc}") from None
+    except Exception as exc:  # an expression's own error too (1/0, a bad format string): the step's, not ours
+        raise RenderError(f"cannot render {source!r}: {type(exc).__name__}: {exc}") from None
 
 
 def render(source: str, context: Mapping[str, Any]) -> str:
@@ -570,9 +571,12 @@ def render(source: str, context: Mapping[str, Any]) -> str:
 def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
     """Evaluate a sandboxed expression, e.g. a step's ``when:`` condition."""
     try:
-        return _plain_env.compile_expression(expression, undefined_to_none=False)(**context)
-    except TemplateError as exc:
-        raise RenderError(f"cannot evaluate {expression!r}: {exc}") from None
+        value = _plain_env.compile_expression(expression, undefined_to_none=False)(**context)
+        if isinstance(value, Undefined):
+            str(value)  # what the sandbox refused (``x.__class__``) or what is missing: StrictUndefined says
+        return value
+    except Exception as exc:
+        raise RenderError(f"cannot evaluate {expression!r}: {type(exc).__name__}: {exc}") from None
 
 
 def _template_position(exc: TemplateError, directory: Path) -> str:

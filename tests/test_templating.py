@@ -1,0 +1,370 @@
+"""Templating: run strings rendered as references to variables, what validation refuses, and the sandbox.
+
+The rendering functions are the unit here; where a test says a script prints a value, a real bash prints it.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support import PAYLOADS, require
+
+from runner.pipeline import validate
+from runner.templating import (
+    RenderError,
+    argv_template_problems,
+    code_variable,
+    evaluate,
+    render,
+    render_shell,
+    shell_template_problem,
+)
+
+# A value that would run a command in nearly every place a shell could read it as code.
+NASTY = "x'\"; touch pwned; #\n$(touch pwned) `touch pwned` a[$(touch pwned)] ${IFS} \\ EOF"
+
+
+def bash(script: str, env: dict[str, str], cwd: Path) -> str:
+    bash = shutil.which("bash")
+    require(bash is not None, "bash is not installed")
+    assert bash is not None
+    done = subprocess.run(
+        [bash, "--noprofile", "--norc", "-e", "-o", "pipefail", "-c", script],
+        env={"PATH": "/usr/bin:/bin", **env},
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+# render_shell ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "text"),
+    [
+        ("echo {{ x }}", 'echo "${RUNNER_EXPR_1}"'),
+        ('echo "a {{ x }} b"', 'echo "a ${RUNNER_EXPR_1} b"'),
+        ("echo 'a {{ x }} b'", "echo 'a '\"${RUNNER_EXPR_1}\"' b'"),
+        ("cat <<EOF\nit's {{ x }}\nEOF", "cat <<EOF\nit's ${RUNNER_EXPR_1}\nEOF"),
+        ("cat <<-EOF\n\t'{{ x }}'\n\tEOF", "cat <<-EOF\n\t'${RUNNER_EXPR_1}'\n\tEOF"),
+        ("# it's {{ x }}\necho '{{ x }}'", "# it's ${RUNNER_EXPR_1}\necho ''\"${RUNNER_EXPR_2}\"''"),
+        ("echo \"$(echo '{{ x }}')\"", "echo \"$(echo ''\"${RUNNER_EXPR_1}\"'')\""),
+        ("echo ${UNSET:-{{ x }}}", 'echo ${UNSET:-"${RUNNER_EXPR_1}"}'),
+        ('echo "${UNSET:-{{ x }}}"', 'echo "${UNSET:-${RUNNER_EXPR_1}}"'),
+        # Where the shell would not expand a variable, validation refuses; the reference stays inert.
+        ("cat <<'EOF'\n{{ x }}\nEOF", "cat <<'EOF'\n${RUNNER_EXPR_1}\nEOF"),
+        ("echo $'{{ x }}'", "echo $'${RUNNER_EXPR_1}'"),
+        ("echo \\{{ x }}", "echo \\${RUNNER_EXPR_1}"),
+    ],
+)
+def test_each_quoting_context_gets_the_reference_that_keeps_the_value_whole(source: str, text: str) -> None:
+    script = render_shell(source, {"x": NASTY})
+    assert script.text == text
+    assert set(script.env.values()) == {NASTY}
+    assert "pwned" not in script.text
+
+
+def test_expressions_are_numbered_in_order_and_none_is_empty() -> None:
+    script = render_shell(
+        "echo {{ a }} '{{ b }}' \"{{ c }}\" {{ a }}{# a comment #}{{ d }}",
+        {"a": 1, "b": None, "c": "c", "d": [2]},
+    )
+    assert script.env == {
+        "RUNNER_EXPR_1": "1",
+        "RUNNER_EXPR_2": "",
+        "RUNNER_EXPR_3": "c",
+        "RUNNER_EXPR_4": "1",
+        "RUNNER_EXPR_5": "[2]",
+    }
+    assert script.text == (
+        'echo "${RUNNER_EXPR_1}" \'\'"${RUNNER_EXPR_2}"\'\' "${RUNNER_EXPR_3}" '
+        '"${RUNNER_EXPR_4}""${RUNNER_EXPR_5}"'
+    )
+    # Without an expression the string is the script, byte for byte.
+    assert render_shell("echo '$HOME' {} ${x}", {}) == type(script)("echo '$HOME' {} ${x}", {})
+
+
+# The forms users write: validated, and printing exactly the value (a real bash prints it).
+PLAIN_FORMS = [
+    ("echo {{ x }}", lambda v: v + "\n"),
+    ('echo "{{ x }}"', lambda v: v + "\n"),
+    ("echo '{{ x }}'", lambda v: v + "\n"),
+    ("printf '%s\\n' {{ x }}", lambda v: v + "\n"),
+    ("VAR={{ x }}; printf '%s\\n' \"$VAR\"", lambda v: v + "\n"),
+    (
+        "echo {{ x }} | tr a-z A-Z",
+        lambda v: (
+            v.translate(str.maketrans("abcdefghijklmnopqrstuvwxyz", "ABCDEFGHIJKLMNOPQRSTUVWXYZ")) + "\n"
+        ),
+    ),
+    ("# don't\ncat <<EOF\nit's \"{{ x }}\"\nEOF", lambda v: f'it\'s "{v}"\n'),
+    ("cat <<< {{ x }}", lambda v: v + "\n"),
+    ('echo "$(echo "$(echo \'{{ x }}\')")"', lambda v: v + "\n"),
+    ("arr=({{ x }} two); printf '%s\\n' \"${arr[@]}\"", lambda v: v + "\ntwo\n"),
+    ("echo \\\n  {{ x }} \\\n  end", lambda v: v + " end\n"),
+    ('case {{ x }} in main) echo main;; *) echo "other {{ x }}";; esac', lambda v: f"other {v}\n"),
+]
+
+
+@pytest.mark.parametrize(("source", "printed"), PLAIN_FORMS, ids=[form for form, _ in PLAIN_FORMS])
+def test_the_plain_forms_are_accepted_and_print_exactly_the_value(
+    source: str, printed: Any, tmp_path: Path
+) -> None:
+    assert shell_template_problem(source) is None
+    script = render_shell(source, {"x": NASTY})
+    assert NASTY not in script.text
+    assert bash(script.text, script.env, tmp_path) == printed(NASTY)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_the_value_reaches_the_shell_only_as_a_variable_even_where_the_lexer_is_wrong(tmp_path: Path) -> None:
+    # A here-document the lexer does not see as one (its delimiter is built by an expansion): the reference is
+    # quoted wrongly for the shell, and still only a variable's value, which nothing reads as code.
+    source = "d=EOF; cat <<\"$d\"\nit's {{ x }}\n$d\necho '{{ x }}'"
+    script = render_shell(source, {"x": NASTY})
+    bash(script.text, script.env, tmp_path)
+    assert not (tmp_path / "pwned").exists()
+
+
+# Validation ------------------------------------------------------------------------------------------------
+
+REFUSED = [
+    ("echo $(( {{ x }} + 1 ))", "$(( )) or (( ))"),
+    ("(( {{ x }} > 1 ))", "$(( )) or (( ))"),
+    ("N={{ x }}; echo $((N + 1))", "$(( )) or (( ))"),
+    ("# N={{ x }} then (( N ))", "$(( )) or (( ))"),
+    ("echo $[ {{ x }} ]", "$[ ]"),
+    ("let n={{ x }}", "let"),
+    ("declare -i n={{ x }}", "declare, typeset or local"),
+    ("f() { local n={{ x }}; }", "declare, typeset or local"),
+    ("export -n ref={{ x }}", "export or readonly"),
+    ("[[ {{ x }} -gt 0 ]]", "-eq, -ne, -lt, -le, -gt or -ge"),
+    ("test {{ x }} -eq 1", "-eq, -ne, -lt, -le, -gt or -ge"),
+    ("[[ -v {{ x }} ]]", "-v or -R"),
+    ("echo ${!x} {{ x }}", "${!name}"),
+    ("a=(1); echo ${a[i]} {{ x }}", "${name[...]}"),
+    ("a[{{ x }}]=1", "name[...]="),
+    ("s={{ x }}; echo ${s:1:2}", "${name:offset:length}"),
+    ("p={{ x }}; echo ${p@P}", "${name@...}"),
+    ("printf -v out %s {{ x }}", "printf -v"),
+    ("read -r line <<< {{ x }}", "read, mapfile"),
+    ("unset {{ x }}", "read, mapfile"),
+    ("eval echo {{ x }}", "eval"),
+    ("echo ok; eval {{ x }}", "eval"),
+    ("echo $(eval {{ x }})", "eval"),
+    ("source {{ x }}", "source"),
+    ("cd /tmp && . ./env {{ x }}", ". (source)"),
+    ("trap 'echo {{ x }}' EXIT", "alias, trap"),
+    ("bash -c 'echo {{ x }}'", "a shell"),
+    ('sh -ec "echo {{ x }}"', "a shell"),
+    ("echo {{ x }} | sh", "a shell"),
+    ("find . -exec sh -c 'echo {{ x }}' \\;", "a shell"),
+    ("python3 -c 'print(\"{{ x }}\")'", "python -c"),
+    ("perl -e 'print \"{{ x }}\"'", "perl -e"),
+    ("node -e 'console.log(\"{{ x }}\")'", "node -e"),
+    ("awk 'BEGIN { print \"{{ x }}\" }'", "awk or sed"),
+    ("sed -i 's/old/{{ x }}/' file", "awk or sed"),
+    ("ssh deploy@host echo {{ x }}", "ssh"),
+    ("echo {{ x }} | xargs echo", "xargs"),
+    ("su -c 'echo {{ x }}' deploy", "su, runuser, sudo"),
+    ("sudo -n echo {{ x }}", "su, runuser, sudo"),
+    ("env -S 'echo {{ x }}'", "env -S"),
+    ("git -c core.pager={{ x }} log", "git -c or git config"),
+    ("PS4={{ x }}; set -x", "an assignment to a variable read as code"),
+    ("GIT_SSH_COMMAND={{ x }} git fetch", "an assignment to a variable read as code"),
+    ("export BASH_ENV={{ x }}", "an assignment to a variable read as code"),
+]
+
+
+@pytest.mark.parametrize(("source", "construct"), REFUSED, ids=[source for source, _ in REFUSED])
+def test_what_reads_a_value_again_as_code_is_refused_and_named(source: str, construct: str) -> None:
+    problem = shell_template_problem(source)
+    assert problem is not None
+    assert problem.startswith(construct), problem
+    # The message says the rule and what to write instead.
+    assert "reaches the shell only as an environment variable" in problem
+    assert "instead, check the value" in problem
+    # Without an expression the same script is the operator's own, and accepted.
+    assert shell_template_problem(source.replace("{{ x }}", "fixed")) is None
+
+
+@pytest.mark.parametrize(
+    ("source", "context"),
+    [
+        ("cat <<'EOF'\n{{ x }}\nEOF", "a quoted here-document"),
+        ('cat <<"EOF"\n{{ x }}\nEOF', "a quoted here-document"),
+        ("cat <<\\EOF\n{{ x }}\nEOF", "a quoted here-document"),
+        ("echo $'\\t{{ x }}'", "$'...'"),
+        ("echo \\{{ x }}", "a backslash's reach"),
+        ('echo "\\{{ x }}"', "a backslash's reach"),
+        ("cat <<EOF\n\\{{ x }}\nEOF", "a backslash's reach"),
+    ],
+)
+def test_an_expression_the_shell_would_not_expand_is_refused(source: str, context: str) -> None:
+    problem = shell_template_problem(source)
+    assert problem is not None and problem.startswith(f"{{{{ ... }}}} inside {context}:"), problem
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "echo evaluate {{ x }} --source-map",
+        "node --source-map build.js {{ x }}",
+        "cp -r . /srv/{{ x }}; git add .",
+        "bash ./deploy.sh {{ x }}",
+        "sh scripts/release {{ x }}",
+        'echo ${UNSET:-{{ x }}} ${x} "${arr[@]}" "${arr[*]}"',
+        "git commit -m {{ x }} && git -C sub log",
+        "echo $'\\t' {{ x }} $'it\\'s'",
+        "cat <<'EOF'\nno $(expansion) here\nEOF\necho {{ x }}",
+        "{{ x }} | tr a-z A-Z",
+        "echo {% raw %}{{ literal }}{% endraw %}",
+        'for w in {{ x }} end; do echo "$w"; done',
+        "if [ {{ x }} = main ]; then echo yes; fi",
+        "[[ {{ x }} == main ]] && echo yes",
+    ],
+)
+def test_near_misses_and_plain_shell_are_accepted(source: str) -> None:
+    assert shell_template_problem(source) is None
+
+
+def test_control_blocks_are_refused_in_run_strings_and_syntax_errors_said() -> None:
+    for source in ("{% if branch %}echo x{% endif %}", "{% set y = branch %}echo {{ y }}"):
+        problem = shell_template_problem(source)
+        assert problem is not None and problem.startswith("{% ... %} in a run string"), problem
+        with pytest.raises(RenderError, match=re.escape("only {{ expression }} may stand")):
+            render_shell(source, {"branch": "main"})
+    problem = shell_template_problem("echo {{ branch }")
+    assert problem is not None and problem.startswith("template syntax error"), problem
+
+
+@pytest.mark.parametrize(
+    ("argv", "refused"),
+    [
+        (["bash", "-c", "echo {{ x }}"], {2}),
+        (["/bin/sh", "-ec", "echo {{ x }}"], {2}),
+        (["bash", "{{ x }}"], {1}),
+        (["bash", "-c", 'echo "$1"', "{{ x }}"], {3}),
+        (["env", "-S", "{{ x }}"], {2}),
+        (["ssh", "host", "echo", "{{ x }}"], {3}),
+        (["sudo", "-s", "{{ x }}"], {2}),
+        (["xargs", "-0", "{{ x }}"], {2}),
+        (["/usr/bin/python3.11", "-c", "{{ x }}"], {2}),
+        (["node", "--eval", "{{ x }}"], {2}),
+        (["git", "-c", "core.sshCommand={{ x }}", "fetch"], {2}),
+        (["find", ".", "-exec", "sh", "-c", "{{ x }}", ";"], {5}),
+        (["bash", "./deploy.sh", "{{ x }}"], set()),
+        (["python3", "-m", "pytest", "-k", "{{ x }}"], set()),
+        (["git", "commit", "-m", "{{ x }}"], set()),
+        (["echo", "{{ x }}", "sh", "-c"], set()),
+        (["env", "A=1", "printenv", "A"], set()),
+    ],
+)
+def test_a_list_item_a_program_reads_as_code_is_refused(argv: list[str], refused: set[int]) -> None:
+    problems = argv_template_problems(argv)
+    assert set(problems) == refused, problems
+    for problem in problems.values():
+        assert "reads as code" in problem and "instead, check the value" in problem
+
+
+PIPELINE = """\
+on: {repository: acme/app}
+workdir: /tmp
+env:
+  NAME: "{{ branch }}"
+  PATH: "/usr/bin:/bin"
+  BASH_ENV: "{{ event.head_commit.message }}"
+steps:
+  - run: echo ok
+    env:
+      GIT_SSH_COMMAND: "ssh -i {{ branch }}"
+      LD_PRELOAD: "{# nothing #}/lib/x.so"
+      PYTHONSTARTUP: "{{ branch }}"
+  - run: [bash, -c, "echo {{ branch }}"]
+"""
+
+
+def test_variables_read_as_code_refuse_templated_values_in_env(tmp_path: Path) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text(PIPELINE)
+    problems = validate([path], tmp_path)
+    assert [(p.line, p.column) for p in problems] == [(6, 13), (10, 24), (12, 22), (13, 21)], problems
+    assert problems[0].message.startswith(
+        "env.BASH_ENV: BASH_ENV may not hold an expression: bash and sh run"
+    )
+    assert problems[1].message.startswith("step 1 env.GIT_SSH_COMMAND: GIT_SSH_COMMAND may not hold")
+    assert problems[2].message.startswith("step 1 env.PYTHONSTARTUP: PYTHONSTARTUP may not hold")
+    assert problems[3].message.startswith(
+        "step 2 run item 3: {{ ... }} in an argument that bash reads as code"
+    )
+    for name in (
+        "BASH_ENV",
+        "ENV",
+        "PS4",
+        "PROMPT_COMMAND",
+        "BASH_FUNC_x%%",
+        "LD_PRELOAD",
+        "GIT_CONFIG_COUNT",
+    ):
+        assert code_variable(name), name
+    for name in ("NAME", "HOME", "NODE_ENV", "DEPLOY_PATH", "ENVIRONMENT"):
+        assert code_variable(name) is None, name
+
+
+# The sandbox -----------------------------------------------------------------------------------------------
+
+ESCAPES = [
+    "''.__class__.__mro__[1].__subclasses__()",
+    "().__class__.__base__.__subclasses__()",
+    "event.__class__.mro()",
+    "lipsum.__globals__",
+    "cycler.__init__.__globals__.os",
+    "joiner.__init__.__globals__",
+    "'{0.__class__.__mro__}'.format(event)",
+    "'{ref.__class__}'.format_map(event)",
+    "'%s'.__mod__",
+]
+MUTATIONS = [
+    "event.update({'ref': 'refs/heads/evil'})",
+    "event.commits.append(1)",
+    "event.pop('ref')",
+    "event.setdefault('new', 1)",
+    "event.clear()",
+    "event.popitem()",
+    "event.commits.extend([1])",
+    "event.commits.insert(0, 1)",
+    "event.commits.sort()",
+    "event.head_commit.update(message='changed')",
+]
+
+
+@pytest.fixture
+def event() -> dict[str, Any]:
+    require(PAYLOADS.is_dir(), f"the shared GitHub payloads are not at {PAYLOADS}")
+    return json.loads((PAYLOADS / "push" / "with-new-branch.payload.json").read_text())
+
+
+@pytest.mark.parametrize("expression", ESCAPES + MUTATIONS)
+def test_the_sandbox_refuses_escapes_and_mutation_in_every_way_an_expression_is_read(
+    expression: str, event: dict[str, Any]
+) -> None:
+    before = copy.deepcopy(event)
+    context = {"event": event, "branch": "main"}
+    with pytest.raises(RenderError):
+        render("{{ " + expression + " }}", context)
+    with pytest.raises(RenderError):
+        render_shell("echo {{ " + expression + " }}", context)
+    with pytest.raises(RenderError):
+        evaluate(expression, context)
+    assert event == before
