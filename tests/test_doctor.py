@@ -22,7 +22,17 @@ from pathlib import Path
 
 import pytest
 from support import ROOT
-from test_setup import Instance, check, install_sudoers, let_run_python, need_root, new_instance
+from test_setup import (
+    NGINX_WRAPPER,
+    Instance,
+    check,
+    ensure_system_wrapper,
+    install_sudoers,
+    let_run_python,
+    need_root,
+    new_instance,
+    restore_acl,
+)
 
 from runner import sudo
 
@@ -54,11 +64,20 @@ class Deployed:
         return self.instance.home
 
     @property
+    def templates(self) -> Path:
+        return self.instance.etc_dir / "templates" / "nginx"
+
+    @property
     def database(self) -> str:
         return f"sqlite:///{self.home / 'runner.db'}"
 
     def env(self, **extra: str) -> dict[str, str]:
-        settings = {"RUNNER_DATABASE_URL": self.database, "RUNNER_NGINX_SITES_DIR": str(self.instance.sites)}
+        settings = {
+            "RUNNER_DATABASE_URL": self.database,
+            "RUNNER_NGINX_SITES_DIR": str(self.instance.sites),
+            # Where setup installed the templates (under --prefix), as runner.env would name them.
+            "RUNNER_NGINX_TEMPLATES": str(self.templates),
+        }
         env = self.instance.account.env(**{**settings, **extra})
         # The worker's environment, as the units give it: the webhook secret is the web unit's alone.
         if "RUNNER_SECRET" not in extra:
@@ -86,6 +105,8 @@ def deployed() -> Iterator[Deployed]:
         instance.set_up()
         sudoers = instance.sudoers_file.read_bytes()
         install_sudoers(sudoers, instance.name, instance.cleanup)
+        # Doctor checks the wrapper sudo would run, at the path the sudoers file names.
+        ensure_system_wrapper(instance.cleanup, NGINX_WRAPPER)
         let_run_python(instance.name, instance.cleanup)
         deployed = Deployed(instance, sudoers)
         done = deployed.runner("db", "upgrade")
@@ -160,8 +181,10 @@ def test_doctor_passes_right_after_setup(deployed: Deployed) -> None:
         "sudo /usr/bin/systemctl",
         f"may run `/usr/bin/systemctl restart {deployed.name}-app.service`",
     ) in (messages)
-    assert ("sudo /usr/bin/systemctl", "may run `/usr/bin/systemctl reload nginx`") in messages
-    assert ("nginx sites", f"{deployed.instance.sites} is writable") in messages
+    assert (f"sudo {NGINX_WRAPPER}", f"may run `{NGINX_WRAPPER}`") in messages
+    nobody = f"is not writable by {deployed.name}: only runner-nginx, as root"
+    assert ("nginx sites", f"{deployed.instance.sites} {nobody}") in messages
+    assert ("nginx templates", f"{deployed.templates} {nobody}") in messages
     assert any(name == "sudo scope" for name, _ in messages)
 
 
@@ -179,27 +202,33 @@ def test_a_missing_sudo_right_names_the_rule(deployed: Deployed) -> None:
         installed.unlink()
         restore.callback(install_sudoers, deployed.sudoers, deployed.name, deployed.instance.cleanup)
         report = doctor(deployed)
-    lines = fails_only(report, "sudo /usr/bin/systemctl")
+    assert {line.name for line in report.failed()} == {"sudo /usr/bin/systemctl", f"sudo {NGINX_WRAPPER}"}
+    [nginx_line] = report.named(f"sudo {NGINX_WRAPPER}")
+    assert sudo.rule([str(NGINX_WRAPPER)], deployed.name) in nginx_line.message, report.output
+    lines = report.named("sudo /usr/bin/systemctl")
     wanted = sudo.rule(["/usr/bin/systemctl", "restart", f"{deployed.name}-app.service"], deployed.name)
     assert (
         wanted
         == f"{deployed.name} ALL=(root) NOPASSWD: /usr/bin/systemctl restart {deployed.name}-app.service"
     )
     assert any(wanted in line.message for line in lines), report.output
-    assert any("/usr/bin/systemctl reload nginx" in line.message for line in lines), report.output
 
 
 @pytest.mark.usefixtures("lane_queue")
-def test_no_acl_on_the_sites_directory_names_setfacl(deployed: Deployed) -> None:
-    sites = deployed.instance.sites
+@pytest.mark.parametrize("what", ["nginx sites", "nginx templates"])
+def test_write_access_to_nginx_sites_or_templates_is_a_root_equivalent_right(
+    deployed: Deployed, what: str
+) -> None:
+    directory = deployed.instance.sites if what == "nginx sites" else deployed.templates
     with contextlib.ExitStack() as restore:
-        # Setup puts the ACL back; it is what the message advises besides setfacl.
-        restore.callback(deployed.instance.set_up)
-        check(["setfacl", "-b", sites])
+        # What an older setup did to the sites directory.
+        restore.callback(restore_acl, directory, deployed.name)
+        check(["setfacl", "-m", f"u:{deployed.name}:rwx", directory])
         report = doctor(deployed)
-    [line] = fails_only(report, "nginx sites")
-    assert str(sites) in line.message
-    assert f"setfacl -m u:{deployed.name}:rwx {sites}" in line.message, line.message
+    [line] = fails_only(report, what)
+    assert f"{deployed.name} can write {directory}" in line.message, line.message
+    assert "root-equivalent right" in line.message
+    assert f"setfacl -R -x u:{deployed.name} {directory}" in line.message
 
 
 @pytest.mark.usefixtures("lane_queue")

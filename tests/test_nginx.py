@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import json
 import os
 import pwd
 import re
@@ -27,7 +28,7 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -778,3 +779,148 @@ def test_a_pipeline_waiting_for_its_template_is_loaded_once_the_template_appears
     temp.rename(home / "templates" / "nginx" / "later.conf.j2")
     assert pipelines.reload() == []
     assert pipelines.get("site") is not None
+
+
+# The sandbox ------------------------------------------------------------------------------------------------
+
+ESCAPE = "{{ ''.__class__.__mro__[1].__subclasses__() }}"
+
+
+def test_rendering_refuses_attribute_escapes_and_mutation(world: Path, nginx: Nginx) -> None:
+    templates = {
+        "answer.conf.j2": ANSWER_TEMPLATE,
+        "escape.conf.j2": f"# {ESCAPE}\n" + ANSWER_TEMPLATE,
+        "mutate.conf.j2": "{% set _ = names.append('evil.example') %}# {{ names | join(',') }}\n"
+        + ANSWER_TEMPLATE,
+        "mutate-map.conf.j2": "{% set _ = tags.update({'a': 'b'}) %}\n" + ANSWER_TEMPLATE,
+    }
+    home = make_home(world, templates)
+    config = config_for(home, nginx)
+    port = free_port()
+    step = ANSWER_STEP.replace("<PORT>", str(port))
+
+    # In a pipeline's var, the expression is the pipeline's own: the sandbox refuses it.
+    escaping = step.replace('"{{ event.head_commit.message }}"', f'"{ESCAPE}"')
+    outcome, log = run_step(home, config, escaping, {})
+    assert outcome.status == "failed", (outcome, log)
+    assert "unsafe" in (outcome.detail or "") and "__class__" in (outcome.detail or ""), outcome.detail
+    # In an event's value it is text: quoted as it is, never evaluated.
+    outcome, log = run_step(home, config, step, {"head_commit": {"message": ESCAPE}})
+    assert outcome.status == "succeeded", (outcome, log)
+    text = (nginx.sites / "answer.conf").read_text()
+    assert f'return 200 "{ESCAPE}";' in text.replace('\\"', '"') or ESCAPE in text, text
+    assert "<class" not in text
+    assert get(port)[:2] == (200, ESCAPE)
+    before = (nginx.sites / "answer.conf").read_bytes()
+
+    # In a template, and changing the values handed to it: refused, and nothing is written.
+    for name, vars_extra in (
+        ("escape.conf.j2", ""),
+        ("mutate.conf.j2", "\n      names: [a.example]"),
+        ("mutate-map.conf.j2", "\n      tags: {x: y}"),
+    ):
+        bad = step.replace("answer.conf.j2", name).replace("option: gzip", "option: gzip" + vars_extra)
+        outcome, log = run_step(home, config, bad, {"head_commit": {"message": "x"}})
+        assert outcome.status == "failed", (name, outcome, log)
+        assert "unsafe" in (outcome.detail or ""), (name, outcome.detail)
+        assert (nginx.sites / "answer.conf").read_bytes() == before
+        assert "evil.example" not in log
+
+
+# The wrapper's refusals -------------------------------------------------------------------------------------
+
+
+def run_wrapper(conf: Path, *args: str, python: Sequence[str] = (SYSTEM_PYTHON, "-I"), **env: str) -> Any:
+    return subprocess.run(
+        [*python, str(WRAPPER), *args],
+        env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "RUNNER_NGINX_CONF": str(conf), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+GOOD_VARS = '{"port": 1, "option": "gzip", "answer": "x"}'
+REFUSED_ARGUMENTS = {
+    "site with /": ["--site", "a/b", "--template", "answer.conf.j2", "--vars", GOOD_VARS],
+    "site ..": ["--site", "..", "--template", "answer.conf.j2", "--vars", GOOD_VARS],
+    "site a path": ["--site", "../../root/x", "--template", "answer.conf.j2", "--vars", GOOD_VARS],
+    "template ../x": ["--site", "a", "--template", "../x", "--vars", GOOD_VARS],
+    "template a path": ["--site", "a", "--template", "/etc/passwd", "--vars", GOOD_VARS],
+    "unknown option": ["--site", "a", "--template", "answer.conf.j2", "--conf", "/tmp/x"],
+    "vars not an object": ["--site", "a", "--template", "answer.conf.j2", "--vars", "[1]"],
+    "vars not JSON": ["--site", "a", "--template", "answer.conf.j2", "--vars", "{port: 1}"],
+    "vars NaN": ["--site", "a", "--template", "answer.conf.j2", "--vars", '{"port": NaN}'],
+    "vars too big": ["--site", "a", "--template", "answer.conf.j2", "--vars", '{"a": "' + "x" * 70000 + '"}'],
+    "vars set site": ["--site", "a", "--template", "answer.conf.j2", "--vars", '{"site": "b"}'],
+}
+
+
+@pytest.mark.parametrize("args", REFUSED_ARGUMENTS.values(), ids=REFUSED_ARGUMENTS.keys())
+def test_the_wrapper_refuses_odd_arguments(world: Path, nginx: Nginx, args: list[str]) -> None:
+    home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE})
+    conf = nginx.wrapper_conf(world / "runner-nginx.conf", home / "templates" / "nginx")
+    done = run_wrapper(conf, *args)
+    assert done.returncode == 2, f"{done.returncode}: {done.stdout}{done.stderr}"
+    assert "refusing" in done.stderr or "is required" in done.stderr, done.stderr
+    assert list(nginx.sites.iterdir()) == []
+
+
+def test_the_wrapper_refuses_a_value_that_is_not_one_nginx_word(world: Path, nginx: Nginx) -> None:
+    home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE})
+    conf = nginx.wrapper_conf(world / "runner-nginx.conf", home / "templates" / "nginx")
+    owned = world / "root-only" / "owned"
+    owned.parent.mkdir(mode=0o700)
+    for option in (f"access_log {owned};", f"gzip on; access_log {owned}", "a\nb"):
+        variables = json.dumps({"port": free_port(), "option": option, "answer": "x"})
+        done = run_wrapper(conf, "--site", "a", "--template", "answer.conf.j2", "--vars", variables)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "is nginx syntax" in done.stdout, done.stdout
+    assert list(nginx.sites.iterdir()) == [] and not owned.exists()
+
+
+def test_the_wrapper_refuses_a_configuration_others_could_change(world: Path, nginx: Nginx) -> None:
+    home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE})
+    conf = nginx.wrapper_conf(world / "runner-nginx.conf", home / "templates" / "nginx")
+    args = ["--site", "a", "--template", "answer.conf.j2", "--no-reload", "--vars", GOOD_VARS]
+    assert run_wrapper(conf, *args).returncode == 0
+    nobody = pwd.getpwnam("nobody").pw_uid
+    conf.chmod(0o664)
+    done = run_wrapper(conf, *args)
+    assert done.returncode == 1 and "writable by group or others" in done.stdout, done.stdout
+    conf.chmod(0o644)
+    os.chown(conf, nobody, -1)
+    done = run_wrapper(conf, *args)
+    assert done.returncode == 1 and f"owned by uid {nobody}" in done.stdout, done.stdout
+    os.chown(conf, 0, -1)
+    # A template directory (or a template) another user may change is refused too.
+    templates = home / "templates" / "nginx"
+    os.chown(templates, nobody, -1)
+    done = run_wrapper(conf, *args)
+    assert done.returncode == 1 and "templates-dir" in done.stdout, done.stdout
+    os.chown(templates, 0, -1)
+    (templates / "answer.conf.j2").chmod(0o666)
+    done = run_wrapper(conf, *args)
+    assert done.returncode == 1 and "writable by others" in done.stdout, done.stdout
+
+
+def test_the_wrapper_imports_nothing_from_a_place_another_user_can_write(world: Path, nginx: Nginx) -> None:
+    home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE})
+    conf = nginx.wrapper_conf(world / "runner-nginx.conf", home / "templates" / "nginx")
+    planted = world / "planted"
+    (planted / "jinja2").mkdir(parents=True)
+    marker = world / "planted-ran"
+    (planted / "jinja2" / "__init__.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    os.chown(planted, pwd.getpwnam("nobody").pw_uid, -1)
+    args = ["--site", "a", "--template", "answer.conf.j2", "--no-reload", "--vars", GOOD_VARS]
+    # python3 -I ignores PYTHONPATH: the system's jinja2 renders the site.
+    done = run_wrapper(conf, *args, PYTHONPATH=str(planted))
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert not marker.exists()
+    # Without -I, an import path entry another user owns is refused before anything is done.
+    (planted / "jinja2" / "__init__.py").unlink()
+    (planted / "jinja2").rmdir()
+    done = run_wrapper(conf, *args, python=(SYSTEM_PYTHON,), PYTHONPATH=str(planted))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"refusing the import path entry {planted}" in done.stdout, done.stdout

@@ -40,6 +40,8 @@ from runner.setup import Setup
 PACKAGED_WRAPPER = ROOT / "packaging" / "libexec" / "runner-certbot"
 # Where the shipped sudoers file points the certbot step, whatever --prefix setup was given.
 SYSTEM_WRAPPER = Path("/usr/local/libexec/runner-certbot")
+PACKAGED_NGINX_WRAPPER = ROOT / "packaging" / "libexec" / "runner-nginx"
+NGINX_WRAPPER = Path("/usr/local/libexec/runner-nginx")
 SYSTEMCTL = "/usr/bin/systemctl"
 PLACEHOLDER = re.compile(r"@[A-Z_]+@")
 NOTHING_TO_CHANGE = "nothing to change: everything is set up"
@@ -126,17 +128,17 @@ def install_sudoers(content: bytes, filename: str, cleanup: contextlib.ExitStack
     return installed
 
 
-def ensure_system_wrapper(cleanup: contextlib.ExitStack) -> None:
+def ensure_system_wrapper(cleanup: contextlib.ExitStack, wrapper: Path = SYSTEM_WRAPPER) -> None:
     """sudo -l only answers for a command that exists: a stand-in wrapper while none is installed."""
-    if SYSTEM_WRAPPER.exists():
+    if wrapper.exists():
         return
-    for directory in reversed([SYSTEM_WRAPPER.parent, *SYSTEM_WRAPPER.parent.parents]):
+    for directory in reversed([wrapper.parent, *wrapper.parent.parents]):
         if not directory.exists():
             directory.mkdir()
             cleanup.callback(_remove_if_empty, directory)
-    cleanup.callback(SYSTEM_WRAPPER.unlink, missing_ok=True)
-    SYSTEM_WRAPPER.write_text("#!/bin/sh\n# stand-in left by runner's tests/test_setup.py\nexit 64\n")
-    SYSTEM_WRAPPER.chmod(0o755)
+    cleanup.callback(wrapper.unlink, missing_ok=True)
+    wrapper.write_text("#!/bin/sh\n# stand-in left by runner's tests/test_setup.py\nexit 64\n")
+    wrapper.chmod(0o755)
 
 
 def _remove_if_empty(directory: Path) -> None:
@@ -320,11 +322,24 @@ def test_setup_creates_the_user_directories_secret_wrapper_sudoers_acls_and_unit
         assert not PLACEHOLDER.search(text), f"{unit} still holds {PLACEHOLDER.findall(text)}"
         assert f"\nUser={fresh.name}{'-web' if role == 'web' else ''}\n" in text
 
-    # nginx's sites: the deploy user may create files there, new files are its to rewrite, and so are the
-    # sites that were there before.
-    assert {f"user:{fresh.name}:rwx", f"default:user:{fresh.name}:rw-"} <= acl(fresh.sites)
-    for stem in ("old", "other"):
-        assert f"user:{fresh.name}:rw-" in acl(fresh.sites / f"{stem}.conf")
+    # nginx: the wrapper, its configuration for this instance and the templates it renders, all root's;
+    # the deploy user gets no ACL entry on the sites (write access there would be root).
+    owned(fresh.prefix / "usr/local/libexec/runner-nginx", (0, 0), 0o755)
+    assert (
+        fresh.prefix / "usr/local/libexec/runner-nginx"
+    ).read_bytes() == PACKAGED_NGINX_WRAPPER.read_bytes()
+    nginx_conf = fresh.etc_dir / "nginx.conf"
+    owned(nginx_conf, (0, 0), 0o644)
+    conf_lines = nginx_conf.read_text().splitlines()
+    assert f"templates-dir = /etc/{fresh.name}/templates/nginx" in conf_lines
+    assert f"sites-dir = {fresh.sites}" in conf_lines
+    templates = fresh.etc_dir / "templates" / "nginx"
+    owned(templates, (0, 0), 0o755, stat.S_IFDIR)
+    for shipped in sorted((ROOT / "templates" / "nginx").iterdir()):
+        owned(templates / shipped.name, (0, 0), 0o644)
+        assert (templates / shipped.name).read_bytes() == shipped.read_bytes()
+    for path in (fresh.sites, fresh.sites / "old.conf", fresh.sites / "other.conf"):
+        assert not any(fresh.name in entry for entry in acl(path)), (path, acl(path))
 
     # --prefix: nothing of this instance went to the real /etc.
     for path in (Path("/etc/sudoers.d") / fresh.name, Path("/etc") / fresh.name,
@@ -380,9 +395,8 @@ def test_dry_run_on_a_fresh_name_changes_nothing() -> None:
             f"would create {instance.home / 'queues' / 'main'} ({instance.name}-web:{instance.name} 2770)",
             f"would write {instance.sudoers_file}",
             f"would write {instance.etc_dir / 'secret'}",
-            f"would set ACL user:{instance.name}:rwx on {instance.sites}",
-            f"would set ACL default:user:{instance.name}:rw- on {instance.sites}",
-            f"would set ACL user:{instance.name}:rw- on {instance.sites / 'old.conf'}",
+            f"would write {instance.etc_dir / 'nginx.conf'}",
+            f"would write {instance.etc_dir / 'templates' / 'nginx' / 'proxy.conf.j2'}",
             f"would write {instance.units_dir / (instance.name + '-web.service')}",
             f"would write {instance.units_dir / (instance.name + '-worker.service')}",
         ):
@@ -397,75 +411,49 @@ def as_user(instance: Instance, script: str, *args: str | Path) -> subprocess.Co
     return instance.account.run("/bin/sh", "-c", script, "sh", *args)
 
 
-def test_the_deploy_user_writes_sites_but_cannot_give_them_away(fresh: Instance) -> None:
-    sites, uid = fresh.sites, fresh.account.uid
-    new = sites / f"{fresh.name}-new.conf"
-
-    # A new file, even under a umask that would keep others out: the default ACL decides its mode.
-    done = as_user(fresh, 'umask 077 && printf "%s" "$1" > "$2"', site("new.example.com", 18090), new)
-    assert done.returncode == 0, done.stderr
-    assert new.stat().st_uid == uid
-    done = as_user(fresh, 'printf "%s" "$1" > "$2"', site("new2.example.com", 18090), new)
-    assert done.returncode == 0, done.stderr
-    assert new.read_text() == site("new2.example.com", 18090)
-
-    # A root-owned site from before setup: rewritten in place (its ACL entry) and replaced by a rename
-    # (the nginx step's way: the directory's entry).
-    old, other = sites / "old.conf", sites / "other.conf"
-    assert old.stat().st_uid == 0
-    done = as_user(fresh, 'printf "%s" "$1" > "$2"', site("old2.example.com", 18080), old)
-    assert done.returncode == 0, done.stderr
-    assert (old.read_text(), old.stat().st_uid) == (site("old2.example.com", 18080), 0)
-    script = 'printf "%s" "$1" > "$2.tmp" && mv -f "$2.tmp" "$2"'
-    done = as_user(fresh, script, site("other2.example.com", 18081), other)
-    assert done.returncode == 0, done.stderr
-    assert other.read_text() == site("other2.example.com", 18081)
-
-    # Giving a file away (or taking one) is root's alone.
-    nobody = pwd.getpwnam("nobody").pw_uid
-    for target, owner in ((new, "root"), (new, str(nobody)), (new, ":root"), (old, fresh.name)):
-        done = as_user(fresh, 'chown "$1" "$2"', owner, target)
-        assert done.returncode != 0, f"the deploy user could chown {target} to {owner}"
-    assert (new.stat().st_uid, old.stat().st_uid) == (uid, 0)
-
-    # Readable by root even without its power to override permissions (an nginx master that dropped it).
-    for path in (new, old, other):
-        done = subprocess.run(
-            [*BLIND_ROOT, "cat", str(path)],
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        assert done.returncode == 0, f"{path}: {done.stderr}"
-        assert done.stdout == path.read_text()
+def test_the_deploy_user_cannot_write_nginx_sites_or_templates(fresh: Instance) -> None:
+    """nginx's master opens as root what a site names: write access to sites or templates would be root."""
+    templates = fresh.etc_dir / "templates" / "nginx"
+    old = fresh.sites / "old.conf"
+    before = old.read_bytes()
+    attempts = {
+        "create a site": ('printf "%s" "$1" > "$2"', fresh.sites / f"{fresh.name}-new.conf"),
+        "rewrite a site": ('printf "%s" "$1" > "$2"', old),
+        "rename over a site": ('printf "%s" "$1" > "$2.tmp" && mv -f "$2.tmp" "$2"', old),
+        "create a template": ('printf "%s" "$1" > "$2"', templates / "mine.conf.j2"),
+        "rewrite a template": ('printf "%s" "$1" > "$2"', templates / "static.conf.j2"),
+        "change the wrapper's configuration": ('printf "%s" "$1" >> "$2"', fresh.etc_dir / "nginx.conf"),
+    }
+    payload = "server { access_log /root/owned; }\n"
+    for what, (script, target) in attempts.items():
+        done = as_user(fresh, script, payload, target)
+        assert done.returncode != 0, f"the deploy user could {what} ({target})"
+        assert "Permission denied" in done.stderr, (what, done.stderr)
+    assert old.read_bytes() == before
+    assert not (fresh.sites / f"{fresh.name}-new.conf").exists()
+    assert not (templates / "mine.conf.j2").exists()
 
 
-def test_nginx_loads_the_sites_the_deploy_user_wrote(fresh: Instance, tmp_path: Path) -> None:
-    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
-    require(Path(nginx).is_file(), "nginx is not installed")
-    written = fresh.sites / f"{fresh.name}-nginx.conf"
-    done = as_user(fresh, 'umask 077 && printf "%s" "$1" > "$2"', site("nginx.example.com", 18095), written)
-    assert done.returncode == 0, done.stderr
-    prefix = tmp_path / "nginx"
-    prefix.mkdir()
-    conf = prefix / "nginx.conf"
-    temp_paths = "".join(
-        f"    {kind}_temp_path {prefix / kind};\n"
-        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
-    )
-    conf.write_text(
-        f"pid {prefix / 'nginx.pid'};\nerror_log {prefix / 'error.log'};\nevents {{}}\n"
-        f"http {{\n    access_log off;\n{temp_paths}    include {fresh.sites}/*.conf;\n}}\n"
-    )
-    # The master's own test, run as root as a master is, but without root's power to read anything.
-    done = subprocess.run(
-        [*BLIND_ROOT, nginx, "-t", "-p", str(prefix), "-c",
-         str(conf), "-e", str(prefix / "error.log")],
-        capture_output=True, text=True, timeout=60, check=False,
-    )  # fmt: skip
-    assert done.returncode == 0, done.stderr
-    assert "test is successful" in done.stderr
-    assert f"{fresh.name}-nginx.conf" not in done.stderr
+def test_setup_takes_off_the_acl_an_older_setup_gave_the_deploy_user(fresh: Instance) -> None:
+    old = fresh.sites / "old.conf"
+    with contextlib.ExitStack() as restore:
+        restore.callback(restore_acl, old, fresh.name)
+        restore.callback(restore_acl, fresh.sites, fresh.name)
+        check(["setfacl", "-m", f"u:{fresh.name}:rwx", fresh.sites])
+        check(["setfacl", "-d", "-m", f"u:{fresh.name}:rw-", fresh.sites])
+        check(["setfacl", "-m", f"u:{fresh.name}:rw-", old])
+        assert as_user(fresh, 'printf x > "$1"', fresh.sites / "acl-made.conf").returncode == 0
+        (fresh.sites / "acl-made.conf").unlink()
+
+        done = fresh.set_up()
+
+        for entry in (f"user:{fresh.name}", f"default:user:{fresh.name}"):
+            assert f"remove ACL {entry} from {fresh.sites}: done" in done.stdout, done.stdout
+        assert f"remove ACL user:{fresh.name} from {old}: done" in done.stdout, done.stdout
+        for path in (fresh.sites, old):
+            assert not any(fresh.name in entry for entry in acl(path)), acl(path)
+        done = as_user(fresh, 'printf x > "$1"', fresh.sites / "acl-made.conf")
+        assert done.returncode != 0 and "Permission denied" in done.stderr, done.stderr
 
 
 # The sudoers files, installed for real ------------------------------------------------------------------
@@ -496,6 +484,7 @@ def installed(with_pipeline: Instance, fresh: Instance) -> Iterator[tuple[Instan
     need_root("sudo")
     with contextlib.ExitStack() as cleanup:
         ensure_system_wrapper(cleanup)
+        ensure_system_wrapper(cleanup, NGINX_WRAPPER)
         for instance in (with_pipeline, fresh):
             install_sudoers(instance.sudoers_file.read_bytes(), instance.name, cleanup)
         yield with_pipeline, fresh
@@ -513,7 +502,7 @@ def test_sudo_lists_exactly_the_allowed_commands(installed: tuple[Instance, Inst
     instance, _ = installed
     name = instance.name
     assert sudo_entries(name) == [
-        rules(str(SYSTEM_WRAPPER), f"{SYSTEMCTL} reload nginx", *self_restart(name)),
+        rules(str(SYSTEM_WRAPPER), str(NGINX_WRAPPER), f"{SYSTEMCTL} reload nginx", *self_restart(name)),
         # One line per systemctl step of the pipelines; reloading nginx is there already.
         rules(
             f"{SYSTEMCTL} restart {name}-app.service", f"{SYSTEMCTL} --no-block reload {name}-proxy.service"
@@ -524,6 +513,7 @@ def test_sudo_lists_exactly_the_allowed_commands(installed: tuple[Instance, Inst
 ALLOWED = [
     ["WRAPPER"],
     ["WRAPPER", "--cert-name", "app", "-d", "app.example.com"],  # the wrapper checks its own arguments
+    [str(NGINX_WRAPPER), "--site", "app", "--template", "static.conf.j2", "--vars", "{}"],
     [SYSTEMCTL, "reload", "nginx"],
     [SYSTEMCTL, "--no-block", "restart", "NAME-web.service"],
     [SYSTEMCTL, "--no-block", "restart", "NAME-worker.service"],
@@ -590,7 +580,9 @@ def test_a_second_instance_gets_its_own_aliases(installed: tuple[Instance, Insta
     # Both files in force at once: the whole configuration still parses, and each user gets its own rules.
     check(["visudo", "-c"])
     assert sudo_entries(second.name) == [
-        rules(str(SYSTEM_WRAPPER), f"{SYSTEMCTL} reload nginx", *self_restart(second.name))
+        rules(
+            str(SYSTEM_WRAPPER), str(NGINX_WRAPPER), f"{SYSTEMCTL} reload nginx", *self_restart(second.name)
+        )
     ]
     done = sudo_list(second, [SYSTEMCTL, "restart", f"{first.name}-app.service"])
     assert done.returncode != 0, done.stdout
