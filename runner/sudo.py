@@ -16,6 +16,8 @@ import shlex
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from runner.process import DEVNULL, spawn
+
 SUDO = ("sudo", "-n")
 # sudo -n -l answers in milliseconds; only a hung name service (LDAP, sssd) makes it take longer.
 CHECK_TIMEOUT = 30.0
@@ -81,16 +83,7 @@ async def check(argv: Sequence[str], *, env: Mapping[str, str], timeout: float =
     if command is None:
         return
     try:
-        process = await asyncio.create_subprocess_exec(
-            argv[0],
-            "-n",
-            "-l",
-            *command,
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE,
-        )
+        process = await spawn([argv[0], "-n", "-l", *command], env=env, stdout=DEVNULL)
     except OSError as exc:
         raise SudoRefused(f"cannot start {argv[0]} to run {shlex.join(command)}: {exc.strerror}") from None
     try:

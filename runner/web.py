@@ -260,8 +260,19 @@ async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: a
     """
     from hypercorn.asyncio import serve as hypercorn_serve
     from hypercorn.config import Config as HypercornConfig
+    from hypercorn.config import Sockets
 
-    hc = HypercornConfig()
+    class HypercornConfigOwnSockets(HypercornConfig):
+        def create_sockets(self) -> Sockets:
+            sockets = super().create_sockets()
+            # Hypercorn makes them inheritable for worker processes of its own, which runner does not use:
+            # a step's program would hold the endpoint's socket (and could accept GitHub's deliveries).
+            # runner's own server processes get it by fork(), which needs no inheritable flag.
+            for sock in (*sockets.secure_sockets, *sockets.insecure_sockets, *sockets.quic_sockets):
+                sock.set_inheritable(False)
+            return sockets
+
+    hc = HypercornConfigOwnSockets()
     hc.bind = [f"fd://{fd}"]
     hc.accesslog = None
     # A Logger, not a target: Hypercorn then adds no handler of its own and lines are not printed twice.

@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from runner.config import Config
+from runner.credentials import mask
 from runner.pipeline import Pipeline, StepSpec
+from runner.process import Child, spawn
 from runner.templating import render
 
 COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -63,7 +65,8 @@ class RunLog:
         self._file.write(b"".join(b"%s %-6s| %s\n" % (stamp, stream.encode(), line) for line in lines))
 
     def note(self, text: str) -> None:
-        self.write("runner", text)
+        """A line of runner's own (a command, a step's outcome): the credentials of any URL in it masked."""
+        self.write("runner", mask(text))
 
     def close(self) -> None:
         self._file.close()
@@ -202,15 +205,7 @@ async def execute(
     finds there what to stop before it runs the entry again.
     """
     try:
-        process = await asyncio.create_subprocess_exec(
-            *argv,
-            cwd=cwd,
-            env=dict(env),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            start_new_session=True,
-        )
+        process = await spawn(argv, cwd=cwd, env=env, start_new_session=True)
     except OSError as exc:
         return Outcome("failed", None, f"cannot start {argv[0]}: {exc.strerror}")
     assert process.stdout is not None and process.stderr is not None
@@ -292,7 +287,7 @@ def stop_leftovers(group_file: Path, run_id: int) -> list[int]:
     return members
 
 
-async def _stop_group(process: asyncio.subprocess.Process, pgid: int) -> None:
+async def _stop_group(process: Child, pgid: int) -> None:
     _kill_group(pgid, signal.SIGTERM)
     try:
         await asyncio.wait_for(process.wait(), timeout=KILL_GRACE)

@@ -1,0 +1,115 @@
+"""How runner starts programs: every child begins with exactly stdin, stdout and stderr open.
+
+Not ``asyncio.create_subprocess_exec``: under uvloop (what ``runner up`` and ``runner work`` run on) it
+ignores ``close_fds``, so every inheritable descriptor of the worker reaches the program (Hypercorn makes
+its listening socket inheritable), and it marks its own copies of the child's stdin, stdout and stderr
+inheritable, so the program holds each twice, under a second number, whatever was marked before the spawn.
+``subprocess.Popen`` with ``close_fds`` closes every descriptor above 2 in the child, on any event loop;
+asyncio's own loop starts its children the same way. The child is then followed through the loop:
+its pipes as stream readers, its end through a pidfd.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import IO
+
+PIPE = subprocess.PIPE
+DEVNULL = subprocess.DEVNULL
+
+
+class Child:
+    """A started program: its pid, its output as stream readers (for ``PIPE``), and its end."""
+
+    def __init__(
+        self,
+        popen: subprocess.Popen[bytes],
+        stdout: asyncio.StreamReader | None,
+        stderr: asyncio.StreamReader | None,
+    ) -> None:
+        self._popen = popen
+        self.pid = popen.pid
+        self.stdout = stdout
+        self.stderr = stderr
+        self._ended = asyncio.get_running_loop().create_future()
+        self._pidfd = os.pidfd_open(popen.pid)
+        asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
+
+    def _reap(self) -> None:
+        # Readable once the program has ended; poll() reaps it and Popen keeps the status.
+        if self._popen.poll() is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(self._pidfd)
+        os.close(self._pidfd)
+        if not self._ended.done():
+            self._ended.set_result(self._popen.returncode)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._popen.returncode
+
+    async def wait(self) -> int:
+        return await asyncio.shield(self._ended)
+
+    async def communicate(self) -> tuple[bytes, bytes]:
+        """Everything the program printed on its pipes, once it has ended."""
+        outputs = await asyncio.gather(
+            *(stream.read() if stream is not None else _nothing() for stream in (self.stdout, self.stderr))
+        )
+        await self.wait()
+        return outputs[0], outputs[1]
+
+    def kill(self) -> None:
+        # Once reaped, the pid may be another process's.
+        if self._popen.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self._popen.kill()
+
+
+async def _nothing() -> bytes:
+    return b""
+
+
+async def _reader(pipe: IO[bytes] | None) -> asyncio.StreamReader | None:
+    if pipe is None:
+        return None
+    reader = asyncio.StreamReader()
+    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+    return reader
+
+
+async def spawn(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: Path | str | None = None,
+    stdout: int = PIPE,
+    stderr: int = PIPE,
+    start_new_session: bool = False,
+) -> Child:
+    """Start ``argv`` (never through a shell) with stdin from /dev/null and no other descriptor of runner's.
+
+    Raises OSError when the program cannot be started.
+    """
+    popen = subprocess.Popen(
+        list(argv),
+        cwd=cwd,
+        env=dict(env),
+        stdin=DEVNULL,
+        stdout=stdout,
+        stderr=stderr,
+        close_fds=True,
+        start_new_session=start_new_session,
+    )
+    try:
+        return Child(popen, await _reader(popen.stdout), await _reader(popen.stderr))
+    except BaseException:
+        popen.kill()
+        popen.wait()
+        raise
