@@ -17,6 +17,7 @@ from typing import Any
 
 from runner import steps
 from runner.config import Config
+from runner.credentials import mask
 from runner.events import pushed_commit, repository_name
 from runner.events import ref as event_ref
 from runner.pipeline import Pipeline, PipelineSet
@@ -145,26 +146,31 @@ class Lane:
         self, pipeline: Pipeline, ctx: steps.RunContext, stop: asyncio.Event
     ) -> tuple[str, str | None]:
         for position, spec in enumerate(pipeline.steps, start=1):
+            # What runner records and logs of a step (its name may be its command, its detail the reason
+            # it failed) never holds a URL's credentials.
+            name = mask(spec.name)
             if stop.is_set():
-                return "cancelled", f"the worker stopped before step {position} ({spec.name})"
+                return "cancelled", f"the worker stopped before step {position} ({name})"
             if ctx.remaining() <= 0:
                 return (
                     "failed",
                     f"the run's time limit ({pipeline.timeout:.0f} s) was reached before step {position}",
                 )
-            ctx.log.note(f"step {position} ({spec.name}) starts")
+            ctx.log.note(f"step {position} ({name}) starts")
             started = steps.now()
             outcome = await self._run_step(spec, ctx, stop)
             finished = steps.now()
+            if outcome.detail:
+                outcome.detail = mask(outcome.detail)
             ctx.log.note(
-                f"step {position} ({spec.name}) {outcome.status}"
+                f"step {position} ({name}) {outcome.status}"
                 + (f": {outcome.detail}" if outcome.detail else "")
             )
             await asyncio.to_thread(
                 self.store.record_step,
                 ctx.run_id,
                 position,
-                spec.name,
+                name,
                 outcome.status,
                 exit_code=outcome.exit_code,
                 detail=outcome.detail,
@@ -172,10 +178,10 @@ class Lane:
                 finished_at=finished,
             )
             if outcome.status == "cancelled":
-                return "cancelled", f"the worker stopped during step {position} ({spec.name})"
+                return "cancelled", f"the worker stopped during step {position} ({name})"
             if not outcome.ok:
                 what = "timed out" if outcome.status == "timed_out" else "failed"
-                return "failed", f"step {position} ({spec.name}) {what}: {outcome.detail}"
+                return "failed", f"step {position} ({name}) {what}: {outcome.detail}"
         return "succeeded", None
 
     async def _run_step(self, spec: Any, ctx: steps.RunContext, stop: asyncio.Event) -> steps.Outcome:

@@ -1,13 +1,18 @@
-"""The git step: clone if missing, fetch, and check out exactly the pushed commit."""
+"""The git step: clone if missing, fetch, and check out exactly the pushed commit.
+
+A remote's credentials (``https://x-access-token:TOKEN@github.com/...``) never reach git's configuration or
+the run's log: git is given the URL without them and asks for them through runner/credentials.py's helper.
+"""
 
 from __future__ import annotations
 
-import asyncio
 import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
+from runner.credentials import Credentials, CredentialsError, split
 from runner.pipeline import StepSpec
+from runner.process import DEVNULL, spawn
 from runner.steps.base import COMMIT, REF, Outcome, RunContext, StepFailed, execute, step_timeout
 from runner.templating import render
 
@@ -26,12 +31,25 @@ def _remote(spec: StepSpec, ctx: RunContext) -> str | None:
     return None
 
 
-async def _git(ctx: RunContext, spec: StepSpec, *args: str, cwd: Path | None = None) -> Outcome:
-    ctx.log.note("$ git " + " ".join(shlex.quote(a) for a in args))
+async def _git(
+    ctx: RunContext,
+    spec: StepSpec,
+    *args: str,
+    cwd: Path | None = None,
+    credentials: Credentials | None = None,
+) -> Outcome:
+    """Run ``git ARGS``; with ``credentials``, git may answer the remote's request for them."""
+    env = ctx.env_for(spec)
+    options: list[str] = []
+    if credentials is not None:
+        options = credentials.git_options()
+        env.update(credentials.git_env())
+    via = " (with the remote's credentials, through a credential helper)" if credentials else ""
+    ctx.log.note("$ git " + " ".join(shlex.quote(a) for a in args) + via)
     return await execute(
-        ["git", *args],
+        ["git", *options, *args],
         cwd=cwd or ctx.workdir,
-        env=ctx.env_for(spec),
+        env=env,
         timeout=step_timeout(spec, ctx),
         log=ctx.log,
         group_file=ctx.group_file,
@@ -40,15 +58,10 @@ async def _git(ctx: RunContext, spec: StepSpec, *args: str, cwd: Path | None = N
 
 async def _git_output(ctx: RunContext, *args: str) -> str | None:
     """A read-only git query's output, or None if it fails."""
-    process = await asyncio.create_subprocess_exec(
-        "git",
-        *args,
-        cwd=ctx.workdir,
-        env=dict(ctx.base_env),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
+    try:
+        process = await spawn(["git", *args], cwd=ctx.workdir, env=ctx.base_env, stderr=DEVNULL)
+    except OSError as exc:
+        raise StepFailed(f"cannot start git: {exc.strerror}") from None
     out, _ = await process.communicate()
     return out.decode(errors="replace") if process.returncode == 0 else None
 
@@ -63,6 +76,18 @@ async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
         raise StepFailed("nothing to check out: the run has neither a ref nor a commit")
     remote = _remote(spec, ctx)
     workdir = ctx.workdir
+    if remote is None and (workdir / ".git").exists():
+        # No remote named (a run triggered by hand): origin's URL, if it holds credentials, for the
+        # set-url below to take them out of .git/config.
+        origin = (await _git_output(ctx, "remote", "get-url", "origin") or "").strip()
+        if "@" in origin:
+            remote = origin
+    credentials = None
+    if remote is not None:
+        try:
+            remote, credentials = split(remote)
+        except CredentialsError as exc:
+            raise StepFailed(str(exc)) from None
     if not (workdir / ".git").exists():
         if workdir.exists() and any(workdir.iterdir()):
             raise StepFailed(f"the workdir {workdir} exists, is not empty and is not a git checkout")
@@ -70,17 +95,33 @@ async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
             raise StepFailed("no checkout yet and no remote to clone from: set `remote:` on the git step")
         workdir.parent.mkdir(parents=True, exist_ok=True)
         outcome = await _git(
-            ctx, spec, "clone", "--no-checkout", "--", remote, str(workdir), cwd=workdir.parent
+            ctx,
+            spec,
+            "clone",
+            "--no-checkout",
+            "--",
+            remote,
+            str(workdir),
+            cwd=workdir.parent,
+            credentials=credentials,
         )
         if not outcome.ok:
             return outcome
     elif remote is not None:
+        # Also takes out of .git/config the credentials a URL put there before they were kept out of it.
         outcome = await _git(ctx, spec, "remote", "set-url", "origin", remote)
         if not outcome.ok:
             return outcome
     if ctx.ref is not None:
         outcome = await _git(
-            ctx, spec, "fetch", "--prune", "--no-tags", "origin", f"+{ctx.ref}:{_tracking(ctx.ref)}"
+            ctx,
+            spec,
+            "fetch",
+            "--prune",
+            "--no-tags",
+            "origin",
+            f"+{ctx.ref}:{_tracking(ctx.ref)}",
+            credentials=credentials,
         )
         if not outcome.ok:
             return outcome
@@ -95,7 +136,7 @@ async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
             await ctx.on_commit(ctx.commit)
     if await _git_output(ctx, "cat-file", "-e", f"{ctx.commit}^{{commit}}") is None:
         # Not reachable from the ref (a force-push since?): ask for the commit itself.
-        outcome = await _git(ctx, spec, "fetch", "--no-tags", "origin", ctx.commit)
+        outcome = await _git(ctx, spec, "fetch", "--no-tags", "origin", ctx.commit, credentials=credentials)
         if not outcome.ok:
             raise StepFailed(f"commit {ctx.commit} is not on the remote")
     outcome = await _git(ctx, spec, "checkout", "--force", "--detach", ctx.commit)
