@@ -924,3 +924,115 @@ def test_the_wrapper_imports_nothing_from_a_place_another_user_can_write(world: 
     done = run_wrapper(conf, *args, python=(SYSTEM_PYTHON,), PYTHONPATH=str(planted))
     assert done.returncode == 1, done.stdout + done.stderr
     assert f"refusing the import path entry {planted}" in done.stdout, done.stdout
+
+
+# After a real runner setup: the deploy user, sudo and the installed wrapper ------------------------------
+
+
+def test_after_setup_the_deploy_user_deploys_a_site_only_through_the_wrapper(
+    world: Path, nginx: Nginx, nginx_user: str
+) -> None:
+    from test_setup import install_sudoers, let_run_python, new_instance
+
+    from runner.setup import NGINX_WRAPPER
+
+    with new_instance() as instance:
+        cleanup = instance.cleanup
+        (instance.home / "templates" / "nginx").mkdir(parents=True)
+        (instance.home / "templates" / "nginx" / "answer.conf.j2").write_text(ANSWER_TEMPLATE)
+        (instance.home / "pipelines").mkdir()
+        port = free_port()
+        step = ANSWER_STEP.replace("<PORT>", str(port)).replace("{{ event.head_commit.message }}", "via sudo")
+        header = "on: {repository: acme/web}\nworkdir: checkout\nsteps:\n"
+        write_pipeline(instance.home, "site", header + textwrap.indent(step.strip("\n"), "  "))
+        instance.setup("--sites-dir", str(nginx.sites)).check_returncode()
+        templates = instance.etc_dir / "templates" / "nginx"
+        assert (templates / "answer.conf.j2").read_text() == ANSWER_TEMPLATE
+
+        # The wrapper where sudoers names it, its configuration where it looks for the instance's.
+        installed = Path("/") / NGINX_WRAPPER
+        saved = installed.read_bytes() if installed.exists() else None
+        installed.parent.mkdir(parents=True, exist_ok=True)
+        cleanup.callback(lambda: installed.write_bytes(saved) if saved is not None else installed.unlink())
+        shutil.copy(instance.prefix / NGINX_WRAPPER, installed)
+        installed.chmod(0o755)
+        etc = Path("/etc") / instance.name
+        assert not etc.exists()
+        cleanup.callback(shutil.rmtree, etc, ignore_errors=True)
+        etc.mkdir(mode=0o755)
+        nginx.wrapper_conf(etc / "nginx.conf", templates)
+        install_sudoers(instance.sudoers_file.read_bytes(), instance.name, cleanup)
+        let_run_python(instance.name, cleanup)
+
+        account = instance.account
+        env = account.env(
+            RUNNER_DATABASE_URL=f"sqlite:///{instance.home / 'runner.db'}",
+            RUNNER_NGINX_SITES_DIR=str(nginx.sites),
+            RUNNER_NGINX_TEMPLATES=str(templates),
+        )
+        owned = world / "root-only" / "owned"
+        owned.parent.mkdir(mode=0o700)
+        evil = f"server {{ listen 127.0.0.1:{free_port()}; access_log {owned}; }}\n"
+        # The sites directory and the templates are not the deploy user's to write.
+        for target in (nginx.sites / "evil.conf", templates / "evil.conf.j2", templates / "answer.conf.j2"):
+            done = account.run("/bin/sh", "-c", 'printf "%s" "$1" > "$2"', "sh", evil, target, env=env)
+            assert done.returncode != 0 and "Permission denied" in done.stderr, (target, done.stderr)
+        # Nor can it make the wrapper write such a site: a crafted value, a template or site name that is a
+        # path, a configuration of its own.
+        mine = instance.home / "mine"
+        mine.mkdir()
+        (mine / "evil.conf.j2").write_text(evil)
+        account_conf = mine / "nginx.conf"
+        account_conf.write_text(f"templates-dir = {mine}\nsites-dir = {nginx.sites}\n")
+        sudo = ["sudo", "-n", str(installed)]
+        for argv, extra in (
+            ([*sudo, "--site", "a", "--template", "answer.conf.j2", "--vars",
+              json.dumps({"port": port, "option": f"access_log {owned};", "answer": "x"})], {}),
+            ([*sudo, "--site", "a", "--template", f"../../../..{mine}/evil.conf.j2", "--vars", "{}"], {}),
+            ([*sudo, "--site", "../../root-only/x", "--template", "answer.conf.j2", "--vars", "{}"], {}),
+            ([*sudo, "--site", "a", "--template", "evil.conf.j2", "--vars", "{}"],
+             {"RUNNER_NGINX_CONF": str(account_conf)}),
+        ):  # fmt: skip
+            done = account.run(*argv, env={**env, **extra})
+            assert done.returncode != 0, (argv, done.stdout, done.stderr)
+        assert not owned.exists() and sorted(p.name for p in nginx.sites.iterdir()) == []
+
+        # The worker, as the deploy user, deploys the site through sudo and the installed wrapper.
+        done = account.run(sys.executable, "-m", "runner", "db", "upgrade", env=env)
+        assert done.returncode == 0, done.stdout + done.stderr
+        log = instance.base / "worker.log"
+        with log.open("wb") as out:
+            worker = subprocess.Popen(
+                account.argv(sys.executable, "-m", "runner", "work"),
+                env=env, cwd=instance.home, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        try:
+            wait_for(
+                lambda: "worker started" in log.read_text(), "runner work to start", details=log.read_text
+            )
+            done = account.run(sys.executable, "-m", "runner", "trigger", "site", "--ref", "main", env=env)
+            assert done.returncode == 0, done.stdout + done.stderr
+            store = Store(f"sqlite:///{instance.home / 'runner.db'}")
+            try:
+
+                def finished() -> Run | None:
+                    runs = [r for r in store.runs(limit=5) if r.status in FINISHED]
+                    return runs[0] if runs else None
+
+                run = wait_for(finished, "the run to finish", 60, log.read_text)
+                steps_said = [(s.status, s.detail) for s in store.steps(run.id)]
+            finally:
+                store.close()
+            assert run.status == "succeeded", (steps_said, Path(run.log_path or "").read_text())
+            assert get(port)[:2] == (200, "via sudo")
+            site_file = nginx.sites / "answer.conf"
+            assert site_file.stat().st_uid == 0
+            assert "sudo -n /usr/local/libexec/runner-nginx" in Path(run.log_path or "").read_text()
+        finally:
+            worker.send_signal(signal.SIGTERM)
+            try:
+                worker.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        assert not owned.exists()
