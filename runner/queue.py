@@ -47,6 +47,10 @@ class QueueError(Exception):
     pass
 
 
+class ForeignEntry(QueueError):
+    """An entry that the queue's writer did not write: another user owns the file."""
+
+
 def is_entry_name(name: str) -> bool:
     return ENTRY_NAME.match(name) is not None
 
@@ -168,8 +172,19 @@ class Queue:
             raise QueueError(f"{name!r} is not a queue entry name")
         return self.directory / name
 
-    def read(self, name: str) -> dict[str, Any]:
-        return json.loads(self.path(name).read_bytes())
+    def read(self, name: str, owner: int | None = None) -> dict[str, Any]:
+        """The entry ``name``; with ``owner``, only if that user id owns the file (not a symlink to one)."""
+        fd = os.open(self.path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "rb") as file:
+            # Checked on the open file: a rename over the name after the check changes nothing.
+            uid = os.fstat(file.fileno()).st_uid
+            if owner is not None and uid != owner:
+                raise ForeignEntry(f"the entry is owned by user id {uid}, not by {owner}")
+            return json.loads(file.read())
+
+    def owner(self) -> int:
+        """The user id that owns the queue's directory."""
+        return os.stat(self.directory).st_uid
 
     def remove(self, name: str) -> None:
         """Remove an entry once its work is done; the removal is made durable too."""

@@ -18,7 +18,7 @@ from typing import Any
 from runner.events import pushed_commit, repository_name
 from runner.events import ref as event_ref
 from runner.pipeline import Pipeline, PipelineSet
-from runner.queue import Queue, Reader
+from runner.queue import ForeignEntry, Queue, Reader
 from runner.store import Store
 
 logger = logging.getLogger(__name__)
@@ -72,7 +72,13 @@ class Router:
 
     def _read(self, name: str) -> dict[str, Any]:
         try:
-            entry = self.main.read(name)
+            # Only the webhook endpoint's user, which owns the main queue, writes verified deliveries; the
+            # deploy user may remove entries there (and so create files), never make one pass as verified.
+            entry = self.main.read(name, owner=self.main.owner())
+        except ForeignEntry as exc:
+            raise BadEntry(
+                f"not written by the webhook endpoint: {exc} (the owner of {self.main.directory})"
+            ) from None
         except (OSError, ValueError) as exc:
             raise BadEntry(f"unreadable entry: {exc}") from None
         if not isinstance(entry, dict):

@@ -231,7 +231,8 @@ def test_a_step_cannot_read_the_secret_that_the_web_process_verifies_with(deploy
         grp.getgrnam(deployed.name).gr_gid,
     )
     assert stat.S_IMODE(st.st_mode) == 0o640
-    assert json.loads(entry.read_bytes())["delivery"] == delivery
+    entry_bytes = entry.read_bytes()
+    assert json.loads(entry_bytes)["delivery"] == delivery
 
     # The pipeline names the web process, now that it runs; the worker starts after it is in place.
     script = PIPELINE.replace("@WEB_PID@", str(web.pid)).replace("@SECRET@", str(deployed.secret_file))
@@ -266,6 +267,23 @@ def test_a_step_cannot_read_the_secret_that_the_web_process_verifies_with(deploy
         assert f"refused {path}: cat: {path}: Permission denied" in output, output
     assert "no RUNNER_SECRET in the step's environment" in output, output
     assert deployed.secret not in worker_log.read_text() + serve_log.read_text()
+
+    # The deploy user may remove entries from the main queue, so it can create files there too: one that
+    # looks like a delivery is still not taken for a verified one, and nothing of it is lost.
+    forged_entry = json.loads(entry_bytes)
+    forged_entry["delivery"] = str(uuid.uuid4())
+    name = f"{int(entry.name.removesuffix('.json')) + 1:020d}.json"
+    done = account.run(
+        "/bin/sh", "-c", 'printf %s "$1" > "$2/.forged" && mv "$2/.forged" "$2/$3"', "sh",
+        json.dumps(forged_entry), main, name,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    reason = main / "failed" / f"{name}.reason"
+    wait_for(reason.is_file, "the router to refuse the deploy user's entry", details=worker_log.read_text)
+    assert "not written by the webhook endpoint" in reason.read_text()
+    assert (main / "failed" / name).is_file()
+    done = run_cli("runs", "--json", env={"PATH": os.environ["PATH"], **deployed.worker_env()})
+    assert len(json.loads(done.stdout)) == 1, "a run was made from an entry the endpoint never wrote"
 
 
 def test_the_web_user_writes_the_main_queue_and_nothing_else_in_the_home(deployed: Deployed) -> None:
