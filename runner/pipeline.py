@@ -31,7 +31,7 @@ from runner.templating import (
     argv_template_problems,
     code_variable,
     has_expression,
-    shell_template_problem,
+    shell_template_problem_at,
     syntax_problem,
 )
 
@@ -743,11 +743,39 @@ def _check_step(doc: _Document, step: dict[str, Any], where: Where, names: dict[
             doc.check((*where, "when", "if"), _expression_problem(when["if"]))
     _check_env(doc, step.get("env"), (*where, "env"))
     for at, text in _strings({k: v for k, v in step.items() if k != "when"}, where):
-        # A run string is a shell line, which may not read a value again as code.
-        doc.check(at, shell_template_problem(text) if at == (*where, "run") else syntax_problem(text))
+        if at == (*where, "run"):
+            _check_run(doc, at, text)
+        else:
+            doc.check(at, syntax_problem(text))
     if isinstance(step.get("run"), list):
         for index, problem in argv_template_problems(step["run"]).items():
             doc.check((*where, "run", index), problem)
+
+
+def _check_run(doc: _Document, where: Where, text: str) -> None:
+    """A run string is a shell line, which may not read a value again as code; said on the line concerned."""
+    found = shell_template_problem_at(text)
+    if found is None or where in doc.flagged:
+        return
+    message, line = found
+    doc.flagged.add(where)
+    doc.problems.append(Problem(doc.path, *_line_of_value(doc, where, line), _say(where, message)))
+
+
+def _line_of_value(doc: _Document, where: Where, line: int) -> tuple[int, int]:
+    """Where line ``line`` (from 0) of a string value is in the file: exact in a literal block (``|``), whose
+    lines are the file's; elsewhere the value's start."""
+    entry = doc.nodes.get(where)
+    node = entry[1] if entry else None
+    buffer = getattr(node.start_mark, "buffer", None) if node else None
+    if not isinstance(node, ScalarNode) or node.style != "|" or not isinstance(buffer, str) or line < 0:
+        return doc.position(where)
+    lines = buffer.split("\n")
+    number = node.start_mark.line + 1 + line  # from 0; the block's text starts below its `|`
+    if number >= len(lines):
+        return doc.position(where)
+    text = lines[number]
+    return number + 1, len(text) - len(text.lstrip(" ")) + 1
 
 
 def _nginx_templates(home: Path) -> tuple[Path, str]:

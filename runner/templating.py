@@ -317,17 +317,25 @@ class ShellScript:
     env: dict[str, str]
 
 
-def _parts(source: str) -> list[str | nodes.Expr]:
-    """The run string as text and expressions; ``{% %}`` blocks are refused (they could print values)."""
-    parts: list[str | nodes.Expr] = []
+class _BlockInShell(RenderError):
+    def __init__(self, message: str, line: int) -> None:
+        super().__init__(message)
+        self.line = line
+
+
+def _parts(source: str) -> list[tuple[str | nodes.Expr, int]]:
+    """The run string as text and expressions, each with its line (from 1); ``{% %}`` blocks are refused."""
+    parts: list[tuple[str | nodes.Expr, int]] = []
     for node in _plain_env.parse(source).body:
         if not isinstance(node, nodes.Output):
-            raise RenderError(
+            # A block could print values, or decide on one: it has no place in a shell line.
+            raise _BlockInShell(
                 "{% ... %} in a run string: only {{ expression }} may stand in one; decide with when: if: "
-                "or in the shell, on a variable"
+                "or in the shell, on a variable",
+                node.lineno,
             )
         for child in node.nodes:
-            parts.append(child.data if isinstance(child, nodes.TemplateData) else child)
+            parts.append((child.data if isinstance(child, nodes.TemplateData) else child, child.lineno))
     return parts
 
 
@@ -462,38 +470,55 @@ def _heredoc_bodies(
     return i
 
 
-def _read(source: str) -> tuple[list[str | nodes.Expr], str, list[str]]:
-    """The parts of a run string, the script with a hole per expression, and where each hole stands."""
+def _read(source: str) -> tuple[list[str | nodes.Expr], str, list[tuple[int, str]], Callable[[int], int]]:
+    """The parts of a run string, the script with a hole per expression, each hole's offset and where it
+    stands, and the line of ``source`` (from 0) that an offset in the script is on."""
     parts = _parts(source)
-    text, holes = "", []
-    for part in parts:
+    text, holes, starts = "", [], []
+    for part, line in parts:
+        starts.append((len(text), line))
         if isinstance(part, str):
             text += part
         else:
             holes.append(len(text))
             text += _HOLE
-    return parts, text, _contexts(text, holes)
+
+    def line_of(offset: int) -> int:
+        start, line = next((start, line) for start, line in reversed(starts) if start <= offset)
+        return line - 1 + text.count("\n", start, offset)
+
+    contexts = list(zip(holes, _contexts(text, holes), strict=True))
+    return [part for part, _ in parts], text, contexts, line_of
 
 
 def shell_template_problem(source: str) -> str | None:
     """Why ``source`` cannot be a run string, or None: its syntax, or what reads a value again as code."""
-    problem = syntax_problem(source)
-    if problem:
-        return problem
+    found = shell_template_problem_at(source)
+    return found[0] if found else None
+
+
+def shell_template_problem_at(source: str) -> tuple[str, int] | None:
+    """Why ``source`` cannot be a run string and on which of its lines (from 0), or None."""
     try:
-        _, text, contexts = _read(source)
-    except RenderError as exc:
-        return str(exc)
+        _plain_env.parse(source)
+    except TemplateSyntaxError as exc:
+        return f"template syntax error: {exc.message}", max(exc.lineno - 1, 0)
+    try:
+        _, text, contexts, line_of = _read(source)
+    except _BlockInShell as exc:
+        return str(exc), exc.line - 1
     if not contexts:
         return None  # nothing from outside reaches the script
-    for context in contexts:
+    for hole, context in contexts:
         if context in _INERT:
-            return f"{{{{ ... }}}} inside {context}: {_INERT[context]}"
+            return f"{{{{ ... }}}} inside {context}: {_INERT[context]}", line_of(hole)
     for reparser, pattern in _SCRIPT_PATTERNS:
-        if pattern.search(text):
-            return (
+        match = pattern.search(text)
+        if match:
+            message = (
                 f"{reparser.construct} ({reparser.why}) in a run string with {{{{ ... }}}}: {RULE}; {INSTEAD}"
             )
+            return message, line_of(match.start() + len(match.group()) - len(match.group().lstrip()))
     return None
 
 
@@ -539,7 +564,7 @@ def render_shell(source: str, context: Mapping[str, Any]) -> ShellScript:
     if "{" not in source:
         return ShellScript(source, {})
     try:
-        parts, _, contexts = _read(source)
+        parts, _, contexts, _ = _read(source)
         text, env = "", {}
         expressions = iter(contexts)
         for part in parts:
@@ -548,7 +573,7 @@ def render_shell(source: str, context: Mapping[str, Any]) -> ShellScript:
                 continue
             name = f"{PREFIX}{len(env) + 1}"
             env[name] = _value(part, context)
-            text += _REFERENCES[next(expressions)].format(name)
+            text += _REFERENCES[next(expressions)[1]].format(name)
     except Exception as exc:
         raise RenderError(f"cannot render {source!r}: {type(exc).__name__}: {exc}") from None
     return ShellScript(text, env)

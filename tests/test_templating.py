@@ -368,3 +368,36 @@ def test_the_sandbox_refuses_escapes_and_mutation_in_every_way_an_expression_is_
     with pytest.raises(RenderError):
         evaluate(expression, context)
     assert event == before
+
+
+POSITIONS = """\
+on: {repository: acme/app}
+workdir: /tmp
+steps:
+  - run: |
+      # don't
+      echo '{{ branch }}'
+      if [[ {{ branch }} -gt 0 ]]; then echo big; fi
+  - run: |
+        cat <<'EOF'
+        {{ branch }}
+        EOF
+  - run: |
+      echo one
+      echo {{ branch }
+  - run: "echo one\\n eval {{ branch }}"
+  - run: echo $(( {{ branch }} ))
+"""
+
+
+def test_a_problem_in_a_literal_block_is_said_on_its_own_line(tmp_path: Path) -> None:
+    path = tmp_path / "app.yaml"
+    path.write_text(POSITIONS)
+    problems = validate([path], tmp_path)
+    assert [(p.line, p.column) for p in problems] == [(7, 7), (10, 9), (14, 7), (15, 10), (16, 10)], problems
+    assert problems[0].message.startswith("step 1 run: -eq, -ne, -lt, -le, -gt or -ge")
+    assert problems[1].message.startswith("step 2 run: {{ ... }} inside a quoted here-document")
+    assert problems[2].message.startswith("step 3 run: template syntax error")
+    # Elsewhere than in a literal block, the value's start.
+    assert problems[3].message.startswith("step 4 run: eval")
+    assert problems[4].message.startswith("step 5 run: $(( )) or (( ))")
