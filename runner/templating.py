@@ -173,8 +173,15 @@ REPARSERS: tuple[Reparser, ...] = (
     ),
     Reparser("${!name}", "it reads the variable the value names", r"\$\{!"),
     Reparser("${name[...]}", _ARITHMETIC, r"\$\{#?\w+\[(?![@*]\])"),
-    Reparser("name[...]=", _ARITHMETIC, r"(?<![\w$])[A-Za-z_]\w*\[[^\]\n]*\]\+?="),
-    Reparser("${name:offset:length}", _ARITHMETIC, r"\$\{#?\w+:(?![-=?+])"),
+    # Also a=([i]=v): a compound assignment's subscripts are arithmetic too.
+    Reparser("name[...]= or ([...]=...)", _ARITHMETIC, r"\[[^\]\n]*\]\+?="),
+    Reparser("${name:offset:length}", _ARITHMETIC, r"\$\{[#!]?\w+(?:\[[^\]\n]*\])?:(?![-=?+])"),
+    Reparser(
+        "an assignment to RANDOM, SRANDOM, OPTIND, HISTCMD or another number bash keeps",
+        _ARITHMETIC,
+        r"(?<![\w$])(?:RANDOM|SRANDOM|OPTIND|OPTERR|HISTCMD|SECONDS|LINENO|HISTSIZE|HISTFILESIZE|FUNCNEST"
+        r"|COLUMNS|LINES|TMOUT|BASH_ARGV0)\+?=",
+    ),
     Reparser(
         "${name@...}", "@P expands the value as a prompt, running $( ) in it", r"\$\{!?\w+(?:\[[^\]\n]*\])?@"
     ),
@@ -191,9 +198,9 @@ REPARSERS: tuple[Reparser, ...] = (
         r"[ \t]*\.(?=[ \t])",
     ),
     Reparser(
-        "alias, trap, compgen, complete or bind",
-        "they keep a string that bash later runs as code",
-        _word("alias|trap|compgen|complete|bind"),
+        "alias, trap, compgen, complete, bind or enable",
+        "they keep a string that bash later runs as code, or load a library",
+        _word("alias|trap|compgen|complete|bind|enable"),
     ),
     Reparser(
         "a shell (sh, bash, ...) not given a script file",
