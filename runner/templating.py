@@ -580,7 +580,11 @@ def render_shell(source: str, context: Mapping[str, Any]) -> ShellScript:
                 continue
             name = f"{PREFIX}{len(env) + 1}"
             env[name] = _value(part, context)
+            if "\0" in env[name]:
+                raise RenderError(f"the value of {name} holds a NUL character, which no variable can hold")
             text += _REFERENCES[next(expressions)[1]].format(name)
+    except RenderError:
+        raise
     except Exception as exc:
         raise RenderError(f"cannot render {source!r}: {type(exc).__name__}: {exc}") from None
     return ShellScript(text, env)

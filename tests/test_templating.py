@@ -91,6 +91,8 @@ def test_expressions_are_numbered_in_order_and_none_is_empty() -> None:
         'echo "${RUNNER_EXPR_1}" \'\'"${RUNNER_EXPR_2}"\'\' "${RUNNER_EXPR_3}" '
         '"${RUNNER_EXPR_4}""${RUNNER_EXPR_5}"'
     )
+    with pytest.raises(RenderError, match="NUL"):
+        render_shell("echo {{ a }}", {"a": "a\0b"})
     # Without an expression the string is the script, byte for byte.
     assert render_shell("echo '$HOME' {} ${x}", {}) == type(script)("echo '$HOME' {} ${x}", {})
 
