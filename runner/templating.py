@@ -68,27 +68,27 @@ CODE_VARIABLES: tuple[tuple[str, str], ...] = (
     (r"BASH_ENV|ENV", "bash and sh run the file it names"),
     (r"PS[0-4]|PROMPT_COMMAND", "bash expands it as a prompt, running $( ) in it"),
     (r"SHELLOPTS|BASHOPTS", "it sets options of every bash started"),
-    (r"BASH_FUNC_.*", "bash reads it as a function definition"),
+    (r"BASH_FUNC_[^\s=]*", "bash reads it as a function definition"),
     (r"IFS", "it changes how bash splits words"),
-    (r"PATH|LD_.*|GCONV_PATH", "it chooses the programs and libraries that run"),
+    (r"PATH|LD_\w*|GCONV_PATH", "it chooses the programs and libraries that run"),
     (
-        r"GIT_SSH_COMMAND|GIT_SSH|GIT_CONFIG.*|GIT_EXEC_PATH|GIT_PAGER|GIT_EDITOR|GIT_ASKPASS|GIT_PROXY_COMMAND"
+        r"GIT_SSH_COMMAND|GIT_SSH|GIT_CONFIG\w*|GIT_EXEC_PATH|GIT_PAGER|GIT_EDITOR|GIT_ASKPASS|GIT_PROXY_COMMAND"
         r"|GIT_EXTERNAL_DIFF|SSH_ASKPASS|SUDO_ASKPASS|PAGER|EDITOR|VISUAL|LESSOPEN|LESSCLOSE",
         "git, ssh, sudo or less run it as a command",
     ),
     (
-        r"NODE_OPTIONS|PYTHON.*|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS"
-        r"|NPM_CONFIG_.*",
+        r"NODE_OPTIONS|PYTHON\w*|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS"
+        r"|NPM_CONFIG_\w*|npm_config_\w*",
         "an interpreter reads it as options or code to load",
     ),
 )
-_CODE_VARIABLE = re.compile("|".join(f"(?:{names})" for names, _ in CODE_VARIABLES), re.IGNORECASE)
+_CODE_VARIABLE = re.compile("|".join(f"(?:{names})" for names, _ in CODE_VARIABLES))
 
 
 def code_variable(name: str) -> str | None:
     """Why a variable named ``name`` is read as code, so that no event may set it; or None."""
     for names, why in CODE_VARIABLES:
-        if re.fullmatch(names, name, re.IGNORECASE):
+        if re.fullmatch(names, name):
             return why
     return None
 

@@ -192,6 +192,7 @@ REFUSED = [
     ("PS4={{ x }}; set -x", "an assignment to a variable read as code"),
     ("GIT_SSH_COMMAND={{ x }} git fetch", "an assignment to a variable read as code"),
     ("export BASH_ENV={{ x }}", "an assignment to a variable read as code"),
+    ("LD_PRELOAD=/x.so echo {{ x }}", "an assignment to a variable read as code"),
 ]
 
 
@@ -241,6 +242,7 @@ def test_an_expression_the_shell_would_not_expand_is_refused(source: str, contex
         'for w in {{ x }} end; do echo "$w"; done',
         "if [ {{ x }} = main ]; then echo yes; fi",
         "[[ {{ x }} == main ]] && echo yes",
+        "LD_X echo a=1 {{ x }}; path={{ x }}",
     ],
 )
 def test_near_misses_and_plain_shell_are_accepted(source: str) -> None:
@@ -324,9 +326,10 @@ def test_variables_read_as_code_refuse_templated_values_in_env(tmp_path: Path) -
         "BASH_FUNC_x%%",
         "LD_PRELOAD",
         "GIT_CONFIG_COUNT",
+        "npm_config_script_shell",
     ):
         assert code_variable(name), name
-    for name in ("NAME", "HOME", "NODE_ENV", "DEPLOY_PATH", "ENVIRONMENT"):
+    for name in ("NAME", "HOME", "NODE_ENV", "DEPLOY_PATH", "ENVIRONMENT", "env", "path"):
         assert code_variable(name) is None, name
 
 
