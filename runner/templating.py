@@ -103,6 +103,16 @@ def _word(names: str) -> str:
 
 
 _SAME_LINE = r"[^\n;|&]*?(?<!\S)"
+# An interpreter given no script file (only options, then the end of the command, ``-`` or a redirection)
+# reads its program from standard input: a here-document or a pipe can hold the value.
+_STDIN = r"(?:[ \t]+-\S*)*[ \t]*(?:$|[|;&<>)]|-(?=\s|$))"
+
+
+def _interpreter(names: str, code_options: str) -> str:
+    """Where a run string hands an interpreter code: after a code option, or on standard input."""
+    return _word(names) + rf"(?:{_SAME_LINE}{code_options}|{_STDIN})"
+
+
 _SHELLS = "sh|bash|dash|zsh|ksh|mksh|ash|busybox|fish|csh|tcsh"
 
 
@@ -210,30 +220,30 @@ REPARSERS: tuple[Reparser, ...] = (
         _code_options("cs"),
     ),
     Reparser(
-        "python -c",
-        "it runs its argument as Python code",
-        _word(r"python[\d.]*") + _SAME_LINE + r"-\w*c",
+        "python -c or python reading standard input",
+        "it runs that text as Python code",
+        _interpreter(r"python[\d.]*", r"-\w*c"),
         ("python",),
         _code_options("c"),
     ),
     Reparser(
-        "perl -e or ruby -e",
-        "it runs its argument as code",
-        _word("perl|ruby") + _SAME_LINE + r"-\w*[eE]",
+        "perl -e, ruby -e, or either reading standard input",
+        "it runs that text as code",
+        _interpreter("perl|ruby", r"-\w*[eE]"),
         ("perl", "ruby"),
         _code_options("eE"),
     ),
     Reparser(
-        "node -e or node -p",
-        "it runs its argument as JavaScript",
-        _word("node|nodejs") + _SAME_LINE + r"(?:-\w*[ep]|--eval|--print)(?!\S)",
+        "node -e, node -p or node reading standard input",
+        "it runs that text as JavaScript",
+        _interpreter("node|nodejs", r"(?:-\w*[ep]|--eval|--print)(?!\S)"),
         ("node", "nodejs"),
         _code_options("ep", ("--eval", "--print")),
     ),
     Reparser(
-        "php -r",
-        "it runs its argument as PHP",
-        _word("php") + _SAME_LINE + r"-\w*r",
+        "php -r or php reading standard input",
+        "it runs that text as PHP",
+        _interpreter("php", r"-\w*r"),
         ("php",),
         _code_options("r"),
     ),
