@@ -21,6 +21,7 @@ from typing import IO
 
 PIPE = subprocess.PIPE
 DEVNULL = subprocess.DEVNULL
+READ_SIZE = 65536
 
 
 class Child:
@@ -41,6 +42,10 @@ class Child:
         asyncio.get_running_loop().add_reader(self._pidfd, self._reap)
 
     def _reap(self) -> None:
+        # A callback already queued may still come after the first one removed the reader: the pidfd's
+        # number may be another file's by then.
+        if self._ended.done():
+            return
         # Readable once the program has ended; poll() reaps it and Popen keeps the status.
         if self._popen.poll() is None:
             return
@@ -76,11 +81,36 @@ async def _nothing() -> bytes:
     return b""
 
 
-async def _reader(pipe: IO[bytes] | None) -> asyncio.StreamReader | None:
+def _reader(pipe: IO[bytes] | None) -> asyncio.StreamReader | None:
+    """The program's end of ``pipe`` as a stream reader, fed from the loop by a reader of our own.
+
+    Not ``loop.connect_read_pipe``: uvloop closes the descriptor itself and then closes the file object
+    too, a second close of a number that may by then be another thread's file (a database, a queue entry).
+    Here the descriptor has one owner, which closes it once, at the end of the output.
+    """
     if pipe is None:
         return None
+    fd = os.dup(pipe.fileno())  # os.dup makes it non-inheritable, like every descriptor of runner's
+    pipe.close()
+    os.set_blocking(fd, False)
+    loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
-    await asyncio.get_running_loop().connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), pipe)
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""  # the pipe broke: its end, as far as the reader is concerned
+        if data:
+            reader.feed_data(data)
+            return
+        loop.remove_reader(fd)
+        os.close(fd)
+        reader.feed_eof()
+
+    loop.add_reader(fd, readable)
     return reader
 
 
@@ -108,7 +138,7 @@ async def spawn(
         start_new_session=start_new_session,
     )
     try:
-        return Child(popen, await _reader(popen.stdout), await _reader(popen.stderr))
+        return Child(popen, _reader(popen.stdout), _reader(popen.stderr))
     except BaseException:
         popen.kill()
         popen.wait()
