@@ -16,14 +16,11 @@ import posixpath
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from jinja2 import (
-    FileSystemLoader,
     StrictUndefined,
     TemplateError,
-    TemplateNotFound,
     TemplateSyntaxError,
     Undefined,
     nodes,
@@ -623,52 +620,3 @@ def evaluate(expression: str, context: Mapping[str, Any]) -> Any:
         return value
     except Exception as exc:
         raise RenderError(f"cannot evaluate {expression!r}: {type(exc).__name__}: {exc}") from None
-
-
-def _template_position(exc: TemplateError, directory: Path) -> str:
-    """``file:line`` of the template where rendering failed, as precisely as Jinja tells it."""
-    if isinstance(exc, TemplateSyntaxError) and exc.filename:
-        return f"{exc.filename}:{exc.lineno}"
-    # Jinja rewrites a runtime error's traceback so that template lines show as frames of their own;
-    # the innermost one under ``directory`` is where the value was (an include may sit in between).
-    where = str(directory)
-    tb = exc.__traceback__
-    while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if filename.startswith(where + "/"):
-            where = f"{filename}:{tb.tb_lineno}"
-        tb = tb.tb_next
-    return where
-
-
-def render_file(
-    directory: Path,
-    name: str,
-    context: Mapping[str, Any],
-    *,
-    finalize: Callable[[Any], Any] = _plain,
-    filters: Mapping[str, Callable[..., Any]] | None = None,
-) -> str:
-    """Render the template file ``name`` of ``directory`` in the sandbox; an undefined variable is an error.
-
-    It may include, import or extend the other templates of ``directory``, never a file outside it.
-    ``finalize`` sees every value an expression prints (not the template's own text) and may refuse it by
-    raising a TemplateError; the message then says which file and line.
-    """
-    env = ImmutableSandboxedEnvironment(
-        loader=FileSystemLoader(directory),
-        undefined=StrictUndefined,
-        autoescape=False,
-        finalize=finalize,
-        keep_trailing_newline=True,
-        # A line holding only a {% tag %} leaves nothing behind: configuration files stay as written.
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
-    env.filters.update(filters or {})
-    try:
-        return env.get_template(name).render(context)
-    except TemplateNotFound as exc:
-        raise RenderError(f"template {exc.name!r} not found in {directory}") from None
-    except TemplateError as exc:
-        raise RenderError(f"{_template_position(exc, directory)}: {exc.message or exc}") from None
