@@ -27,6 +27,7 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner.config import nginx_templates_dir
+from runner.credentials import mask
 from runner.templating import (
     argv_template_problems,
     code_variable,
@@ -826,7 +827,8 @@ def _check(doc: _Document, home: Path) -> None:
 def _default_step_name(step_type: str, args: Any) -> str:
     if step_type == "run":
         command = args if isinstance(args, str) else " ".join(str(arg) for arg in args)
-        return "run: " + " ".join(command.split())[:DEFAULT_NAME_LENGTH].rstrip()
+        # Masked before it is cut: a cut inside a URL's userinfo would leave part of a token unmasked.
+        return "run: " + mask(" ".join(command.split()))[:DEFAULT_NAME_LENGTH].rstrip()
     return step_type
 
 
