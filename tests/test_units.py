@@ -147,6 +147,8 @@ def test_the_web_unit_runs_as_its_own_user_and_alone_gets_the_secret(rendered: R
     for key in ("LoadCredential", "SetCredential", "LoadCredentialEncrypted"):
         assert key not in worker["Service"], f"the worker unit has {key}"
     assert not any("RUNNER_SECRET" in value for value in worker["Service"].get("Environment", []))
+    # Nor from an env file that an older set-up or a hand edit left naming it.
+    assert set(one(worker, "UnsetEnvironment").split()) >= {"RUNNER_SECRET", "RUNNER_SECRET_FILE"}
 
 
 @GRACES
