@@ -40,12 +40,14 @@ from runner.steps.systemctl import command as systemctl
 
 SHIPPED = ROOT / "packaging" / "sudoers" / "runner"
 WRAPPER = Path("/usr/local/libexec/runner-certbot")
+NGINX_WRAPPER = Path("/usr/local/libexec/runner-nginx")
 NOT_BOOTED = "System has not been booted with systemd"
 
 # What the shipped file allows, as the steps spell it.
 ALLOWED = [
     [str(WRAPPER)],
     [str(WRAPPER), "certonly", "--domain", "example.com"],  # the wrapper checks its own arguments
+    [str(NGINX_WRAPPER), "--site", "example.com", "--template", "proxy.conf.j2", "--vars", "{}"],
     systemctl("reload", "nginx"),
     systemctl("restart", "runner-web.service", no_block=True),
     systemctl("restart", "runner-worker.service", no_block=True),
@@ -188,15 +190,17 @@ def user() -> Iterator[DeployUser]:
             cleanup.callback(restore_acl, directory, name)
             check(["setfacl", "-m", f"u:{name}:x", str(directory)])
 
-        # sudo -l only answers for a command that exists: a stand-in when the wrapper is not installed.
-        if not WRAPPER.exists():
-            for directory in reversed([WRAPPER.parent, *WRAPPER.parent.parents]):
+        # sudo -l only answers for a command that exists: a stand-in when a wrapper is not installed.
+        for wrapper in (WRAPPER, NGINX_WRAPPER):
+            if wrapper.exists():
+                continue
+            for directory in reversed([wrapper.parent, *wrapper.parent.parents]):
                 if not directory.exists():
                     directory.mkdir()
                     cleanup.callback(remove_if_empty, directory)
-            cleanup.callback(WRAPPER.unlink, missing_ok=True)
-            WRAPPER.write_text("#!/bin/sh\n# stand-in left by runner's tests/test_sudo.py\nexit 64\n")
-            WRAPPER.chmod(0o755)
+            cleanup.callback(wrapper.unlink, missing_ok=True)
+            wrapper.write_text("#!/bin/sh\n# stand-in left by runner's tests/test_sudo.py\nexit 64\n")
+            wrapper.chmod(0o755)
 
         # Checked before it is in force, since a broken file in /etc/sudoers.d breaks sudo for everyone:
         # sudo skips a name with a "." in it, so the file is checked there and then renamed into place.
@@ -234,6 +238,7 @@ def test_sudo_lists_exactly_the_allowed_commands(user: DeployUser) -> None:
     assert rules == "(root) NOPASSWD: " + ", ".join(
         [
             str(WRAPPER),
+            str(NGINX_WRAPPER),
             "/usr/bin/systemctl reload nginx",
             "/usr/bin/systemctl --no-block restart runner-web.service",
             "/usr/bin/systemctl --no-block restart runner-worker.service",
