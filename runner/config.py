@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import pwd
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -22,6 +23,8 @@ DEFAULT_WORKERS = 1
 DEFAULT_NGINX_SITES_DIR = "/etc/nginx/conf.d"
 DEFAULT_NGINX = "sudo -n /usr/local/libexec/runner-nginx"
 DEFAULT_CERTBOT = "sudo -n /usr/local/libexec/runner-certbot"
+DEFAULT_RETENTION = 90 * 86400.0
+DEFAULT_KEEP_RUNS = 20
 
 
 class ConfigError(Exception):
@@ -75,6 +78,10 @@ class Config:
     nginx_templates: Path | None = None
     # The certbot step runs this (the root-owned wrapper through sudo), never certbot itself.
     certbot: tuple[str, ...] = tuple(shlex.split(DEFAULT_CERTBOT))
+    # How long runs, deliveries and failed entries are kept (seconds), and how many of each pipeline's
+    # last runs are kept whatever their age: the history an operator looks at when something goes wrong.
+    retention: float = DEFAULT_RETENTION
+    keep_runs: int = DEFAULT_KEEP_RUNS
 
     @property
     def queues_dir(self) -> Path:
@@ -201,6 +208,43 @@ def _read_command(environ: Mapping[str, str], name: str, default: str) -> tuple[
     return argv
 
 
+_WHOLE_NUMBER = re.compile(r"[0-9]+")
+_DAYS_HOURS_MINUTES_SECONDS = re.compile(
+    r"(?:(?P<d>[0-9]+)d)?(?:(?P<h>[0-9]+)h)?(?:(?P<m>[0-9]+)m)?(?:(?P<s>[0-9]+)s)?"
+)
+
+
+def _read_duration(environ: Mapping[str, str], name: str, default: float) -> float:
+    """Seconds in ``90d``, ``12h``, ``1d12h``, ``30m`` (days, hours, minutes, seconds in that order), or a
+    whole number of seconds; more than zero."""
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    match = _DAYS_HOURS_MINUTES_SECONDS.fullmatch(raw)
+    if _WHOLE_NUMBER.fullmatch(raw):
+        seconds = int(raw)
+    elif match is not None and any(match.groupdict().values()):
+        seconds = sum(
+            int(match[unit] or 0) * size for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+        )
+    else:
+        raise ConfigError(
+            f"{name}={raw!r} is not a duration: write e.g. 90d, 12h, 1d12h, 30m, or a whole number of seconds"
+        )
+    if seconds <= 0:
+        raise ConfigError(f"{name}={raw!r}: it must be longer than 0 seconds")
+    return float(seconds)
+
+
+def _read_count(environ: Mapping[str, str], name: str, default: int) -> int:
+    raw = environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if not _WHOLE_NUMBER.fullmatch(raw):
+        raise ConfigError(f"{name}={raw!r} is not a whole number (0 or more)")
+    return int(raw)
+
+
 def _read_workers(environ: Mapping[str, str]) -> int:
     raw = environ.get("RUNNER_WORKERS")
     if raw is None or raw == "":
@@ -233,4 +277,6 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         nginx=_read_command(environ, "RUNNER_NGINX", DEFAULT_NGINX),
         nginx_templates=nginx_templates_dir(home, environ),
         certbot=_read_command(environ, "RUNNER_CERTBOT", DEFAULT_CERTBOT),
+        retention=_read_duration(environ, "RUNNER_RETENTION", DEFAULT_RETENTION),
+        keep_runs=_read_count(environ, "RUNNER_KEEP_RUNS", DEFAULT_KEEP_RUNS),
     )
