@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import DateTime, Float, ForeignKey, Integer, MetaData, String, Text
+from sqlalchemy import DateTime, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 # Named constraints keep migrations identical on SQLite and PostgreSQL.
@@ -32,12 +32,12 @@ class Delivery(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), index=True)
     recorded_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     # The main queue entry it arrived as.
-    entry: Mapped[str | None] = mapped_column(String(32))
+    entry: Mapped[str | None] = mapped_column(Text)
     # What became of it: "received" until routed; the router fills in the outcome and why.
     outcome: Mapped[str] = mapped_column(String(32), default="received")
     detail: Mapped[str | None] = mapped_column(Text)
-    repository: Mapped[str | None] = mapped_column(String(255))
-    ref: Mapped[str | None] = mapped_column(String(255))
+    repository: Mapped[str | None] = mapped_column(Text)
+    ref: Mapped[str | None] = mapped_column(Text)
     # How often GitHub delivered this id again (a redelivery); those copies are recorded, not routed.
     duplicates: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
@@ -46,14 +46,18 @@ class Run(Base):
     """One run of a pipeline: for a routed delivery, or triggered by hand."""
 
     __tablename__ = "runs"
+    # At most one forwarding of a delivery to a pipeline, across crashes and retries: the router's run is
+    # attempt 1; a run that does its entry again (after an interruption) is the next attempt.
+    __table_args__ = (UniqueConstraint("delivery_id", "pipeline", "attempt"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    pipeline: Mapped[str] = mapped_column(String(100), index=True)
+    pipeline: Mapped[str] = mapped_column(Text, index=True)
     # The pipeline queue entry it carries out; a run interrupted by a crash is followed by another for it.
-    entry: Mapped[str | None] = mapped_column(String(32))
+    entry: Mapped[str | None] = mapped_column(Text)
     delivery_id: Mapped[str | None] = mapped_column(String(100), index=True)
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     trigger: Mapped[str] = mapped_column(String(16))  # "push" or "manual"
-    ref: Mapped[str | None] = mapped_column(String(255))
+    ref: Mapped[str | None] = mapped_column(Text)
     commit: Mapped[str | None] = mapped_column(String(64))
     # queued, running, succeeded, failed, cancelled, interrupted
     status: Mapped[str] = mapped_column(String(16))
@@ -72,7 +76,7 @@ class StepResult(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
     position: Mapped[int] = mapped_column(Integer)
-    name: Mapped[str] = mapped_column(String(200))
+    name: Mapped[str] = mapped_column(Text)
     # succeeded, failed, timed_out, cancelled, skipped
     status: Mapped[str] = mapped_column(String(16))
     exit_code: Mapped[int | None] = mapped_column(Integer)
