@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 
 from runner import config as config_module
 from runner.config import Config, ConfigError
+from runner.timefmt import LogFormatter, iso, shown
 
 logger = logging.getLogger("runner")
 
@@ -296,11 +297,12 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> None:
 
 
 def _when(value: Any) -> str:
-    return value.astimezone().strftime("%Y-%m-%d %H:%M:%S") if value is not None else "-"
+    """A time in a table: UTC, marked Z, whatever the reader's TZ (the run logs' convention)."""
+    return shown(value)
 
 
 def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+    return iso(value)
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> None:
@@ -631,10 +633,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    # Stamped like a run log's lines (UTC, Z), so that one instant reads the same in both.
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     # Alembic narrates every connection at INFO; the commands say what changed themselves.
     logging.getLogger("alembic").setLevel(logging.WARNING)
     try:
