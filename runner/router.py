@@ -30,9 +30,11 @@ class BadEntry(Exception):
 
 def _received_at(entry: Mapping[str, Any]) -> datetime:
     try:
-        return datetime.fromisoformat(entry["received_at"])
+        received_at = datetime.fromisoformat(entry["received_at"])
     except (KeyError, TypeError, ValueError):
         return datetime.now(UTC)
+    # The endpoint writes UTC; a time without an offset is read as that, not refused by the store.
+    return received_at.replace(tzinfo=UTC) if received_at.tzinfo is None else received_at.astimezone(UTC)
 
 
 class Router:

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from runner import timefmt
 from runner.config import Config
 from runner.credentials import mask
 from runner.pipeline import Pipeline, StepSpec
@@ -60,7 +61,7 @@ class RunLog:
     def write(self, stream: str, data: bytes | str) -> None:
         if isinstance(data, str):
             data = data.encode()
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ").encode()
+        stamp = timefmt.stamp(datetime.now(UTC)).encode()
         lines = data.splitlines() or [b""]
         self._file.write(b"".join(b"%s %-6s| %s\n" % (stamp, stream.encode(), line) for line in lines))
 
