@@ -74,9 +74,14 @@ class Queue:
     # Writing -------------------------------------------------------------------------------------------
 
     def create_temp(self, data: bytes) -> tuple[Path, int]:
-        """Write ``data`` to a hidden temporary file; the caller fsyncs and closes the descriptor returned."""
+        """Write ``data`` to a hidden temporary file; the caller closes the descriptor returned.
+
+        The caller may write more to it first; :meth:`put_many` then fsyncs and publishes it, or the caller
+        removes it. No consumer reads a temporary file.
+        """
         temp = self.directory / f".{os.getpid()}.{threading.get_ident()}.{next(_temp_counter)}{TEMP_SUFFIX}"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        # Read-write: the webhook endpoint reads a large body back from its file to check it.
+        fd = os.open(temp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
         try:
             view = memoryview(data)
             while view:
@@ -89,16 +94,18 @@ class Queue:
             raise
         return temp, fd
 
-    def put_many(self, items: Sequence[bytes], syncers: Executor | None = None) -> list[str]:
+    def put_many(self, items: Sequence[bytes | Path], syncers: Executor | None = None) -> list[str]:
         """Write several entries durably, with as few journal commits as the file system allows.
 
-        Every file is written first, then all are fsynced at once (in ``syncers``, when given: concurrent
-        fsyncs share a journal commit), then renamed into place in order, then one directory fsync.
+        An item is an entry's bytes, or a hidden temporary file of this queue that already holds them (see
+        :meth:`create_temp`; its writer has closed it, and it is removed if the batch fails). Every file is
+        written first, then all are fsynced at once (in ``syncers``, when given: concurrent fsyncs share a
+        journal commit), then renamed into place in order, then one directory fsync.
         """
         written: list[tuple[Path, int]] = []
         try:
-            for data in items:
-                written.append(self.create_temp(data))
+            for item in items:
+                written.append(self._open_temp(item) if isinstance(item, Path) else self.create_temp(item))
             fds = [fd for _, fd in written]
             if syncers is not None and len(fds) > 1:
                 list(syncers.map(os.fsync, fds))
@@ -106,6 +113,10 @@ class Queue:
                 for fd in fds:
                     os.fsync(fd)
         except BaseException:
+            for item in items:
+                if isinstance(item, Path):
+                    with contextlib.suppress(OSError):
+                        item.unlink()
             for temp, _ in written:
                 with contextlib.suppress(OSError):
                     temp.unlink()
@@ -114,6 +125,14 @@ class Queue:
             for _, fd in written:
                 os.close(fd)
         return self.publish([temp for temp, _ in written])
+
+    def _open_temp(self, temp: Path) -> tuple[Path, int]:
+        # Only a hidden temporary file directly in this directory: a rename must not reach anywhere else.
+        hidden = temp.name.startswith(".") and temp.name.endswith(TEMP_SUFFIX)
+        if temp.parent != self.directory or not hidden:
+            raise QueueError(f"{str(temp)!r} is not a temporary file of {self}")
+        # Read-only is enough for fsync; O_NOFOLLOW: the name must be the file written, not a link.
+        return temp, os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
     def publish(self, temps: list[Path]) -> list[str]:
         """Rename fsynced temporary files into place, in order, and make the renames durable.
@@ -351,10 +370,11 @@ class GroupCommitter:
         self.queue = queue
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="queue-commit")
         self._syncers = ThreadPoolExecutor(syncers, thread_name_prefix="queue-fsync")
-        self._waiting: list[tuple[bytes, asyncio.Future[str]]] = []
+        self._waiting: list[tuple[bytes | Path, asyncio.Future[str]]] = []
         self._committing = False
 
-    async def put(self, data: bytes) -> str:
+    async def put(self, data: bytes | Path) -> str:
+        """Publish an entry (its bytes, or a closed temporary file of the queue holding them) durably."""
         loop = asyncio.get_running_loop()
         future: asyncio.Future[str] = loop.create_future()
         self._waiting.append((data, future))
@@ -374,7 +394,7 @@ class GroupCommitter:
     def _committed(
         self,
         loop: asyncio.AbstractEventLoop,
-        batch: list[tuple[bytes, asyncio.Future[str]]],
+        batch: list[tuple[bytes | Path, asyncio.Future[str]]],
         done: asyncio.Future[list[str]],
     ) -> None:
         self._committing = False
