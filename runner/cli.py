@@ -548,6 +548,86 @@ def cmd_db(config: Config, args: argparse.Namespace) -> None:
         store.close()
 
 
+def cmd_prune(config: Config, args: argparse.Namespace) -> None:
+    from runner import retention
+
+    store = _open_store(config, migrate_default=False)
+    try:
+        done = retention.prune(config, store, dry_run=args.dry_run)
+    finally:
+        store.close()
+    for run in done.runs:
+        logs = ", ".join(str(path) for path in done.files.get(run.id, []))
+        print(
+            f"run {run.id} of {run.pipeline}: {run.status}, ended {_when(run.finished_at or run.queued_at)}"
+            + (f"; {logs}" if logs else "")
+        )
+    for delivery in done.deliveries:
+        print(
+            f"delivery {delivery.delivery_id}: {delivery.event}, {delivery.outcome}, "
+            f"received {_when(delivery.received_at)}"
+        )
+    for entry in done.failed:
+        reason = (entry.reason or "no reason given").splitlines()[0]
+        print(f"failed entry {entry.key}: failed {_when(entry.failed_at)}: {reason}")
+    for path in done.reasons:
+        print(f"reason {path}: its entry is gone")
+    for problem in done.problems:
+        print(f"not removed: {problem}", file=sys.stderr)
+    counts = (
+        f"{len(done.runs)} run(s) with their steps and logs, {len(done.deliveries)} delivery record(s), "
+        f"{len(done.failed)} failed entry(ies)"
+    )
+    rule = (
+        f"older than {_when(done.cutoff)}, keeping each pipeline's last {done.keep_runs} runs "
+        "and its last successful one"
+    )
+    print(f"{'would remove' if args.dry_run else 'removed'} {counts}: {rule}", file=sys.stderr)
+
+
+def cmd_failed(config: Config, args: argparse.Namespace) -> None:
+    from runner import failed
+
+    try:
+        if args.failed_command is None:
+            entries = failed.failed_entries(config.queues_dir)
+        else:
+            entry = failed.find(config.queues_dir, args.entry)
+            if args.failed_command == "drop":
+                failed.drop(entry)
+                print(f"dropped {entry.key}")
+            else:
+                store = _open_store(config, migrate_default=False)
+                try:
+                    print(failed.retry(entry, config.queues_dir, store))
+                finally:
+                    store.close()
+            return
+    except failed.FailedError as exc:
+        raise CommandError(str(exc)) from None
+    if args.json:
+        listed = [
+            {
+                "entry": e.key,
+                "queue": e.queue,
+                "name": e.name,
+                "path": str(e.path),
+                "failed_at": _iso(e.failed_at),
+                "reason": e.reason,
+            }
+            for e in entries
+        ]
+        print(json.dumps(listed, indent=2))
+        return
+    if not entries:
+        print("no failed entries", file=sys.stderr)
+        return
+    rows = [
+        [e.key, _when(e.failed_at), (e.reason or "").splitlines()[0] if e.reason else "-"] for e in entries
+    ]
+    _table(rows, ["ENTRY", "FAILED", "REASON"])
+
+
 def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
@@ -628,6 +708,21 @@ def build_parser() -> argparse.ArgumentParser:
     downgrade = db_commands.add_parser("downgrade", help="migrate the schema back to a revision")
     downgrade.add_argument("revision", help="target revision, or 'base' for an empty database")
     db_commands.add_parser("current", help="show the schema's revision")
+
+    prune = add("prune", cmd_prune, "remove runs, deliveries and failed entries older than $RUNNER_RETENTION")
+    prune.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
+
+    failed = add("failed", cmd_failed, "list the entries of every queue's failed/, with their reasons")
+    failed.add_argument("--json", action="store_true", help="print JSON, with each full reason")
+    failed_commands = failed.add_subparsers(dest="failed_command", metavar="ACTION")
+    for action, help in (
+        ("retry", "put a failed entry back at the end of its queue"),
+        ("drop", "remove a failed entry and its reason"),
+    ):
+        sub = failed_commands.add_parser(action, help=help, description=help)
+        sub.add_argument(
+            "entry", help="QUEUE/NAME as `runner failed` lists it, or NAME if only one queue has it"
+        )
     return parser
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, event, insert, select, text, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -331,3 +332,111 @@ class Store:
                 .limit(1)
             )
             return session.scalars(query).first()
+
+    # Retention and retries -----------------------------------------------------------------------------
+
+    def runs_to_prune(self, before: datetime, keep_last: int) -> list[Run]:
+        """Runs that ended before ``before`` (or were queued then, if they have no end), oldest first,
+        except each pipeline's last ``keep_last`` runs, its last successful run and its last successful run
+        with a commit (what ``last_deployed_commit`` gives). A run queued or running is never one of them."""
+        by_pipeline = {"partition_by": Run.pipeline}
+        newest = select(
+            Run.id, func.row_number().over(**by_pipeline, order_by=Run.id.desc()).label("n")
+        ).subquery()
+        kept = [select(newest.c.id).where(newest.c.n <= keep_last)]
+        for succeeded in (Run.status == "succeeded", (Run.status == "succeeded") & Run.commit.is_not(None)):
+            order = (Run.finished_at.desc(), Run.id.desc())
+            last = (
+                select(Run.id, func.row_number().over(**by_pipeline, order_by=order).label("n"))
+                .where(succeeded)
+                .subquery()
+            )
+            kept.append(select(last.c.id).where(last.c.n == 1))
+        query = select(Run).where(
+            Run.status.not_in(("queued", "running")),
+            func.coalesce(Run.finished_at, Run.queued_at) < before,
+            *(Run.id.not_in(ids) for ids in kept),
+        )
+        with Session(self.engine, expire_on_commit=False) as session:
+            return list(session.scalars(query.order_by(Run.id)))
+
+    def delete_runs(self, run_ids: Sequence[int]) -> None:
+        """Remove ended runs and their steps."""
+        with self.engine.begin() as connection:
+            for start in range(0, len(run_ids), 500):
+                chunk = run_ids[start : start + 500]
+                connection.execute(delete(StepResult).where(StepResult.run_id.in_(chunk)))
+                connection.execute(
+                    delete(Run).where(Run.id.in_(chunk), Run.status.not_in(("queued", "running")))
+                )
+
+    def deliveries_to_prune(self, before: datetime, dropped_runs: Collection[int]) -> list[Delivery]:
+        """Deliveries received before ``before`` and routed (or given up), oldest first, that no run names
+        but those in ``dropped_runs``: a run that is kept keeps the record of the delivery it carried out."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            named = {
+                delivery_id
+                for run_id, delivery_id in session.execute(
+                    select(Run.id, Run.delivery_id).where(Run.delivery_id.is_not(None))
+                )
+                if run_id not in dropped_runs
+            }
+            query = (
+                select(Delivery)
+                .where(Delivery.received_at < before, Delivery.outcome != "received")
+                .order_by(Delivery.received_at, Delivery.delivery_id)
+            )
+            return [d for d in session.scalars(query) if d.delivery_id not in named]
+
+    def delete_deliveries(self, delivery_ids: Sequence[str]) -> None:
+        """Remove routed deliveries' records; one that a run names (again, by a retry) stays."""
+        named = select(Run.id).where(Run.delivery_id == Delivery.delivery_id).exists()
+        with self.engine.begin() as connection:
+            for start in range(0, len(delivery_ids), 500):
+                chunk = delivery_ids[start : start + 500]
+                connection.execute(
+                    delete(Delivery).where(
+                        Delivery.delivery_id.in_(chunk), Delivery.outcome != "received", ~named
+                    )
+                )
+
+    def forget_delivery(self, delivery_id: str, entry: str) -> bool:
+        """Remove the record of a delivery as the main-queue ``entry``, so that the router records it anew
+        when that entry comes back (``runner failed retry``); False if there is no such record."""
+        with self.engine.begin() as connection:
+            done = connection.execute(
+                delete(Delivery).where(Delivery.delivery_id == delivery_id, Delivery.entry == entry)
+            )
+        return done.rowcount > 0
+
+    def create_retry_run(
+        self,
+        pipeline: str,
+        *,
+        trigger: str,
+        delivery_id: str | None,
+        ref: str | None,
+        commit: str | None,
+    ) -> int:
+        """Record a queued run for a failed entry put back in its queue: the next attempt of its
+        (delivery, pipeline), so that it is never taken for the delivery's first forwarding."""
+        with Session(self.engine) as session, session.begin():
+            run = Run(
+                pipeline=pipeline,
+                trigger=trigger,
+                delivery_id=delivery_id,
+                ref=ref,
+                commit=commit,
+                status="queued",
+                queued_at=datetime.now(UTC),
+            )
+            if delivery_id is not None:
+                last = session.scalar(
+                    select(func.max(Run.attempt)).where(
+                        Run.pipeline == pipeline, Run.delivery_id == delivery_id
+                    )
+                )
+                run.attempt = (last or 0) + 1
+            session.add(run)
+            session.flush()
+            return run.id

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner import steps
+from runner import retention, steps
 from runner.config import Config
 from runner.credentials import mask
 from runner.events import pushed_commit, repository_name
@@ -236,6 +236,8 @@ class Worker:
         await asyncio.to_thread(self.pipelines.reload)
         self._start_lanes(stop)
         router = asyncio.create_task(self.router.run(stop), name="router")
+        # In a thread of its own: a lane never waits for it, and an error in it ends only that day's pass.
+        pruning = asyncio.create_task(retention.daily(self.config, self.store, stop), name="retention")
         logger.info("worker started: pipelines %s", ", ".join(sorted(self.lanes)) or "(none)")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -247,5 +249,5 @@ class Worker:
             for task in [router, *self._tasks.values()]:
                 if task.done() and not task.cancelled() and task.exception() is not None:
                     raise task.exception()  # type: ignore[misc]
-        await asyncio.gather(router, *self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(router, pruning, *self._tasks.values(), return_exceptions=True)
         logger.info("worker stopped")

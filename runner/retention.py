@@ -1,0 +1,122 @@
+"""What is kept and for how long: the selection of old runs, deliveries and failed entries, and their removal.
+
+A run, its steps and its log go once it ended more than ``RUNNER_RETENTION`` ago, unless it is one of its
+pipeline's last ``RUNNER_KEEP_RUNS`` runs or its last successful one (the deployed commit, which ``when:
+changed`` compares against); a run still queued or running never goes. A delivery goes at the same age once
+no run that is kept names it, and never before it is routed. A ``failed/`` entry goes (with its ``.reason``)
+at the same age, counted from when it failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from runner.config import Config
+from runner.failed import FailedEntry, failed_entries, orphan_reasons
+from runner.models import Delivery, Run
+from runner.store import Store
+from runner.timefmt import shown
+
+logger = logging.getLogger(__name__)
+
+# How often the worker prunes; the first pass is when it starts.
+PRUNE_INTERVAL = 24 * 3600.0
+
+
+@dataclass
+class Plan:
+    """What a pass removes (or, in a dry run, would remove)."""
+
+    cutoff: datetime
+    keep_runs: int
+    runs: list[Run] = field(default_factory=list)
+    deliveries: list[Delivery] = field(default_factory=list)
+    failed: list[FailedEntry] = field(default_factory=list)
+    # Each run's files that were there when it was selected.
+    files: dict[int, list[Path]] = field(default_factory=dict)
+    # ``.reason`` files whose entry is gone (retried or dropped by hand), as old as the cutoff.
+    reasons: list[Path] = field(default_factory=list)
+    # Files that could not be removed, with why: the rows are gone, the operator may remove these by hand.
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"{len(self.runs)} run(s), {len(self.deliveries)} delivery(ies), "
+            f"{len(self.failed)} failed entry(ies) older than {shown(self.cutoff)}"
+        )
+
+
+def run_files(config: Config, run: Run) -> list[Path]:
+    """A run's files: its log and the process group file of its step, where the worker puts them (the path
+    in its record does not decide what is removed)."""
+    directory = config.logs_dir / run.pipeline
+    return [directory / f"{run.id}.log", directory / f"{run.id}.pgid"]
+
+
+def plan(config: Config, store: Store, now: datetime | None = None) -> Plan:
+    """Select what is older than the retention and not kept; nothing is changed."""
+    cutoff = (now or datetime.now(UTC)) - timedelta(seconds=config.retention)
+    result = Plan(cutoff=cutoff, keep_runs=config.keep_runs)
+    result.runs = store.runs_to_prune(cutoff, config.keep_runs)
+    result.files = {run.id: [path for path in run_files(config, run) if path.exists()] for run in result.runs}
+    result.deliveries = store.deliveries_to_prune(cutoff, {run.id for run in result.runs})
+    for entry in failed_entries(config.queues_dir):
+        if entry.failed_at < cutoff:
+            result.failed.append(entry)
+    result.reasons = [path for path, failed_at in orphan_reasons(config.queues_dir) if failed_at < cutoff]
+    return result
+
+
+def _unlink(path: Path, problems: list[str]) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        problems.append(f"cannot remove {path}: {exc.strerror}")
+
+
+def apply(config: Config, store: Store, selected: Plan) -> Plan:
+    """Remove what ``selected`` names: rows first, then their files, so that no kept record points at a file
+    that is gone."""
+    store.delete_runs([run.id for run in selected.runs])
+    for run in selected.runs:
+        for path in run_files(config, run):
+            _unlink(path, selected.problems)
+    store.delete_deliveries([delivery.delivery_id for delivery in selected.deliveries])
+    for entry in selected.failed:
+        _unlink(entry.path, selected.problems)
+        _unlink(entry.reason_path, selected.problems)
+    for path in selected.reasons:
+        _unlink(path, selected.problems)
+    for problem in selected.problems:
+        logger.warning("retention: %s", problem)
+    return selected
+
+
+def prune(config: Config, store: Store, *, dry_run: bool = False) -> Plan:
+    selected = plan(config, store)
+    return selected if dry_run else apply(config, store, selected)
+
+
+async def daily(config: Config, store: Store, stop: asyncio.Event, interval: float = PRUNE_INTERVAL) -> None:
+    """The worker's pass: at start, then every ``interval`` seconds, in a thread (a lane never waits for
+    it), until ``stop``.
+
+    A pass that fails is logged and done again at the next one: history kept a day longer harms nobody, a
+    worker that stopped for it would.
+    """
+    while not stop.is_set():
+        try:
+            done = await asyncio.to_thread(prune, config, store)
+        except Exception:
+            logger.exception("retention: the pass failed; it is done again in %.0f s", interval)
+        else:
+            logger.info("retention: removed %s", done.summary())
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
