@@ -271,16 +271,41 @@ def cmd_serve(config: Config, _args: argparse.Namespace) -> None:
     _serve(config, migrate_default=False, with_worker=False)
 
 
+def _worker_lock(config: Config, command: str) -> Any:
+    """The home's worker lock, taken, or a CommandError naming the worker that holds it."""
+    from runner.lock import NotTheOwner, WorkerLock, WorkerRunning, require_owner
+
+    lock = WorkerLock(config.worker_lock)
+    try:
+        require_owner(config.queues_dir, command)
+        lock.acquire()
+    except (NotTheOwner, WorkerRunning) as exc:
+        raise CommandError(str(exc)) from None
+    except OSError as exc:
+        raise CommandError(f"cannot take the worker lock {config.worker_lock}: {exc}") from None
+    return lock
+
+
 def cmd_up(config: Config, _args: argparse.Namespace) -> None:
-    _serve(config, migrate_default=True, with_worker=True)
+    # Taken before anything else, so that a second one refuses at once, before it migrates or listens; the
+    # server processes forked later share it.
+    lock = _worker_lock(config, "up")
+    try:
+        _serve(config, migrate_default=True, with_worker=True)
+    finally:
+        lock.release()
 
 
 def cmd_work(config: Config, _args: argparse.Namespace) -> None:
-    store = _open_store(config, migrate_default=False)
+    lock = _worker_lock(config, "work")
     try:
-        _run_async(_worker(config, store).run)
+        store = _open_store(config, migrate_default=False)
+        try:
+            _run_async(_worker(config, store).run)
+        finally:
+            store.close()
     finally:
-        store.close()
+        lock.release()
 
 
 def cmd_validate(config: Config, args: argparse.Namespace) -> None:
@@ -419,12 +444,15 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> None:
 def cmd_logs(config: Config, args: argparse.Namespace) -> None:
     import time
 
+    from runner.lock import worker_alive
+
     store = _open_store(config, migrate_default=False)
     try:
         run = store.run(args.run)
         if run is None:
             raise CommandError(f"there is no run {args.run}: `runner runs` lists them")
         offset = 0
+        orphaned = False
         while True:
             path = Path(run.log_path) if run.log_path else None
             if path is not None and path.exists():
@@ -434,13 +462,22 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> None:
                     offset += len(chunk)
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
-            if not args.follow or run.status not in ("queued", "running"):
+            if not args.follow or run.status not in ("queued", "running") or orphaned:
                 break
             time.sleep(0.25)
+            # Checked before the run is read again: a worker that ends the run and then stops is not
+            # taken for one that died with the run unfinished.
+            orphaned = not worker_alive(config.worker_lock)
             run = store.run(args.run)
             assert run is not None
         if run.status not in ("queued", "running"):
             print(f"run {run.id}: {run.status}" + (f" ({run.reason})" if run.reason else ""), file=sys.stderr)
+        elif args.follow:
+            print(
+                f"run {run.id}: {run.status}, and no worker is running on {config.home}: it goes on when "
+                "`runner work` (or `runner up`) starts again",
+                file=sys.stderr,
+            )
     finally:
         store.close()
 
@@ -453,6 +490,7 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
     import getpass
     from datetime import UTC, datetime
 
+    from runner.lock import NotTheOwner, require_owner
     from runner.pipeline import PipelineSet
     from runner.queue import Queue
     from runner.steps import COMMIT, REF
@@ -464,6 +502,10 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
         known = ", ".join(p.name for p in pipelines.all()) or "none"
         detail = "".join(f"\n{p}" for p in problems if p.path.stem == args.pipeline)
         raise CommandError(f"no valid pipeline {args.pipeline!r} (pipelines: {known}){detail}")
+    try:
+        require_owner(config.queues_dir / pipeline.name, "trigger")
+    except NotTheOwner as exc:
+        raise CommandError(str(exc)) from None
     if args.commit is not None and not COMMIT.match(args.commit):
         raise CommandError(f"--commit {args.commit!r} is not a full 40-character commit id")
     ref = _ref(args.ref) if args.ref else None
@@ -489,8 +531,20 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
             "requested_at": datetime.now(UTC).isoformat(),
             "requested_by": getpass.getuser(),
         }
-        queue = Queue(config.queues_dir / pipeline.name)
-        store.set_run(run_id, entry=queue.put(entry))
+        directory = config.queues_dir / pipeline.name
+        try:
+            queue = Queue(directory)
+            try:
+                name = queue.put(entry)
+            finally:
+                queue.close()
+        except OSError as exc:
+            # A run is queued only together with its entry.
+            store.finish_run(run_id, "failed", f"its entry could not be written to {directory}: {exc}")
+            raise CommandError(
+                f"run {run_id} failed: its entry could not be written to {directory}: {exc}"
+            ) from None
+        store.set_run(run_id, entry=name)
     finally:
         store.close()
     what = " ".join(x for x in (ref, args.commit) if x)

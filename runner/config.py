@@ -108,6 +108,11 @@ class Config:
         return self.queues_dir / "main"
 
     @property
+    def worker_lock(self) -> Path:
+        """Held by the one worker of this home (see runner/lock.py); it holds that worker's pid."""
+        return self.queues_dir / ".worker.lock"
+
+    @property
     def uses_default_database(self) -> bool:
         return self.database_url == default_database_url(self.home)
 
