@@ -1,8 +1,10 @@
 """The main queue's worker: record each delivery, match it against the pipelines, forward it, or void it.
 
 An entry leaves the main queue only after its delivery's outcome is recorded. A crash in between is
-resumed from the delivery's record: an entry recorded but not routed is routed again (at least once), an
-entry routed but not yet removed is just removed.
+resumed from the delivery's record: an entry recorded but not routed is routed again, and finds the runs it
+made before (at most one per pipeline); an entry routed but not yet removed is just removed. An entry that
+cannot be routed is tried a few times, then moved to ``failed/`` with the reason, so that the entries
+behind it go on.
 """
 
 from __future__ import annotations
@@ -10,22 +12,38 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DataError
+
 from runner.events import pushed_commit, repository_name
 from runner.events import ref as event_ref
 from runner.pipeline import Pipeline, PipelineSet
-from runner.queue import ForeignEntry, Queue, Reader
+from runner.queue import ForeignEntry, Queue, Reader, is_entry_name
 from runner.store import Store
 
 logger = logging.getLogger(__name__)
 
+# How often an entry whose routing fails is tried before it moves to failed/, and the waits in between.
+ROUTE_TRIES = 3
+RETRY_DELAYS = (1.0, 2.0)
+# While the database does not answer, nothing can be routed nor recorded: the entry waits (it is not
+# failed), tried again after a wait that grows up to this.
+OUTAGE_MAX_DELAY = 30.0
+# How often a waiting consumer checks that its queue directory is still the one it watches.
+DIRECTORY_CHECK = 2.0
+
 
 class BadEntry(Exception):
     pass
+
+
+class QueueGone(Exception):
+    """The watched queue directory was removed or replaced: its watch would never report an entry again."""
 
 
 def _received_at(entry: Mapping[str, Any]) -> datetime:
@@ -37,23 +55,68 @@ def _received_at(entry: Mapping[str, Any]) -> datetime:
     return received_at.replace(tzinfo=UTC) if received_at.tzinfo is None else received_at.astimezone(UTC)
 
 
+def lasting(exc: BaseException) -> bool:
+    """Whether trying again cannot mend ``exc``: a value the database refuses, a queue path that is a file."""
+    return isinstance(exc, DataError | NotADirectoryError | FileExistsError | IsADirectoryError)
+
+
+def describe(exc: BaseException) -> str:
+    """``exc`` in one line: the database's own message rather than SQLAlchemy's statement and parameters."""
+    cause = getattr(exc, "orig", None) or exc
+    text = " ".join(str(cause).split()) or repr(cause)
+    return f"{type(cause).__name__}: {text[:500]}"
+
+
+def directory_identity(directory: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(directory)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+async def wait_for_entry(reader: Reader, stop: asyncio.Event, identity: tuple[int, int] | None) -> None:
+    """Wait until an entry is ready or ``stop`` is set; raise QueueGone if the directory is replaced."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(reader.wait(stop), timeout=DIRECTORY_CHECK)
+            return
+        if directory_identity(reader.queue.directory) != identity:
+            raise QueueGone(f"{reader.queue.directory} was removed or replaced")
+
+
 class Router:
     def __init__(self, main: Queue, queues_dir: Path, pipelines: PipelineSet, store: Store) -> None:
         self.main = main
         self.queues_dir = queues_dir
         self.pipelines = pipelines
         self.store = store
-        self._queues: dict[str, Queue] = {}
+        self._queues: dict[str, tuple[Queue, tuple[int, int] | None]] = {}
+        self._tries: dict[str, int] = {}
+        self._outages = 0
 
     def queue_for(self, pipeline: str) -> Queue:
-        if pipeline not in self._queues:
-            self._queues[pipeline] = Queue(self.queues_dir / pipeline)
-        return self._queues[pipeline]
+        """The pipeline's queue; made again if its directory was removed (or replaced) since it was opened."""
+        cached = self._queues.get(pipeline)
+        if cached is not None and directory_identity(cached[0].directory) == cached[1]:
+            return cached[0]
+        if cached is not None:
+            cached[0].close()
+            del self._queues[pipeline]
+        queue = Queue(self.queues_dir / pipeline)
+        self._queues[pipeline] = (queue, directory_identity(queue.directory))
+        return queue
+
+    def close(self) -> None:
+        for queue, _ in self._queues.values():
+            queue.close()
+        self._queues.clear()
 
     def route(self, name: str) -> tuple[str, str | None]:
         """Route the main queue's entry ``name``; returns the outcome recorded and why.
 
-        The entry is removed when done; an entry that is not a delivery moves to ``failed/``.
+        The entry is removed when done; an entry that is not a delivery moves to ``failed/``. Any other
+        error is raised, with the entry still in the main queue.
         """
         try:
             entry = self._read(name)
@@ -136,35 +199,136 @@ class Router:
         if not matched:
             return "unmatched", "; ".join(reasons)
         for pipeline in matched:
-            run_id = self.store.create_run(
-                pipeline.name,
-                trigger=entry["event"],
-                delivery_id=entry["delivery"],
-                ref=ref,
-                commit=pushed_commit(entry["payload"]),
-            )
-            data = {**entry, "main_entry": name, "run_id": run_id}
-            self.store.set_run(run_id, entry=self.queue_for(pipeline.name).put(data))
+            self._forward_to(pipeline.name, name, entry, ref)
         return "routed", "forwarded to " + ", ".join(p.name for p in matched)
+
+    def _forward_to(self, pipeline: str, name: str, entry: dict[str, Any], ref: str | None) -> None:
+        """Put the entry into the pipeline's queue, with its run: once, however often this is called."""
+        run, created = self.store.forward_run(
+            pipeline,
+            trigger=entry["event"],
+            delivery_id=entry["delivery"],
+            ref=ref,
+            commit=pushed_commit(entry["payload"]),
+        )
+        if run.status != "queued":
+            return  # carried out, or settled, already
+        queue = self.queue_for(pipeline)
+        if not created:
+            # Made by an earlier try: its entry may be in the queue already (a crash before it was recorded).
+            found = self._entry_of(queue, run.id, run.entry)
+            if found is not None:
+                if found != run.entry:
+                    self.store.set_run(run.id, entry=found)
+                return
+        data = {**entry, "main_entry": name, "run_id": run.id}
+        self.store.set_run(run.id, entry=queue.put(data))
+
+    @staticmethod
+    def _entry_of(queue: Queue, run_id: int, recorded: str | None) -> str | None:
+        if recorded is not None and is_entry_name(recorded) and queue.path(recorded).exists():
+            return recorded
+        for candidate in queue.entries():
+            with contextlib.suppress(OSError, ValueError):
+                data = queue.read(candidate)
+                if isinstance(data, dict) and data.get("run_id") == run_id:
+                    return candidate
+        return None
+
+    def after_failure(self, name: str, exc: Exception) -> float | None:
+        """Deal with a routing that raised: the seconds to wait before the entry is tried again, or None
+        when it was moved to ``failed/`` (after ROUTE_TRIES tries, at once if trying again cannot help)."""
+        if not lasting(exc) and not self._database_answers():
+            self._outages += 1
+            delay = min(2.0**self._outages, OUTAGE_MAX_DELAY)
+            logger.error(
+                "routing %s failed and the database does not answer (%s): it stays in the main queue, "
+                "tried again in %.0f s",
+                name,
+                describe(exc),
+                delay,
+            )
+            return delay
+        self._outages = 0
+        tries = self._tries[name] = self._tries.get(name, 0) + 1
+        if not lasting(exc) and tries < ROUTE_TRIES:
+            delay = RETRY_DELAYS[min(tries, len(RETRY_DELAYS)) - 1]
+            logger.error(
+                "routing %s failed (try %d of %d), it stays in the main queue, tried again in %.0f s",
+                name,
+                tries,
+                ROUTE_TRIES,
+                delay,
+                exc_info=exc,
+            )
+            return delay
+        del self._tries[name]
+        self.give_up(name, f"routing failed after {tries} tr{'y' if tries == 1 else 'ies'}: {describe(exc)}")
+        return None
+
+    def routed(self, name: str) -> None:
+        self._tries.pop(name, None)
+        self._outages = 0
+
+    def _database_answers(self) -> bool:
+        try:
+            self.store.ping()
+        except Exception:
+            return False
+        return True
+
+    def give_up(self, name: str, reason: str) -> None:
+        """Move the entry to ``failed/`` with ``reason``; its delivery and its runs not forwarded say so."""
+        try:
+            entry = self._read(name)
+        except BadEntry:
+            entry = None
+        if entry is not None:
+            delivery = entry["delivery"]
+            try:
+                self.store.fail_routing(delivery, entry["event"], _received_at(entry), name, reason)
+                for run_id in self.store.fail_unforwarded_runs(delivery, reason):
+                    logger.error("run %d of delivery %s failed: %s", run_id, delivery, reason)
+            except Exception:
+                logger.exception("could not record that delivery %s failed to route", delivery)
+        try:
+            self.main.fail(name, reason)
+        except OSError as exc:
+            logger.error(
+                "main queue entry %s failed to route (%s) and cannot be moved to failed/: %s; "
+                "it is tried again when the worker starts again",
+                name,
+                reason,
+                exc,
+            )
+            return
+        logger.error("main queue entry %s moved to failed/: %s", name, reason)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Route entries as they arrive until ``stop`` is set; the entry at hand is finished first."""
         # Left by a writer that crashed before publishing: no consumer will ever read them.
         for temp in self.main.remove_stale_temps():
             logger.warning("removed %s/%s, a write that never completed", self.main.directory, temp)
-        with Reader(self.main) as reader:
-            while not stop.is_set():
-                name = reader.take()
-                if name is None:
-                    await reader.wait(stop)
-                    continue
-                try:
-                    await asyncio.to_thread(self.route, name)
-                except Exception:
-                    # The entry stays where it is; it is routed again on the next start.
-                    logger.exception("routing %s failed; it stays in the main queue", name)
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(stop.wait(), timeout=5)
-                    reader.release(name)
-                else:
-                    reader.forget(name)
+        identity = directory_identity(self.main.directory)
+        try:
+            with Reader(self.main) as reader:
+                while not stop.is_set():
+                    name = reader.take()
+                    if name is None:
+                        await wait_for_entry(reader, stop, identity)
+                        continue
+                    try:
+                        await asyncio.to_thread(self.route, name)
+                    except Exception as exc:
+                        delay = await asyncio.to_thread(self.after_failure, name, exc)
+                        if delay is None:
+                            reader.forget(name)
+                            continue
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(stop.wait(), timeout=delay)
+                        reader.release(name)
+                    else:
+                        self.routed(name)
+                        reader.forget(name)
+        finally:
+            self.close()

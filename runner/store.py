@@ -208,6 +208,21 @@ class Store:
                 .values(outcome=outcome, detail=detail)
             )
 
+    def fail_routing(
+        self, delivery_id: str, event: str, received_at: datetime, entry: str, reason: str
+    ) -> None:
+        """Record that routing the delivery was given up, whether or not it was recorded before."""
+        if not self.record_delivery(
+            delivery_id, event, received_at, entry=entry, outcome="failed", detail=reason
+        ):
+            # Only this entry's record: a delivery first recorded through another entry keeps its outcome.
+            with self.engine.begin() as connection:
+                connection.execute(
+                    update(Delivery)
+                    .where(Delivery.delivery_id == delivery_id, Delivery.entry == entry)
+                    .values(outcome="failed", detail=reason)
+                )
+
     def delivery(self, delivery_id: str) -> Delivery | None:
         with Session(self.engine, expire_on_commit=False) as session:
             return session.get(Delivery, delivery_id)
@@ -264,12 +279,92 @@ class Store:
             run = session.get(Run, run_id) if run_id is not None else None
             if run is None or run.pipeline != pipeline or run.status != "queued":
                 run = Run(pipeline=pipeline, trigger=trigger, queued_at=now, **fields)
+                if run.delivery_id is not None:
+                    # The entry done again: the next attempt of its (delivery, pipeline).
+                    last = session.scalar(
+                        select(func.max(Run.attempt)).where(
+                            Run.pipeline == pipeline, Run.delivery_id == run.delivery_id
+                        )
+                    )
+                    run.attempt = (last or 0) + 1
                 session.add(run)
             run.entry = entry
             run.status = "running"
             run.started_at = now
             session.flush()
             return run.id, interrupted
+
+    def forward_run(
+        self, pipeline: str, *, trigger: str, delivery_id: str, ref: str | None, commit: str | None
+    ) -> tuple[Run, bool]:
+        """The run that a delivery's forwarding to ``pipeline`` carries out, and whether it is new.
+
+        At most one per (delivery, pipeline): the unique attempt 1 decides, not a look-up first, so a
+        routing resumed after a crash or retried after an error finds the run it made before.
+        """
+        row = {
+            "pipeline": pipeline,
+            "trigger": trigger,
+            "delivery_id": delivery_id,
+            "attempt": 1,
+            "ref": ref,
+            "commit": commit,
+            "status": "queued",
+            "queued_at": datetime.now(UTC),
+        }
+        created = True
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(Run), row)
+        except IntegrityError:
+            created = False
+        with Session(self.engine, expire_on_commit=False) as session:
+            run = session.scalars(
+                select(Run).where(Run.delivery_id == delivery_id, Run.pipeline == pipeline, Run.attempt == 1)
+            ).one()
+        return run, created
+
+    def unfinished_runs(self) -> list[Run]:
+        """Runs queued or running, oldest first: what a worker that starts settles."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            query = select(Run).where(Run.status.in_(("queued", "running"))).order_by(Run.id)
+            return list(session.scalars(query))
+
+    def end_run(self, run_id: int, status: str, reason: str) -> bool:
+        """End a run that has not ended (queued or running); False if it had."""
+        with self.engine.begin() as connection:
+            done = connection.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status.in_(("queued", "running")))
+                .values(status=status, reason=reason, finished_at=datetime.now(UTC))
+            )
+        return done.rowcount > 0
+
+    def fail_runs_of_entry(self, pipeline: str, entry: str, reason: str) -> list[int]:
+        """Fail the queued runs of a pipeline-queue entry (one that cannot be carried out)."""
+        with Session(self.engine) as session, session.begin():
+            runs = list(
+                session.scalars(
+                    select(Run).where(Run.pipeline == pipeline, Run.entry == entry, Run.status == "queued")
+                )
+            )
+            for run in runs:
+                run.status, run.reason, run.finished_at = "failed", reason, datetime.now(UTC)
+            return [run.id for run in runs]
+
+    def fail_unforwarded_runs(self, delivery_id: str, reason: str) -> list[int]:
+        """Fail the delivery's queued runs that never got their entry (its routing was given up)."""
+        with Session(self.engine) as session, session.begin():
+            runs = list(
+                session.scalars(
+                    select(Run).where(
+                        Run.delivery_id == delivery_id, Run.status == "queued", Run.entry.is_(None)
+                    )
+                )
+            )
+            for run in runs:
+                run.status, run.reason, run.finished_at = "failed", reason, datetime.now(UTC)
+            return [run.id for run in runs]
 
     def set_run(self, run_id: int, **fields: Any) -> None:
         with self.engine.begin() as connection:

@@ -56,11 +56,11 @@ def downgrade() -> None:
     # Values longer than the old lengths are cut: the old schema cannot hold them.
     for table, columns in WIDENED.items():
         for column, old in columns.items():
+            value = sa.table(table, sa.column(column, sa.Text())).c[column]
             op.execute(
-                sa.text(
-                    f"UPDATE {table} SET {column} = SUBSTR({column}, 1, {old.length})"
-                    f" WHERE LENGTH({column}) > {old.length}"
-                )
+                value.table.update()
+                .where(sa.func.length(value) > old.length)
+                .values({column: sa.func.substr(value, 1, old.length)})
             )
         with op.batch_alter_table(table) as batch:
             for column, old in columns.items():
