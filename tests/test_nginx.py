@@ -48,12 +48,12 @@ WRAPPER = ROOT / "packaging" / "libexec" / "runner-nginx"
 SYSTEM_PYTHON = "/usr/bin/python3"
 # The user the test's nginx master runs as when the tests run as root; created if missing.
 NGINX_USER = "runner-nginx-test"
-# A test-only template: one answer on one port, and a directive named by a variable.
+# A test-only template: one answer on one port, and gzip's value (which nginx -t checks) from a variable.
 ANSWER_TEMPLATE = """\
-{# answer.conf.j2 (tests): port, option (a directive set to on), answer (any text) #}
+{# answer.conf.j2 (tests): port, option (gzip's value: on, off or what nginx -t refuses), answer (any text) #}
 server {
-    listen 127.0.0.1:{{ port }};
-    {{ option }} on;
+    listen 127.0.0.1:{{ port | port }};
+    gzip {{ option | name }};
     location / {
         default_type text/plain;
         return 200 {{ answer | nginx_quote }};
@@ -329,14 +329,16 @@ ANSWER_STEP = """
     template: answer.conf.j2
     vars:
       port: <PORT>
-      option: gzip
+      option: "on"
       answer: "{{ event.head_commit.message }}"
 """
 
 
 def test_event_values_cannot_add_directives(world: Path, nginx: Nginx) -> None:
     bare = ANSWER_TEMPLATE.replace("{{ answer | nginx_quote }}", "{{ answer }}")
-    home = make_home(world, {"answer.conf.j2": ANSWER_TEMPLATE, "bare.conf.j2": bare})
+    named = ANSWER_TEMPLATE.replace("{{ answer | nginx_quote }}", "{{ answer | name }}")
+    templates = {"answer.conf.j2": ANSWER_TEMPLATE, "bare.conf.j2": bare, "named.conf.j2": named}
+    home = make_home(world, templates)
     port = free_port()
     config = config_for(home, nginx)
     step = ANSWER_STEP.replace("<PORT>", str(port))
@@ -350,8 +352,17 @@ def test_event_values_cannot_add_directives(world: Path, nginx: Nginx) -> None:
     assert get(port)[:2] == (200, text)
     before = site.read_bytes()
 
-    # Printed bare, every value that holds nginx syntax is refused before anything is written or run.
-    bare = step.replace("answer.conf.j2", "bare.conf.j2")
+    # Printed without a type, even a plain word is refused, with the template's line.
+    outcome, log = run_step(
+        home, config, step.replace("answer.conf.j2", "bare.conf.j2"), {"head_commit": {"message": "hello"}}
+    )
+    detail = outcome.detail or ""
+    assert outcome.status == "failed", (outcome, log)
+    assert "bare.conf.j2:7: refusing to print 'hello' without a type" in detail, detail
+    assert "{{ value | port }}" in detail and "server_name" in detail and "nginx_quote" in detail, detail
+    assert f"$ {NGINX}" not in log and site.read_bytes() == before
+    # Typed, every value that holds nginx syntax is refused before anything is written or run.
+    bare = step.replace("answer.conf.j2", "named.conf.j2")
     for value in [
         "x; return 200 pwned",
         "x}server{listen 9;",
@@ -366,8 +377,7 @@ def test_event_values_cannot_add_directives(world: Path, nginx: Nginx) -> None:
     ]:
         outcome, log = run_step(home, config, bare, {"head_commit": {"message": value}})
         assert outcome.status == "failed", (value, outcome, log)
-        assert "refusing to print" in (outcome.detail or "") and "is nginx syntax" in (outcome.detail or "")
-        assert "bare.conf.j2:7" in (outcome.detail or ""), outcome.detail
+        assert f"named.conf.j2:7: refusing {value!r} as a name: " in (outcome.detail or ""), outcome.detail
         assert f"$ {NGINX}" not in log, log  # nginx was not asked
         assert site.read_bytes() == before, value
     # ... and through the vetted filter, a $ (which nginx would expand even in quotes) is refused too.
@@ -636,8 +646,8 @@ steps:
 def test_a_run_renders_checks_and_reloads_and_a_broken_site_is_put_back(rig: Rig) -> None:
     port, static_port = free_port(), free_port()
     values = {"REMOTE": rig.bare, "PORT": port, "STATIC_PORT": static_port}
-    write_pipeline(rig.home, "web", WEB_PIPELINE, OPTION="gzip", **values)
-    write_pipeline(rig.home, "broken", WEB_PIPELINE, OPTION="bogus_directive", **values)
+    write_pipeline(rig.home, "web", WEB_PIPELINE, OPTION='"on"', **values)
+    write_pipeline(rig.home, "broken", WEB_PIPELINE, OPTION="bogus", **values)
     rig.start()
     workers = rig.nginx.workers()
 
@@ -656,7 +666,7 @@ def test_a_run_renders_checks_and_reloads_and_a_broken_site_is_put_back(rig: Rig
     assert "answer.conf: nginx -t passed, reloaded" in (answer_step.detail or ""), answer_step.detail
     assert static_step.status == "succeeded"
 
-    # A variable that makes an unknown directive: nginx -t fails, the previous file is back byte for byte,
+    # A value nginx -t refuses: it fails, the previous file is back byte for byte,
     # nothing is reloaded and nginx answers as before.
     site = rig.nginx.sites / "answer.conf"
     before = site.read_bytes()
@@ -665,15 +675,15 @@ def test_a_run_renders_checks_and_reloads_and_a_broken_site_is_put_back(rig: Rig
     assert run.status == "failed", rig.details(run)
     [_, answer_step] = rig.store.steps(run.id)
     assert answer_step.status == "failed"
-    assert f'unknown directive "bogus_directive" in {site}:3' in (answer_step.detail or ""), (
-        answer_step.detail
-    )
+    assert f'invalid value "bogus" in "gzip" directive, it must be "on" or "off" in {site}:3' in (
+        answer_step.detail or ""
+    ), answer_step.detail
     assert "put the previous answer.conf back" in (answer_step.detail or "")
-    said = rf'^\S+ err +\| .*\[emerg\] .*unknown directive "bogus_directive" in {re.escape(str(site))}:3$'
-    assert re.search(said, rig.log_of(run), re.M), rig.log_of(run)
-    assert re.search(r"^\S+ diff +\| \+ +bogus_directive on;$", rig.log_of(run), re.M), (
-        "the log shows no diff"
+    said = (
+        rf'^\S+ err +\| .*\[emerg\] .*invalid value "bogus" in "gzip" directive.* in {re.escape(str(site))}:3$'
     )
+    assert re.search(said, rig.log_of(run), re.M), rig.log_of(run)
+    assert re.search(r"^\S+ diff +\| \+ +gzip bogus;$", rig.log_of(run), re.M), "the log shows no diff"
     assert site.read_bytes() == before
     assert sorted(p.name for p in rig.nginx.sites.iterdir()) == ["answer.conf", "web.example.conf"]
     assert rig.nginx.workers() <= workers, "nginx was reloaded"
@@ -819,7 +829,7 @@ def test_rendering_refuses_attribute_escapes_and_mutation(world: Path, nginx: Ng
         ("mutate.conf.j2", "\n      names: [a.example]"),
         ("mutate-map.conf.j2", "\n      tags: {x: y}"),
     ):
-        bad = step.replace("answer.conf.j2", name).replace("option: gzip", "option: gzip" + vars_extra)
+        bad = step.replace("answer.conf.j2", name).replace('option: "on"', 'option: "on"' + vars_extra)
         outcome, log = run_step(home, config, bad, {"head_commit": {"message": "x"}})
         assert outcome.status == "failed", (name, outcome, log)
         assert "unsafe" in (outcome.detail or ""), (name, outcome.detail)
@@ -841,7 +851,7 @@ def run_wrapper(conf: Path, *args: str, python: Sequence[str] = (SYSTEM_PYTHON, 
     )
 
 
-GOOD_VARS = '{"port": 1, "option": "gzip", "answer": "x"}'
+GOOD_VARS = '{"port": 1, "option": "on", "answer": "x"}'
 REFUSED_ARGUMENTS = {
     "site with /": ["--site", "a/b", "--template", "answer.conf.j2", "--vars", GOOD_VARS],
     "site ..": ["--site", "..", "--template", "answer.conf.j2", "--vars", GOOD_VARS],
@@ -876,7 +886,7 @@ def test_the_wrapper_refuses_a_value_that_is_not_one_nginx_word(world: Path, ngi
         variables = json.dumps({"port": free_port(), "option": option, "answer": "x"})
         done = run_wrapper(conf, "--site", "a", "--template", "answer.conf.j2", "--vars", variables)
         assert done.returncode == 1, done.stdout + done.stderr
-        assert "is nginx syntax" in done.stdout, done.stdout
+        assert f"answer.conf.j2:4: refusing {option!r} as a name" in done.stdout, done.stdout
     assert list(nginx.sites.iterdir()) == [] and not owned.exists()
 
 
@@ -1036,3 +1046,67 @@ def test_after_setup_the_deploy_user_deploys_a_site_only_through_the_wrapper(
                 worker.kill()
                 worker.wait()
         assert not owned.exists()
+
+
+# Typed values: the deploy user cannot make nginx's master open, create or write a file of its choosing ------
+
+
+def attack_vars(**changes: object) -> str:
+    values: dict[str, object] = {"server_name": "e.test", "upstream_port": 9, "tls": False}
+    values.update(changes)
+    return json.dumps(values)
+
+
+@pytest.fixture
+def root_nginx(world: Path, nginx_user: str) -> Iterator[Nginx]:
+    """A master running as root, as in production: what it creates, root creates."""
+    server = Nginx(world, None)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_unix_listener_from_values_is_refused_and_root_creates_no_file(
+    world: Path, root_nginx: Nginx
+) -> None:
+    nginx = root_nginx
+    home = make_home(world)
+    conf = nginx.wrapper_conf(world / "runner-nginx.conf", home / "templates" / "nginx")
+    # Short names: a socket's path has at most 107 bytes.
+    deploy_dir = world / "d"
+    (deploy_dir / "x:").mkdir(parents=True)
+    target = world / "r" / "made"
+    target.parent.mkdir(mode=0o700)
+    up = "/.." * len(deploy_dir.parts)
+    attacks = {
+        # The review's attack: each value one nginx word, `listen unix:<D>/x:<up><target>:` as rendered.
+        "unix: address": (
+            {"listen_addresses": [f"unix:{deploy_dir}/x"], "http_port": f"{up}{target}"},
+            f"'unix:{deploy_dir}/x' as an address",
+        ),
+        # No value holds "unix:", but the address and the port concatenate to it.
+        "unix + path": (
+            {"listen_addresses": ["unix"], "http_port": f"{deploy_dir}/x:{up}{target}"},
+            "'unix' as an address",
+        ),
+        "port a path": ({"listen_addresses": ["127.0.0.1"], "http_port": f"{up}{target}"}, "as a port"),
+        "upstream unix:": ({"upstream_host": f"unix:{deploy_dir}/x:{up}{target}"}, "as a host"),
+        "upstream unix + path": ({"upstream_host": "unix", "upstream_port": f"/x:{up}{target}"}, "as a host"),
+        "regex server_name": ({"server_name": "~^(?<x>.+)$"}, "as a server_name"),
+        "acme_root ..": ({"acme_root": f"{deploy_dir}/../r"}, "as a path"),
+        "max_body_size": ({"max_body_size": "10m;access_log"}, "as a size"),
+    }
+    for what, (changes, said) in attacks.items():
+        variables = attack_vars(**changes)
+        done = run_wrapper(conf, "--site", "evil", "--template", "proxy.conf.j2", "--vars", variables)
+        assert done.returncode == 1, (what, done.stdout, done.stderr)
+        assert said in done.stdout and "proxy.conf.j2:" in done.stdout, (what, done.stdout)
+        assert f"$ {NGINX}" not in done.stderr, (what, "nginx was asked", done.stderr)
+        assert not target.exists(), what
+        assert list(nginx.sites.iterdir()) == [], what
+    # A cert name that is a path, with TLS: refused before nginx's master reads anything.
+    variables = attack_vars(tls=True, cert="../../r/x", cert_dir=str(world))
+    done = run_wrapper(conf, "--site", "evil", "--template", "proxy.conf.j2", "--vars", variables)
+    assert done.returncode == 1 and "'../../r/x' as a name" in done.stdout, done.stdout
+    assert list(nginx.sites.iterdir()) == []
