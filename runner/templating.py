@@ -60,7 +60,9 @@ INSTEAD = (
     "repository"
 )
 
-# Variables that a shell or a program it starts reads as code, or as where code comes from.
+# Variables that a shell or a program it starts reads as code, or as where code, options or settings come
+# from.
+# Names match exactly, and without regard to case where the program reads them so (npm, yarn, pnpm).
 CODE_VARIABLES: tuple[tuple[str, str], ...] = (
     (r"BASH_ENV|ENV", "bash and sh run the file it names"),
     (r"PS[0-4]|PROMPT_COMMAND", "bash expands it as a prompt, running $( ) in it"),
@@ -69,14 +71,25 @@ CODE_VARIABLES: tuple[tuple[str, str], ...] = (
     (r"IFS", "it changes how bash splits words"),
     (r"PATH|LD_\w*|GCONV_PATH", "it chooses the programs and libraries that run"),
     (
-        r"GIT_SSH_COMMAND|GIT_SSH|GIT_CONFIG\w*|GIT_EXEC_PATH|GIT_PAGER|GIT_EDITOR|GIT_ASKPASS|GIT_PROXY_COMMAND"
-        r"|GIT_EXTERNAL_DIFF|SSH_ASKPASS|SUDO_ASKPASS|PAGER|EDITOR|VISUAL|LESSOPEN|LESSCLOSE",
-        "git, ssh, sudo or less run it as a command",
+        r"HOME|XDG_\w*|SHELL|TERMINFO|OPENSSL_CONF",
+        "programs read their configuration (~/.gitconfig, ~/.npmrc, ...) from where it points, or run it",
     ),
     (
-        r"NODE_OPTIONS|PYTHON\w*|PERL5OPT|PERL5LIB|PERLLIB|RUBYOPT|RUBYLIB|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS"
-        r"|NPM_CONFIG_\w*|npm_config_\w*",
-        "an interpreter reads it as options or code to load",
+        r"GIT_\w*|SSH_ASKPASS|SUDO_ASKPASS|PAGER|EDITOR|VISUAL|LESS\w*|MANPAGER|MANOPT|BROWSER|RSYNC_RSH",
+        "git, ssh, sudo, less or man run it as a command, or read settings that are commands",
+    ),
+    (
+        r"TAR_OPTIONS|MAKE\w*|MFLAGS|GNUMAKEFLAGS|ZIPOPT|UNZIP|GZIP|BZIP2|XZ_OPT|ZSTD_\w*",
+        "tar, make, zip and the compressors read it as options, some of which run commands",
+    ),
+    (
+        r"CC|CXX|CPP|LD|CFLAGS|CXXFLAGS|CPPFLAGS|LDFLAGS|LDLIBS|RUSTFLAGS|CARGO_\w*|GOFLAGS|JAVA_OPTS",
+        "build tools run it as a compiler command, or pass it to one as options",
+    ),
+    (
+        r"NODE_OPTIONS|NODE_PATH|NODE_REPL_EXTERNAL_MODULE|PYTHON\w*|PIP_\w*|PERL\w*|RUBYOPT|RUBYLIB"
+        r"|JAVA_TOOL_OPTIONS|_JAVA_OPTIONS|(?i:npm_config_\w*|yarn_\w*|pnpm_\w*)",
+        "an interpreter or package manager reads it as options, code to load or settings that run scripts",
     ),
 )
 _CODE_VARIABLE = re.compile("|".join(f"(?:{names})" for names, _ in CODE_VARIABLES))
@@ -90,6 +103,9 @@ def code_variable(name: str) -> str | None:
     return None
 
 
+# What stands in for an expression while the lexer reads the script: a character that is part of a word.
+_HOLE = "\x01"
+
 # What re-parses a variable's value: a run string holding an expression may use none of these, anywhere (also
 # in comments and strings: a refusal too many is a clear message, one too few is code execution).
 
@@ -100,9 +116,12 @@ def _word(names: str) -> str:
 
 
 _SAME_LINE = r"[^\n;|&]*?(?<!\S)"
+# A "script file" that is standard input or a descriptor (/dev/stdin, /dev/fd/3, /proc/self/fd/0): what is
+# piped or redirected in is the program.
+_STDIN_FILE = r"(?:/dev/|/proc/)"
 # An interpreter given no script file (only options, then the end of the command, ``-`` or a redirection)
 # reads its program from standard input: a here-document or a pipe can hold the value.
-_STDIN = r"(?:[ \t]+-\S*)*[ \t]*(?:$|[|;&<>)]|-(?=\s|$))"
+_STDIN = rf"(?:[ \t]+-\S*)*[ \t]*(?:$|[|;&<>)]|-(?=\s|$)|{_STDIN_FILE})"
 
 
 def _interpreter(names: str, code_options: str) -> str:
@@ -113,6 +132,36 @@ def _interpreter(names: str, code_options: str) -> str:
 _SHELLS = "sh|bash|dash|zsh|ksh|mksh|ash|busybox|fish|csh|tcsh"
 
 
+def _long(*options: str, exact: tuple[str, ...] = ()) -> str:
+    """Long options as GNU getopt, git and Getopt::Long take them: any prefix (``--to-com`` for
+    ``--to-command``), alone or with ``=``; ``exact`` are prefixes that are options of their own."""
+    alternatives = []
+    for option in options:
+        name, rest = option[2], ""
+        for char in reversed(option[3:]):
+            rest = f"(?:{re.escape(char)}{rest})?"
+        alternatives.append("--" + re.escape(name) + rest)
+    shorter = "".join(rf"(?!{re.escape(option)}(?![^\s=]))" for option in exact)
+    return rf"{shorter}(?:{'|'.join(alternatives)})(?![^\s=])"
+
+
+def _is_long(item: str, options: tuple[str, ...], exact: tuple[str, ...] = ()) -> bool:
+    """Whether an argument list's item is one of ``options``, or a prefix of one, with or without ``=``."""
+    name = item.split("=", 1)[0]
+    return (
+        name.startswith("--")
+        and len(name) > 2
+        and name not in exact
+        and any(o.startswith(name) for o in options)
+    )
+
+
+def _respelled(name: str) -> str:
+    """``name`` also with quotes or backslashes in it (``ex''ec``, ``\\env``): the shell removes them."""
+    quotes = r"[\\'\"]*"
+    return quotes + quotes.join(re.escape(char) for char in name) + quotes
+
+
 @dataclass(frozen=True)
 class Reparser:
     construct: str  # as a message names it
@@ -120,23 +169,38 @@ class Reparser:
     script: str  # where a run string uses it: a regular expression on the script
     programs: tuple[str, ...] = ()  # in an argument list: these programs (basename, no version) ...
     argv: Callable[[Sequence[str], int, int], bool] | None = None  # ... at item k read item j as code
+    # Matched on the script's syntax only (not inside quotes, comments or here-documents), as written; every
+    # other pattern is matched everywhere, and also on a copy without quotes and backslashes (ev''al).
+    commands: bool = False
 
 
 def _always(argv: Sequence[str], k: int, j: int) -> bool:
     return True
 
 
-def _code_options(letters: str, long: tuple[str, ...] = ()) -> Callable[[Sequence[str], int, int], bool]:
-    """The program at k reads item j as code: j is the program's script, or follows a code option."""
+def _code_options(
+    letters: str, long: tuple[str, ...] = (), takes: str = "", takes_long: tuple[str, ...] = ()
+) -> Callable[[Sequence[str], int, int], bool]:
+    """The program at k reads item j as code: a code option stands anywhere before j, or j is the script (only
+    options before it; ``takes`` and ``takes_long`` are the options whose argument is the next item)."""
 
     def reads(argv: Sequence[str], k: int, j: int) -> bool:
         for item in argv[k + 1 : j]:
             if item.startswith("--"):
-                if item.split("=", 1)[0] in long:
+                if _is_long(item, long):
                     return True
-            elif item.startswith("-"):
-                if any(letter in letters for letter in item[1:]):
-                    return True
+            elif item[:1] in "-+" and any(letter in letters for letter in item[1:]):
+                return True
+        skip = False
+        for item in argv[k + 1 : j]:
+            if skip:
+                skip = False
+            elif item == "--":
+                continue
+            elif item.startswith("--"):
+                skip = "=" not in item and _is_long(item, takes_long)
+            elif item[:1] in "-+" and len(item) > 1:
+                skip = item[-1] in takes
             else:
                 return False  # the script, whose arguments are data
         return True  # item j is the script, or an option
@@ -144,12 +208,90 @@ def _code_options(letters: str, long: tuple[str, ...] = ()) -> Callable[[Sequenc
     return reads
 
 
-def _after(*options: str) -> Callable[[Sequence[str], int, int], bool]:
+def _after(
+    *options: str, exact: tuple[str, ...] = (), bundled: str = "", first: str = ""
+) -> Callable[[Sequence[str], int, int], bool]:
+    """The program at k reads item j as code when one of ``options`` (long ones also abbreviated), a short
+    option bundle holding one of the ``bundled`` letters, or a first item holding one of the ``first`` letters
+    (tar's options without a dash) stands after k, up to j."""
+    long = tuple(option for option in options if option.startswith("--"))
+
     def reads(argv: Sequence[str], k: int, j: int) -> bool:
-        return any(item in options or item.split("=", 1)[0] in options for item in argv[k + 1 : j + 1])
+        for at, item in enumerate(argv[k + 1 : j + 1], k + 1):
+            name = item.split("=", 1)[0]
+            if name in options or _is_long(item, long, exact):
+                return True
+            if bundled and item[:1] == "-" and item[1:2] != "-" and any(c in bundled for c in item[1:]):
+                return True
+            if first and at == k + 1 and item[:1] != "-" and any(c in first for c in item):
+                return True
+        return False
 
     return reads
 
+
+def _wrapped(argv: Sequence[str], k: int, j: int) -> bool:
+    """The wrapper at k runs item j as the program: only options, numbers and assignments before j."""
+    return not re.match(r"\w+=", argv[j]) and all(re.match(r"[-+\d]|\w+=", item) for item in argv[k + 1 : j])
+
+
+# git: words (global options and subcommands), long options and, per subcommand, short options that run a
+# command or make git run one (hooks from a template, another repository's settings, another exec path).
+_GIT_WORDS = ("-c", "config", "foreach", "bisect", "filter-branch", "difftool", "mergetool", "hook")
+_GIT_LONG = (
+    "--config-env",
+    "--upload-pack",
+    "--receive-pack",
+    "--exec",
+    "--exec-path",
+    "--extcmd",
+    "--sendmail-cmd",
+    "--to-cmd",
+    "--cc-cmd",
+    "--header-cmd",
+    "--open-files-in-pager",
+    "--template",
+    "--git-dir",
+)
+_GIT_EXACT = ("--cc", "--to")  # options of their own (git log --cc), not short for --cc-cmd or --to-cmd
+_GIT_SHORT = {"clone": "u", "ls-remote": "u", "rebase": "x", "difftool": "x", "grep": "O"}
+_TAR_LONG = (
+    "--to-command",
+    "--checkpoint-action",
+    "--use-compress-program",
+    "--rsh-command",
+    "--info-script",
+    "--new-volume-script",
+)
+_VIMS = "vim|vi|ex|nvim|view|rvim|rview|gvim|evim|vimdiff"
+_git_after = _after(*_GIT_WORDS, *_GIT_LONG, exact=_GIT_EXACT)
+
+
+def _git(argv: Sequence[str], k: int, j: int) -> bool:
+    items = argv[k + 1 : j + 1]
+    return _git_after(argv, k, j) or any(
+        command in items and any(item[:1] == "-" and item[1:2] != "-" and letter in item for item in items)
+        for command, letter in _GIT_SHORT.items()
+    )
+
+
+# A command named by an expansion: at a command's start (a line's, after ; & | ( { ` and reserved words, past
+# assignments and the wrappers that run the command they are given), a word holding $, `, an expression or a
+# brace expansion. Matched on the script's syntax, where quoted text is one word of _ and comments are gone.
+_WRAPPERS = ("env", "nohup", "nice", "setsid", "stdbuf", "timeout", "ionice", "chrt", "taskset", "exec")
+_ASSIGNMENT = r"[A-Za-z_]\w*(?:\[[^\]\n]*\])?\+?="
+_PLAIN = r"[^\s;&|()<>]"
+_STARTS = r"(?:^|[;`|]|(?<![<>])&|(?<!=)\(|(?<!\$)\{(?=\s))"
+_RUNNERS = "|".join(_respelled(name) for name in ("command", "builtin", *_WRAPPERS))
+_LEADING = (
+    r"(?:!|if|then|do|else|elif|while|until|time|coproc)"  # reserved words, only ever unquoted
+    + rf"|(?:{_RUNNERS})(?:[ \t]+[-+\d]{_PLAIN}*)*"
+    + rf"|{_ASSIGNMENT}{_PLAIN}*"
+)
+_COMMAND_NAMED = (
+    rf"{_STARTS}[ \t]*(?:(?:{_LEADING})[ \t]+)*(?!\{{\s)(?!{_ASSIGNMENT})"
+    rf"[^\s;&|()<>$`{_HOLE}{{]*[$`{_HOLE}{{]"
+)
 
 _ARITHMETIC = "bash evaluates it as arithmetic, where an array subscript such as a[$(cmd)] runs cmd"
 _NAMES = "it takes a variable name, and bash evaluates a subscript in it (a[$(cmd)] runs cmd)"
@@ -182,7 +324,7 @@ REPARSERS: tuple[Reparser, ...] = (
     Reparser("${name[...]}", _ARITHMETIC, r"\$\{#?\w+\[(?![@*]\])"),
     # Also a=([i]=v): a compound assignment's subscripts are arithmetic too.
     Reparser("name[...]= or ([...]=...)", _ARITHMETIC, r"\[[^\]\n]*\]\+?="),
-    Reparser("${name:offset:length}", _ARITHMETIC, r"\$\{[#!]?\w+(?:\[[^\]\n]*\])?:(?![-=?+])"),
+    Reparser("${name:offset:length}", _ARITHMETIC, r"\$\{[#!]?(?:\w+|[@*])(?:\[[^\]\n]*\])?:(?![-=?+])"),
     Reparser(
         "an assignment to RANDOM, SRANDOM, OPTIND, HISTCMD or another number bash keeps",
         _ARITHMETIC,
@@ -192,11 +334,23 @@ REPARSERS: tuple[Reparser, ...] = (
     Reparser(
         "${name@...}", "@P expands the value as a prompt, running $( ) in it", r"\$\{!?\w+(?:\[[^\]\n]*\])?@"
     ),
-    Reparser("printf -v", _NAMES, _word("printf") + _SAME_LINE + "-v"),
+    Reparser(
+        "printf -v or wait -p",
+        _NAMES,
+        rf"{_word('printf')}{_SAME_LINE}-v|{_word('wait')}{_SAME_LINE}-\w*p",
+    ),
     Reparser(
         "read, mapfile, readarray, getopts or unset", _NAMES, _word("read|mapfile|readarray|getopts|unset")
     ),
     Reparser("eval", "it runs its arguments as a command line", _word("eval"), ("eval",), _always),
+    Reparser(
+        "a command named by an expansion ($X, ${X}, $(...), `...`, {{ }} or {a,b} as the command)",
+        "the shell runs whatever the value makes of it: eval, a shell, any program",
+        _COMMAND_NAMED,
+        _WRAPPERS,
+        _wrapped,
+        commands=True,
+    ),
     Reparser("source", "it runs a file as shell code", _word("source")),
     Reparser(
         ". (source)",
@@ -211,38 +365,43 @@ REPARSERS: tuple[Reparser, ...] = (
     ),
     Reparser(
         "a shell (sh, bash, ...) not given a script file",
-        "sh -c, sh -s, a shell reading standard input all run text as code",
-        _word(_SHELLS) + r"(?![ \t]+[^\s\-<|;&)])",
+        "sh -c, sh -s, a shell reading standard input (also as /dev/stdin, /dev/fd/N) all run text as code",
+        _word(_SHELLS) + rf"(?![ \t]+(?!{_STDIN_FILE})[^\s\-<|;&)])",
         tuple(_SHELLS.split("|")),
-        _code_options("cs"),
+        _code_options("cs", ("--rcfile", "--init-file"), takes="oO", takes_long=("--rcfile", "--init-file")),
     ),
     Reparser(
         "python -c or python reading standard input",
         "it runs that text as Python code",
         _interpreter(r"python[\d.]*", r"-\w*c"),
         ("python",),
-        _code_options("c"),
+        _code_options("c", takes="WX"),
     ),
     Reparser(
         "perl -e, ruby -e, or either reading standard input",
-        "it runs that text as code",
-        _interpreter("perl|ruby", r"-\w*[eE]"),
+        "it runs that text as code (and perl -M, ruby -r load code named by it)",
+        _interpreter("perl|ruby", r"-\w*[eEMr]"),
         ("perl", "ruby"),
-        _code_options("eE"),
+        _code_options("eEMr"),
     ),
     Reparser(
         "node -e, node -p or node reading standard input",
         "it runs that text as JavaScript",
         _interpreter("node|nodejs", r"(?:-\w*[ep]|--eval|--print)(?!\S)"),
         ("node", "nodejs"),
-        _code_options("ep", ("--eval", "--print")),
+        _code_options(
+            "ep",
+            ("--eval", "--print"),
+            takes="rC",
+            takes_long=("--require", "--import", "--loader", "--experimental-loader", "--conditions"),
+        ),
     ),
     Reparser(
         "php -r or php reading standard input",
-        "it runs that text as PHP",
-        _interpreter("php", r"-\w*r"),
+        "it runs that text as PHP (-B, -R and -E too)",
+        _interpreter("php", r"-\w*[rBRE]"),
         ("php",),
-        _code_options("r"),
+        _code_options("rBRE", takes="dcf"),
     ),
     Reparser(
         "awk or sed",
@@ -280,11 +439,49 @@ REPARSERS: tuple[Reparser, ...] = (
         _after("-S", "--split-string"),
     ),
     Reparser(
-        "git -c or git config",
-        "settings such as core.sshCommand and core.pager are commands git runs",
-        _word("git") + _SAME_LINE + r"(?:-c|--config-env|config)(?!\S)",
+        "git -c or git config, or an option that runs a command (--upload-pack, --exec, --template, ...)",
+        "settings such as core.sshCommand and core.pager, and these options' values, are commands git runs",
+        rf"{_word('git')}{_SAME_LINE}(?:(?:{'|'.join(_GIT_WORDS)})(?!\S)"
+        rf"|{_long(*_GIT_LONG, exact=_GIT_EXACT)}"
+        rf"|(?:{'|'.join(_GIT_SHORT)})(?!\S){_SAME_LINE}-\w*[{''.join(sorted(set(_GIT_SHORT.values())))}])",
         ("git",),
-        _after("-c", "--config-env", "config"),
+        _git,
+    ),
+    Reparser(
+        "make",
+        "make expands $(shell ...) in the values of its variables, from its command line and environment",
+        _word("make|gmake|bmake|remake"),
+        ("make", "gmake", "bmake", "remake"),
+        _always,
+    ),
+    Reparser(
+        "tar --to-command, --use-compress-program (-I), --info-script (-F) or another option that runs one",
+        "tar runs these options' values as commands",
+        rf"{_word('tar|gtar|bsdtar')}(?:{_SAME_LINE}(?:{_long(*_TAR_LONG, exact=('--checkpoint',))}"
+        r"|-[A-Za-z]*[IF])|[ \t]+[A-Za-z]*[IF])",
+        ("tar", "gtar", "bsdtar"),
+        _after(*_TAR_LONG, exact=("--checkpoint",), bundled="IF", first="IF"),
+    ),
+    Reparser(
+        "vim, vi, ex or nvim",
+        "their commands (-c, +cmd, -S, a script on standard input) run shell commands with :!",
+        _word(_VIMS),
+        tuple(_VIMS.split("|")),
+        _always,
+    ),
+    Reparser(
+        "find -exec, -execdir, -ok or -okdir",
+        "find runs the command that follows them",
+        _word("find") + _SAME_LINE + r"-(?:exec|execdir|ok|okdir)(?!\S)",
+        ("find",),
+        _after("-exec", "-execdir", "-ok", "-okdir"),
+    ),
+    Reparser(
+        "zip -TT or --unzip-command",
+        "zip runs its value as a command",
+        rf"{_word('zip')}{_SAME_LINE}(?:-\w*TT|{_long('--unzip-command')})",
+        ("zip",),
+        _after("-TT", "--unzip-command"),
     ),
     Reparser(
         "an assignment to a variable read as code (BASH_ENV, PS4, PATH, GIT_SSH_COMMAND, ...)",
@@ -293,14 +490,16 @@ REPARSERS: tuple[Reparser, ...] = (
     ),
 )
 _SCRIPT_PATTERNS = [(reparser, re.compile(reparser.script, re.MULTILINE)) for reparser in REPARSERS]
-_BY_PROGRAM = {program: reparser for reparser in REPARSERS for program in reparser.programs}
+_BY_PROGRAM: dict[str, list[Reparser]] = {}
+for _reparser in REPARSERS:
+    for _program in _reparser.programs:
+        _BY_PROGRAM.setdefault(_program, []).append(_reparser)
+_NAMED = next(reparser for reparser in REPARSERS if reparser.commands)
 
 
 # Reading a run string ------------------------------------------------------------------------------------
 
 PREFIX = "RUNNER_EXPR_"
-# What stands in for an expression while the lexer reads the script: a character that is part of a word.
-_HOLE = "\x01"
 # How a reference to the variable is written where the expression stands. Where the shell would not expand
 # it, validation refuses the expression and the reference is left inert.
 _REFERENCES = {
@@ -353,9 +552,17 @@ def _parts(source: str) -> list[tuple[str | nodes.Expr, int]]:
     return parts
 
 
-def _contexts(text: str, holes: list[int]) -> list[str]:
-    """Where in bash's grammar each hole of ``text`` stands: a best-effort reading, enough to quote well."""
+def _contexts(text: str, holes: list[int], view: list[str] | None = None) -> list[str]:
+    """Where in bash's grammar each hole of ``text`` stands: a best-effort reading, enough to quote well.
+
+    ``view``, the script's characters, becomes its syntax: what is quoted or escaped turns into ``_`` (one
+    word still, with no operator or expansion in it), comments and here-document bodies into spaces."""
     at: dict[int, str] = {}
+
+    def literal(index: int, filler: str = "_") -> None:
+        if view is not None and index < n:
+            view[index] = filler
+
     wanted = set(holes)
     stack: list[str] = []  # open: ' " $' ` $( ( (( ${
     heredocs: list[tuple[str, bool, bool]] = []  # delimiter, <<-, quoted: bodies start after this line
@@ -377,19 +584,30 @@ def _contexts(text: str, holes: list[int]) -> list[str]:
         elif top == "'":
             if char == "'":
                 stack.pop()
+            else:
+                literal(i)
         elif top == "$'":
             if char == "\\":
                 if i + 1 in wanted:
                     at[i + 1] = "$'...'"
+                literal(i)
+                literal(i + 1)
                 i += 1
             elif char == "'":
                 stack.pop()
+            else:
+                literal(i)
         elif char == "\\":
             if i + 1 in wanted:
                 at[i + 1] = "a backslash's reach"
+            elif i + 1 < n and text[i + 1] == "\n":
+                literal(i, " ")  # a line continued: no new command starts
+                literal(i + 1, " ")
+            elif i + 1 < n and not text[i + 1].isalnum():
+                literal(i + 1)  # kept as a letter (\eval is eval), an operator or $ as a literal
             i += 1
         elif char == "\n" and heredocs:
-            i = _heredoc_bodies(text, i + 1, heredocs, wanted, at)
+            i = _heredoc_bodies(text, i + 1, heredocs, wanted, at, view)
             heredocs = []
             continue
         elif char == '"':
@@ -400,6 +618,7 @@ def _contexts(text: str, holes: list[int]) -> list[str]:
         elif char == "`":
             if top == "`":
                 stack.pop()
+                literal(i, " ")  # a closing backtick ends a word and starts no command
             else:
                 stack.append("`")
         elif char == "$" and text.startswith("$((", i):
@@ -415,7 +634,8 @@ def _contexts(text: str, holes: list[int]) -> list[str]:
             stack.append("$'")
             i += 1
         elif top == '"':
-            pass  # inside double quotes only $, ` and \ mean something
+            if char.isspace() or char in ";&|(){}<>":  # inside double quotes only $, ` and \ mean something
+                literal(i)
         elif char == "'":
             stack.append("'")
         elif char == "}" and top == "${":
@@ -436,6 +656,7 @@ def _contexts(text: str, holes: list[int]) -> list[str]:
             for hole in range(i, end):
                 if hole in wanted:
                     at[hole] = "a comment"
+                literal(hole, " ")
             i = end
             continue
         elif text.startswith("<<<", i):
@@ -458,7 +679,12 @@ def _contexts(text: str, holes: list[int]) -> list[str]:
 
 
 def _heredoc_bodies(
-    text: str, i: int, heredocs: list[tuple[str, bool, bool]], wanted: set[int], at: dict[int, str]
+    text: str,
+    i: int,
+    heredocs: list[tuple[str, bool, bool]],
+    wanted: set[int],
+    at: dict[int, str],
+    view: list[str] | None = None,
 ) -> int:
     """Read the bodies of the here-documents opened on the line before ``i``; returns where the rest is."""
     n = len(text)
@@ -467,6 +693,8 @@ def _heredoc_bodies(
             end = text.find("\n", i)
             end = n if end < 0 else end
             line = text[i:end]
+            if view is not None:
+                view[i:end] = " " * (end - i)
             if (line.lstrip("\t") if strip else line) == delimiter:
                 i = end + 1
                 break
@@ -526,14 +754,31 @@ def shell_template_problem_at(source: str) -> tuple[str, int] | None:
     for hole, context in contexts:
         if context in _INERT:
             return f"{{{{ ... }}}} inside {context}: {_INERT[context]}", line_of(hole)
+    syntax = list(text)
+    _contexts(text, [], syntax)
+    views = {False: [_as_written(text), _unquoted(text)], True: [_as_written("".join(syntax))]}
     for reparser, pattern in _SCRIPT_PATTERNS:
-        match = pattern.search(text)
-        if match:
-            message = (
-                f"{reparser.construct} ({reparser.why}) in a run string with {{{{ ... }}}}: {RULE}; {INSTEAD}"
-            )
-            return message, line_of(match.start() + len(match.group()) - len(match.group().lstrip()))
+        for view, offsets in views[reparser.commands]:
+            match = pattern.search(view)
+            if match:
+                message = (
+                    f"{reparser.construct} ({reparser.why}) in a run string with {{{{ ... }}}}: "
+                    f"{RULE}; {INSTEAD}"
+                )
+                start = match.start() + len(match.group()) - len(match.group().lstrip())
+                return message, line_of(offsets[start])
     return None
+
+
+def _as_written(text: str) -> tuple[str, list[int]]:
+    return text, list(range(len(text) + 1))
+
+
+def _unquoted(text: str) -> tuple[str, list[int]]:
+    """``text`` without quotes and backslashes, as the shell reads a word respelled (``ev''al``, ``\\eval``);
+    with the offset in ``text`` of each of its characters. Conservative: it can only find more."""
+    kept = [i for i, char in enumerate(text) if char not in "\\'\""]
+    return "".join(text[i] for i in kept), [*kept, len(text)]
 
 
 def argv_template_problems(argv: Sequence[Any]) -> dict[int, str]:
@@ -543,10 +788,18 @@ def argv_template_problems(argv: Sequence[Any]) -> dict[int, str]:
     for j, item in enumerate(items):
         if "{" not in item or not has_expression(item):
             continue
+        if j == 0:
+            problems[j] = (
+                f"{{{{ ... }}}} in the program of an argument list ({_NAMED.construct}: {_NAMED.why}): "
+                f"{INSTEAD}"
+            )
+            continue
         for k in range(j):
             program = re.sub(r"[\d.]+$", "", posixpath.basename(items[k])) or items[k]
-            reparser = _BY_PROGRAM.get(program)
-            if reparser is not None and reparser.argv is not None and reparser.argv(items, k, j):
+            reparser = next(
+                (r for r in _BY_PROGRAM.get(program, []) if r.argv is not None and r.argv(items, k, j)), None
+            )
+            if reparser is not None:
                 problems[j] = (
                     f"{{{{ ... }}}} in an argument that {items[k]} reads as code ({reparser.construct}: "
                     f"{reparser.why}): {INSTEAD}"

@@ -25,6 +25,7 @@ from runner.templating import (
     render,
     render_shell,
     shell_template_problem,
+    shell_template_problem_at,
 )
 
 # A value that would run a command in nearly every place a shell could read it as code.
@@ -196,6 +197,67 @@ REFUSED = [
     ("GIT_SSH_COMMAND={{ x }} git fetch", "an assignment to a variable read as code"),
     ("export BASH_ENV={{ x }}", "an assignment to a variable read as code"),
     ("LD_PRELOAD=/x.so echo {{ x }}", "an assignment to a variable read as code"),
+    # Words respelled: the shell removes quotes and backslashes before it looks the command up.
+    ("\\eval {{ x }}", "eval"),
+    ("ev''al {{ x }}", "eval"),
+    ('e"va"l {{ x }}', "eval"),
+    ("\\declare x={{ x }}; \\declare -i y=x", "declare, typeset or local"),
+    ("export 'PS4'={{ x }}; set -x; :", "an assignment to a variable read as code"),
+    # A command named by an expansion runs whatever the expansion yields.
+    ("E=eval; $E {{ x }}", "a command named by an expansion"),
+    ("B=bash; $B -c {{ x }}", "a command named by an expansion"),
+    ('"${E}" {{ x }}', "a command named by an expansion"),
+    ("$(echo {{ x }})", "a command named by an expansion"),
+    ("`echo {{ x }}`", "a command named by an expansion"),
+    ("{{ x }} | tr a-z A-Z", "a command named by an expansion"),
+    ("echo ok; ./deploy-{{ x }}.sh", "a command named by an expansion"),
+    ("e{v,}al {{ x }}", "a command named by an expansion"),
+    ("ex''ec $E {{ x }}", "a command named by an expansion"),
+    ("\\env A=1 $E {{ x }}", "a command named by an expansion"),
+    ("timeout 5 $E {{ x }}", "a command named by an expansion"),
+    ("if $E; then echo {{ x }}; fi", "a command named by an expansion"),
+    ('X="a b" $E {{ x }}', "a command named by an expansion"),
+    ("{ $E; } && echo {{ x }}", "a command named by an expansion"),
+    # Offsets on $@, $* and the positional parameters, and wait -p's name.
+    ('echo "${@:{{ x }}}"', "${name:offset:length}"),
+    ('echo "${*:{{ x }}}"', "${name:offset:length}"),
+    ('X={{ x }}; echo "${@:X}"', "${name:offset:length}"),
+    ("echo ${1:{{ x }}}", "${name:offset:length}"),
+    ("sleep 0 & wait -n -p {{ x }}", "printf -v or wait -p"),
+    # An interpreter whose script file is standard input or a descriptor.
+    ("bash /dev/stdin <<< {{ x }}", "a shell"),
+    ("sh /proc/self/fd/0 <<< {{ x }}", "a shell"),
+    ("bash <(echo {{ x }})", "a shell"),
+    ("python3 /dev/stdin <<< {{ x }}", "python -c or python reading standard input"),
+    ("node /dev/fd/0 <<< {{ x }}", "node -e"),
+    # Programs whose options run a command.
+    ("git ls-remote --upload-pack={{ x }} origin", "git -c or git config, or an option"),
+    ("git fetch --upload-p {{ x }} origin", "git -c or git config, or an option"),
+    ("git clone -u {{ x }} https://example.org/r.git", "git -c or git config, or an option"),
+    ("git push --receive-pack={{ x }} origin", "git -c or git config, or an option"),
+    ("git push --exec={{ x }} origin", "git -c or git config, or an option"),
+    ("git rebase -x {{ x }} main", "git -c or git config, or an option"),
+    ("git submodule foreach {{ x }}", "git -c or git config, or an option"),
+    ("make V={{ x }}", "make"),
+    ("make --eval={{ x }}", "make"),
+    ("tar xf a.tar --to-command={{ x }}", "tar --to-command"),
+    ("tar --checkpoint-action=exec={{ x }} -xf a.tar", "tar --to-command"),
+    ("tar -I {{ x }} -xf a.tar", "tar --to-command"),
+    ("tar xIf {{ x }} a.tar", "tar --to-command"),
+    ("tar --use={{ x }} -xf a.tar", "tar --to-command"),
+    ("tar -xf a.tar --rsh-command={{ x }}", "tar --to-command"),
+    ("tar -cf a.tar -F {{ x }} .", "tar --to-command"),
+    ("tar --new-volume-script={{ x }} -cf a.tar .", "tar --to-command"),
+    ("vim -es -c {{ x }} file", "vim, vi, ex or nvim"),
+    ("vi +{{ x }} file", "vim, vi, ex or nvim"),
+    ("nvim -S {{ x }}", "vim, vi, ex or nvim"),
+    ("find . -exec {{ x }} \\;", "find -exec"),
+    ("find . -name x -execdir {{ x }} +", "find -exec"),
+    ("find . -ok {{ x }} \\;", "find -exec"),
+    ("rsync -e {{ x }} a host:b", "ssh, scp, sftp or rsync"),
+    ("zip -TT {{ x }} a.zip a", "zip -TT or --unzip-command"),
+    ("zip --unzip-command={{ x }} a.zip a", "zip -TT or --unzip-command"),
+    ("perl -Mstrict -e 1 {{ x }}", "perl -e"),
 ]
 
 
@@ -242,7 +304,18 @@ def test_an_expression_the_shell_would_not_expand_is_refused(source: str, contex
         "git commit -m {{ x }} && git -C sub log",
         "echo $'\\t' {{ x }} $'it\\'s'",
         "cat <<'EOF'\nno $(expansion) here\nEOF\necho {{ x }}",
-        "{{ x }} | tr a-z A-Z",
+        "VAR={{ x }} ./deploy.sh && A=1 B={{ x }} ./deploy.sh",
+        'echo "deployed {{ x }}; commit $RUNNER_COMMIT" \'a; $b\' `date` "`date` {{ x }}"',
+        "cat > .env <<EOF\n$HOME/{{ x }}\nURL=$URL\nEOF",
+        "echo {{ x }} # ; $X",
+        "git push -u origin {{ x }} && git log --cc {{ x }} && git clean -fdx",
+        "tar czf out.tgz dist && echo {{ x }}",
+        "exec ./server --branch {{ x }}",
+        "env NODE_ENV=production node server.js {{ x }}",
+        "echo $(date) $HOME {{ x }} >&2",
+        "echo \\$HOME \\\n  {{ x }}",
+        'f() { echo "$1"; }; f {{ x }}',
+        "python3 manage.py migrate {{ x }}",
         "echo {% raw %}{{ literal }}{% endraw %}",
         'for w in {{ x }} end; do echo "$w"; done',
         "if [ {{ x }} = main ]; then echo yes; fi",
@@ -252,6 +325,17 @@ def test_an_expression_the_shell_would_not_expand_is_refused(source: str, contex
 )
 def test_near_misses_and_plain_shell_are_accepted(source: str) -> None:
     assert shell_template_problem(source) is None
+
+
+def test_a_respelled_word_or_a_command_named_by_an_expansion_is_said_on_its_own_line() -> None:
+    # Found on a copy without quotes, or on the script's syntax: the line is still the script's.
+    for source, construct in [
+        ("echo 'it''s'\necho \"a\"\nev''al {{ x }}", "eval"),
+        ("echo 'one;\n$two'\ncat <<EOF\n$three\nEOF\n  $E {{ x }}", "a command named by an expansion"),
+    ]:
+        found = shell_template_problem_at(source)
+        assert found is not None and found[0].startswith(construct), found
+        assert found[1] == source.count("\n"), found
 
 
 def test_control_blocks_are_refused_in_run_strings_and_syntax_errors_said() -> None:
@@ -284,13 +368,41 @@ def test_control_blocks_are_refused_in_run_strings_and_syntax_errors_said() -> N
         (["git", "commit", "-m", "{{ x }}"], set()),
         (["echo", "{{ x }}", "sh", "-c"], set()),
         (["env", "A=1", "printenv", "A"], set()),
+        # An option's argument is not the script; a code option anywhere before the item refuses it.
+        (["bash", "-o", "pipefail", "-c", "{{ x }}"], {4}),
+        (["bash", "+O", "extglob", "{{ x }}"], {3}),
+        (["bash", "./deploy.sh", "-c", "{{ x }}"], {3}),
+        (["python3", "-W", "ignore", "{{ x }}"], {3}),
+        (["php", "-f", "{{ x }}"], {2}),
+        # The value as the program: the list's first item, or the program a wrapper runs.
+        (["{{ x }}", "--version"], {0}),
+        (["env", "A=1", "{{ x }}"], {2}),
+        (["nice", "-n", "5", "{{ x }}"], {3}),
+        (["env", "A={{ x }}", "printenv", "A"], set()),
+        (["timeout", "5", "./x", "{{ x }}"], set()),
+        # Programs whose options run a command.
+        (["make", "--eval", "{{ x }}"], {2}),
+        (["make", "V={{ x }}"], {1}),
+        (["tar", "xf", "a.tar", "--to-command", "{{ x }}"], {4}),
+        (["tar", "xf", "a.tar", "--to-com={{ x }}"], {3}),
+        (["tar", "cIf", "{{ x }}", "a"], {2}),
+        (["tar", "-xf", "a.tar", "-C", "{{ x }}"], set()),
+        (["git", "ls-remote", "--upload-pack", "{{ x }}"], {3}),
+        (["git", "clone", "-u", "{{ x }}", "url"], {3}),
+        (["git", "rebase", "--exec={{ x }}"], {2}),
+        (["git", "push", "-u", "origin", "{{ x }}"], set()),
+        (["vim", "-es", "-c", "{{ x }}"], {3}),
+        (["find", ".", "-exec", "{{ x }}", ";"], {3}),
+        (["find", "{{ x }}", "-name", "x"], set()),
+        (["zip", "-TT", "{{ x }}", "a.zip"], {2}),
     ],
 )
 def test_a_list_item_a_program_reads_as_code_is_refused(argv: list[str], refused: set[int]) -> None:
     problems = argv_template_problems(argv)
     assert set(problems) == refused, problems
     for problem in problems.values():
-        assert "reads as code" in problem and "instead, check the value" in problem
+        assert "reads as code" in problem or "in the program of an argument list" in problem
+        assert "instead, check the value" in problem
 
 
 PIPELINE = """\
@@ -332,9 +444,54 @@ def test_variables_read_as_code_refuse_templated_values_in_env(tmp_path: Path) -
         "LD_PRELOAD",
         "GIT_CONFIG_COUNT",
         "npm_config_script_shell",
+        "NPM_CONFIG_SCRIPT_SHELL",
+        "Npm_Config_Script_Shell",
+        "TAR_OPTIONS",
+        "MAKEFLAGS",
+        "MFLAGS",
+        "GNUMAKEFLAGS",
+        "RSYNC_RSH",
+        "GIT_DIR",
+        "HOME",
+        "XDG_CONFIG_HOME",
+        "SHELL",
+        "ZIPOPT",
+        "UNZIP",
+        "GZIP",
+        "BZIP2",
+        "XZ_OPT",
+        "ZSTD_CLEVEL",
+        "OPENSSL_CONF",
+        "NODE_PATH",
+        "MANPAGER",
+        "MANOPT",
+        "LESS",
+        "LESSKEYIN",
+        "BROWSER",
+        "TERMINFO",
+        "YARN_RC_FILENAME",
+        "pnpm_config_x",
+        "PIP_INDEX_URL",
+        "CARGO_HOME",
+        "RUSTFLAGS",
+        "CC",
+        "CXX",
+        "CFLAGS",
+        "LDFLAGS",
+        "JAVA_OPTS",
     ):
         assert code_variable(name), name
-    for name in ("NAME", "HOME", "NODE_ENV", "DEPLOY_PATH", "ENVIRONMENT", "env", "path"):
+    for name in (
+        "NAME",
+        "HOMEPAGE",
+        "NODE_ENV",
+        "DEPLOY_PATH",
+        "ENVIRONMENT",
+        "ACC",
+        "GITHUB",
+        "env",
+        "path",
+    ):
         assert code_variable(name) is None, name
 
 
