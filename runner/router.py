@@ -67,21 +67,42 @@ def describe(exc: BaseException) -> str:
     return f"{type(cause).__name__}: {text[:500]}"
 
 
-def directory_identity(directory: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(directory)
-    except OSError:
-        return None
-    return st.st_dev, st.st_ino
+class Opened:
+    """Tells whether a directory was removed or replaced since this was made.
+
+    It keeps the directory open: a removed directory's inode then stays allocated, so a new directory made
+    at the same path cannot get its number and pass for it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def replaced(self) -> bool:
+        try:
+            now = os.stat(self.directory)
+        except OSError:
+            return True
+        mine = os.fstat(self._fd)
+        return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> Opened:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
 
-async def wait_for_entry(reader: Reader, stop: asyncio.Event, identity: tuple[int, int] | None) -> None:
+async def wait_for_entry(reader: Reader, stop: asyncio.Event, opened: Opened) -> None:
     """Wait until an entry is ready or ``stop`` is set; raise QueueGone if the directory is replaced."""
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(reader.wait(stop), timeout=DIRECTORY_CHECK)
             return
-        if directory_identity(reader.queue.directory) != identity:
+        if opened.replaced():
             raise QueueGone(f"{reader.queue.directory} was removed or replaced")
 
 
@@ -91,25 +112,27 @@ class Router:
         self.queues_dir = queues_dir
         self.pipelines = pipelines
         self.store = store
-        self._queues: dict[str, tuple[Queue, tuple[int, int] | None]] = {}
+        self._queues: dict[str, tuple[Queue, Opened]] = {}
         self._tries: dict[str, int] = {}
         self._outages = 0
 
     def queue_for(self, pipeline: str) -> Queue:
         """The pipeline's queue; made again if its directory was removed (or replaced) since it was opened."""
         cached = self._queues.get(pipeline)
-        if cached is not None and directory_identity(cached[0].directory) == cached[1]:
+        if cached is not None and not cached[1].replaced():
             return cached[0]
         if cached is not None:
-            cached[0].close()
+            for part in cached:
+                part.close()
             del self._queues[pipeline]
         queue = Queue(self.queues_dir / pipeline)
-        self._queues[pipeline] = (queue, directory_identity(queue.directory))
+        self._queues[pipeline] = (queue, Opened(queue.directory))
         return queue
 
     def close(self) -> None:
-        for queue, _ in self._queues.values():
+        for queue, opened in self._queues.values():
             queue.close()
+            opened.close()
         self._queues.clear()
 
     def route(self, name: str) -> tuple[str, str | None]:
@@ -309,13 +332,12 @@ class Router:
         # Left by a writer that crashed before publishing: no consumer will ever read them.
         for temp in self.main.remove_stale_temps():
             logger.warning("removed %s/%s, a write that never completed", self.main.directory, temp)
-        identity = directory_identity(self.main.directory)
         try:
-            with Reader(self.main) as reader:
+            with Opened(self.main.directory) as opened, Reader(self.main) as reader:
                 while not stop.is_set():
                     name = reader.take()
                     if name is None:
-                        await wait_for_entry(reader, stop, identity)
+                        await wait_for_entry(reader, stop, opened)
                         continue
                     try:
                         await asyncio.to_thread(self.route, name)

@@ -26,7 +26,7 @@ from runner.events import pushed_commit, repository_name
 from runner.events import ref as event_ref
 from runner.pipeline import Pipeline, PipelineSet, pipeline_files
 from runner.queue import FAILED_DIR, Queue, Reader, is_entry_name
-from runner.router import QueueGone, Router, describe, directory_identity, wait_for_entry
+from runner.router import Opened, QueueGone, Router, describe, wait_for_entry
 from runner.store import Store
 
 logger = logging.getLogger(__name__)
@@ -139,12 +139,11 @@ class Lane:
         # Left by a writer that crashed before publishing: no consumer will ever read them.
         for temp in self.queue.remove_stale_temps():
             logger.warning("removed %s/%s, a write that never completed", self.queue.directory, temp)
-        identity = directory_identity(self.queue.directory)
-        with Reader(self.queue) as reader:
+        with Opened(self.queue.directory) as opened, Reader(self.queue) as reader:
             while not stop.is_set():
                 name = reader.take()
                 if name is None:
-                    await wait_for_entry(reader, stop, identity)
+                    await wait_for_entry(reader, stop, opened)
                     continue
                 try:
                     result = await self.carry_out(name, stop)
@@ -247,7 +246,9 @@ class Lane:
             commit=commit,
         )
         try:
-            return await self._carry_out_run(name, entry, pipeline, run_id, interrupted, stop)
+            return await self._carry_out_run(
+                name, entry, pipeline, run_id, interrupted, stop, (trigger, ref, commit, payload)
+            )
         except Exception as exc:
             # Not a step's doing (those fail their step): the run fails, the lane goes on.
             reason = f"the run could not go on: {describe(exc)}"
@@ -264,12 +265,9 @@ class Lane:
         run_id: int,
         interrupted: list[int],
         stop: asyncio.Event,
+        what: tuple[str, str | None, str | None, dict[str, Any]],
     ) -> str:
-        kind = entry.get("kind", "delivery")
-        payload = entry.get("payload") if isinstance(entry.get("payload"), dict) else {}
-        ref = entry.get("ref") if kind == "manual" else event_ref(payload)
-        commit = entry.get("commit") if kind == "manual" else pushed_commit(payload)
-        trigger = "manual" if kind == "manual" else str(entry.get("event"))
+        trigger, ref, commit, payload = what
         for old in interrupted:
             logger.warning("run %d of %s was cut short by the worker's end; running it again", old, self.name)
             # Its step ran in a session of its own and may have outlived the worker: it must not run
