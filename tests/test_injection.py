@@ -138,6 +138,11 @@ RUNS = [
     Shape("line-count", f'X="{M}"; printf "%s\\n" "$X" | wc -l', lambda b, m: [str(len(lines(m)))]),
     Shape("argv", ["printf", "%s\\n", B, M], lambda b, m: lines(b) + lines(m)),
     Shape("env-value", "printf '%s\\n' \"$SHOWN\"", lambda b, m: lines(b), env={"SHOWN": B}),
+    # Near the new refusals, and accepted: a value assigned before a command, a closing backtick, and ';' or
+    # '$' inside double quotes, none of which starts a command.
+    Shape("leading-assignment", f"SHOWN={B} printenv SHOWN", lambda b, m: lines(b)),
+    Shape("backticks-then-value", f'echo "`echo x` {B}"', lambda b, m: lines(f"x {b}")),
+    Shape("quoted-separator", f'X=1; echo "b {B}; x $X"', lambda b, m: lines(f"b {b}; x 1")),
 ]
 REFUSED = [
     Shape("arithmetic", f"echo $(( {M} ))", refused="$(( )) or (( ))"),
@@ -168,6 +173,50 @@ REFUSED = [
         refused="{{ ... }} in an argument that bash reads as code",
     ),
     Shape("env-bash-env", "echo hi", refused="BASH_ENV may not hold an expression", env={"BASH_ENV": B}),
+    # An adversarial review's cases: each one, accepted, ran the value in a real bash.
+    Shape("respelled-backslash", f"\\eval {B}", refused="eval"),
+    Shape("respelled-quotes", f"ev''al {M}", refused="eval"),
+    Shape("respelled-declare", f"\\declare x={M}; \\declare -i y=x", refused="declare, typeset or local"),
+    Shape("quoted-ps4", f"export 'PS4'={B}; set -x; :", refused="an assignment to a variable read as code"),
+    Shape("expansion-eval", f"E=eval; $E {B}", refused="a command named by an expansion"),
+    Shape("expansion-shell", f"S=bash; $S -c {M}", refused="a command named by an expansion"),
+    Shape("substitution-command", f"$(echo {B})", refused="a command named by an expansion"),
+    Shape("positional-offset", f'echo "${{@:{M}}}"', refused="${name:offset:length}"),
+    Shape("positional-offset-star", f'echo "${{*:{M}}}"', refused="${name:offset:length}"),
+    Shape("positional-offset-name", f'X={M}; echo "${{@:X}}"', refused="${name:offset:length}"),
+    Shape("wait-p", f"sleep 0 & wait -n -p {M}", refused="printf -v or wait -p"),
+    Shape("bash-dev-stdin", f"bash /dev/stdin <<< {B}", refused="a shell"),
+    Shape("python-dev-stdin", f"python3 /dev/stdin <<< {M}", refused="python -c or python reading"),
+    Shape(
+        "git-upload-pack", f"git ls-remote --upload-pack={B} .", refused="git -c or git config, or an option"
+    ),
+    Shape("make-variable", f"make V={M}", refused="make"),
+    Shape("tar-to-command", f"tar xf a.tar --to-command={B}", refused="tar --to-command"),
+    Shape("vim-c", f"vim -es -c {B}", refused="vim, vi, ex or nvim"),
+    Shape("find-exec", f"find . -exec {B} \\;", refused="find -exec"),
+    Shape("zip-tt", f"zip -TT {B} a.zip a", refused="zip -TT or --unzip-command"),
+    Shape(
+        "argv-option-argument",
+        ["bash", "-o", "pipefail", "-c", B],
+        refused="{{ ... }} in an argument that bash",
+    ),
+    Shape("argv-make-eval", ["make", "--eval", M], refused="{{ ... }} in an argument that make reads"),
+    Shape("argv-tar", ["tar", "xf", "a.tar", "--to-command", B], refused="{{ ... }} in an argument that tar"),
+    Shape("argv-git", ["git", "ls-remote", "--upload-pack", B], refused="{{ ... }} in an argument that git"),
+    Shape("argv-vim", ["vim", "-es", "-c", B], refused="{{ ... }} in an argument that vim reads"),
+    Shape("argv-find", ["find", ".", "-exec", B, ";"], refused="{{ ... }} in an argument that find reads"),
+    Shape("argv-program", [B], refused="{{ ... }} in the program of an argument list"),
+    Shape("env-tar-options", "echo hi", refused="TAR_OPTIONS may not hold", env={"TAR_OPTIONS": B}),
+    Shape("env-makeflags", "echo hi", refused="MAKEFLAGS may not hold", env={"MAKEFLAGS": M}),
+    Shape("env-git-dir", "echo hi", refused="GIT_DIR may not hold", env={"GIT_DIR": B}),
+    Shape("env-home", "echo hi", refused="HOME may not hold", env={"HOME": B}),
+    Shape(
+        "env-npm-lowercase",
+        "echo hi",
+        refused="npm_config_script_shell may not",
+        env={"npm_config_script_shell": B},
+    ),
+    Shape("env-cc", "echo hi", refused="CC may not hold", env={"CC": B}),
 ]
 SHAPES = RUNS + REFUSED
 HEAD = 'on: {repository: acme/app, events: [push], branches: ["**"]}\nworkdir: <WORKDIR>\nsteps:\n'
