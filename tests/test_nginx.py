@@ -15,6 +15,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import importlib.machinery
+import importlib.util
 import json
 import os
 import pwd
@@ -139,6 +141,8 @@ class Nginx:
             "reload": shlex.join([*self.argv, "-s", "reload"]),
             "pid-file": self.pid_file,
             "error-log": self.error_log,
+            # Where the tests' certificates are (self_signed): root's, in the test's world.
+            "certificate-dirs": f"{self.prefix.parent / 'live'} {self.prefix.parent / 'live-locked'}",
         }
         settings.update({key.replace("_", "-"): value for key, value in changes.items()})
         path.write_text("".join(f"{key} = {value}\n" for key, value in settings.items()))
@@ -679,9 +683,7 @@ def test_a_run_renders_checks_and_reloads_and_a_broken_site_is_put_back(rig: Rig
         answer_step.detail or ""
     ), answer_step.detail
     assert "put the previous answer.conf back" in (answer_step.detail or "")
-    said = (
-        rf'^\S+ err +\| .*\[emerg\] .*invalid value "bogus" in "gzip" directive.* in {re.escape(str(site))}:3$'
-    )
+    said = rf'^\S+ err +\| .*\[emerg\] .*invalid value "bogus" in "gzip" .* in {re.escape(str(site))}:3$'
     assert re.search(said, rig.log_of(run), re.M), rig.log_of(run)
     assert re.search(r"^\S+ diff +\| \+ +gzip bogus;$", rig.log_of(run), re.M), "the log shows no diff"
     assert site.read_bytes() == before
@@ -913,6 +915,21 @@ def test_the_wrapper_refuses_a_configuration_others_could_change(world: Path, ng
     (templates / "answer.conf.j2").chmod(0o666)
     done = run_wrapper(conf, *args)
     assert done.returncode == 1 and "writable by others" in done.stdout, done.stdout
+    (templates / "answer.conf.j2").chmod(0o644)
+    # So is a certificate directory another user may change, or that is not there and another user could
+    # make, and one that is not an absolute normalised path.
+    mine = world / "mine"
+    mine.mkdir()
+    os.chown(mine, nobody, -1)
+    for dirs, said in (
+        (f"/etc/letsencrypt/live {mine}", f"refusing certificate-dirs {mine}"),
+        (f"{mine}/live", f"refusing certificate-dirs {mine}"),
+        ("live", "'live' must be an absolute, normalised path"),
+        ("/etc/letsencrypt/live/", "must be an absolute, normalised path"),
+    ):
+        nginx.wrapper_conf(conf, home / "templates" / "nginx", certificate_dirs=dirs)
+        done = run_wrapper(conf, *args)
+        assert done.returncode == 1 and said in done.stdout, (dirs, done.stdout)
 
 
 def test_the_wrapper_imports_nothing_from_a_place_another_user_can_write(world: Path, nginx: Nginx) -> None:
@@ -1105,8 +1122,197 @@ def test_a_unix_listener_from_values_is_refused_and_root_creates_no_file(
         assert f"$ {NGINX}" not in done.stderr, (what, "nginx was asked", done.stderr)
         assert not target.exists(), what
         assert list(nginx.sites.iterdir()) == [], what
+    # A certificate directory the wrapper's certificate-dirs do not name: the master would read, as root,
+    # whatever the deploy user put there (a symlink to another key, a FIFO that blocks it).
+    (deploy_dir / "x" / "x").mkdir(parents=True)
+    variables = attack_vars(tls=True, cert="x", cert_dir=str(deploy_dir / "x"))
+    done = run_wrapper(conf, "--site", "evil", "--template", "proxy.conf.j2", "--vars", variables)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"refusing '{deploy_dir}/x/x/fullchain.pem' in ssl_certificate" in done.stdout, done.stdout
+    assert "certificate-dirs" in done.stdout and list(nginx.sites.iterdir()) == []
     # A cert name that is a path, with TLS: refused before nginx's master reads anything.
     variables = attack_vars(tls=True, cert="../../r/x", cert_dir=str(world))
     done = run_wrapper(conf, "--site", "evil", "--template", "proxy.conf.j2", "--vars", variables)
     assert done.returncode == 1 and "'../../r/x' as a name" in done.stdout, done.stdout
     assert list(nginx.sites.iterdir()) == []
+
+
+@pytest.fixture(scope="module")
+def wrapper() -> Any:
+    """The wrapper itself, loaded as a module: its types and its renderer, in-process."""
+    loader = importlib.machinery.SourceFileLoader("runner_nginx_wrapper", str(WRAPPER))
+    spec = importlib.util.spec_from_loader(loader.name, loader)
+    assert spec is not None
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
+
+
+TYPE_CASES: dict[str, tuple[list[object], list[object]]] = {
+    # type: (accepted, refused)
+    "port": (
+        [1, 80, 65535, "443", "8080"],
+        [0, 65536, -1, True, 80.0, "080", "0", "80 ", " 80", "8o", "1e3", "", "/x", "unix:/x", "٣", None,
+         [80]],
+    ),
+    "address": (
+        ["127.0.0.1", "0.0.0.0", "*", "[::]", "[::1]", "[2001:db8::1]", "[::ffff:10.0.0.1]"],  # noqa: S104
+        ["unix", "unix:/tmp/x", "UNIX:/x", "localhost", "example.com", "256.1.1.1", "127.0.0.01", "::1",
+         "[::1", "[fe80::1%eth0]", "127.0.0.1:80", "*:80", "**", "", 1, None, ["127.0.0.1"]],
+    ),
+    "host": (
+        ["127.0.0.1", "[::1]", "localhost", "api.internal", "a-b.example.com", "xn--bcher-kva.example",
+         "a" * 63],
+        ["unix", "unix:/x", "~x", "*.example.com", ".example.com", "example.com.", "-a.example", "a-.example",
+         "a_b", "Api.example", "a..b", "a" * 64, "host:80", "[::1%lo]", "", 1, None],
+    ),
+    "server_name": (
+        ["example.com", "*.example.com", "localhost", "main.localhost", "xn--bcher-kva.example"],
+        ["~^(?<x>.+)$", "~x", ".example.com", "example.*", "*", "*.", "*.*.example", "_", "", "a b",
+         "example.com:80", "www.Example.com", "unix:/x", 1, None],
+    ),
+    "path": (
+        ["/", "/var/www/letsencrypt", "/tmp/runner-x_1/dist", "/a/.../b", "/a/.b"],
+        ["relative/x", "", "/a/../b", "/a/./b", "/..", "/a//b", "//a", "/a/", "/a:b", "/d/x:/../etc/f",
+         "~/x", "/a b", "/a\\b", "/ä", "/a\n", "/a;b", "/a$b", "/" + "a" * 4096, 1, None],
+    ),
+    "name": (
+        ["index.html", "fullchain.pem", "example.com", "a_b-c.1", "...", "x" * 255],
+        [".", "..", "", "a/b", "../x", "/x", "a:b", "*.example.com", "a b", "a;b", "x" * 256, 1, None],
+    ),
+    "size": (
+        [0, 1024, "0", "100", "10m", "25M", "1g", "512k"],
+        ["10mb", "-1", -1, "1.5m", "", "10m;", " 10m", True, "1t", "m", 1.5, None],
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("kind", TYPE_CASES)
+def test_each_type_accepts_its_values_and_refuses_the_edges(wrapper: Any, kind: str) -> None:
+    from jinja2 import TemplateRuntimeError
+
+    check = wrapper.TYPES[kind]
+    accepted, refused = TYPE_CASES[kind]
+    for value in accepted:
+        typed = check(value)
+        assert isinstance(typed, wrapper.Typed) and typed == str(value), (kind, value, typed)
+        assert wrapper.nginx_finalize(typed) == f"\ue000{value}\ue001"
+    article = "an" if kind == "address" else "a"
+    for value in refused:
+        with pytest.raises(TemplateRuntimeError) as raised:
+            check(value)
+        message = str(raised.value)
+        assert message.startswith(f"refusing {str(value)[:77]!r}"[:-1]), (kind, value, message)
+        assert f" as {article} {kind}: " in message, (kind, value, message)
+
+
+def test_finalize_prints_only_typed_values_that_stay_one_word(wrapper: Any) -> None:
+    from jinja2 import TemplateRuntimeError
+
+    for untyped in ("80", 80, "/var/www", ["a"], wrapper.nginx_quote("x")[1:-1]):
+        with pytest.raises(TemplateRuntimeError, match="without a type"):
+            wrapper.nginx_finalize(untyped)
+    # Should a type ever let syntax through, finalize still refuses it.
+    with pytest.raises(TemplateRuntimeError, match="is nginx syntax"):
+        wrapper.nginx_finalize(wrapper.Typed("a;b"))
+    assert wrapper.nginx_finalize(wrapper.nginx_quote("a b; c")) == '\ue000"a b; c"\ue001'
+    with pytest.raises(TemplateRuntimeError, match="nginx_quote refuses"):
+        wrapper.nginx_quote("a\ue001b")
+
+
+RENDERED_REFUSALS = {
+    "access_log": ("access_log {{ p | path }};", "in access_log: it is made from a value"),
+    "error_log": ("error_log {{ p | path }} info;", "in error_log: it is made from a value"),
+    "quoted log": ('access_log "{{ p | path }}";', "in access_log: it is made from a value"),
+    "log as text": ("access_log {{ q | nginx_quote }};", "in access_log: it is made from a value"),
+    "temp path": ("client_body_temp_path {{ p | path }};", "in client_body_temp_path"),
+    "cache path": ("proxy_cache_path {{ p | path }} keys_zone=z:1m;", "in proxy_cache_path"),
+    "include": ("include {{ p | path }};", "in include: it is made from a value"),
+    "directive": ("{{ d | name }} /tmp/x;", "the directive 'access_log' is made from a value"),
+    "half a directive": ("access_{{ e | name }} /tmp/x;", "the directive 'access_log' is made from a value"),
+    "unix listen": ("listen unix:{{ p | path }};", "in listen: a unix socket made from a value"),
+    "unix upstream": (
+        "location / { proxy_pass http://{{ u | name }}:{{ port | port }}; }",
+        "'http://unix:80' in proxy_pass: a unix socket",
+    ),
+    "unix uwsgi": ("location / { uwsgi_pass unix:{{ p | path }}; }", "in uwsgi_pass: a unix socket"),
+    "certificate elsewhere": (
+        "ssl_certificate {{ p | path }}/x.pem;",
+        "refusing '/tmp/x/x.pem' in ssl_certificate: nginx's master reads it as root",
+    ),
+    "trusted elsewhere": (
+        "location / { proxy_ssl_trusted_certificate {{ p | path }}; }",
+        "in proxy_ssl_trusted_certificate: nginx's master reads it as root",
+    ),
+    "certificate beside the directory": (
+        "ssl_certificate_key {{ c | path }}-x/k.pem;",
+        "ssl_certificate_key",
+    ),
+}
+RENDERED_ACCEPTED = [
+    "access_log /var/log/nginx/literal.log; error_log /var/log/nginx/literal.error.log;",
+    "listen unix:/run/literal.sock;",
+    "root {{ p | path }}; ssl_certificate {{ c | path }}/{{ n | name }}/fullchain.pem;",
+    "ssl_certificate /etc/letsencrypt/live/{{ n | name }}/f.pem; ssl_certificate_key /tmp/literal.pem;",
+    "# access_log {{ p | path }};",
+    'return 200 "{{ n | name }}"; add_header X-Path {{ p | path }};',
+    "location {{ p | path }} { proxy_pass http://{{ h | host }}:{{ port | port }}; }",
+]
+RENDER_VARS = {"p": "/tmp/x", "q": "/tmp/x", "d": "access_log", "e": "log", "u": "unix", "port": 80,
+               "n": "name", "h": "localhost", "c": "/etc/letsencrypt/live"}  # fmt: skip
+
+
+def test_a_value_never_names_a_directive_a_file_the_master_opens_or_a_socket(
+    wrapper: Any, tmp_path: Path
+) -> None:
+    conf = {"templates-dir": str(tmp_path), "certificate-dirs": ["/etc/letsencrypt/live"]}
+    for what, (line, said) in RENDERED_REFUSALS.items():
+        (tmp_path / "t.conf.j2").write_text(f"# {what}\nserver {{\n    {line}\n}}\n")
+        with pytest.raises(wrapper.Problem) as raised:
+            wrapper.render(conf, "t.conf.j2", "s", RENDER_VARS)
+        assert str(raised.value).startswith("t.conf.j2, as rendered, line 3: "), (what, str(raised.value))
+        assert said in str(raised.value), (what, str(raised.value))
+    for line in RENDERED_ACCEPTED:
+        (tmp_path / "t.conf.j2").write_text(f"server {{\n    {line}\n}}\n")
+        rendered = wrapper.render(conf, "t.conf.j2", "s", RENDER_VARS).decode()
+        assert "\ue000" not in rendered and "\ue001" not in rendered and "{{" not in rendered, rendered
+    # A template may not hold the marks itself.
+    (tmp_path / "t.conf.j2").write_text("server { listen \ue0001\ue001; }\n")
+    with pytest.raises(wrapper.Problem, match="U\\+E000 or U\\+E001"):
+        wrapper.render(conf, "t.conf.j2", "s", {})
+
+
+def test_a_log_path_from_a_value_is_refused_where_template_text_is_not(world: Path, nginx: Nginx) -> None:
+    owned = world / "r"
+    owned.mkdir(mode=0o700)
+    literal, chosen = owned / "literal.log", owned / "chosen.log"
+    port = free_port()
+    server = f"server {{\n    listen 127.0.0.1:{port};\n    access_log <LOG>;\n    return 204;\n}}\n"
+    templates = {
+        "literal.conf.j2": server.replace("<LOG>", str(literal)),
+        "chosen.conf.j2": server.replace("<LOG>", "{{ log | path }}"),
+    }
+    home = make_home(world, templates)
+    conf = nginx.wrapper_conf(world / "runner-nginx.conf", home / "templates" / "nginx")
+    # Template text: nginx -t, as root, opens (creates) the log; that is the template's own choice.
+    args = ["--site", "a", "--template", "literal.conf.j2", "--no-reload", "--vars", "{}"]
+    done = run_wrapper(conf, *args)
+    assert done.returncode == 0 and literal.stat().st_uid == 0, done.stdout + done.stderr
+    before = (nginx.sites / "a.conf").read_bytes()
+    # From a value, even a well-typed path: refused, before nginx is asked.
+    args = [
+        "--site",
+        "a",
+        "--template",
+        "chosen.conf.j2",
+        "--no-reload",
+        "--vars",
+        json.dumps({"log": str(chosen)}),
+    ]
+    done = run_wrapper(conf, *args)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"chosen.conf.j2, as rendered, line 3: refusing '{chosen}' in access_log" in done.stdout, (
+        done.stdout
+    )
+    assert f"$ {NGINX}" not in done.stderr and not chosen.exists()
+    assert (nginx.sites / "a.conf").read_bytes() == before
