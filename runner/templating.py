@@ -230,6 +230,13 @@ def _after(
     return reads
 
 
+def _launcher(argv: Sequence[str], k: int, j: int) -> bool:
+    """npx and the like run the package a later item names; pnpm, npm, yarn and bun do with dlx, exec or x."""
+    if argv[k].rsplit("/", 1)[-1] in ("npx", "pnpx", "bunx", "uvx"):
+        return True
+    return any(item in ("dlx", "exec", "x") for item in argv[k + 1 : j])
+
+
 def _wrapped(argv: Sequence[str], k: int, j: int) -> bool:
     """The wrapper at k runs item j as the program: only options, numbers and assignments before j."""
     return not re.match(r"\w+=", argv[j]) and all(re.match(r"[-+\d]|\w+=", item) for item in argv[k + 1 : j])
@@ -430,6 +437,13 @@ REPARSERS: tuple[Reparser, ...] = (
         _word("xargs|watch|parallel|flock|script"),
         ("xargs", "watch", "parallel", "flock", "script"),
         _always,
+    ),
+    Reparser(
+        "npx, pnpx, bunx, uvx, pnpm dlx, pnpm exec, npm exec or yarn dlx",
+        "they fetch or run the program a value names",
+        rf"{_word('npx|pnpx|bunx|uvx')}|{_word('pnpm|npm|yarn|bun')}{_SAME_LINE}(?:dlx|exec|x)(?!\S)",
+        ("npx", "pnpx", "bunx", "uvx", "pnpm", "npm", "yarn", "bun"),
+        _launcher,
     ),
     Reparser(
         "env -S",
@@ -650,6 +664,8 @@ def _contexts(text: str, holes: list[int], view: list[str] | None = None) -> lis
             stack.append("(")
         elif char == ")" and top in ("$(", "("):
             stack.pop()
+        elif char == ")":
+            literal(i, ";")  # no ( to close: a case pattern's end, where a command starts
         elif char == "#" and (i == 0 or text[i - 1] in " \t\n;&|()<>"):
             end = text.find("\n", i)
             end = n if end < 0 else end

@@ -258,6 +258,9 @@ REFUSED = [
     ("zip -TT {{ x }} a.zip a", "zip -TT or --unzip-command"),
     ("zip --unzip-command={{ x }} a.zip a", "zip -TT or --unzip-command"),
     ("perl -Mstrict -e 1 {{ x }}", "perl -e"),
+    ("case a in a) $E {{ x }};; esac", "a command named by an expansion"),
+    ("npx {{ x }}", "npx, pnpx"),
+    ("pnpm dlx {{ x }}", "npx, pnpx"),
 ]
 
 
@@ -395,6 +398,9 @@ def test_control_blocks_are_refused_in_run_strings_and_syntax_errors_said() -> N
         (["find", ".", "-exec", "{{ x }}", ";"], {3}),
         (["find", "{{ x }}", "-name", "x"], set()),
         (["zip", "-TT", "{{ x }}", "a.zip"], {2}),
+        (["npx", "{{ x }}"], {1}),
+        (["pnpm", "dlx", "{{ x }}"], {2}),
+        (["pnpm", "run", "build", "{{ x }}"], set()),
     ],
 )
 def test_a_list_item_a_program_reads_as_code_is_refused(argv: list[str], refused: set[int]) -> None:
