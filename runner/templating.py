@@ -292,8 +292,9 @@ _STARTS = r"(?:^|[;`|]|(?<![<>])&|(?<!=)\(|(?<!\$)\{(?=\s))"
 _RUNNERS = "|".join(_respelled(name) for name in ("command", "builtin", *_WRAPPERS))
 _LEADING = (
     r"(?:!|if|then|do|else|elif|while|until|time|coproc)"  # reserved words, only ever unquoted
-    + rf"|(?:{_RUNNERS})(?:[ \t]+[-+\d]{_PLAIN}*)*"
-    + rf"|{_ASSIGNMENT}{_PLAIN}*"
+    # Possessive: an option or an assignment never is the command, and giving one back costs quadratic time.
+    + rf"|(?:{_RUNNERS})(?:[ \t]+[-+\d]{_PLAIN}*+)*+"
+    + rf"|{_ASSIGNMENT}{_PLAIN}*+"
 )
 _COMMAND_NAMED = (
     rf"{_STARTS}[ \t]*(?:(?:{_LEADING})[ \t]+)*(?!\{{\s)(?!{_ASSIGNMENT})"
