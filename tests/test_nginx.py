@@ -1236,6 +1236,11 @@ RENDERED_REFUSALS = {
         "'http://unix:80' in proxy_pass: a unix socket",
     ),
     "unix uwsgi": ("location / { uwsgi_pass unix:{{ p | path }}; }", "in uwsgi_pass: a unix socket"),
+    # nginx opens a string only at a word's start: quoted mid-word, the text ends the word at its space.
+    "quoted mid-word": (
+        "location / { return 200 x{{ t | nginx_quote }}; }",
+        """'"a; include /etc/passwd; #"' is made from values and is not part of one word""",
+    ),
     "certificate elsewhere": (
         "ssl_certificate {{ p | path }}/x.pem;",
         "refusing '/tmp/x/x.pem' in ssl_certificate: nginx's master reads it as root",
@@ -1255,11 +1260,12 @@ RENDERED_ACCEPTED = [
     "root {{ p | path }}; ssl_certificate {{ c | path }}/{{ n | name }}/fullchain.pem;",
     "ssl_certificate /etc/letsencrypt/live/{{ n | name }}/f.pem; ssl_certificate_key /tmp/literal.pem;",
     "# access_log {{ p | path }};",
-    'return 200 "{{ n | name }}"; add_header X-Path {{ p | path }};',
+    'return 200 "{{ n | name }}"; add_header X-Path {{ p | path }}; add_header X-Text {{ t | nginx_quote }};',
     "location {{ p | path }} { proxy_pass http://{{ h | host }}:{{ port | port }}; }",
 ]
 RENDER_VARS = {"p": "/tmp/x", "q": "/tmp/x", "d": "access_log", "e": "log", "u": "unix", "port": 80,
-               "n": "name", "h": "localhost", "c": "/etc/letsencrypt/live"}  # fmt: skip
+               "n": "name", "h": "localhost", "c": "/etc/letsencrypt/live",
+               "t": "a; include /etc/passwd; #"}  # fmt: skip
 
 
 def test_a_value_never_names_a_directive_a_file_the_master_opens_or_a_socket(
