@@ -48,8 +48,10 @@ SPOOL_BYTES = 128 * 1024 * 1024
 # A body must have arrived this long after its headers (GitHub gives up after 10 s), so that slow senders
 # cannot hold the budgets' places for ever.
 BODY_TIMEOUT = 30.0
-# Bodies in the queue's budgets' logs: at most one line per this many seconds, with the count since the last.
+# A budget logs its refusals at most once per this many seconds, with the count since the last line.
 BUSY_LOG_INTERVAL = 1.0
+SERVE_BACKLOG = 1024
+APP_QUEUE_MESSAGES = 2
 WEBHOOK_PATH = "/github-webhook"
 SIGNATURE_PREFIX = "sha256="
 # What GitHub sends: event names are lower_snake_case, delivery ids GUIDs, hook ids integers.
@@ -87,6 +89,27 @@ Send = Callable[[dict[str, Any]], Awaitable[None]]
 Receive = Callable[[], Awaitable[dict[str, Any]]]
 Headers = dict[bytes, bytes]
 T = TypeVar("T")
+
+
+class _Messages:
+    """A request's ``receive`` that remembers whether the last message came (the body's end, a disconnect)."""
+
+    def __init__(self, receive: Receive) -> None:
+        self.receive = receive
+        self.done = False
+
+    async def __call__(self) -> dict[str, Any]:
+        message = await self.receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            self.done = True
+        return message
+
+
+async def _drain(receive: Receive) -> None:
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(BODY_TIMEOUT):
+            while (await receive())["type"] != "http.disconnect":
+                pass
 
 
 async def _send_json(send: Send, status: int, content: dict[str, Any]) -> None:
@@ -386,6 +409,7 @@ class WebhookApp:
         self.memory = Budget("bodies in memory", MEMORY_BODIES, MEMORY_BYTES)
         self.spooled = Budget("bodies on disk", SPOOL_BODIES, SPOOL_BYTES)
         self._checking = asyncio.Semaphore(1)
+        self._draining: set[asyncio.Future[None]] = set()
         self.app = Starlette(
             routes=[
                 # Only reached by other methods, which Starlette answers 405 as it does for any route.
@@ -413,25 +437,35 @@ class WebhookApp:
             self.committer.close()
 
     async def github_webhook(self, scope: dict[str, Any], receive: Receive, send: Send) -> None:
+        messages = _Messages(receive)
+        status, content = await self._answer(scope, messages)
+        if not messages.done:
+            # Answered before the body's end: Hypercorn still queues the rest for the app, and once the answer
+            # is sent, waits for room in that queue to tell the app the client has gone (for ever, if it is
+            # full). So the rest is read and dropped until then, and Hypercorn closes the connection.
+            task = asyncio.ensure_future(_drain(receive))
+            self._draining.add(task)
+            task.add_done_callback(self._draining.discard)
+        if content is None:
+            await _send_empty(send, status)
+        else:
+            await _send_json(send, status, content)
+
+    async def _answer(self, scope: dict[str, Any], receive: Receive) -> tuple[int, dict[str, Any] | None]:
         try:
             event, delivery, name = await self._receive(scope, receive)
         except ClientDisconnect:
-            await _send_empty(send, 400)
-            return
+            return 400, None
         except Rejected as rejected:
             if rejected.check != "busy":  # a budget logs its own refusals, a line a second at most
                 client = scope["client"][0] if scope.get("client") else "?"
                 logger.warning("rejected a delivery from %s: %s", client, rejected.message)
-            await _send_json(send, rejected.status, {"error": rejected.check, "message": rejected.message})
-            return
+            return rejected.status, {"error": rejected.check, "message": rejected.message}
         except OSError as exc:
             logger.error("could not enqueue a delivery: %s", exc)
-            await _send_json(
-                send, 503, {"error": "queue", "message": "the delivery could not be stored; try again"}
-            )
-            return
+            return 503, {"error": "queue", "message": "the delivery could not be stored; try again"}
         logger.debug("delivery %s (%s) queued as %s", delivery, event, name)
-        await _send_json(send, 202, {"delivery": delivery, "entry": name})
+        return 202, {"delivery": delivery, "entry": name}
 
     async def _receive(self, scope: dict[str, Any], receive: Receive) -> tuple[str, str, str]:
         """Read, verify and enqueue a delivery: its event, delivery id and entry name. Raises Rejected.
@@ -578,4 +612,11 @@ async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: a
     hc.errorlog = logging.getLogger("hypercorn.error")
     # In-flight deliveries get this long to become durable and be answered after a stop is asked for.
     hc.graceful_timeout = 10.0
+    # Hypercorn listens again with its own backlog (100 by default). When the queue of connections not yet
+    # accepted is full, the kernel drops new ones, and a client tries again only a second later: under a
+    # flood of connections (each refused at once, and opened again) a valid delivery would wait seconds.
+    hc.backlog = SERVE_BACKLOG
+    # Messages of a body Hypercorn reads ahead of the app, 64 KiB each: its default of 10 would hold 640 KiB
+    # of every connection's body in memory before the app has even looked at the headers and refused it.
+    hc.max_app_queue_size = APP_QUEUE_MESSAGES
     await hypercorn_serve(WebhookApp(secret, queue, store), hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
