@@ -298,6 +298,9 @@ _LEADING = (
 )
 _COMMAND_NAMED = (
     rf"{_STARTS}[ \t]*(?:(?:{_LEADING})[ \t]+)*(?!\{{\s)(?!{_ASSIGNMENT})"
+    # An expression that is the whole command word ({{ x }} | tr ...) stays one word, a program's name and
+    # never a command line: the form the README lists as plain. A part of a word, or an expansion, is not.
+    rf"(?!{_HOLE}(?:[\s;&|()<>]|$))"
     rf"[^\s;&|()<>$`{_HOLE}{{]*[$`{_HOLE}{{]"
 )
 

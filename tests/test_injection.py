@@ -133,6 +133,8 @@ RUNS = [
         lambda b, m: ["other", "other"],
     ),
     Shape("comment-value", f"echo start # {M}", lambda b, m: ["start"]),
+    # The value as the whole command word is one program name (none by that name here), never a command line.
+    Shape("value-as-command", f"{M} | tr a-z A-Z || echo no such program", lambda b, m: ["no such program"]),
     Shape("pipe", f"echo {B} | tr a-z A-Z", lambda b, m: lines(upper(b))),
     Shape("concatenated-quotes", f"echo 'a'\"{B}\"'c'{B}", lambda b, m: lines(f"a{b}c{b}")),
     Shape("line-count", f'X="{M}"; printf "%s\\n" "$X" | wc -l', lambda b, m: [str(len(lines(m)))]),
