@@ -80,6 +80,9 @@ class Config:
     certbot: tuple[str, ...] = tuple(shlex.split(DEFAULT_CERTBOT))
     # How long runs, deliveries and failed entries are kept (seconds), and how many of each pipeline's
     # last runs are kept whatever their age: the history an operator looks at when something goes wrong.
+    # The user whose main-queue entries the router takes for verified deliveries: the web unit's
+    # (RUNNER_WEB_USER, set by its unit). Unset: whoever owns queues/main (one user, as with runner up).
+    web_user: str | None = None
     retention: float = DEFAULT_RETENTION
     keep_runs: int = DEFAULT_KEEP_RUNS
 
@@ -106,6 +109,17 @@ class Config:
     @property
     def main_queue_dir(self) -> Path:
         return self.queues_dir / "main"
+
+    def web_uid(self) -> int | None:
+        """The user id of RUNNER_WEB_USER, or None when it is not set."""
+        if self.web_user is None:
+            return None
+        try:
+            return pwd.getpwnam(self.web_user).pw_uid
+        except KeyError:
+            raise ConfigError(
+                f"RUNNER_WEB_USER={self.web_user}: no such user (the webhook endpoint's, e.g. runner-web)"
+            ) from None
 
     @property
     def worker_lock(self) -> Path:
@@ -282,6 +296,7 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         nginx=_read_command(environ, "RUNNER_NGINX", DEFAULT_NGINX),
         nginx_templates=nginx_templates_dir(home, environ),
         certbot=_read_command(environ, "RUNNER_CERTBOT", DEFAULT_CERTBOT),
+        web_user=environ.get("RUNNER_WEB_USER") or None,
         retention=_read_duration(environ, "RUNNER_RETENTION", DEFAULT_RETENTION),
         keep_runs=_read_count(environ, "RUNNER_KEEP_RUNS", DEFAULT_KEEP_RUNS),
     )

@@ -107,8 +107,17 @@ async def wait_for_entry(reader: Reader, stop: asyncio.Event, opened: Opened) ->
 
 
 class Router:
-    def __init__(self, main: Queue, queues_dir: Path, pipelines: PipelineSet, store: Store) -> None:
+    def __init__(
+        self,
+        main: Queue,
+        queues_dir: Path,
+        pipelines: PipelineSet,
+        store: Store,
+        writer: int | None = None,
+    ) -> None:
         self.main = main
+        # The user id whose entries are deliveries (the web user); None: the main queue directory's owner.
+        self.writer = writer
         self.queues_dir = queues_dir
         self.pipelines = pipelines
         self.store = store
@@ -160,13 +169,14 @@ class Router:
 
     def _read(self, name: str) -> dict[str, Any]:
         try:
-            # Only the webhook endpoint's user, which owns the main queue, writes verified deliveries; the
-            # deploy user may remove entries there (and so create files), never make one pass as verified.
-            entry = self.main.read(name, owner=self.main.owner())
+            # Only the webhook endpoint's user writes verified deliveries; the deploy user may remove entries
+            # there (and so create files), never make one pass as verified. Named by configuration, not by the
+            # directory's owner: the deploy user owns RUNNER_HOME and could put a directory of its own there.
+            writer = self.writer if self.writer is not None else self.main.owner()
+            entry = self.main.read(name, owner=writer)
         except ForeignEntry as exc:
-            raise BadEntry(
-                f"not written by the webhook endpoint: {exc} (the owner of {self.main.directory})"
-            ) from None
+            whose = "the web user's" if self.writer is not None else f"the owner of {self.main.directory}"
+            raise BadEntry(f"not written by the webhook endpoint: {exc} ({whose})") from None
         except (OSError, ValueError) as exc:
             raise BadEntry(f"unreadable entry: {exc}") from None
         if not isinstance(entry, dict):

@@ -403,6 +403,8 @@ class Worker:
         self.store = store
         self.config = config
         self.environ = environ
+        # Resolved now: an unknown web user is a configuration error at start, not a router that fails.
+        self.writer = config.web_uid()
         self.router: Router | None = None
         self.lanes: dict[str, Lane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
@@ -432,7 +434,11 @@ class Worker:
 
     async def _route(self, stop: asyncio.Event) -> None:
         self.router = Router(
-            Queue(self.config.main_queue_dir), self.config.queues_dir, self.pipelines, self.store
+            Queue(self.config.main_queue_dir),
+            self.config.queues_dir,
+            self.pipelines,
+            self.store,
+            writer=self.writer,
         )
         await self.router.run(stop)
 

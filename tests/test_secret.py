@@ -23,6 +23,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -284,6 +285,42 @@ def test_a_step_cannot_read_the_secret_that_the_web_process_verifies_with(deploy
     assert (main / "failed" / name).is_file()
     done = run_cli("runs", "--json", env={"PATH": os.environ["PATH"], **deployed.worker_env()})
     assert len(json.loads(done.stdout)) == 1, "a run was made from an entry the endpoint never wrote"
+
+
+def test_a_main_queue_the_deploy_user_made_itself_is_not_trusted(deployed: Deployed) -> None:
+    # The deploy user owns RUNNER_HOME and queues/: it can put a main queue of its own in place of the web
+    # user's, and restart the worker (sudo allows that). The worker's unit names the web user, whose
+    # entries alone are deliveries, whoever owns the directory.
+    deployed.stop_all()  # one worker per home: the previous test's
+    worker_unit = parse((deployed.instance.units_dir / f"{deployed.name}-worker.service").read_text())
+    unit_env = dict(
+        item.split("=", 1)
+        for value in worker_unit["Service"].get("Environment", [])
+        for item in shlex.split(value)
+    )
+    assert unit_env.get("RUNNER_WEB_USER") == f"{deployed.name}-web"
+    queues, account = deployed.home / "queues", deployed.instance.account
+    body = json.loads(PUSH.read_bytes())
+    forged = {"event": "push", "delivery": str(uuid.uuid4()), "hook_id": "1", "payload": body}
+    name = f"{time.time_ns():020d}.json"
+    script = 'mv "$1/main" "$1/main.real" && mkdir -m 2770 "$1/main" && printf %s "$2" > "$1/main/$3"'
+    done = account.run("/bin/sh", "-c", script, "sh", queues, json.dumps(forged), name)
+    assert done.returncode == 0, done.stderr
+    try:
+        log = deployed.instance.base / "work-forged.log"
+        env = deployed.worker_env(RUNNER_WEB_USER=unit_env["RUNNER_WEB_USER"])
+        deployed.start(account.argv(sys.executable, "-m", "runner", "work"), env, 0o022, log)
+        reason = queues / "main" / "failed" / f"{name}.reason"
+        wait_for(
+            reason.is_file, "the router to refuse the deploy user's own main queue", details=log.read_text
+        )
+        assert "not written by the webhook endpoint" in reason.read_text()
+        done = run_cli("deliveries", "--json", env={"PATH": os.environ["PATH"], **env})
+        assert forged["delivery"] not in done.stdout, "the forged delivery was recorded as one"
+    finally:
+        deployed.stop_all()
+        subprocess.run(["rm", "-rf", "--", str(queues / "main")], check=True)
+        (queues / "main.real").rename(queues / "main")
 
 
 def test_the_web_user_writes_the_main_queue_and_nothing_else_in_the_home(deployed: Deployed) -> None:
