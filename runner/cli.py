@@ -740,7 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     trigger.add_argument("--commit", help="the exact commit to deploy (40 hex digits)")
 
     setup = add(
-        "setup", cmd_setup, "as root: create the deploy user, its directories, sudoers, ACLs and units"
+        "setup",
+        cmd_setup,
+        "as root: the deploy and web users, directories, secret, wrappers, templates, sudoers and units",
     )
     setup.add_argument("--user", default="runner", help="the deploy user, also the instance's name (runner)")
     setup.add_argument("--home-dir", type=Path, help="the instance's RUNNER_HOME (default /var/lib/USER)")

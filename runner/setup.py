@@ -1,4 +1,5 @@
-"""``runner setup``: the deploy user, its directories, sudoers, the nginx ACL and the systemd units.
+"""``runner setup``: the deploy and web users, their directories, the secret, the wrappers and templates,
+sudoers and the systemd units.
 
 Run as root; every action first looks at what is there and changes only what differs, so a second run
 changes nothing. An instance is named by its user: the default user ``runner`` gets ``runner-web.service``,
