@@ -102,6 +102,11 @@ class Queue:
         written first, then all are fsynced at once (in ``syncers``, when given: concurrent fsyncs share a
         journal commit), then renamed into place in order, then one directory fsync.
         """
+        for item in items:
+            hidden = isinstance(item, Path) and item.name.startswith(".") and item.name.endswith(TEMP_SUFFIX)
+            # Only a hidden temporary file directly in this directory: a rename must not reach anywhere else.
+            if isinstance(item, Path) and not (hidden and item.parent == self.directory):
+                raise QueueError(f"{str(item)!r} is not a temporary file of {self}")
         written: list[tuple[Path, int]] = []
         try:
             for item in items:
@@ -127,10 +132,6 @@ class Queue:
         return self.publish([temp for temp, _ in written])
 
     def _open_temp(self, temp: Path) -> tuple[Path, int]:
-        # Only a hidden temporary file directly in this directory: a rename must not reach anywhere else.
-        hidden = temp.name.startswith(".") and temp.name.endswith(TEMP_SUFFIX)
-        if temp.parent != self.directory or not hidden:
-            raise QueueError(f"{str(temp)!r} is not a temporary file of {self}")
         # Read-only is enough for fsync; O_NOFOLLOW: the name must be the file written, not a link.
         return temp, os.open(temp, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
 

@@ -43,15 +43,15 @@ MEMORY_BODY_BYTES = 256 * 1024
 # small bodies, plus a few hundred KiB per large one (its buffer and Hypercorn's queue); disk: SPOOL_BYTES.
 MEMORY_BODIES = 256
 MEMORY_BYTES = 32 * 1024 * 1024
-SPOOL_BODIES = 8
-SPOOL_BYTES = 128 * 1024 * 1024
+SPOOL_BODIES = 4
+SPOOL_BYTES = 64 * 1024 * 1024
 # A body must have arrived this long after its headers (GitHub gives up after 10 s), so that slow senders
 # cannot hold the budgets' places for ever.
 BODY_TIMEOUT = 30.0
 # A budget logs its refusals at most once per this many seconds, with the count since the last line.
 BUSY_LOG_INTERVAL = 1.0
 SERVE_BACKLOG = 1024
-APP_QUEUE_MESSAGES = 2
+APP_QUEUE_MESSAGES = 1
 WEBHOOK_PATH = "/github-webhook"
 SIGNATURE_PREFIX = "sha256="
 # What GitHub sends: event names are lower_snake_case, delivery ids GUIDs, hook ids integers.
@@ -618,5 +618,6 @@ async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: a
     hc.backlog = SERVE_BACKLOG
     # Messages of a body Hypercorn reads ahead of the app, 64 KiB each: its default of 10 would hold 640 KiB
     # of every connection's body in memory before the app has even looked at the headers and refused it.
+    # Under a flood of connections, hundreds of them are read ahead at once.
     hc.max_app_queue_size = APP_QUEUE_MESSAGES
     await hypercorn_serve(WebhookApp(secret, queue, store), hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
