@@ -115,6 +115,24 @@ class Response:
         return json.loads(self.body)
 
 
+# Every Server started, so that a fixture's finalizer can stop those a failing test left running.
+_started: list[Server] = []
+
+
+def stop_started() -> list[str]:
+    """Stop every Server still running that was started since the last call; says which were.
+
+    Called by a fixture's finalizer, it runs also when the test fails half-way, before its own stop().
+    """
+    left = []
+    while _started:
+        server = _started.pop()
+        if server.process.poll() is None:
+            left.append(f"pid {server.process.pid} on port {server.port}")
+        server.stop()
+    return left
+
+
 class Server:
     """A real ``runner`` process serving on a free loopback port."""
 
@@ -131,6 +149,7 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
+        _started.append(self)
         deadline = time.monotonic() + 30
         while True:
             if self.process.poll() is not None:

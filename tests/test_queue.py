@@ -6,18 +6,29 @@ import asyncio
 import json
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 import threading
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from inotify_simple import INotify, flags
+from support import PAYLOADS, Server, require, run_cli, runner_env, stop_started, wait_for
 
 from runner.queue import ENTRY_NAME, Queue, QueueError, Reader
 
 ENTRY_RE = re.compile(r"^[0-9]{20}\.json$")
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test() -> Iterator[None]:
+    yield
+    stop_started()
 
 
 class PublishWatch:
@@ -235,3 +246,145 @@ def test_paths_from_outside_cannot_escape(tmp_path: Path, name: str) -> None:
     assert not ENTRY_NAME.match(name)
     with pytest.raises(QueueError):
         queue.path(name)
+
+
+def test_put_many_publishes_a_temporary_file_its_caller_wrote_and_nothing_outside(tmp_path: Path) -> None:
+    queue = Queue(tmp_path / "q")
+    temp, fd = queue.create_temp(b'{"written":')
+    os.write(fd, b' "in two parts"}')
+    os.close(fd)
+    names = queue.put_many([b'{"first": true}', temp])
+    assert names == sorted(names) and queue.entries() == names
+    assert [queue.read(name) for name in names] == [{"first": True}, {"written": "in two parts"}]
+    assert not temp.exists()
+    # Only a hidden temporary file of this very directory may be renamed into it.
+    outside = tmp_path / ".elsewhere.tmp"
+    outside.write_bytes(b"{}")
+    visible = queue.directory / "visible.tmp"
+    visible.write_bytes(b"{}")
+    for path in (outside, visible, queue.directory / "sub" / ".x.tmp"):
+        with pytest.raises(QueueError):
+            queue.put_many([b"{}", path])
+    assert outside.exists() and visible.exists()
+    link = queue.directory / ".link.tmp"
+    link.symlink_to(outside)
+    with pytest.raises(OSError):
+        queue.put_many([link])
+    assert outside.exists() and queue.entries() == names
+
+
+# What the strace test reads: "PID name(args) = result", or a call cut in two by another thread's.
+STRACE_LINE = re.compile(r"^(\d+)\s+(.*)$")
+QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"')
+
+
+def traced_calls(trace: Path) -> list[tuple[int, int, str]]:
+    """The calls in an ``strace -f`` output, as (line it started, line it ended, its text), in order."""
+    calls: list[tuple[int, int, str]] = []
+    pending: dict[str, tuple[int, str]] = {}
+    for index, line in enumerate(trace.read_text(errors="replace").splitlines()):
+        match = STRACE_LINE.match(line)
+        if not match:
+            continue
+        pid, text = match.groups()
+        if text.endswith("<unfinished ...>"):
+            pending[pid] = (index, text.removesuffix("<unfinished ...>").rstrip())
+        elif text.startswith("<... ") and pid in pending:
+            start, head = pending.pop(pid)
+            calls.append((start, index, head + text.split(" resumed>", 1)[1]))
+        elif not text.startswith(("+++", "---")):
+            calls.append((index, index, text))
+    return calls
+
+
+def test_each_entry_is_fsynced_before_its_rename_and_the_directory_after_before_the_answer(
+    tmp_path: Path,
+) -> None:
+    require(shutil.which("strace") is not None, "strace is not installed (apt-get install strace)")
+    env = runner_env(tmp_path)
+    assert run_cli("db", "upgrade", env=env).returncode == 0
+    server = Server(tmp_path, env)
+    main = (tmp_path / "queues" / "main").resolve()
+    trace = tmp_path / "strace.txt"
+    calls = "fsync,fdatasync,rename,renameat,renameat2,write,writev,sendto,sendmsg"
+    tracer = subprocess.Popen(
+        [
+            "strace",
+            "-f",
+            "-y",
+            "-s",
+            "400",
+            "-e",
+            f"trace={calls}",
+            "-o",
+            str(trace),
+            "-p",
+            str(server.process.pid),
+        ],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert tracer.stderr is not None
+        line = tracer.stderr.readline()
+        assert "attached" in line, line
+        small = (PAYLOADS / "ping" / next(p.name for p in (PAYLOADS / "ping").iterdir())).read_bytes()
+        # A spooled body (written as it arrives, published as a file) and small ones that share fsyncs.
+        large = json.dumps({"zen": "x" * (600 * 1024)}).encode()
+        answers: list[str] = []
+
+        def deliver(body: bytes) -> None:
+            answer = server.deliver("ping", body, str(uuid.uuid4()))
+            assert answer.status == 202, answer.body
+            answers.append(answer.json()["entry"])
+
+        threads = [threading.Thread(target=deliver, args=(small,)) for _ in range(12)]
+        threads.append(threading.Thread(target=deliver, args=(large,)))
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        deliver(large)
+    finally:
+        tracer.send_signal(signal.SIGINT)  # strace detaches, the server goes on
+        tracer.communicate(timeout=30)
+    assert len(answers) == 14
+    wait_for(lambda: trace.stat().st_size > 0, "strace's output")
+    calls_seen = traced_calls(trace)
+
+    def fsynced(path: str) -> list[tuple[int, int]]:
+        return [
+            (s, e) for s, e, text in calls_seen if re.match(rf"f(data)?sync\(\d+<{re.escape(path)}>\)", text)
+        ]
+
+    for name in answers:
+        renames = [
+            (s, e, QUOTED.findall(text)[0])
+            for s, e, text in calls_seen
+            if text.startswith("rename")
+            and len(QUOTED.findall(text)) == 2
+            and QUOTED.findall(text)[1] == f"{main}/{name}"
+        ]
+        assert len(renames) == 1, (name, renames)
+        rename_start, rename_end, temp = renames[0]
+        assert Path(temp).parent == main and Path(temp).name.startswith(".") and temp.endswith(".tmp")
+        assert [s for s, e in fsynced(temp) if e < rename_start], (
+            f"{name}: its file was not fsynced before its rename"
+        )
+        answered = [
+            s
+            for s, _, text in calls_seen
+            if text.startswith(("write", "sendto", "sendmsg")) and f'\\"entry\\":\\"{name}\\"' in text
+        ]
+        assert len(answered) == 1, (name, answered)
+        # The answer begins with its head, written on the same socket just before.
+        body_line = next(text for s, _, text in calls_seen if s == answered[0])
+        socket_fd = body_line.split(",", 1)[0].split("(", 1)[1]
+        head = max(
+            s
+            for s, _, text in calls_seen
+            if s <= answered[0] and socket_fd in text.split(",", 1)[0] and '"HTTP/1.1 202' in text
+        )
+        assert [s for s, e in fsynced(str(main)) if s > rename_end and e < head], (
+            f"{name}: the directory was not fsynced between its rename and the answer"
+        )

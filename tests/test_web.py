@@ -19,9 +19,19 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 from inotify_simple import INotify, flags
-from support import SECRET, Server, payload_files, postgres_database, run_cli, runner_env, sign
+from support import (
+    SECRET,
+    Server,
+    payload_files,
+    postgres_database,
+    run_cli,
+    runner_env,
+    sign,
+    stop_started,
+    wait_for,
+)
 
-from runner.web import signature, verify_signature
+from runner.web import MEMORY_BODY_BYTES, SPOOL_BODIES, SPOOL_BYTES, signature, verify_signature
 
 VECTOR_SECRET = "It's a Secret to Everybody"
 VECTOR_BODY = b"Hello, World!"
@@ -33,6 +43,12 @@ def start_server(home: Path, database_url: str | None = None, **env: str) -> Ser
     upgraded = run_cli("db", "upgrade", env=environment)
     assert upgraded.returncode == 0, upgraded.stderr
     return Server(home, environment)
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test() -> Iterator[None]:
+    yield
+    stop_started()
 
 
 @pytest.fixture
@@ -493,3 +509,207 @@ def test_server_processes_stop_when_their_parent_is_killed(tmp_path: Path) -> No
             if not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
     assert "the parent process is gone" in srv.output()
+
+
+# Large bodies and hostile load -----------------------------------------------------------------------------
+
+
+def large_push(size: int) -> bytes:
+    """A real push payload whose commits are repeated until its JSON text is ``size`` bytes or more."""
+    payload = json.loads(push_payload())
+    commits = payload["commits"]
+    while len(body := json.dumps(payload).encode()) < size:
+        payload["commits"] = payload["commits"] + commits * max(1, len(payload["commits"]))
+    return body
+
+
+def temps(home: Path) -> dict[str, int]:
+    """The hidden temporary files in the main queue, with their sizes."""
+    found = {}
+    for path in (home / "queues" / "main").glob(".*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            found[path.name] = path.stat().st_size
+    return found
+
+
+def upload_head(size: int | None, signature: str | None, delivery: str = "large-1") -> bytes:
+    """A delivery's request line and headers; the body is the caller's to send."""
+    lines = [
+        "POST /github-webhook HTTP/1.1",
+        "Host: 127.0.0.1",
+        "Content-Type: application/json",
+        "X-GitHub-Event: push",
+        f"X-GitHub-Delivery: {delivery}",
+        "X-GitHub-Hook-ID: 292430182",
+    ]
+    if signature is not None:
+        lines.append(f"X-Hub-Signature-256: {signature}")
+    lines.append("Transfer-Encoding: chunked" if size is None else f"Content-Length: {size}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def read_answer(sock: socket.socket, timeout: float = 20) -> tuple[int, bytes]:
+    """The status and body of the answer on ``sock``, which may come before the request's body has gone."""
+    sock.settimeout(timeout)
+    answer = b""
+    with contextlib.suppress(ConnectionResetError):
+        while not _complete(answer) and (data := sock.recv(65536)):
+            answer += data
+    assert answer.startswith(b"HTTP/1.1 "), answer[:200]
+    return int(answer.split()[1]), answer.partition(b"\r\n\r\n")[2]
+
+
+def closed_by_server(sock: socket.socket, timeout: float = 5) -> bool:
+    """Whether the server closes ``sock`` within ``timeout`` s, whatever it has not read yet."""
+    sock.settimeout(timeout)
+    try:
+        while sock.recv(65536):
+            pass
+    except ConnectionResetError:
+        pass
+    except TimeoutError:
+        return False
+    return True
+
+
+def memory_kb(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+@pytest.mark.parametrize("form", [False, True], ids=["json", "form"])
+def test_a_large_body_goes_to_disk_as_it_arrives_and_becomes_its_entry(server: Server, form: bool) -> None:
+    payload = large_push(3 * 1024 * 1024)
+    if form:
+        from urllib.parse import urlencode
+
+        body, content_type = (
+            urlencode({"payload": payload.decode()}).encode(),
+            "application/x-www-form-urlencoded",
+        )
+    else:
+        body, content_type = payload, "application/json"
+    head = upload_head(len(body), sign(body)).replace(b"application/json", content_type.encode())
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(head + body[: 1024 * 1024])
+        # Past the small buffer, the body is in a hidden temporary file of the queue, not in memory.
+        spooled = wait_for(
+            lambda: [size for size in temps(server.home).values() if size >= 1024 * 1024 - MEMORY_BODY_BYTES],
+            "the body's first MiB in a temporary file",
+        )
+        assert spooled and queued(server.home) == []
+        sock.sendall(body[1024 * 1024 :])
+        status, answer = read_answer(sock)
+    assert status == 202, answer
+    name = json.loads(answer)["entry"]
+    assert queued(server.home) == [name]
+    entry = json.loads((server.home / "queues" / "main" / name).read_bytes())
+    assert (entry["event"], entry["delivery"], entry["hook_id"]) == ("push", "large-1", "292430182")
+    assert entry["payload"] == json.loads(payload)
+    assert temps(server.home) == {}
+
+
+def test_a_large_body_that_fails_a_check_leaves_nothing_behind(server: Server) -> None:
+    payload = large_push(2 * 1024 * 1024)
+    cases = [
+        (payload, sign(payload + b"x"), 403, "signature"),
+        (b"[" + payload + b"]", None, 400, "body"),
+        # Valid JSON as a whole once spliced into the entry, but not an object on its own: it must not pass.
+        (payload + b', "event": "forged"', None, 400, "body"),
+        (payload[:-1], None, 400, "body"),
+    ]
+    for body, signature_value, status, check in cases:
+        answer = server.post(
+            body,
+            {
+                "Content-Type": "application/json",
+                "X-GitHub-Event": "push",
+                "X-GitHub-Delivery": "large-2",
+                "X-Hub-Signature-256": signature_value or sign(body),
+            },
+        )
+        assert (answer.status, answer.json()["error"]) == (status, check), body[-40:]
+        assert queued(server.home) == [] and temps(server.home) == {}
+    with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+        sock.sendall(upload_head(len(payload), sign(payload)) + payload[: 1024 * 1024])
+        wait_for(lambda: temps(server.home), "the body in a temporary file")
+    # The client went away half-way: its temporary file goes too.
+    wait_for(lambda: temps(server.home) == {}, "the temporary file of a delivery cut off to be removed")
+    assert queued(server.home) == []
+    assert server.deliver("push", payload).status == 202
+
+
+def test_large_bodies_with_made_up_signatures_do_not_fill_memory(server: Server) -> None:
+    pid = server.process.pid
+    size = 24 * 1024 * 1024
+    count = min(SPOOL_BODIES, SPOOL_BYTES // size)
+    assert count >= 2
+    chunk = b" " * (1024 * 1024)
+    before = memory_kb(pid, "VmRSS")
+    answers: list[int] = []
+
+    def upload(n: int) -> None:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=60) as sock:
+            sock.sendall(upload_head(size, "sha256=" + "0" * 64, f"attack-{n}"))
+            for _ in range(24):
+                sock.sendall(chunk)
+            answers.append(read_answer(sock, timeout=60)[0])
+
+    threads = [threading.Thread(target=upload, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert answers == [403] * count
+    # Held in memory, these bodies alone would be count * 24 MiB.
+    grown_mb = (memory_kb(pid, "VmHWM") - before) / 1024
+    assert grown_mb < 40, f"resident memory grew by {grown_mb:.0f} MB for {count} bodies of 24 MiB"
+    assert temps(server.home) == {} and queued(server.home) == []
+
+
+def test_bodies_beyond_the_budget_are_refused_503_at_once_and_valid_deliveries_go_on(server: Server) -> None:
+    size = 10 * 1024 * 1024
+    admitted = min(SPOOL_BODIES, SPOOL_BYTES // size)
+    slow: list[socket.socket] = []
+    try:
+        for n in range(admitted):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=20)
+            slow.append(sock)
+            sock.sendall(
+                upload_head(size, "sha256=" + "0" * 64, f"slow-{n}") + b"{" + b" " * MEMORY_BODY_BYTES
+            )
+        wait_for(lambda: len(temps(server.home)) == admitted, f"{admitted} bodies in temporary files")
+        # One more large body, declared or chunked, has no place: refused before its body is read.
+        for declared in (size, None):
+            with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+                sock.sendall(upload_head(declared, "sha256=" + "0" * 64, "one-too-many"))
+                if declared is None:
+                    sock.sendall(b"%x\r\n%s\r\n" % (MEMORY_BODY_BYTES, b" " * MEMORY_BODY_BYTES))
+                status, answer = read_answer(sock)
+                assert (status, json.loads(answer)["error"]) == (503, "busy")
+                assert closed_by_server(sock), "the connection of a refused body stayed open"
+        wait_for(lambda: "deliveries (503)" in server.output(), "the refusal in the server's log")
+        assert len(temps(server.home)) == admitted
+        # GitHub's usual small deliveries have a budget of their own.
+        assert server.deliver("push", push_payload()).status == 202
+    finally:
+        for sock in slow:
+            sock.close()
+    wait_for(lambda: temps(server.home) == {}, "the cut-off bodies' temporary files to be removed")
+    large = large_push(2 * 1024 * 1024)
+    assert server.deliver("push", large).status == 202
+    assert len(queued(server.home)) == 2
+
+
+def test_an_answer_before_the_body_has_arrived_closes_the_connection(server: Server) -> None:
+    """The client learns at once, and the server keeps neither the connection nor what it had read of it."""
+    for signature_value, size, status in [(None, 20 * 1024 * 1024, 401), (sign(b"x"), 30 * 1024 * 1024, 413)]:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=20) as sock:
+            sock.sendall(upload_head(size, signature_value))
+            with contextlib.suppress(OSError):
+                sock.sendall(b" " * (2 * 1024 * 1024))
+            assert read_answer(sock)[0] == status
+            assert closed_by_server(sock), f"the connection stayed open after the {status}"
+    assert server.deliver("ping", b'{"zen": "still here"}').status == 202
