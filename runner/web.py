@@ -51,7 +51,7 @@ BODY_TIMEOUT = 30.0
 # A budget logs its refusals at most once per this many seconds, with the count since the last line.
 BUSY_LOG_INTERVAL = 1.0
 SERVE_BACKLOG = 1024
-APP_QUEUE_MESSAGES = 1
+APP_QUEUE_MESSAGES = 2
 WEBHOOK_PATH = "/github-webhook"
 SIGNATURE_PREFIX = "sha256="
 # What GitHub sends: event names are lower_snake_case, delivery ids GUIDs, hook ids integers.
@@ -370,9 +370,7 @@ class _Body:
 
     def discard(self) -> None:
         """Close and remove the temporary file, if any; one handed on (:attr:`temp` None) stays."""
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
+        self.close()
         if self.temp is not None:
             with contextlib.suppress(OSError):
                 self.temp.unlink()
@@ -618,6 +616,7 @@ async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: a
     hc.backlog = SERVE_BACKLOG
     # Messages of a body Hypercorn reads ahead of the app, 64 KiB each: its default of 10 would hold 640 KiB
     # of every connection's body in memory before the app has even looked at the headers and refused it.
-    # Under a flood of connections, hundreds of them are read ahead at once.
+    # Under a flood of connections, hundreds of them are read ahead at once. (With 1, Hypercorn's shutdown
+    # waits out its graceful timeout.)
     hc.max_app_queue_size = APP_QUEUE_MESSAGES
     await hypercorn_serve(WebhookApp(secret, queue, store), hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
