@@ -281,7 +281,8 @@ def benchmark(args: argparse.Namespace) -> int:
     kind = "chunked" if args.chunked else "with Content-Length"
     print(f"runner hostile-load benchmark, {datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(
-        f"machine: nproc {nproc()}, load average {load_average()} (other work on the machine skews the figures)"
+        f"machine: nproc {nproc()}, load average {load_average()} "
+        "(other work on the machine skews the figures)"
     )
     print(
         f"attack: {args.attackers} connections uploading {args.size} MiB bodies ({kind}) with a made-up "
@@ -312,7 +313,8 @@ def benchmark(args: argparse.Namespace) -> int:
     print(f"  valid deliveries during the attack: p50 {p50:.1f} ms, p99 {p99:.1f} ms")
     consistent = all(r.consistent for r in rounds)
     print(
-        f"  every valid delivery answered 202 and in the queue, no temporary file left: {consistent and 'yes' or 'NO'}"
+        "  every valid delivery answered 202 and in the queue, no temporary file left: "
+        + ("yes" if consistent else "NO")
     )
     print(
         f"goal: peak < {GOAL_RSS_MB:g} MB: {'met' if peak < GOAL_RSS_MB else 'NOT met'}; "
@@ -330,8 +332,8 @@ def positive_int(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        description="Benchmark runner's webhook endpoint under hostile load: its peak memory, and the latency "
-        "of valid deliveries meanwhile."
+        description="Benchmark runner's webhook endpoint under hostile load: its peak memory, and the "
+        "latency of valid deliveries meanwhile."
     )
     parser.add_argument("--attackers", type=positive_int, default=200, help="attacking connections (200)")
     parser.add_argument("--size", type=positive_int, default=24, help="MiB per attacking body (24)")

@@ -4,7 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import postgres_database
+from support import postgres_database, stop_started
 
 
 @pytest.fixture
@@ -21,3 +21,10 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     else:
         with postgres_database() as url:
             yield url
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _no_process_outlives_the_suite() -> Iterator[None]:
+    """Whatever a failing test (or a module's fixture) left running is stopped when the suite ends."""
+    yield
+    stop_started()

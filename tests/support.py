@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import pytest
 
@@ -115,21 +115,34 @@ class Response:
         return json.loads(self.body)
 
 
-# Every Server started, so that a fixture's finalizer can stop those a failing test left running.
-_started: list[Server] = []
+class Started(Protocol):
+    """A process a test started, with the way to stop it (Server, test_worker's WorkerProcess, ...)."""
+
+    process: subprocess.Popen[bytes]
+
+    def stop(self) -> int: ...
+
+
+# Every process started through Server (or register), so that a fixture's finalizer can stop those a
+# failing test left running.
+_started: list[Started] = []
+
+
+def register(started: Started) -> None:
+    _started.append(started)
 
 
 def stop_started() -> list[str]:
-    """Stop every Server still running that was started since the last call; says which were.
+    """Stop every registered process still running that was started since the last call; says which were.
 
     Called by a fixture's finalizer, it runs also when the test fails half-way, before its own stop().
     """
     left = []
     while _started:
-        server = _started.pop()
-        if server.process.poll() is None:
-            left.append(f"pid {server.process.pid} on port {server.port}")
-        server.stop()
+        started = _started.pop()
+        if started.process.poll() is None:
+            left.append(f"pid {started.process.pid} ({type(started).__name__})")
+        started.stop()
     return left
 
 
@@ -149,7 +162,7 @@ class Server:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        _started.append(self)
+        register(self)
         deadline = time.monotonic() + 30
         while True:
             if self.process.poll() is not None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FINISHED, GIT_ENV, PAYLOADS, Server, alive, run_cli, runner_env, wait_for
+from support import FINISHED, GIT_ENV, PAYLOADS, Server, alive, register, run_cli, runner_env, wait_for
 
 from runner.models import Delivery, Run, StepResult
 from runner.queue import Queue
@@ -58,6 +58,7 @@ class WorkerProcess:
             [sys.executable, "-m", "runner", "work"], env=env, stdout=self._log, stderr=subprocess.STDOUT
         )
         self.pid = self.process.pid
+        register(self)
 
     def output(self) -> str:
         return self.log_path.read_text(errors="replace")
