@@ -32,6 +32,7 @@ from runner.templating import (
     argv_template_problems,
     code_variable,
     has_expression,
+    name_problems,
     shell_template_problem_at,
     syntax_problem,
 )
@@ -708,6 +709,7 @@ def _check_env(doc: _Document, env: Any, where: Where) -> None:
         for key, value in env.items():
             if isinstance(value, str):
                 doc.check((*where, key), syntax_problem(value) or _env_problem(key, value))
+                _check_names(doc, (*where, key), value)
 
 
 def _env_problem(name: str, value: str) -> str | None:
@@ -742,12 +744,15 @@ def _check_step(doc: _Document, step: dict[str, Any], where: Where, names: dict[
         _check_globs(doc, when.get("changed"), (*where, "when", "changed"))
         if isinstance(when.get("if"), str):
             doc.check((*where, "when", "if"), _expression_problem(when["if"]))
+            _check_names(doc, (*where, "when", "if"), when["if"], expression=True)
     _check_env(doc, step.get("env"), (*where, "env"))
     for at, text in _strings({k: v for k, v in step.items() if k != "when"}, where):
         if at == (*where, "run"):
             _check_run(doc, at, text)
         else:
             doc.check(at, syntax_problem(text))
+        if at[2] != "env":  # said by _check_env
+            _check_names(doc, at, text)
     if isinstance(step.get("run"), list):
         for index, problem in argv_template_problems(step["run"]).items():
             doc.check((*where, "run", index), problem)
@@ -777,6 +782,41 @@ def _line_of_value(doc: _Document, where: Where, line: int) -> tuple[int, int]:
         return doc.position(where)
     text = lines[number]
     return number + 1, len(text) - len(text.lstrip(" ")) + 1
+
+
+def _place(doc: _Document, where: Where, line: int, column: int) -> tuple[int, int]:
+    """Where line ``line``, column ``column`` (from 0) of a string value is in the file: exact on a value's
+    first line when it is plain or quoted, and in a literal block (``|``); elsewhere the line's start."""
+    entry = doc.nodes.get(where)
+    node = entry[1] if entry else None
+    buffer = getattr(node.start_mark, "buffer", None) if node else None
+    if not isinstance(node, ScalarNode) or not isinstance(buffer, str):
+        return doc.position(where)
+    file_lines, lines = buffer.split("\n"), node.value.split("\n")
+    found = None
+    if node.style == "|" and line < len(lines):
+        number, _ = _line_of_value(doc, where, line)
+        # The block's indentation is what the file's line has before the value's line.
+        found = number, len(file_lines[number - 1]) - len(lines[line]) + column + 1
+    elif line == 0 and node.style in (None, "'", '"') and node.start_mark.line == node.end_mark.line:
+        found = node.start_mark.line + 1, node.start_mark.column + 1 + (node.style is not None) + column
+    # Escapes in a quoted value, or a block's first line, move the text: then the value's start.
+    if found and file_lines[found[0] - 1][found[1] - 1 : found[1]] == "{":
+        return found
+    return doc.position(where)
+
+
+def _check_names(doc: _Document, where: Where, text: str, expression: bool = False) -> None:
+    """Every unknown name, filter or test in a template (an expression, with ``expression``), each at its
+    tag; said only where nothing else was."""
+    if where in doc.flagged:
+        return
+    found = name_problems("{{ " + text + " }}" if expression else text)
+    for problem in found:
+        line, column = doc.position(where) if expression else _place(doc, where, problem.line, problem.column)
+        doc.problems.append(Problem(doc.path, line, column, _say(where, problem.message)))
+    if found:
+        doc.flagged.add(where)
 
 
 def _nginx_templates(home: Path) -> tuple[Path, str]:
@@ -875,10 +915,35 @@ def _build(doc: _Document, name: str, home: Path) -> Pipeline:
     )
 
 
+# What PyYAML's cryptic messages most often mean in a pipeline file.
+_YAML_HINTS = (
+    ("'\\t'", "YAML does not allow a tab in indentation: indent with spaces"),
+    ("could not find expected ':'", "a key needs ':' and a space before its value (key: value)"),
+    (
+        "mapping values are not allowed here",
+        "a ': ' in a plain value: add the missing ':' after the key on the line above, or quote the value",
+    ),
+    (
+        "expected <block end>",
+        "this line is indented differently from the keys or items above it: line up the keys of one "
+        "mapping (and the '-' of one list) in one column",
+    ),
+    ("did not find expected key", "this line's indentation does not match the keys of its mapping"),
+    ("did not find expected '-' indicator", "this line's indentation does not match the items of its list"),
+)
+
+
+def _yaml_hint(message: str) -> str:
+    return next((f"; hint: {hint}" for problem, hint in _YAML_HINTS if problem in message), "")
+
+
 def _yaml_problem(path: Path, text: str, exc: yaml.YAMLError) -> Problem:
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     if isinstance(exc, yaml.MarkedYAMLError) and mark is not None:
         message = exc.problem or "invalid YAML"
+        if message == "could not find expected ':'" and exc.context_mark is not None:
+            mark = exc.context_mark  # the key without its ':', not the line after it
+        hint = _yaml_hint(message)
         context, context_mark = exc.context, exc.context_mark
         where = f" on line {context_mark.line + 1}" if context_mark and context_mark.line != mark.line else ""
         if context and message.startswith("but "):
@@ -886,7 +951,7 @@ def _yaml_problem(path: Path, text: str, exc: yaml.YAMLError) -> Problem:
             message = f"{context}{where}, {message}"
         elif context:
             message += f" ({context}{where})"
-        return Problem(path, mark.line + 1, mark.column + 1, f"YAML syntax error: {message}")
+        return Problem(path, mark.line + 1, mark.column + 1, f"YAML syntax error: {message}{hint}")
     position = getattr(exc, "position", None)
     if isinstance(position, int):
         line = text.count("\n", 0, position) + 1

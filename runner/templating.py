@@ -12,9 +12,10 @@ rendered element by element and never reach a shell, unless a program in them ha
 
 from __future__ import annotations
 
+import difflib
 import posixpath
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from jinja2 import (
     TemplateError,
     TemplateSyntaxError,
     Undefined,
+    meta,
     nodes,
 )
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -47,6 +49,92 @@ def syntax_problem(source: str) -> str | None:
     except TemplateError as exc:
         return f"template syntax error: {exc.message}"
     return None
+
+
+# The names a pipeline's templates may use: RunContext.template_context's keys (the pipeline's own values are
+# reached through ``env``). A test holds the two together.
+CONTEXT_NAMES = (
+    "commit",
+    "branch",
+    "tag",
+    "ref",
+    "repository",
+    "delivery",
+    "event",
+    "event_name",
+    "run_id",
+    "pipeline",
+    "workdir",
+    "previous_commit",
+    "changed_files",
+    "env",
+)
+
+
+@dataclass(frozen=True)
+class NameProblem:
+    message: str
+    line: int  # of the template, from 0
+    column: int  # of the {{ or {% that holds the name, from 0
+
+
+def _suggestion(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _used_names(source: str) -> Iterator[tuple[str, str, int, int]]:
+    """Each name a template's tags use: (kind, name, line, column of its tag), kind one of variable, filter,
+    test; a name after a dot is an attribute, and is not one."""
+    line, column = 0, 0
+    start = (0, 0)
+    previous: list[str] = []  # the last two tokens that are not whitespace
+    for _, type_, value in _plain_env.lex(source):
+        if type_ in ("variable_begin", "block_begin"):
+            start = (line, column)
+        elif type_ == "name" and previous[-1:] != ["."]:
+            if previous[-1:] == ["|"]:
+                yield "filter", value, *start
+            elif previous[-1:] == ["is"] or previous[-2:] == ["is", "not"]:
+                yield "test", value, *start
+            else:
+                yield "variable", value, *start
+        if type_ not in ("whitespace", "data"):
+            previous = [*previous[-1:], value]
+        newlines = value.count("\n")
+        line += newlines
+        column = len(value) - value.rfind("\n") - 1 if newlines else column + len(value)
+
+
+def name_problems(source: str, extra: Sequence[str] = ()) -> list[NameProblem]:
+    """Names, filters and tests a template uses that do not exist when it renders, each where its tag starts;
+    ``extra`` are names the template may also use. A template with a syntax error gives none."""
+    if "{" not in source:
+        return []
+    try:
+        tree = _plain_env.parse(source)
+    except TemplateError:
+        return []
+    known = (*CONTEXT_NAMES, *extra, *_plain_env.globals)
+    try:
+        undeclared = meta.find_undeclared_variables(tree)
+    except TemplateError:  # an unknown filter or test stops Jinja's analysis: a cruder one, without it
+        names = list(tree.find_all(nodes.Name))
+        undeclared = {n.name for n in names if n.ctx == "load"} - {n.name for n in names if n.ctx != "load"}
+    unknown = {"variable": undeclared - set(known)}
+    unknown["filter"] = {node.name for node in tree.find_all(nodes.Filter)} - set(_plain_env.filters)
+    unknown["test"] = {node.name for node in tree.find_all(nodes.Test)} - set(_plain_env.tests)
+    choices = {"variable": known, "filter": sorted(_plain_env.filters), "test": sorted(_plain_env.tests)}
+    problems, said = [], set()
+    for kind, name, line, column in _used_names(source):
+        if name in unknown[kind] and (kind, name) not in said:
+            said.add((kind, name))
+            what = "name" if kind == "variable" else kind
+            hint = _suggestion(name, choices[kind])
+            if not hint and kind == "variable":
+                hint = f"; a template may use {', '.join(CONTEXT_NAMES)}"
+            problems.append(NameProblem(f"unknown {what} '{name}'{hint}", line, column))
+    return problems
 
 
 # The rule, as the validator's messages and the README say it.
