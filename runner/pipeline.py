@@ -26,6 +26,7 @@ from jsonschema.exceptions import ValidationError
 from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from runner import shipped
 from runner.config import nginx_templates_dir
 from runner.credentials import mask
 from runner.templating import (
@@ -49,7 +50,7 @@ STEP_TYPES: dict[str, str] = {
     "certbot": "obtain or renew a certificate through the root-owned runner-certbot wrapper",
     "systemctl": "reload or restart a unit through sudo, exactly as the sudoers file allows",
 }
-SCHEMA_PATH = Path(__file__).resolve().parent.parent / "schema" / "pipeline.schema.json"
+SCHEMA_PATH = shipped.path(shipped.SCHEMA)
 # Where the nginx step's templates are on a development machine, under RUNNER_HOME; in production, the
 # root-owned copy runner setup installs (RUNNER_NGINX_TEMPLATES, see config.nginx_templates_dir).
 NGINX_TEMPLATES = "templates/nginx"
@@ -827,12 +828,21 @@ def _nginx_templates(home: Path) -> tuple[Path, str]:
 
 
 def _nginx_template_problem(name: str, home: Path) -> str | None:
-    """Why an nginx step's template cannot be used, or None; the wrapper checks again when it runs."""
-    directory, shown = _nginx_templates(home)
-    directory = directory.resolve()
-    path = (directory / name).resolve()
-    if not path.is_relative_to(directory) or not path.is_file():
-        return f"template '{name}' not found in {shown}/"
+    """Why an nginx step's template cannot be used, or None; the wrapper checks again when it runs.
+
+    The wrapper's directory comes first, runner's shipped templates after it: runner setup copies those
+    into the root-owned directory the wrapper reads.
+    """
+    own, own_shown = _nginx_templates(home)
+    builtin = shipped.path(shipped.NGINX_TEMPLATES).resolve()
+    found = [
+        (path, shown)
+        for directory, shown in ((own.resolve(), own_shown), (builtin, str(builtin)))
+        if (path := (directory / name).resolve()).is_relative_to(directory) and path.is_file()
+    ]
+    if not found:
+        return f"template '{name}' not found in {own_shown}/"
+    path, shown = found[0]
     try:
         problem = syntax_problem(path.read_text())
     except OSError as exc:

@@ -22,10 +22,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-PACKAGING = Path(__file__).resolve().parent.parent / "packaging"
+from runner import shipped
+
+PACKAGING = shipped.path(shipped.PACKAGING)
 WRAPPER = "usr/local/libexec/runner-certbot"
 NGINX_WRAPPER = "usr/local/libexec/runner-nginx"
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates" / "nginx"
+TEMPLATES = shipped.path(shipped.NGINX_TEMPLATES)
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 # systemd waits this much longer than the worker's grace before it kills what is left: the step's own
 # SIGTERM-to-SIGKILL grace, and the worker's bookkeeping.

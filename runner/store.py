@@ -12,12 +12,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from runner import shipped
 from runner.models import Delivery, Run, StepResult
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
-MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_DIR = shipped.path(shipped.MIGRATIONS)
 
 
 class SchemaError(Exception):
