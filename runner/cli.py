@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from runner import config as config_module
+from runner import shipped
 from runner.config import Config, ConfigError
 from runner.timefmt import LogFormatter, iso, shown
 
@@ -694,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--home", type=Path, help="the runner's directory (default: $RUNNER_HOME or .)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    parser.add_argument("--version", action="version", version=f"runner {shipped.version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(
