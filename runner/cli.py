@@ -11,7 +11,7 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -310,9 +310,14 @@ def cmd_work(config: Config, _args: argparse.Namespace) -> None:
 
 
 def cmd_validate(config: Config, args: argparse.Namespace) -> None:
-    from runner.pipeline import pipeline_files, validate
+    from runner.pipeline import SUFFIXES, pipeline_files, validate
 
     files = [Path(f) for f in args.files] if args.files else pipeline_files(config.pipelines_dir)
+    if not files:
+        raise CommandError(
+            f"no pipeline files in {config.pipelines_dir} ({', '.join('*' + s for s in SUFFIXES)}): "
+            "nothing to validate"
+        )
     problems = validate(files, config.home)
     for problem in problems:
         print(problem)
@@ -331,6 +336,19 @@ def _iso(value: Any) -> str | None:
     return iso(value)
 
 
+@contextlib.contextmanager
+def _listing() -> Iterator[None]:
+    """Output a reader may stop reading (``runner runs --json | head -1``): a closed pipe ends it quietly."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python's recipe: standard output becomes /dev/null, so that the flush at exit does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def _table(rows: list[list[str]], headers: list[str]) -> None:
     widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
     for row in [headers, *rows]:
@@ -343,7 +361,12 @@ def cmd_deliveries(config: Config, args: argparse.Namespace) -> None:
         deliveries = store.deliveries(limit=args.limit)
     finally:
         store.close()
-    if args.json:
+    with _listing():
+        _print_deliveries(deliveries, args.json)
+
+
+def _print_deliveries(deliveries: list[Any], as_json: bool) -> None:
+    if as_json:
         print(
             json.dumps(
                 [
@@ -415,7 +438,12 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> None:
         steps = {run.id: store.steps(run.id) for run in runs} if args.json else {}
     finally:
         store.close()
-    if args.json:
+    with _listing():
+        _print_runs(runs, steps, args.json)
+
+
+def _print_runs(runs: list[Any], steps: dict[int, list[Any]], as_json: bool) -> None:
+    if as_json:
         print(json.dumps([_run_json(run, steps[run.id]) for run in runs], indent=2))
         return
     rows = []
@@ -487,6 +515,49 @@ def _ref(value: str) -> str:
     return value if value.startswith("refs/") else f"refs/heads/{value}"
 
 
+def _commit(workdir: Path, given: str) -> str:
+    """The full id of a commit given in full, or abbreviated (4 or more hex digits) as `runner runs` shows it:
+    resolved in the pipeline's checkout, where it must name exactly one commit."""
+    import re
+    import subprocess
+
+    from runner.steps import COMMIT
+
+    value = given.lower()
+    if COMMIT.match(value):
+        return value
+    if not re.fullmatch(r"[0-9a-f]{4,63}", value):
+        raise CommandError(f"--commit {given!r} is not a commit id (4 to 40 hex digits)")
+    if not (workdir / ".git").exists():
+        raise CommandError(
+            f"--commit {given!r} is abbreviated and there is no checkout in {workdir} yet to find it in: "
+            "give the full 40-character commit id"
+        )
+    try:
+        found = subprocess.run(
+            ["git", "rev-parse", "--verify", f"{value}^{{commit}}"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CommandError(f"cannot ask git about --commit {given!r} in {workdir}: {exc}") from None
+    full = found.stdout.strip()
+    if found.returncode == 0 and COMMIT.match(full):
+        return full
+    if "ambiguous" in found.stderr:
+        raise CommandError(
+            f"--commit {given!r} is ambiguous in {workdir}: more than one object starts with it; "
+            "give more digits"
+        )
+    raise CommandError(
+        f"--commit {given!r} names no commit in {workdir}'s checkout (a commit pushed since the last run "
+        "may not be fetched yet: give its full id)"
+    )
+
+
 def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
     import getpass
     from datetime import UTC, datetime
@@ -494,7 +565,7 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
     from runner.lock import NotTheOwner, require_owner
     from runner.pipeline import PipelineSet
     from runner.queue import Queue
-    from runner.steps import COMMIT, REF
+    from runner.steps import REF
 
     pipelines = PipelineSet(config.pipelines_dir, config.home)
     problems = pipelines.reload()
@@ -507,14 +578,13 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
         require_owner(config.queues_dir / pipeline.name, "trigger")
     except NotTheOwner as exc:
         raise CommandError(str(exc)) from None
-    if args.commit is not None and not COMMIT.match(args.commit):
-        raise CommandError(f"--commit {args.commit!r} is not a full 40-character commit id")
+    commit = _commit(pipeline.workdir, args.commit) if args.commit is not None else None
     ref = _ref(args.ref) if args.ref else None
     if ref is not None and not REF.match(ref):
         raise CommandError(f"--ref {args.ref!r} is not a branch or a refs/tags/ ref")
     store = _open_store(config, migrate_default=False)
     try:
-        if ref is None and args.commit is None:
+        if ref is None and commit is None:
             # A redeploy: the ref of the pipeline's last run.
             last = store.runs(pipeline.name, limit=1)
             if not last or not last[0].ref:
@@ -522,13 +592,13 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
                     f"pipeline {pipeline.name} has no run yet to redeploy: give --ref or --commit"
                 )
             ref = last[0].ref
-        run_id = store.create_run(pipeline.name, trigger="manual", ref=ref, commit=args.commit)
+        run_id = store.create_run(pipeline.name, trigger="manual", ref=ref, commit=commit)
         entry = {
             "kind": "manual",
             "run_id": run_id,
             "pipeline": pipeline.name,
             "ref": ref,
-            "commit": args.commit,
+            "commit": commit,
             "requested_at": datetime.now(UTC).isoformat(),
             "requested_by": getpass.getuser(),
         }
@@ -548,7 +618,7 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
         store.set_run(run_id, entry=name)
     finally:
         store.close()
-    what = " ".join(x for x in (ref, args.commit) if x)
+    what = " ".join(x for x in (ref, commit) if x)
     print(f"run {run_id} queued: pipeline {pipeline.name}, {what}")
     print(f"follow it with: runner logs {run_id}", file=sys.stderr)
 
@@ -597,6 +667,8 @@ def cmd_db(config: Config, args: argparse.Namespace) -> None:
             current, head = store.current_revision(), head_revision()
             state = "up to date" if current == head else f"needs `runner db upgrade` to {head}"
             print(f"{safe_url(config.database_url)}: at revision {current} ({state})")
+            if current != head:
+                raise SystemExit(1)  # for scripts: `runner db current || runner db upgrade`
     except SQLAlchemyError as exc:
         raise CommandError(f"cannot use the database {safe_url(config.database_url)}: {exc}") from None
     finally:
@@ -660,7 +732,12 @@ def cmd_failed(config: Config, args: argparse.Namespace) -> None:
             return
     except failed.FailedError as exc:
         raise CommandError(str(exc)) from None
-    if args.json:
+    with _listing():
+        _print_failed(entries, args.json)
+
+
+def _print_failed(entries: list[Any], as_json: bool) -> None:
+    if as_json:
         listed = [
             {
                 "entry": e.key,
@@ -689,12 +766,24 @@ def _positive_int(text: str) -> int:
     return int(text)
 
 
+LIMIT_HELP = "how many to list, newest first: a positive number (default: 20)"
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
+    """--home and -v, on the top-level parser and again on each command's: accepted before or after the
+    command. A command's own have no default, so that they override the top-level ones only when given."""
+    home, verbose = (None, False) if top else (argparse.SUPPRESS, argparse.SUPPRESS)
+    parser.add_argument(
+        "--home", type=Path, default=home, help="the runner's directory (default: $RUNNER_HOME or .)"
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", default=verbose, help="log debugging detail")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="runner", description="A declarative deployment runner driven by GitHub webhooks."
     )
-    parser.add_argument("--home", type=Path, help="the runner's directory (default: $RUNNER_HOME or .)")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    _global_options(parser, top=True)
     parser.add_argument("--version", action="version", version=f"runner {shipped.version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -703,6 +792,7 @@ def build_parser() -> argparse.ArgumentParser:
     ) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
+        _global_options(sub)
         return sub
 
     for name, handler, help in (
@@ -724,12 +814,12 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("files", nargs="*", help="pipeline files (default: every file in pipelines/)")
 
     deliveries = add("deliveries", cmd_deliveries, "recent deliveries and what became of each")
-    deliveries.add_argument("--limit", type=int, default=20)
+    deliveries.add_argument("--limit", type=_positive_int, default=20, help=LIMIT_HELP)
     deliveries.add_argument("--json", action="store_true", help="print JSON")
 
     runs = add("runs", cmd_runs, "recent runs and their status")
     runs.add_argument("pipeline", nargs="?", help="only this pipeline's runs")
-    runs.add_argument("--limit", type=int, default=20)
+    runs.add_argument("--limit", type=_positive_int, default=20, help=LIMIT_HELP)
     runs.add_argument("--json", action="store_true", help="print JSON, with each run's steps")
 
     logs = add("logs", cmd_logs, "print a run's log, following it while the run goes on")
@@ -739,7 +829,11 @@ def build_parser() -> argparse.ArgumentParser:
     trigger = add("trigger", cmd_trigger, "queue a run by hand: a redeploy, or a rollback to a commit")
     trigger.add_argument("pipeline")
     trigger.add_argument("--ref", help="branch name, or a full ref such as refs/tags/v1.2")
-    trigger.add_argument("--commit", help="the exact commit to deploy (40 hex digits)")
+    trigger.add_argument(
+        "--commit",
+        help="the commit to deploy: its full id, or an abbreviation (4+ hex digits, as `runner runs` shows "
+        "it) that names one commit in the pipeline's checkout",
+    )
 
     setup = add(
         "setup",
@@ -765,7 +859,11 @@ def build_parser() -> argparse.ArgumentParser:
     upgrade.add_argument("revision", nargs="?", default="head")
     downgrade = db_commands.add_parser("downgrade", help="migrate the schema back to a revision")
     downgrade.add_argument("revision", help="target revision, or 'base' for an empty database")
-    db_commands.add_parser("current", help="show the schema's revision")
+    current = db_commands.add_parser(
+        "current", help="show the schema's revision; exit status 1 when it is not the latest"
+    )
+    for sub in (upgrade, downgrade, current):
+        _global_options(sub)
 
     prune = add("prune", cmd_prune, "remove runs, deliveries and failed entries older than $RUNNER_RETENTION")
     prune.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
@@ -778,6 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("drop", "remove a failed entry and its reason"),
     ):
         sub = failed_commands.add_parser(action, help=help, description=help)
+        _global_options(sub)
         sub.add_argument(
             "entry", help="QUEUE/NAME as `runner failed` lists it, or NAME if only one queue has it"
         )

@@ -52,6 +52,9 @@ class Setup:
     dry_run: bool = False
     report: Callable[[str], None] = print
     changes: int = 0
+    # The directories this run has seen to: each is said once, with one mode (a dry run makes none, so
+    # without this the later actions that make sure of a directory would list it again).
+    _dirs: set[Path] = field(default_factory=set, init=False, repr=False)
 
     # Where things go ---------------------------------------------------------------------------------
 
@@ -155,6 +158,9 @@ class Setup:
         return pwd.getpwnam(self.user).pw_uid, grp.getgrnam(self.user).gr_gid
 
     def _ensure_dir(self, path: Path, uid: int, gid: int, mode: int) -> None:
+        if path in self._dirs:
+            return
+        self._dirs.add(path)
         if not path.is_dir():
             owner = self.user if uid else "root"
             self._change(f"create {path} ({owner}, {mode:o})", lambda: _make_dir(path, uid, gid, mode))
