@@ -885,9 +885,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Stamped like a run log's lines (UTC, Z), so that one instant reads the same in both.
+    # Stamped like a run log's lines (UTC, Z), so that one instant reads the same in both. systemd sets
+    # JOURNAL_STREAM when stderr is journald's: then a syslog priority instead, journald stamps the line.
     handler = logging.StreamHandler()
-    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setFormatter(LogFormatter(journal=bool(os.environ.get("JOURNAL_STREAM"))))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, handlers=[handler])
     # Alembic narrates every connection at INFO; the commands say what changed themselves.
     logging.getLogger("alembic").setLevel(logging.WARNING)

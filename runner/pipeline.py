@@ -1128,13 +1128,14 @@ class PipelineSet:
                     logger.info("loaded pipeline %s from %s", pipeline.name, path)
                     continue
                 problems[path] = found
-                listing = "\n".join(str(problem) for problem in found)
-                if path in valid:
-                    logger.error("%s is invalid; its last valid version stays in force:\n%s", path, listing)
-                else:
-                    logger.error(
-                        "%s is invalid and has no valid version: it is not loaded:\n%s", path, listing
-                    )
+                # One line per problem: each is a record of its own in journald and for grep.
+                outcome = (
+                    "its last valid version stays in force"
+                    if path in valid
+                    else "it has no valid version: it is not loaded"
+                )
+                for problem in found:
+                    logger.error("invalid pipeline, %s: %s", outcome, problem)
             self._signatures = signatures
             self._valid = valid
             self._problems = problems

@@ -584,6 +584,17 @@ class WebhookApp:
         return JSONResponse({"status": "ok"})
 
 
+# How Hypercorn ends its "Running on" lines, for a terminal.
+CTRL_C = " (CTRL + C to quit)"
+
+
+def _no_ctrl_c(record: logging.LogRecord) -> bool:
+    """Drop Hypercorn's "(CTRL + C to quit)" from its "Running on" line: a service is stopped otherwise."""
+    if isinstance(record.msg, str) and record.msg.endswith(CTRL_C):
+        record.msg = record.msg.removesuffix(CTRL_C)
+    return True
+
+
 async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: asyncio.Event) -> None:
     """Serve the webhook app with Hypercorn on the listening socket ``fd`` until ``shutdown`` is set.
 
@@ -606,8 +617,10 @@ async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: a
     hc = HypercornConfigOwnSockets()
     hc.bind = [f"fd://{fd}"]
     hc.accesslog = None
-    # A Logger, not a target: Hypercorn then adds no handler of its own and lines are not printed twice.
+    # A Logger, not a target: Hypercorn then adds no handler of its own and lines are not printed twice,
+    # and they take runner's format.
     hc.errorlog = logging.getLogger("hypercorn.error")
+    hc.errorlog.addFilter(_no_ctrl_c)
     # In-flight deliveries get this long to become durable and be answered after a stop is asked for.
     hc.graceful_timeout = 10.0
     # Hypercorn listens again with its own backlog (100 by default). When the queue of connections not yet

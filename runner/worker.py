@@ -317,7 +317,16 @@ class Lane:
             log.note("run finished")
             log.close()
         await asyncio.to_thread(self.store.finish_run, run_id, status, reason)
-        logger.info("run %d of %s: %s%s", run_id, pipeline.name, status, f" ({reason})" if reason else "")
+        # A failed step is the pipeline's outcome, not runner's fault: a warning. What runner could not do
+        # (a lane's crash, a run that could not go on) is an error.
+        logger.log(
+            logging.WARNING if status == "failed" else logging.INFO,
+            "run %d of %s: %s%s",
+            run_id,
+            pipeline.name,
+            status,
+            f" ({reason})" if reason else "",
+        )
         if status == "failed":
             self.queue.fail(name, f"run {run_id} failed: {reason}\nlog: {log_path}")
         return status
