@@ -68,15 +68,12 @@ def _open_store(config: Config, migrate_default: bool) -> Any:
 
 
 def _listen(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    from runner.listen import ListenError, listen
+
     try:
-        sock = socket.create_server((host, port), family=family, backlog=SERVE_BACKLOG)
-    except OSError as exc:
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise CommandError(f"cannot listen on {host}:{port}: {reason}") from None
-    # Accepted connections inherit it: an answer goes out at once, not after Nagle's delay.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return sock
+        return listen(host, port, SERVE_BACKLOG)
+    except ListenError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def _serve(config: Config, migrate_default: bool, with_worker: bool) -> None:
@@ -90,11 +87,11 @@ def _serve(config: Config, migrate_default: bool, with_worker: bool) -> None:
     except BaseException:
         store.close()
         raise
-    host, port = listener.getsockname()[:2]
+    from runner.listen import describe
+
     logger.info(
-        "webhook endpoint: http://%s:%d/github-webhook, queue: %s, %d server process(es)",
-        host,
-        port,
+        "webhook endpoint: %s/github-webhook, queue: %s, %d server process(es)",
+        describe(listener),
         config.main_queue_dir,
         config.workers,
     )
