@@ -425,14 +425,35 @@ class Setup:
             "@SITES_DIR@": str(self.sites_dir),
             "@WEB_USER@": self.web_user,
             "@SECRET_FILE@": str(self._strip_prefix(self.secret_file)),
+            "@LISTEN@": self._listen_address(),
         }
         rendered = {}
-        for role in ("web", "worker"):
-            text = (PACKAGING / "systemd" / f"runner-{role}.service").read_text()
+        for unit in ("web.service", "web.socket", "worker.service"):
+            text = (PACKAGING / "systemd" / f"runner-{unit}").read_text()
             for key, value in values.items():
                 text = text.replace(key, value)
-            rendered[f"{self.user}-{role}.service"] = text.encode()
+            rendered[f"{self.user}-{unit}"] = text.encode()
         return rendered
+
+    def _listen_address(self) -> str:
+        """The socket unit's ListenStream=: RUNNER_HOST and RUNNER_PORT of the env file, or the defaults.
+
+        The address is the socket unit's alone once it is installed (runner serve takes the socket it is
+        given): an admin who moves the endpoint edits the env file and runs setup again.
+        """
+        from runner.config import DEFAULT_HOST, DEFAULT_PORT
+
+        settings: dict[str, str] = {}
+        if self.env_file.is_file():
+            for line in self.env_file.read_text().splitlines():
+                name, equals, value = line.strip().removeprefix("export ").partition("=")
+                if equals and name.strip() in ("RUNNER_HOST", "RUNNER_PORT"):
+                    settings[name.strip()] = value.strip().strip("'\"")
+        host = settings.get("RUNNER_HOST") or DEFAULT_HOST
+        port = settings.get("RUNNER_PORT") or str(DEFAULT_PORT)
+        if not port.isdigit() or not 0 < int(port) <= 65535:
+            raise SetupError(f"RUNNER_PORT={port!r} in {self.env_file} is not a port number (1-65535)")
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     def _strip_prefix(self, path: Path) -> Path:
         return Path("/") / path.relative_to(self.prefix)

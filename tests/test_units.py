@@ -81,7 +81,7 @@ def render(user: str, directory: Path, stop_grace: float) -> Rendered:
     for name, content in setup.units().items():
         (units / name).write_bytes(content)
         files[name.removeprefix(f"{user}-").removesuffix(".service")] = units / name
-    assert sorted(files) == ["web", "worker"]
+    assert sorted(files) == ["web", "web.socket", "worker"]
     return setup, files
 
 
@@ -102,6 +102,8 @@ def test_the_units_pass_systemd_analyze_verify_without_a_warning(
     for role, path in files.items():
         text = path.read_text()
         assert not re.search(r"@[A-Z_]+@", text), f"{path.name} still holds a placeholder"
+        if role == "web.socket":
+            continue
         assert f"\nUser={setup.web_user if role == 'web' else setup.user}\n" in text
         assert f"\nExecStart={setup.runner_bin} " in text
     done = subprocess.run(
@@ -186,3 +188,36 @@ def test_the_worker_may_write_the_sites_directory_it_was_set_up_for(
     for path in paths:
         if path.removeprefix("-") not in (str(setup.sites_dir), str(setup.home)):
             assert path.startswith("-"), f"ReadWritePaths={path}: the worker would not start without it"
+
+
+def test_the_web_unit_takes_its_socket_from_a_socket_unit_of_the_same_name(rendered: Rendered) -> None:
+    # systemd activates NAME-web.service for NAME-web.socket by their common name; Requires= and After=
+    # make the service start with its socket, so that `runner serve` is always handed the socket and a
+    # restart of the service refuses no connection (they wait in the socket's backlog).
+    setup, files = rendered
+    web, sock = parse(files["web"].read_text()), parse(files["web.socket"].read_text())
+    assert files["web.socket"].name == f"{setup.user}-web.socket"
+    assert f"{setup.user}-web.socket" in web["Unit"]["Requires"]
+    assert f"{setup.user}-web.socket" in " ".join(web["Unit"]["After"]).split()
+    assert sock["Socket"]["ListenStream"] == ["127.0.0.1:3400"]
+    assert int(sock["Socket"]["Backlog"][0]) >= 1024
+    assert sock["Socket"].get("Accept", ["no"]) == ["no"], (
+        "one service for the socket, not one per connection"
+    )
+    assert sock["Install"]["WantedBy"] == ["sockets.target"]
+
+
+@pytest.mark.parametrize(
+    ("settings", "listen"),
+    [("RUNNER_HOST=0.0.0.0\nRUNNER_PORT=8080\n", "0.0.0.0:8080"), ("export RUNNER_HOST=::1\n", "[::1]:3400")],
+)
+def test_the_socket_unit_listens_where_the_env_file_says(
+    user: str, tmp_path: Path, settings: str, listen: str
+) -> None:
+    setup = Setup(
+        user=user, home=tmp_path / "home", sites_dir=tmp_path / "sites", prefix=tmp_path, stop_grace=60.0
+    )
+    setup.env_file.parent.mkdir(parents=True)
+    setup.env_file.write_text("RUNNER_HOME=/var/lib/x\n" + settings)
+    sock = parse(setup.units()[f"{user}-web.socket"].decode())
+    assert sock["Socket"]["ListenStream"] == [listen]
