@@ -546,9 +546,12 @@ def _commit(workdir: Path, given: str) -> str:
         return full
     if "ambiguous" in found.stderr:
         raise CommandError(
-            f"--commit {given!r} is ambiguous in {workdir}: more than one object starts with it; "
+            f"--commit {given!r} is ambiguous in {workdir}: more than one commit starts with it; "
             "give more digits"
         )
+    if "Needed a single revision" not in found.stderr:  # git could not look (dubious ownership, ...)
+        said = (found.stderr.strip().splitlines() or ["no message"])[0]
+        raise CommandError(f"git cannot look up --commit {given!r} in {workdir}: {said}")
     raise CommandError(
         f"--commit {given!r} names no commit in {workdir}'s checkout (a commit pushed since the last run "
         "may not be fetched yet: give its full id)"
