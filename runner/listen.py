@@ -40,8 +40,8 @@ def listen(
 def passed_socket(environ: MutableMapping[str, str]) -> socket.socket | None:
     """The one listening stream socket systemd passed on descriptor 3, or None when none was passed.
 
-    The variables are removed whatever they say, like sd_listen_fds(1) does: the steps this process (or
-    its children) starts must not take a socket that is not theirs for one passed to them.
+    The variables are removed whatever they say, as sd_listen_fds(1) does: a step this process starts
+    must not see them and take descriptor 3 of its own for a socket passed to it.
     """
     pid, count, names = (environ.pop(name, None) for name in LISTEN_VARIABLES)
     if count is None:
@@ -73,7 +73,11 @@ def passed_socket(environ: MutableMapping[str, str]) -> socket.socket | None:
                 f"{sock.type.name}): use ListenStream= in the .socket unit"
             )
         if not sock.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN):
-            raise ListenError(f"descriptor {fd} from systemd is a socket that does not listen (Accept=no)")
+            # What Accept=yes passes: one connection per service instance, not the endpoint's socket.
+            raise ListenError(
+                f"descriptor {fd} from systemd is a socket that does not listen: the .socket unit must "
+                "have Accept=no"
+            )
     except BaseException:
         # Not ours to close: detach, so that the descriptor stays as it came.
         sock.detach()
