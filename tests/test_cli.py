@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from support import GIT_ENV, ROOT, run_cli, runner_env
+from support import GIT_ENV, run_cli, runner_env
 
 from runner.store import Store
 
@@ -87,7 +87,13 @@ def test_limit_is_documented(tmp_path: Path) -> None:
 
 def _git(cwd: Path, *args: str, stdin: str | None = None) -> str:
     return subprocess.run(
-        ["git", *args], cwd=cwd, env={**os.environ, **GIT_ENV}, input=stdin, capture_output=True, text=True, check=True
+        ["git", *args],
+        cwd=cwd,
+        env={**os.environ, **GIT_ENV},
+        input=stdin,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
 
 
@@ -163,14 +169,10 @@ def test_trigger_commit_abbreviated_without_a_checkout_is_refused(tmp_path: Path
 
 def test_setup_dry_run_lists_each_directory_once(tmp_path: Path) -> None:
     # The default instance's name: its /etc/runner is both its settings' and certbot.conf's directory.
-    result = subprocess.run(
-        [sys.executable, "-m", "runner", "setup", "--dry-run", "--home-dir", str(tmp_path / "home")]
-        + ["--prefix", str(tmp_path / "root"), "--sites-dir", str(tmp_path / "sites")],
+    result = run_cli(
+        *("setup", "--dry-run", "--home-dir", str(tmp_path / "home"), "--prefix", str(tmp_path / "root")),
+        *("--sites-dir", str(tmp_path / "sites")),
         env=runner_env(tmp_path),
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     created = [line.split()[2] for line in result.stdout.splitlines() if line.startswith("would create /")]
