@@ -246,15 +246,7 @@ class Store:
     ) -> int:
         """Record a queued run. Its id goes into the queue entry, so the run exists before its entry does."""
         with Session(self.engine) as session, session.begin():
-            run = Run(
-                pipeline=pipeline,
-                trigger=trigger,
-                delivery_id=delivery_id,
-                ref=ref,
-                commit=commit,
-                status="queued",
-                queued_at=datetime.now(UTC),
-            )
+            run = _queued_run(pipeline, trigger, delivery_id, ref, commit)
             session.add(run)
             session.flush()
             return run.id
@@ -517,15 +509,7 @@ class Store:
         """Record a queued run for a failed entry put back in its queue: the next attempt of its
         (delivery, pipeline), so that it is never taken for the delivery's first forwarding."""
         with Session(self.engine) as session, session.begin():
-            run = Run(
-                pipeline=pipeline,
-                trigger=trigger,
-                delivery_id=delivery_id,
-                ref=ref,
-                commit=commit,
-                status="queued",
-                queued_at=datetime.now(UTC),
-            )
+            run = _queued_run(pipeline, trigger, delivery_id, ref, commit)
             if delivery_id is not None:
                 last = session.scalar(
                     select(func.max(Run.attempt)).where(
@@ -536,3 +520,17 @@ class Store:
             session.add(run)
             session.flush()
             return run.id
+
+
+def _queued_run(
+    pipeline: str, trigger: str, delivery_id: str | None, ref: str | None, commit: str | None
+) -> Run:
+    return Run(
+        pipeline=pipeline,
+        trigger=trigger,
+        delivery_id=delivery_id,
+        ref=ref,
+        commit=commit,
+        status="queued",
+        queued_at=datetime.now(UTC),
+    )
