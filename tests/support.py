@@ -115,6 +115,18 @@ class Response:
         return json.loads(self.body)
 
 
+def stop_process(process: subprocess.Popen[Any], timeout: float = 30) -> int:
+    """SIGTERM, then SIGKILL after ``timeout`` seconds; the process's exit status."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    return process.returncode
+
+
 class Started(Protocol):
     """A process a test started, with the way to stop it (Server, test_worker's WorkerProcess, ...)."""
 

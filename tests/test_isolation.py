@@ -36,6 +36,7 @@ from support import (
     postgres_database,
     run_cli,
     runner_env,
+    stop_process,
     wait_for,
 )
 
@@ -159,12 +160,7 @@ class Home:
             server.stop()
         for worker in self.workers:
             if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-                    worker.wait()
+                stop_process(worker)
         # A step whose runner was killed may still run: each left its process group's id behind.
         for group_file in self.path.glob("logs/*/*.pgid"):
             with contextlib.suppress(ValueError, ProcessLookupError, PermissionError):
@@ -298,12 +294,7 @@ def test_runner_up_starts_again_on_its_port_while_a_step_of_the_killed_one_runs(
         wait_for(healthy, "the second runner up to serve", details=lambda: output.read_text())
         assert "Address already in use" not in output.read_text()
     finally:
-        second.send_signal(signal.SIGTERM)
-        try:
-            second.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            second.kill()
-            second.wait()
+        stop_process(second)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(sleeper, signal.SIGKILL)
 

@@ -35,7 +35,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FINISHED, GIT_ENV, ROOT, alive, free_port, require, run_cli, runner_env, wait_for
+from support import (
+    FINISHED,
+    GIT_ENV,
+    ROOT,
+    alive,
+    free_port,
+    require,
+    run_cli,
+    runner_env,
+    stop_process,
+    wait_for,
+)
 
 from runner import steps
 from runner.config import Config
@@ -1056,12 +1067,7 @@ def test_after_setup_the_deploy_user_deploys_a_site_only_through_the_wrapper(
             assert site_file.stat().st_uid == 0
             assert "sudo -n /usr/local/libexec/runner-nginx" in Path(run.log_path or "").read_text()
         finally:
-            worker.send_signal(signal.SIGTERM)
-            try:
-                worker.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                worker.kill()
-                worker.wait()
+            stop_process(worker)
         assert not owned.exists()
 
 

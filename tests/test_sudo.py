@@ -19,7 +19,6 @@ import re
 import secrets
 import shlex
 import shutil
-import signal
 import stat
 import subprocess
 import sys
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ROOT, Account, require
+from support import ROOT, Account, require, stop_process
 
 from runner import sudo
 from runner.config import DEFAULT_CERTBOT
@@ -334,12 +333,7 @@ def test_the_systemctl_step_run_by_the_deploy_user(user: DeployUser) -> None:
             user.runner("trigger", name, "--ref", "main")
         runs = {r["pipeline"]: r for r in wait_for_runs(user, len(steps), worker, log)}
     finally:
-        worker.send_signal(signal.SIGTERM)
-        try:
-            worker.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            worker.kill()
-            worker.wait()
+        stop_process(worker)
 
     def outcome(name: str) -> tuple[str, str, str]:
         run = runs[name]
