@@ -9,6 +9,7 @@ import http.client
 import json
 import os
 import pwd
+import re
 import signal
 import socket
 import subprocess
@@ -327,3 +328,35 @@ class Account:
             timeout=timeout,
             check=False,
         )
+
+
+class WorkerProcess:
+    """A real ``runner work`` process; its output goes to a file shown in assertion messages."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "runner", "work"], env=env, stdout=self._log, stderr=subprocess.STDOUT
+        )
+        self.pid = self.process.pid
+        register(self)
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_for_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
+        def check() -> re.Match[str] | None:
+            if self.process.poll() is not None:
+                pytest.fail(f"runner work exited {self.process.returncode}:\n{self.output()}")
+            return re.search(pattern, self.output(), re.MULTILINE)
+
+        return wait_for(check, f"{pattern!r} in the worker's log", timeout, self.output)
+
+    def wait_started(self) -> None:
+        self.wait_for_line("worker started")
+
+    def stop(self, timeout: float = 30) -> int:
+        code = stop_process(self.process, timeout)
+        self._log.close()
+        return code

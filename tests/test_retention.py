@@ -10,9 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import subprocess
-import sys
 import textwrap
 import uuid
 from collections.abc import Iterator
@@ -22,7 +20,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
-from support import PAYLOADS, alive, run_cli, runner_env, wait_for
+from support import PAYLOADS, WorkerProcess, alive, run_cli, runner_env, wait_for
 
 from runner import config as config_module
 from runner.config import ConfigError
@@ -37,39 +35,6 @@ def ago(days: float) -> datetime:
     return NOW - timedelta(days=days)
 
 
-class Worker:
-    """A real ``runner work``; its output goes to a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner", "work"], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_for_line(self, pattern: str, timeout: float = 30) -> re.Match[str]:
-        def check() -> re.Match[str] | None:
-            if self.process.poll() is not None:
-                pytest.fail(f"runner work exited {self.process.returncode}:\n{self.output()}")
-            return re.search(pattern, self.output(), re.MULTILINE)
-
-        return wait_for(check, f"{pattern!r} in the worker's log", timeout, self.output)
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
-
-
 class Home:
     """A runner home with a migrated database, and the workers a test starts (stopped at the end)."""
 
@@ -82,7 +47,7 @@ class Home:
         upgraded = run_cli("db", "upgrade", env=self.env)
         assert upgraded.returncode == 0, upgraded.stdout + upgraded.stderr
         self.store = Store(database_url)
-        self.workers: list[Worker] = []
+        self.workers: list[WorkerProcess] = []
 
     def close(self) -> None:
         for worker in self.workers:
@@ -96,8 +61,8 @@ class Home:
         )
         return done
 
-    def start_worker(self, **env: str) -> Worker:
-        worker = Worker({**self.env, **env}, self.tmp / f"worker-{len(self.workers) + 1}.log")
+    def start_worker(self, **env: str) -> WorkerProcess:
+        worker = WorkerProcess({**self.env, **env}, self.tmp / f"worker-{len(self.workers) + 1}.log")
         self.workers.append(worker)
         worker.wait_for_line("worker started")
         return worker

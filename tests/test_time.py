@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import textwrap
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-from support import FINISHED, PAYLOADS, Server, run_cli, runner_env, wait_for
+from support import FINISHED, PAYLOADS, Server, WorkerProcess, run_cli, runner_env, wait_for
 
 from runner.store import Store
 
@@ -143,30 +141,6 @@ PIPELINE = """
 """
 
 
-class Worker:
-    """A real ``runner work``, its output in a file."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner", "work"], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
 def push_payload() -> bytes:
     payload = json.loads((PAYLOADS / "push" / "with-new-branch.payload.json").read_bytes())
     payload["ref"] = "refs/heads/main"
@@ -196,7 +170,7 @@ def test_a_delivery_run_in_new_york_shows_its_times_alike_in_tables_json_run_log
     env = env_in(home, database_url, NEW_YORK)
     cli("db", "upgrade", env=env)
     server = Server(home, env)
-    worker = Worker(env, tmp_path / "work.log")
+    worker = WorkerProcess(env, tmp_path / "work.log")
     store = Store(database_url)
     try:
         wait_for(lambda: "worker started" in worker.output(), "runner work to start", details=worker.output)

@@ -14,7 +14,6 @@ import re
 import shlex
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from collections.abc import Iterator
@@ -23,7 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import FINISHED, GIT_ENV, PAYLOADS, Server, alive, register, run_cli, runner_env, wait_for
+from support import (
+    FINISHED,
+    GIT_ENV,
+    PAYLOADS,
+    Server,
+    WorkerProcess,
+    alive,
+    run_cli,
+    runner_env,
+    wait_for,
+)
 
 from runner.models import Delivery, Run, StepResult
 from runner.queue import Queue
@@ -46,41 +55,6 @@ def read_pid(path: Path) -> int | None:
     except FileNotFoundError:
         return None
     return int(text) if text.isdigit() else None
-
-
-class WorkerProcess:
-    """A real ``runner work`` process; its output goes to a file shown in assertion messages."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "runner", "work"], env=env, stdout=self._log, stderr=subprocess.STDOUT
-        )
-        self.pid = self.process.pid
-        register(self)
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    def wait_started(self) -> None:
-        def started() -> bool:
-            if self.process.poll() is not None:
-                pytest.fail(f"runner work exited {self.process.returncode}:\n{self.output()}")
-            return "worker started" in self.output()
-
-        wait_for(started, "runner work to start", details=self.output)
-
-    def stop(self, timeout: float = 30) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-        return self.process.returncode
 
 
 # Git -------------------------------------------------------------------------------------------------------
