@@ -3,49 +3,25 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import json
 import logging
 import os
-import signal
-import socket
 import sys
-from collections.abc import Callable, Coroutine, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from runner import config as config_module
-from runner import shipped
+from runner import server, shipped
 from runner.config import Config, ConfigError
+from runner.listen import ListenError
+from runner.server import ServeError
 from runner.timefmt import LogFormatter, iso, shown
-
-logger = logging.getLogger("runner")
-
-# Connections that may wait for an accept(): GitHub's bursts, and a benchmark's connections, all at once.
-SERVE_BACKLOG = 128
 
 
 class CommandError(Exception):
     """Ends the command with this message and exit status 1."""
-
-
-def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main`` on uvloop when it is there; SIGTERM and SIGINT ask it to stop."""
-
-    async def wrapper() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        await main(stop)
-
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(wrapper())
-    else:
-        uvloop.run(wrapper())
 
 
 def _open_store(config: Config, migrate_default: bool) -> Any:
@@ -67,227 +43,19 @@ def _open_store(config: Config, migrate_default: bool) -> Any:
     return store
 
 
-def _listen(host: str, port: int) -> socket.socket:
-    from runner.listen import ListenError, listen
-
-    try:
-        return listen(host, port, SERVE_BACKLOG)
-    except ListenError as exc:
-        raise CommandError(str(exc)) from None
-
-
 def _serve(config: Config, migrate_default: bool, with_worker: bool) -> None:
-    # Imported before any fork, so that the server processes share these pages with the parent.
-    import runner.web  # noqa: F401
-
     secret = config.require_secret()
-    store = _open_store(config, migrate_default)
-    try:
-        listener = _listen(config.host, config.port)
-    except BaseException:
-        store.close()
-        raise
-    from runner.listen import describe
-
-    logger.info(
-        "webhook endpoint: %s/github-webhook, queue: %s, %d server process(es)",
-        describe(listener),
-        config.main_queue_dir,
-        config.workers,
-    )
-    if config.workers == 1:
-        _serve_here(config, listener, secret, store, with_worker)
-        return
-    # The schema is checked; the children connect afresh, so no connection is shared across the fork.
-    store.close()
-    _serve_forked(config, listener, secret, store, with_worker)
-
-
-def _serve_here(
-    config: Config,
-    listener: socket.socket,
-    secret: Any,
-    store: Any,
-    with_worker: bool,
-    parent_pipe: int | None = None,
-) -> None:
-    """Serve (and work, with ``with_worker``) in this process until SIGTERM or SIGINT.
-
-    With ``parent_pipe``, the read end of a pipe only the parent writes to, it also stops when the parent
-    is gone (even killed with SIGKILL), so that no orphan goes on serving the port.
-    """
-    from runner.queue import Queue
-    from runner.web import serve
-
-    # Each process opens its own queue: the flock that orders names across processes is held per open
-    # file, so a lock file opened before a fork would not keep the children apart.
-    queue = Queue(config.main_queue_dir)
-    # Hypercorn owns the socket from here on and closes it when it stops.
-    fd = listener.detach()
-
-    async def main(stop: asyncio.Event) -> None:
-        if parent_pipe is not None:
-            loop = asyncio.get_running_loop()
-
-            def parent_gone() -> None:
-                loop.remove_reader(parent_pipe)
-                logger.warning("the parent process is gone: stopping")
-                stop.set()
-
-            loop.add_reader(parent_pipe, parent_gone)
-        web = serve(fd, secret, queue, store, stop)
-        if not with_worker:
-            await web
-            return
-        worker = _worker(config, store).run(stop)
-        tasks = [asyncio.ensure_future(web), asyncio.ensure_future(worker)]
-        # If either ends by itself (a crash), stop the other too rather than run half a runner.
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for task in done:
-            task.result()
-
-    try:
-        _run_async(main)
-    finally:
-        queue.close()
-        store.close()
-
-
-def _serve_forked(
-    config: Config, listener: socket.socket, secret: Any, store: Any, with_worker: bool
-) -> None:
-    """Fork ``config.workers`` server processes on one listening socket and wait for them.
-
-    SIGTERM and SIGINT are passed on to every child. If a child ends while no stop was asked for, the
-    others are stopped and the command fails: a runner serving at part strength would hide the fault.
-    """
-    import threading
-
-    # fork() copies only the calling thread: a lock held by another thread would stay locked forever.
-    if threading.active_count() != 1:
-        raise CommandError("internal error: a thread was started before the server processes were forked")
-    stop_signals = {signal.SIGTERM, signal.SIGINT}
-    children: dict[int, int] = {}
-    stopping = False
-    failures: list[str] = []
-
-    def stop_children(signum: int) -> None:
-        for pid in children:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signum)
-
-    def forward(signum: int, _frame: object) -> None:
-        nonlocal stopping
-        stopping = True
-        stop_children(signum)
-
-    def reap() -> None:
-        nonlocal stopping
-        while children:
-            pid, status = os.wait()
-            code = os.waitstatus_to_exitcode(status)
-            del children[pid]
-            if stopping and code in (0, -signal.SIGTERM, -signal.SIGINT):
-                continue
-            failures.append(f"server process {pid} exited with status {code}")
-            if not stopping:
-                logger.error("%s; stopping the others", failures[-1])
-                stopping = True
-                stop_children(signal.SIGTERM)
-
-    # Never written to: the children see its end of file when the parent is gone.
-    pipe_read, pipe_write = os.pipe()
-    # Blocked until the handlers are in place: a stop asked for during the forks reaches every child.
-    previous_mask = signal.pthread_sigmask(signal.SIG_BLOCK, stop_signals)
-    try:
-        for index in range(config.workers):
-            pid = os.fork()
-            if pid == 0:
-                os.close(pipe_write)
-                child_worker = with_worker and index == 0
-                _run_child(config, listener, secret, store, child_worker, pipe_read, previous_mask)
-            children[pid] = index
-        for signum in stop_signals:
-            signal.signal(signum, forward)
-    except BaseException:
-        # A failed fork: the children already started must not outlive the command.
-        stopping = True
-        stop_children(signal.SIGTERM)
-        reap()
-        os.close(pipe_write)
-        raise
-    finally:
-        # Only the children accept connections; they close their copies when they stop.
-        listener.close()
-        os.close(pipe_read)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-    reap()
-    os.close(pipe_write)
-    if failures:
-        raise CommandError("; ".join(failures))
-
-
-def _run_child(
-    config: Config,
-    listener: socket.socket,
-    secret: Any,
-    store: Any,
-    with_worker: bool,
-    parent_pipe: int,
-    signal_mask: Any,
-) -> NoReturn:
-    code = 1
-    try:
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(signum, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, signal_mask)
-        _serve_here(config, listener, secret, store, with_worker, parent_pipe)
-        code = 0
-    except BaseException:
-        logger.exception("server process %d failed", os.getpid())
-    finally:
-        # The parent's cleanup (its finally blocks, atexit) is not the child's to run.
-        logging.shutdown()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-
-
-def _worker(config: Config, store: Any) -> Any:
-    import os
-
-    from runner.pipeline import PipelineSet
-    from runner.worker import Worker
-
-    # Steps inherit the worker's environment (less runner's own settings): PATH, HOME, locale.
-    return Worker(PipelineSet(config.pipelines_dir, config.home), store, config, dict(os.environ))
+    server.serve(config, secret, _open_store(config, migrate_default), with_worker)
 
 
 def cmd_serve(config: Config, _args: argparse.Namespace) -> None:
     _serve(config, migrate_default=False, with_worker=False)
 
 
-def _worker_lock(config: Config, command: str) -> Any:
-    """The home's worker lock, taken, or a CommandError naming the worker that holds it."""
-    from runner.lock import NotTheOwner, WorkerLock, WorkerRunning, require_owner
-
-    lock = WorkerLock(config.worker_lock)
-    try:
-        require_owner(config.queues_dir, command)
-        lock.acquire()
-    except (NotTheOwner, WorkerRunning) as exc:
-        raise CommandError(str(exc)) from None
-    except OSError as exc:
-        raise CommandError(f"cannot take the worker lock {config.worker_lock}: {exc}") from None
-    return lock
-
-
 def cmd_up(config: Config, _args: argparse.Namespace) -> None:
     # Taken before anything else, so that a second one refuses at once, before it migrates or listens; the
     # server processes forked later share it.
-    lock = _worker_lock(config, "up")
+    lock = server.worker_lock(config, "up")
     try:
         _serve(config, migrate_default=True, with_worker=True)
     finally:
@@ -295,11 +63,11 @@ def cmd_up(config: Config, _args: argparse.Namespace) -> None:
 
 
 def cmd_work(config: Config, _args: argparse.Namespace) -> None:
-    lock = _worker_lock(config, "work")
+    lock = server.worker_lock(config, "work")
     try:
         store = _open_store(config, migrate_default=False)
         try:
-            _run_async(_worker(config, store).run)
+            server.run_async(server.new_worker(config, store).run)
         finally:
             store.close()
     finally:
@@ -642,8 +410,6 @@ def cmd_setup(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_doctor(config: Config, _args: argparse.Namespace) -> None:
-    import os
-
     from runner import doctor
 
     if doctor.run(config, dict(os.environ)) != 0:
@@ -900,7 +666,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=getattr(args, "workers", None),
         )
         args.handler(config, args)
-    except (ConfigError, CommandError) as exc:
+    except (ConfigError, CommandError, ListenError, ServeError) as exc:
         print(f"runner: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
