@@ -1,23 +1,21 @@
-"""The ``runner`` command."""
+"""The ``runner`` command: its arguments, and what each subcommand does with them."""
 
 from __future__ import annotations
 
 import argparse
-import contextlib
-import json
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from runner import config as config_module
-from runner import server, shipped
+from runner import reports, server, shipped
 from runner.config import Config, ConfigError
 from runner.listen import ListenError
 from runner.server import ServeError
-from runner.timefmt import LogFormatter, iso, shown
+from runner.timefmt import LogFormatter
 
 
 class CommandError(Exception):
@@ -92,108 +90,14 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> None:
     print(f"{len(files)} pipeline file(s) valid", file=sys.stderr)
 
 
-def _when(value: Any) -> str:
-    """A time in a table: UTC, marked Z, whatever the reader's TZ (the run logs' convention)."""
-    return shown(value)
-
-
-def _iso(value: Any) -> str | None:
-    return iso(value)
-
-
-@contextlib.contextmanager
-def _listing() -> Iterator[None]:
-    """Output a reader may stop reading (``runner runs --json | head -1``): a closed pipe ends it quietly."""
-    try:
-        yield
-        sys.stdout.flush()
-    except BrokenPipeError:
-        # Python's recipe: standard output becomes /dev/null, so that the flush at exit does not fail again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        os.close(devnull)
-
-
-def _table(rows: list[list[str]], headers: list[str]) -> None:
-    widths = [max(len(str(row[i])) for row in [headers, *rows]) for i in range(len(headers))]
-    for row in [headers, *rows]:
-        print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
-
-
 def cmd_deliveries(config: Config, args: argparse.Namespace) -> None:
     store = _open_store(config, migrate_default=False)
     try:
         deliveries = store.deliveries(limit=args.limit)
     finally:
         store.close()
-    with _listing():
-        _print_deliveries(deliveries, args.json)
-
-
-def _print_deliveries(deliveries: list[Any], as_json: bool) -> None:
-    if as_json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "delivery": d.delivery_id,
-                        "event": d.event,
-                        "repository": d.repository,
-                        "ref": d.ref,
-                        "received_at": _iso(d.received_at),
-                        "outcome": d.outcome,
-                        "detail": d.detail,
-                        "duplicates": d.duplicates,
-                    }
-                    for d in deliveries
-                ],
-                indent=2,
-            )
-        )
-        return
-    rows = [
-        [
-            _when(d.received_at),
-            d.delivery_id,
-            d.event,
-            d.repository or "-",
-            d.ref or "-",
-            d.outcome + (f" (+{d.duplicates} dup)" if d.duplicates else ""),
-            d.detail or "",
-        ]
-        for d in deliveries
-    ]
-    _table(rows, ["RECEIVED", "DELIVERY", "EVENT", "REPOSITORY", "REF", "OUTCOME", "DETAIL"])
-
-
-def _run_json(run: Any, steps: list[Any] | None = None) -> dict[str, Any]:
-    data = {
-        "id": run.id,
-        "pipeline": run.pipeline,
-        "status": run.status,
-        "trigger": run.trigger,
-        "delivery": run.delivery_id,
-        "ref": run.ref,
-        "commit": run.commit,
-        "reason": run.reason,
-        "queued_at": _iso(run.queued_at),
-        "started_at": _iso(run.started_at),
-        "finished_at": _iso(run.finished_at),
-        "log": run.log_path,
-    }
-    if steps is not None:
-        data["steps"] = [
-            {
-                "position": s.position,
-                "name": s.name,
-                "status": s.status,
-                "exit_code": s.exit_code,
-                "duration": s.duration,
-                "detail": s.detail,
-            }
-            for s in steps
-        ]
-    return data
+    with reports.listing():
+        reports.print_deliveries(deliveries, args.json)
 
 
 def cmd_runs(config: Config, args: argparse.Namespace) -> None:
@@ -203,75 +107,17 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> None:
         steps = {run.id: store.steps(run.id) for run in runs} if args.json else {}
     finally:
         store.close()
-    with _listing():
-        _print_runs(runs, steps, args.json)
-
-
-def _print_runs(runs: list[Any], steps: dict[int, list[Any]], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps([_run_json(run, steps[run.id]) for run in runs], indent=2))
-        return
-    rows = []
-    for run in runs:
-        took = (
-            f"{(run.finished_at - run.started_at).total_seconds():.1f}s"
-            if run.finished_at and run.started_at
-            else "-"
-        )
-        ref = (run.ref or "").removeprefix("refs/heads/").removeprefix("refs/tags/")
-        rows.append(
-            [
-                str(run.id),
-                run.pipeline,
-                run.status,
-                run.trigger,
-                ref or "-",
-                (run.commit or "-")[:12],
-                _when(run.started_at or run.queued_at),
-                took,
-                run.reason or "",
-            ]
-        )
-    _table(rows, ["RUN", "PIPELINE", "STATUS", "TRIGGER", "REF", "COMMIT", "STARTED", "TOOK", "REASON"])
+    with reports.listing():
+        reports.print_runs(runs, steps, args.json)
 
 
 def cmd_logs(config: Config, args: argparse.Namespace) -> None:
-    import time
-
-    from runner.lock import worker_alive
-
     store = _open_store(config, migrate_default=False)
     try:
         run = store.run(args.run)
         if run is None:
             raise CommandError(f"there is no run {args.run}: `runner runs` lists them")
-        offset = 0
-        orphaned = False
-        while True:
-            path = Path(run.log_path) if run.log_path else None
-            if path is not None and path.exists():
-                with path.open("rb") as log:
-                    log.seek(offset)
-                    chunk = log.read()
-                    offset += len(chunk)
-                    sys.stdout.buffer.write(chunk)
-                    sys.stdout.flush()
-            if not args.follow or run.status not in ("queued", "running") or orphaned:
-                break
-            time.sleep(0.25)
-            # Checked before the run is read again: a worker that ends the run and then stops is not
-            # taken for one that died with the run unfinished.
-            orphaned = not worker_alive(config.worker_lock)
-            run = store.run(args.run)
-            assert run is not None
-        if run.status not in ("queued", "running"):
-            print(f"run {run.id}: {run.status}" + (f" ({run.reason})" if run.reason else ""), file=sys.stderr)
-        elif args.follow:
-            print(
-                f"run {run.id}: {run.status}, and no worker is running on {config.home}: it goes on when "
-                "`runner work` (or `runner up`) starts again",
-                file=sys.stderr,
-            )
+        reports.print_log(store, run, config, args.follow)
     finally:
         store.close()
 
@@ -449,33 +295,7 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> None:
         done = retention.prune(config, store, dry_run=args.dry_run)
     finally:
         store.close()
-    for run in done.runs:
-        logs = ", ".join(str(path) for path in done.files.get(run.id, []))
-        print(
-            f"run {run.id} of {run.pipeline}: {run.status}, ended {_when(run.finished_at or run.queued_at)}"
-            + (f"; {logs}" if logs else "")
-        )
-    for delivery in done.deliveries:
-        print(
-            f"delivery {delivery.delivery_id}: {delivery.event}, {delivery.outcome}, "
-            f"received {_when(delivery.received_at)}"
-        )
-    for entry in done.failed:
-        reason = (entry.reason or "no reason given").splitlines()[0]
-        print(f"failed entry {entry.key}: failed {_when(entry.failed_at)}: {reason}")
-    for path in done.reasons:
-        print(f"reason {path}: its entry is gone")
-    for problem in done.problems:
-        print(f"not removed: {problem}", file=sys.stderr)
-    counts = (
-        f"{len(done.runs)} run(s) with their steps and logs, {len(done.deliveries)} delivery record(s), "
-        f"{len(done.failed)} failed entry(ies)"
-    )
-    rule = (
-        f"older than {_when(done.cutoff)}, keeping each pipeline's last {done.keep_runs} runs "
-        "and its last successful one"
-    )
-    print(f"{'would remove' if args.dry_run else 'removed'} {counts}: {rule}", file=sys.stderr)
+    reports.print_pruned(done, args.dry_run)
 
 
 def cmd_failed(config: Config, args: argparse.Namespace) -> None:
@@ -498,32 +318,8 @@ def cmd_failed(config: Config, args: argparse.Namespace) -> None:
             return
     except failed.FailedError as exc:
         raise CommandError(str(exc)) from None
-    with _listing():
-        _print_failed(entries, args.json)
-
-
-def _print_failed(entries: list[Any], as_json: bool) -> None:
-    if as_json:
-        listed = [
-            {
-                "entry": e.key,
-                "queue": e.queue,
-                "name": e.name,
-                "path": str(e.path),
-                "failed_at": _iso(e.failed_at),
-                "reason": e.reason,
-            }
-            for e in entries
-        ]
-        print(json.dumps(listed, indent=2))
-        return
-    if not entries:
-        print("no failed entries", file=sys.stderr)
-        return
-    rows = [
-        [e.key, _when(e.failed_at), (e.reason or "").splitlines()[0] if e.reason else "-"] for e in entries
-    ]
-    _table(rows, ["ENTRY", "FAILED", "REASON"])
+    with reports.listing():
+        reports.print_failed(entries, args.json)
 
 
 def _positive_int(text: str) -> int:
