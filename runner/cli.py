@@ -8,7 +8,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import config as config_module
 from runner import reports, server, shipped
@@ -16,6 +16,9 @@ from runner.config import Config, ConfigError
 from runner.listen import ListenError
 from runner.server import ServeError
 from runner.timefmt import LogFormatter
+
+if TYPE_CHECKING:
+    Handler = Callable[[Config, argparse.Namespace], None]
 
 
 class CommandError(Exception):
@@ -347,21 +350,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _global_options(parser, top=True)
     parser.add_argument("--version", action="version", version=f"runner {shipped.version()}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands = _Commands(parser)
+    # In the order `runner --help` lists them.
+    _add_process_commands(commands)
+    _add_run_commands(commands)
+    _add_instance_commands(commands)
+    _add_data_commands(commands)
+    return parser
 
-    def add(
-        name: str, handler: Callable[[Config, argparse.Namespace], None], help: str
-    ) -> argparse.ArgumentParser:
-        sub = commands.add_parser(name, help=help, description=help)
+
+class _Commands:
+    """The commands' parsers, each with its handler, its help (also its description), the global options."""
+
+    def __init__(self, parser: argparse.ArgumentParser) -> None:
+        self.subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(self, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
+        sub = self.subparsers.add_parser(name, help=help, description=help)
         sub.set_defaults(handler=handler)
         _global_options(sub)
         return sub
 
+
+def _add_process_commands(commands: _Commands) -> None:
+    """The long-running processes: serve, up, work."""
     for name, handler, help in (
         ("serve", cmd_serve, "serve the webhook endpoint"),
         ("up", cmd_up, "migrate the default SQLite database if needed, then serve and work in one process"),
     ):
-        sub = add(name, handler, help)
+        sub = commands.add(name, handler, help)
         sub.add_argument("--host", help="address to listen on (default: $RUNNER_HOST or 127.0.0.1)")
         sub.add_argument("--port", type=int, help="port to listen on (default: $RUNNER_PORT or 3400)")
         sub.add_argument(
@@ -370,25 +387,32 @@ def build_parser() -> argparse.ArgumentParser:
             help="server processes sharing the port (default: $RUNNER_WORKERS or 1)",
         )
 
-    add(name="work", handler=cmd_work, help="route deliveries and run the pipelines")
+    commands.add("work", cmd_work, "route deliveries and run the pipelines")
 
-    validate = add("validate", cmd_validate, "check pipeline files; print each problem as file:line:column")
+
+def _add_run_commands(commands: _Commands) -> None:
+    """The pipelines and their runs: validate, deliveries, runs, logs, trigger."""
+    validate = commands.add(
+        "validate", cmd_validate, "check pipeline files; print each problem as file:line:column"
+    )
     validate.add_argument("files", nargs="*", help="pipeline files (default: every file in pipelines/)")
 
-    deliveries = add("deliveries", cmd_deliveries, "recent deliveries and what became of each")
+    deliveries = commands.add("deliveries", cmd_deliveries, "recent deliveries and what became of each")
     deliveries.add_argument("--limit", type=_positive_int, default=20, help=LIMIT_HELP)
     deliveries.add_argument("--json", action="store_true", help="print JSON")
 
-    runs = add("runs", cmd_runs, "recent runs and their status")
+    runs = commands.add("runs", cmd_runs, "recent runs and their status")
     runs.add_argument("pipeline", nargs="?", help="only this pipeline's runs")
     runs.add_argument("--limit", type=_positive_int, default=20, help=LIMIT_HELP)
     runs.add_argument("--json", action="store_true", help="print JSON, with each run's steps")
 
-    logs = add("logs", cmd_logs, "print a run's log, following it while the run goes on")
+    logs = commands.add("logs", cmd_logs, "print a run's log, following it while the run goes on")
     logs.add_argument("run", type=int, help="the run's number (see `runner runs`)")
     logs.add_argument("--no-follow", dest="follow", action="store_false", help="print what is there and stop")
 
-    trigger = add("trigger", cmd_trigger, "queue a run by hand: a redeploy, or a rollback to a commit")
+    trigger = commands.add(
+        "trigger", cmd_trigger, "queue a run by hand: a redeploy, or a rollback to a commit"
+    )
     trigger.add_argument("pipeline")
     trigger.add_argument("--ref", help="branch name, or a full ref such as refs/tags/v1.2")
     trigger.add_argument(
@@ -397,7 +421,10 @@ def build_parser() -> argparse.ArgumentParser:
         "it) that names one commit in the pipeline's checkout",
     )
 
-    setup = add(
+
+def _add_instance_commands(commands: _Commands) -> None:
+    """Installing an instance and checking it: setup, doctor."""
+    setup = commands.add(
         "setup",
         cmd_setup,
         "as root: the deploy and web users, directories, secret, wrappers, templates, sudoers and units",
@@ -413,9 +440,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     setup.add_argument("--dry-run", action="store_true", help="print what would change, change nothing")
 
-    add("doctor", cmd_doctor, "as the deploy user: check everything a deployment needs, print the fixes")
+    commands.add(
+        "doctor", cmd_doctor, "as the deploy user: check everything a deployment needs, print the fixes"
+    )
 
-    db = add("db", cmd_db, "manage the database schema")
+
+def _add_data_commands(commands: _Commands) -> None:
+    """What the runner keeps: db (its schema), prune (old records), failed (entries that failed)."""
+    db = commands.add("db", cmd_db, "manage the database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
     upgrade = db_commands.add_parser("upgrade", help="migrate the schema to a revision (default: the latest)")
     upgrade.add_argument("revision", nargs="?", default="head")
@@ -427,10 +459,14 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in (upgrade, downgrade, current):
         _global_options(sub)
 
-    prune = add("prune", cmd_prune, "remove runs, deliveries and failed entries older than $RUNNER_RETENTION")
+    prune = commands.add(
+        "prune", cmd_prune, "remove runs, deliveries and failed entries older than $RUNNER_RETENTION"
+    )
     prune.add_argument("--dry-run", action="store_true", help="print what would be removed, remove nothing")
 
-    failed = add("failed", cmd_failed, "list the entries of every queue's failed/, with their reasons")
+    failed = commands.add(
+        "failed", cmd_failed, "list the entries of every queue's failed/, with their reasons"
+    )
     failed.add_argument("--json", action="store_true", help="print JSON, with each full reason")
     failed_commands = failed.add_subparsers(dest="failed_command", metavar="ACTION")
     for action, help in (
@@ -442,7 +478,6 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument(
             "entry", help="QUEUE/NAME as `runner failed` lists it, or NAME if only one queue has it"
         )
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
