@@ -27,16 +27,11 @@ from yaml.constructor import ConstructorError, SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from runner import shipped
+from runner.code_variables import code_variable
 from runner.config import nginx_templates_dir
 from runner.credentials import mask
-from runner.templating import (
-    argv_template_problems,
-    code_variable,
-    has_expression,
-    name_problems,
-    shell_template_problem_at,
-    syntax_problem,
-)
+from runner.injection import argv_template_problems, shell_template_problem_at
+from runner.templating import has_expression, name_problems, syntax_problem
 
 logger = logging.getLogger(__name__)
 
