@@ -72,166 +72,211 @@ def _parts(source: str) -> list[tuple[str | nodes.Expr, int]]:
     return parts
 
 
-def contexts_of(text: str, holes: list[int], view: list[str] | None = None) -> list[str]:
-    """Where in bash's grammar each hole of ``text`` stands: a best-effort reading, enough to quote well.
+class _Lexer:
+    """One reading of a script, left to right: what is open, the here-documents whose bodies come next, and
+    where each hole was found. ``step`` reads one character, or a few that go together."""
 
-    ``view``, the script's characters, becomes its syntax: what is quoted or escaped turns into ``_`` (one
-    word still, with no operator or expansion in it), comments and here-document bodies into spaces."""
-    at: dict[int, str] = {}
+    def __init__(self, text: str, wanted: set[int], view: list[str] | None) -> None:
+        self.text = text
+        self.wanted = wanted
+        self.view = view
+        self.at: dict[int, str] = {}
+        self.stack: list[str] = []  # open: ' " $' ` $( ( (( ${
+        self.heredocs: list[
+            tuple[str, bool, bool]
+        ] = []  # delimiter, <<-, quoted: bodies start after this line
 
-    def literal(index: int, filler: str = "_") -> None:
-        if view is not None and index < n:
-            view[index] = filler
+    def step(self, i: int) -> int:
+        """Read what starts at ``i``; returns where the rest starts."""
+        top = self.stack[-1] if self.stack else None
+        char = self.text[i]
+        if i in self.wanted:
+            self.at[i] = self._where()
+            return i + 1
+        if top == "'":
+            return self._in_single_quotes(i)
+        if top == "$'":
+            return self._in_ansi_quotes(i)
+        if char == "\\":
+            return self._backslash(i)
+        if char == "\n" and self.heredocs:
+            i = self._heredoc_bodies(i + 1)
+            self.heredocs = []
+            return i
+        opened = self._quote_or_expansion(i, top)
+        if opened is not None:
+            return opened
+        if top == '"':
+            if char.isspace() or char in ";&|(){}<>":  # inside double quotes only $, ` and \ mean something
+                self._literal(i)
+            return i + 1
+        return self._unquoted(i, top)
 
-    wanted = set(holes)
-    stack: list[str] = []  # open: ' " $' ` $( ( (( ${
-    heredocs: list[tuple[str, bool, bool]] = []  # delimiter, <<-, quoted: bodies start after this line
-    i, n = 0, len(text)
+    def _literal(self, index: int, filler: str = "_") -> None:
+        if self.view is not None and index < len(self.text):
+            self.view[index] = filler
 
-    def where() -> str:
-        for context in reversed(stack):
+    def _where(self) -> str:
+        for context in reversed(self.stack):
             if context != "${":
                 return {"'": "single quotes", '"': "double quotes", "$'": "$'...'", "((": "arithmetic"}.get(
                     context, "word"
                 )
         return "word"
 
-    while i < n:
-        char = text[i]
-        top = stack[-1] if stack else None
-        if i in wanted:
-            at[i] = where()
-        elif top == "'":
-            if char == "'":
-                stack.pop()
-            else:
-                literal(i)
-        elif top == "$'":
-            if char == "\\":
-                if i + 1 in wanted:
-                    at[i + 1] = "$'...'"
-                literal(i)
-                literal(i + 1)
-                i += 1
-            elif char == "'":
-                stack.pop()
-            else:
-                literal(i)
-        elif char == "\\":
-            if i + 1 in wanted:
-                at[i + 1] = "a backslash's reach"
-            elif i + 1 < n and text[i + 1] == "\n":
-                literal(i, " ")  # a line continued: no new command starts
-                literal(i + 1, " ")
-            elif i + 1 < n and not text[i + 1].isalnum():
-                literal(i + 1)  # kept as a letter (\eval is eval), an operator or $ as a literal
-            i += 1
-        elif char == "\n" and heredocs:
-            i = _heredoc_bodies(text, i + 1, heredocs, wanted, at, view)
-            heredocs = []
-            continue
-        elif char == '"':
+    def _in_single_quotes(self, i: int) -> int:
+        if self.text[i] == "'":
+            self.stack.pop()
+        else:
+            self._literal(i)
+        return i + 1
+
+    def _in_ansi_quotes(self, i: int) -> int:
+        char = self.text[i]
+        if char == "\\":
+            if i + 1 in self.wanted:
+                self.at[i + 1] = "$'...'"
+            self._literal(i)
+            self._literal(i + 1)
+            return i + 2
+        if char == "'":
+            self.stack.pop()
+        else:
+            self._literal(i)
+        return i + 1
+
+    def _backslash(self, i: int) -> int:
+        text, n = self.text, len(self.text)
+        if i + 1 in self.wanted:
+            self.at[i + 1] = "a backslash's reach"
+        elif i + 1 < n and text[i + 1] == "\n":
+            self._literal(i, " ")  # a line continued: no new command starts
+            self._literal(i + 1, " ")
+        elif i + 1 < n and not text[i + 1].isalnum():
+            self._literal(i + 1)  # kept as a letter (\eval is eval), an operator or $ as a literal
+        return i + 2
+
+    def _quote_or_expansion(self, i: int, top: str | None) -> int | None:
+        """A double quote, a backtick or a ``$`` that opens something, inside double quotes too; else None."""
+        text, char = self.text, self.text[i]
+        if char == '"':
             if top == '"':
-                stack.pop()
+                self.stack.pop()
             else:
-                stack.append('"')
-        elif char == "`":
+                self.stack.append('"')
+            return i + 1
+        if char == "`":
             if top == "`":
-                stack.pop()
-                literal(i, " ")  # a closing backtick ends a word and starts no command
+                self.stack.pop()
+                self._literal(i, " ")  # a closing backtick ends a word and starts no command
             else:
-                stack.append("`")
-        elif char == "$" and text.startswith("$((", i):
-            stack.append("((")
-            i += 2
-        elif char == "$" and text.startswith("${", i):
-            stack.append("${")
-            i += 1
-        elif char == "$" and text.startswith("$(", i):
-            stack.append("$(")
-            i += 1
-        elif char == "$" and text.startswith("$'", i) and top != '"':
-            stack.append("$'")
-            i += 1
-        elif top == '"':
-            if char.isspace() or char in ";&|(){}<>":  # inside double quotes only $, ` and \ mean something
-                literal(i)
-        elif char == "'":
-            stack.append("'")
+                self.stack.append("`")
+            return i + 1
+        if char != "$":
+            return None
+        if text.startswith("$((", i):
+            self.stack.append("((")
+            return i + 3
+        if text.startswith("${", i):
+            self.stack.append("${")
+            return i + 2
+        if text.startswith("$(", i):
+            self.stack.append("$(")
+            return i + 2
+        if text.startswith("$'", i) and top != '"':
+            self.stack.append("$'")
+            return i + 2
+        return None
+
+    def _unquoted(self, i: int, top: str | None) -> int:
+        text, char = self.text, self.text[i]
+        if char == "'":
+            self.stack.append("'")
         elif char == "}" and top == "${":
-            stack.pop()
+            self.stack.pop()
         elif text.startswith("((", i):
-            stack.append("((")
-            i += 1
+            self.stack.append("((")
+            return i + 2
         elif text.startswith("))", i) and top == "((":
-            stack.pop()
-            i += 1
+            self.stack.pop()
+            return i + 2
         elif char == "(":
-            stack.append("(")
+            self.stack.append("(")
         elif char == ")" and top in ("$(", "("):
-            stack.pop()
+            self.stack.pop()
         elif char == ")":
-            literal(i, ";")  # no ( to close: a case pattern's end, where a command starts
+            self._literal(i, ";")  # no ( to close: a case pattern's end, where a command starts
         elif char == "#" and (i == 0 or text[i - 1] in " \t\n;&|()<>"):
-            end = text.find("\n", i)
-            end = n if end < 0 else end
-            for hole in range(i, end):
-                if hole in wanted:
-                    at[hole] = "a comment"
-                literal(hole, " ")
-            i = end
-            continue
+            return self._comment(i)
         elif text.startswith("<<<", i):
-            i += 2
+            return i + 3
         elif text.startswith("<<", i):
-            i += 2
-            strip = text.startswith("-", i)
-            i += strip
-            while i < n and text[i] in " \t":
-                i += 1
-            end = i
-            while end < n and text[end] not in " \t\n;&|<>()":
-                end += 1
-            word = text[i:end]
-            delimiter = "".join(c for c in word if c not in "'\"\\")
-            heredocs.append((delimiter, strip, delimiter != word))
-            continue  # the delimiter's own quotes are read as quotes
-        i += 1
-    return [at.get(hole, "word") for hole in holes]
+            return self._heredoc(i)
+        return i + 1
 
+    def _comment(self, i: int) -> int:
+        end = self.text.find("\n", i)
+        end = len(self.text) if end < 0 else end
+        for hole in range(i, end):
+            if hole in self.wanted:
+                self.at[hole] = "a comment"
+            self._literal(hole, " ")
+        return end
 
-def _heredoc_bodies(
-    text: str,
-    i: int,
-    heredocs: list[tuple[str, bool, bool]],
-    wanted: set[int],
-    at: dict[int, str],
-    view: list[str] | None = None,
-) -> int:
-    """Read the bodies of the here-documents opened on the line before ``i``; returns where the rest is."""
-    n = len(text)
-    for delimiter, strip, quoted in heredocs:
-        while i < n:
-            end = text.find("\n", i)
-            end = n if end < 0 else end
-            line = text[i:end]
-            if view is not None:
-                view[i:end] = " " * (end - i)
-            if (line.lstrip("\t") if strip else line) == delimiter:
+    def _heredoc(self, i: int) -> int:
+        """A ``<<`` or ``<<-`` and its delimiter: the body starts on the next line."""
+        text, n = self.text, len(self.text)
+        i += 2
+        strip = text.startswith("-", i)
+        i += strip
+        while i < n and text[i] in " \t":
+            i += 1
+        end = i
+        while end < n and text[end] not in " \t\n;&|<>()":
+            end += 1
+        word = text[i:end]
+        delimiter = "".join(c for c in word if c not in "'\"\\")
+        self.heredocs.append((delimiter, strip, delimiter != word))
+        return i  # the delimiter's own quotes are read as quotes
+
+    def _heredoc_bodies(self, i: int) -> int:
+        """Read the bodies of the here-documents opened on the line before ``i``; returns where the rest
+        is."""
+        text, n = self.text, len(self.text)
+        for delimiter, strip, quoted in self.heredocs:
+            while i < n:
+                end = text.find("\n", i)
+                end = n if end < 0 else end
+                line = text[i:end]
+                if self.view is not None:
+                    self.view[i:end] = " " * (end - i)
+                if (line.lstrip("\t") if strip else line) == delimiter:
+                    i = end + 1
+                    break
+                for hole in range(i, end):
+                    if hole in self.wanted:
+                        escaped = not quoted and hole > 0 and text[hole - 1] == "\\"
+                        self.at[hole] = (
+                            "a quoted here-document"
+                            if quoted
+                            else "a backslash's reach"
+                            if escaped
+                            else "a here-document"
+                        )
                 i = end + 1
-                break
-            for hole in range(i, end):
-                if hole in wanted:
-                    escaped = not quoted and hole > 0 and text[hole - 1] == "\\"
-                    at[hole] = (
-                        "a quoted here-document"
-                        if quoted
-                        else "a backslash's reach"
-                        if escaped
-                        else "a here-document"
-                    )
-            i = end + 1
-    return i
+        return i
+
+
+def contexts_of(text: str, holes: list[int], view: list[str] | None = None) -> list[str]:
+    """Where in bash's grammar each hole of ``text`` stands: a best-effort reading, enough to quote well.
+
+    ``view``, the script's characters, becomes its syntax: what is quoted or escaped turns into ``_`` (one
+    word still, with no operator or expansion in it), comments and here-document bodies into spaces."""
+    lexer = _Lexer(text, set(holes), view)
+    i = 0
+    while i < len(text):
+        i = lexer.step(i)
+    return [lexer.at.get(hole, "word") for hole in holes]
 
 
 def read_run_string(
