@@ -18,7 +18,7 @@ from support import PAYLOADS, require
 
 from runner.code_variables import code_variable
 from runner.injection import argv_template_problems, shell_template_problem_at
-from runner.pipeline import validate
+from runner.pipelines import validate
 from runner.shell import render_shell
 from runner.templating import RenderError, evaluate, render
 
