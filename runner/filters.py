@@ -39,6 +39,35 @@ def _char_class(pattern: str, content: str) -> str:
     return "[" + "".join(out) + "]"
 
 
+def _stars(body: str, i: int) -> tuple[str, int]:
+    """The ``*``, ``**`` or ``**/`` at ``i``: its regular expression, and where the rest of ``body`` is."""
+    end = i
+    while end < len(body) and body[end] == "*":
+        end += 1
+    if end - i == 1:
+        return "[^/]*", end
+    if end < len(body) and body[end] == "/":
+        # `**/` may also stand for no directory at all: `**/README.md` matches README.md.
+        return "(?:.*/)?", end + 1
+    return ".*", end
+
+
+def _single(pattern: str, body: str, i: int) -> tuple[str, int]:
+    """The class, escaped character or character at ``i``, which ? and + may follow: its regular expression,
+    and where the rest of ``body`` starts."""
+    char = body[i]
+    if char == "[":
+        end = body.find("]", i + 1)
+        if end < 0:
+            raise ValueError(f"bad glob {pattern!r}: unclosed '['")
+        return _char_class(pattern, body[i + 1 : end]), end + 1
+    if char == "\\":
+        if i + 1 == len(body):
+            raise ValueError(f"bad glob {pattern!r}: it ends in a '\\' that escapes nothing")
+        return re.escape(body[i + 1]), i + 2
+    return re.escape(char), i + 1
+
+
 def compile_glob(pattern: str) -> tuple[bool, re.Pattern[str]]:
     """One GitHub Actions filter pattern: whether it excludes, and a regular expression of what it matches."""
     if not isinstance(pattern, str):
@@ -56,21 +85,10 @@ def compile_glob(pattern: str) -> tuple[bool, re.Pattern[str]]:
     while i < len(body):
         char = body[i]
         if char == "*":
-            end = i
-            while end < len(body) and body[end] == "*":
-                end += 1
-            if end - i == 1:
-                parts.append("[^/]*")
-            elif end < len(body) and body[end] == "/":
-                # `**/` may also stand for no directory at all: `**/README.md` matches README.md.
-                parts.append("(?:.*/)?")
-                end += 1
-            else:
-                parts.append(".*")
+            part, i = _stars(body, i)
+            parts.append(part)
             quantifiable = False
-            i = end
-            continue
-        if char in "?+":
+        elif char in "?+":
             if not quantifiable:
                 raise ValueError(
                     f"bad glob {pattern!r}: '{char}' must follow a character or a [...] class "
@@ -79,25 +97,11 @@ def compile_glob(pattern: str) -> tuple[bool, re.Pattern[str]]:
                 )
             parts[-1] = f"(?:{parts[-1]}){char}"
             quantifiable = False
-        elif char == "[":
-            end = body.find("]", i + 1)
-            if end < 0:
-                raise ValueError(f"bad glob {pattern!r}: unclosed '['")
-            parts.append(_char_class(pattern, body[i + 1 : end]))
-            quantifiable = True
-            i = end + 1
-            continue
-        elif char == "\\":
-            if i + 1 == len(body):
-                raise ValueError(f"bad glob {pattern!r}: it ends in a '\\' that escapes nothing")
-            parts.append(re.escape(body[i + 1]))
-            quantifiable = True
-            i += 2
-            continue
+            i += 1
         else:
-            parts.append(re.escape(char))
+            part, i = _single(pattern, body, i)
+            parts.append(part)
             quantifiable = True
-        i += 1
     return negative, re.compile("".join(parts))
 
 
