@@ -76,7 +76,7 @@ def cmd_work(config: Config, _args: argparse.Namespace) -> None:
 
 
 def cmd_validate(config: Config, args: argparse.Namespace) -> None:
-    from runner.pipeline import SUFFIXES, pipeline_files, validate
+    from runner.pipelines import SUFFIXES, pipeline_files, validate
 
     files = [Path(f) for f in args.files] if args.files else pipeline_files(config.pipelines_dir)
     if not files:
@@ -180,7 +180,7 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
     from datetime import UTC, datetime
 
     from runner.lock import NotTheOwner, require_owner
-    from runner.pipeline import PipelineSet
+    from runner.pipelines import PipelineSet
     from runner.queue import Queue
     from runner.steps import REF
 

@@ -22,7 +22,8 @@ from sqlalchemy.exc import DataError
 
 from runner.events import pushed_commit, repository_name
 from runner.events import ref as event_ref
-from runner.pipeline import Pipeline, PipelineSet
+from runner.pipeline import Pipeline
+from runner.pipelines import PipelineSet
 from runner.queue import ForeignEntry, Queue, Reader, is_entry_name
 from runner.store import Store
 

@@ -68,7 +68,7 @@ def worker_lock(config: Config, command: str) -> WorkerLock:
 
 
 def new_worker(config: Config, store: Store) -> Worker:
-    from runner.pipeline import PipelineSet
+    from runner.pipelines import PipelineSet
     from runner.worker import Worker
 
     # Steps inherit the worker's environment (less runner's own settings): PATH, HOME, locale.

@@ -24,7 +24,8 @@ from runner.config import Config
 from runner.credentials import mask
 from runner.events import pushed_commit, repository_name
 from runner.events import ref as event_ref
-from runner.pipeline import Pipeline, PipelineSet, pipeline_files
+from runner.pipeline import Pipeline
+from runner.pipelines import PipelineSet, pipeline_files
 from runner.queue import FAILED_DIR, Queue, Reader, is_entry_name
 from runner.router import Opened, QueueGone, Router, describe, wait_for_entry
 from runner.store import Store
