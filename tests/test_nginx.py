@@ -52,6 +52,7 @@ from runner import steps
 from runner.config import Config
 from runner.models import Run
 from runner.pipeline import StepSpec, load_pipeline, validate
+from runner.process import process_stat
 from runner.steps.base import RunContext, RunLog, step_environment
 from runner.store import Store
 
@@ -80,8 +81,8 @@ def children(pid: int) -> set[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid and fields[0] != "Z":
+                stat = process_stat(int(entry.name))
+                if stat.parent == pid and stat.state != "Z":
                     found.add(int(entry.name))
     return found
 

@@ -24,7 +24,7 @@ from runner import timefmt
 from runner.config import Config
 from runner.credentials import mask
 from runner.pipeline import Pipeline, StepSpec
-from runner.process import Child, spawn
+from runner.process import Child, process_stat, spawn
 from runner.templating import render
 
 COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -255,10 +255,8 @@ def _group_members(pgid: int, run_id: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_bytes()
-            # The command name in parentheses may hold spaces; the fields after it are fixed.
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            if int(fields[2]) != pgid or fields[0] == b"Z":
+            stat = process_stat(int(entry.name))
+            if stat.group != pgid or stat.state == "Z":
                 continue
             if marker in (entry / "environ").read_bytes().split(b"\0"):
                 members.append(int(entry.name))
