@@ -221,12 +221,6 @@ class Queue:
         fsync_directory(self.directory)
         return failed / name
 
-    def failed(self) -> list[str]:
-        failed = self.directory / FAILED_DIR
-        if not failed.is_dir():
-            return []
-        return sorted(p.name for p in failed.iterdir() if is_entry_name(p.name))
-
     def remove_stale_temps(self, older_than: float = 3600.0) -> list[str]:
         """Remove temporary files left by a writer that crashed before publishing.
 
