@@ -26,8 +26,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from runner.committer import GroupCommitter
 from runner.config import Secret
-from runner.queue import GroupCommitter, Queue
+from runner.queue import Queue
 from runner.store import Store
 
 logger = logging.getLogger(__name__)
