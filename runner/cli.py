@@ -625,7 +625,8 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_setup(config: Config, args: argparse.Namespace) -> None:
-    from runner.setup import Setup, SetupError
+    from runner.instance import SetupError
+    from runner.setup import Setup
 
     setup = Setup(
         user=args.user,

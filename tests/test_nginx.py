@@ -973,7 +973,7 @@ def test_after_setup_the_deploy_user_deploys_a_site_only_through_the_wrapper(
 ) -> None:
     from test_setup import install_sudoers, let_run_python, new_instance
 
-    from runner.setup import NGINX_WRAPPER
+    from runner.instance import NGINX_WRAPPER
 
     with new_instance() as instance:
         cleanup = instance.cleanup
