@@ -1,5 +1,7 @@
-"""Group commit for a queue: the entries of concurrent asyncio callers (the webhook endpoint's requests)
-made durable together."""
+"""Group commit: the entries of concurrent asyncio callers made durable together in one queue.
+
+The webhook endpoint's requests are those callers: each is answered once its entry is durable.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""An instance of runner on a machine, as ``runner setup`` lays it out: where its files go and what the files
-rendered for it hold (the env file, runner-nginx's configuration, sudoers, the systemd units).
+"""An instance of runner on a machine: where ``runner setup`` puts its files, and what they hold.
+
+The files rendered for it: the env file, runner-nginx's configuration, sudoers and the systemd units.
 
 An instance is named by its user: the default user ``runner`` gets ``runner-web.service``,
 ``runner-worker.service`` and ``/etc/sudoers.d/runner``; another user name gives a second instance beside it.

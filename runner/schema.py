@@ -1,5 +1,7 @@
-"""The schema's revisions: Alembic's configuration for runner's migrations, the revision this code
-needs, and the error for a database that is not at it."""
+"""The schema's revisions (Alembic): runner's migrations, and the revision this code needs.
+
+SchemaError is a database that is not at that revision.
+"""
 
 from __future__ import annotations
 

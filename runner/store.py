@@ -1,5 +1,8 @@
-"""What runner keeps in its database: the deliveries, the runs and their steps; and bringing the database's
-schema to the revision this code needs (Alembic)."""
+"""What runner keeps in its database: deliveries, runs and their steps; and its schema's upgrades.
+
+The engine comes from runner/database.py, the revisions from runner/schema.py; what retention selects and
+removes is runner/retention.py's.
+"""
 
 from __future__ import annotations
 
