@@ -38,7 +38,7 @@ class CredentialsError(GitHubError):
     """The credentials cannot be used: the message says which file or setting, and what to do."""
 
 
-def read_private_file(path: Path, setting: str) -> str:
+def _read_private_file(path: Path, setting: str) -> str:
     """The content of ``path`` (``setting`` names it), stripped; refused when other users may read or
     write it."""
     try:
@@ -68,7 +68,7 @@ class TokenCredentials:
         return f"TokenCredentials({str(self.path)!r})"
 
     def token(self, repository: str) -> str:
-        return read_private_file(self.path, "RUNNER_GITHUB_TOKEN_FILE")
+        return _read_private_file(self.path, "RUNNER_GITHUB_TOKEN_FILE")
 
 
 class AppJWT:
@@ -89,7 +89,7 @@ class AppJWT:
         return jwt.encode(claims, self._private_key(), algorithm="RS256")
 
     def _private_key(self) -> rsa.RSAPrivateKey:
-        text = read_private_file(self.key_path, "RUNNER_GITHUB_APP_KEY_FILE")
+        text = _read_private_file(self.key_path, "RUNNER_GITHUB_APP_KEY_FILE")
         try:
             key = serialization.load_pem_private_key(text.encode(), password=None)
         except (ValueError, TypeError, UnsupportedAlgorithm):
