@@ -327,7 +327,10 @@ def _read_github_credentials(environ: Mapping[str, str]) -> tuple[Path | None, s
     key_file = environ.get("RUNNER_GITHUB_APP_KEY_FILE")
     if bool(app_id) != bool(key_file):
         missing = "RUNNER_GITHUB_APP_KEY_FILE" if app_id else "RUNNER_GITHUB_APP_ID"
-        raise ConfigError(f"{missing} is not set: a GitHub App needs RUNNER_GITHUB_APP_ID and its key's file")
+        raise ConfigError(
+            f"{missing} is not set: a GitHub App needs both RUNNER_GITHUB_APP_ID and "
+            "RUNNER_GITHUB_APP_KEY_FILE"
+        )
     if token_file and app_id:
         raise ConfigError("both RUNNER_GITHUB_TOKEN_FILE and RUNNER_GITHUB_APP_ID are set: set only one")
     # The App ID on the app's settings page, or its Client ID: GitHub takes either as the JWT's issuer.
