@@ -67,6 +67,8 @@ def _same(expected: str, header: str) -> bool:
 
 
 class Rejected(Exception):
+    """A delivery refused: the status it is answered with, the check it failed, and why."""
+
     def __init__(self, status: int, check: str, message: str) -> None:
         super().__init__(message)
         self.status = status
