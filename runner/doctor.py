@@ -18,7 +18,8 @@ from pathlib import Path
 
 from runner import sudo
 from runner.config import Config
-from runner.pipeline import Pipeline, pipeline_files, validate
+from runner.pipeline import Pipeline
+from runner.pipelines import pipeline_files, validate
 
 # The commands runner itself may ask sudo for, whatever the pipelines: anything else sudo allows the
 # deploy user is wider than needed.
@@ -106,7 +107,7 @@ class Doctor:
         return Check("database", True, f"{where} is reachable and migrated")
 
     def check_pipelines(self) -> Check:
-        from runner.pipeline import load_pipeline
+        from runner.loading import load_pipeline
 
         files = pipeline_files(self.config.pipelines_dir)
         problems = validate(files, self.config.home)

@@ -142,7 +142,7 @@ class Instance:
 
     def pipeline_units(self) -> list[list[str]]:
         """The systemctl commands of this instance's pipelines: each gets its own sudoers line."""
-        from runner.pipeline import PipelineSet
+        from runner.pipelines import PipelineSet
         from runner.steps.systemctl import command
 
         pipelines = PipelineSet(self.home / "pipelines", self.home)

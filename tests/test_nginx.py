@@ -50,8 +50,10 @@ from support import (
 
 from runner import steps
 from runner.config import Config
+from runner.loading import load_pipeline
 from runner.models import Run
-from runner.pipeline import StepSpec, load_pipeline, validate
+from runner.pipeline import StepSpec
+from runner.pipelines import validate
 from runner.process import process_stat
 from runner.steps.base import RunContext, RunLog, step_environment
 from runner.store import Store
@@ -777,7 +779,7 @@ def test_a_reload_the_master_refuses_fails_the_step_with_the_masters_reason(
 
 
 def test_a_pipeline_waiting_for_its_template_is_loaded_once_the_template_appears(tmp_path: Path) -> None:
-    from runner.pipeline import PipelineSet
+    from runner.pipelines import PipelineSet
 
     home = tmp_path
     (home / "templates" / "nginx").mkdir(parents=True)

@@ -15,21 +15,11 @@ import pytest
 from jsonschema import Draft202012Validator
 from support import PAYLOADS, ROOT, payload_files, require
 
-from runner.pipeline import (
-    NAME,
-    SCHEMA_PATH,
-    STEP_TYPES,
-    Filter,
-    Match,
-    Pipeline,
-    PipelineError,
-    PipelineSet,
-    Problem,
-    load_pipeline,
-    parse_duration,
-    pipeline_files,
-    validate,
-)
+from runner.filters import Filter
+from runner.loading import load_pipeline
+from runner.pipeline import NAME, STEP_TYPES, Match, Pipeline, parse_duration
+from runner.pipelines import PipelineSet, pipeline_files, validate
+from runner.validation import SCHEMA_PATH, PipelineError, Problem
 
 BROKEN = Path(__file__).resolve().parent / "data" / "pipelines-broken"
 EXPECT = re.compile(r"^# expect (\d+):(\d+) (.*)$")

@@ -16,17 +16,11 @@ from typing import Any
 import pytest
 from support import PAYLOADS, require
 
-from runner.pipeline import validate
-from runner.templating import (
-    RenderError,
-    argv_template_problems,
-    code_variable,
-    evaluate,
-    render,
-    render_shell,
-    shell_template_problem,
-    shell_template_problem_at,
-)
+from runner.code_variables import code_variable
+from runner.injection import argv_template_problems, shell_template_problem_at
+from runner.pipelines import validate
+from runner.shell import render_shell
+from runner.templating import RenderError, evaluate, render
 
 # A value that would run a command in nearly every place a shell could read it as code.
 NASTY = "x'\"; touch pwned; #\n$(touch pwned) `touch pwned` a[$(touch pwned)] ${IFS} \\ EOF"
@@ -46,6 +40,12 @@ def bash(script: str, env: dict[str, str], cwd: Path) -> str:
     )
     assert done.returncode == 0, done.stderr
     return done.stdout
+
+
+def shell_template_problem(source: str) -> str | None:
+    """Why ``source`` cannot be a run string, or None: its syntax, or what reads a value again as code."""
+    found = shell_template_problem_at(source)
+    return found[0] if found else None
 
 
 # render_shell ----------------------------------------------------------------------------------------------

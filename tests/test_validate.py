@@ -9,7 +9,7 @@ import pytest
 from support import run_cli, runner_env
 
 from runner.config import load
-from runner.pipeline import load_pipeline
+from runner.loading import load_pipeline
 from runner.steps.base import RunContext, RunLog
 from runner.templating import CONTEXT_NAMES, name_problems, render
 

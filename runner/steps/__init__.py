@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from runner.pipeline import Filter, StepSpec
+from runner.filters import Filter
+from runner.pipeline import StepSpec
 from runner.steps.base import (
     COMMIT,
     REF,

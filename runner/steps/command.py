@@ -6,8 +6,9 @@ import shlex
 import shutil
 
 from runner.pipeline import StepSpec
+from runner.shell import render_shell
 from runner.steps.base import Outcome, RunContext, execute, step_cwd, step_timeout
-from runner.templating import render, render_shell
+from runner.templating import render
 
 # How much of an expression's value the log shows.
 SHOWN_VALUE = 200
