@@ -49,7 +49,8 @@ def _run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> No
 
 
 def _open_store(config: Config, migrate_default: bool) -> Any:
-    from runner.store import SchemaError, Store
+    from runner.schema import SchemaError
+    from runner.store import Store
 
     store = Store(config.database_url)
     try:
@@ -60,7 +61,7 @@ def _open_store(config: Config, migrate_default: bool) -> Any:
         store.close()
         raise CommandError(str(exc)) from None
     except Exception as exc:
-        from runner.store import safe_url
+        from runner.database import safe_url
 
         store.close()
         raise CommandError(f"cannot use the database {safe_url(config.database_url)}: {exc}") from None
@@ -526,7 +527,8 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_setup(config: Config, args: argparse.Namespace) -> None:
-    from runner.setup import Setup, SetupError
+    from runner.instance import SetupError
+    from runner.setup import Setup
 
     setup = Setup(
         user=args.user,
@@ -555,7 +557,9 @@ def cmd_doctor(config: Config, _args: argparse.Namespace) -> None:
 def cmd_db(config: Config, args: argparse.Namespace) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from runner.store import Store, head_revision, safe_url
+    from runner.database import safe_url
+    from runner.schema import head_revision
+    from runner.store import Store
 
     store = Store(config.database_url)
     try:

@@ -40,9 +40,10 @@ from runner.body import (
     media_type,
     parse_payload,
 )
+from runner.committer import GroupCommitter
 from runner.config import Secret
 from runner.entry import delivery_entry, delivery_head
-from runner.queue import GroupCommitter, Queue
+from runner.queue import Queue
 from runner.store import Store
 
 logger = logging.getLogger(__name__)
