@@ -3,8 +3,8 @@
 from alembic import context
 from sqlalchemy import Connection
 
+from runner.database import create_engine_for
 from runner.models import Base
-from runner.store import create_engine_for
 
 config = context.config
 

@@ -26,7 +26,8 @@ class CommandError(Exception):
 
 
 def _open_store(config: Config, migrate_default: bool) -> Any:
-    from runner.store import SchemaError, Store
+    from runner.schema import SchemaError
+    from runner.store import Store
 
     store = Store(config.database_url)
     try:
@@ -37,7 +38,7 @@ def _open_store(config: Config, migrate_default: bool) -> Any:
         store.close()
         raise CommandError(str(exc)) from None
     except Exception as exc:
-        from runner.store import safe_url
+        from runner.database import safe_url
 
         store.close()
         raise CommandError(f"cannot use the database {safe_url(config.database_url)}: {exc}") from None
@@ -125,123 +126,26 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> None:
         store.close()
 
 
-def _ref(value: str) -> str:
-    return value if value.startswith("refs/") else f"refs/heads/{value}"
-
-
-def _commit(workdir: Path, given: str) -> str:
-    """The full id of a commit given in full, or abbreviated (4 or more hex digits) as `runner runs` shows it:
-    resolved in the pipeline's checkout, where it must name exactly one commit."""
-    import re
-    import subprocess
-
-    from runner.steps import COMMIT
-
-    value = given.lower()
-    if COMMIT.match(value):
-        return value
-    if not re.fullmatch(r"[0-9a-f]{4,63}", value):
-        raise CommandError(f"--commit {given!r} is not a commit id (4 to 40 hex digits)")
-    if not (workdir / ".git").exists():
-        raise CommandError(
-            f"--commit {given!r} is abbreviated and there is no checkout in {workdir} yet to find it in: "
-            "give the full 40-character commit id"
-        )
-    try:
-        found = subprocess.run(
-            ["git", "rev-parse", "--verify", f"{value}^{{commit}}"],
-            cwd=workdir,
-            capture_output=True,
-            text=True,
-            stdin=subprocess.DEVNULL,
-            timeout=30,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise CommandError(f"cannot ask git about --commit {given!r} in {workdir}: {exc}") from None
-    full = found.stdout.strip()
-    if found.returncode == 0 and COMMIT.match(full):
-        return full
-    if "ambiguous" in found.stderr:
-        raise CommandError(
-            f"--commit {given!r} is ambiguous in {workdir}: more than one commit starts with it; "
-            "give more digits"
-        )
-    if "Needed a single revision" not in found.stderr:  # git could not look (dubious ownership, ...)
-        said = (found.stderr.strip().splitlines() or ["no message"])[0]
-        raise CommandError(f"git cannot look up --commit {given!r} in {workdir}: {said}")
-    raise CommandError(
-        f"--commit {given!r} names no commit in {workdir}'s checkout (a commit pushed since the last run "
-        "may not be fetched yet: give its full id)"
-    )
-
-
 def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
-    import getpass
-    from datetime import UTC, datetime
+    from runner.trigger import RunRequest, TriggerError
 
-    from runner.lock import NotTheOwner, require_owner
-    from runner.pipelines import PipelineSet
-    from runner.queue import Queue
-    from runner.steps import REF
-
-    pipelines = PipelineSet(config.pipelines_dir, config.home)
-    problems = pipelines.reload()
-    pipeline = pipelines.get(args.pipeline)
-    if pipeline is None:
-        known = ", ".join(p.name for p in pipelines.all()) or "none"
-        detail = "".join(f"\n{p}" for p in problems if p.path.stem == args.pipeline)
-        raise CommandError(f"no valid pipeline {args.pipeline!r} (pipelines: {known}){detail}")
     try:
-        require_owner(config.queues_dir / pipeline.name, "trigger")
-    except NotTheOwner as exc:
-        raise CommandError(str(exc)) from None
-    commit = _commit(pipeline.workdir, args.commit) if args.commit is not None else None
-    ref = _ref(args.ref) if args.ref else None
-    if ref is not None and not REF.match(ref):
-        raise CommandError(f"--ref {args.ref!r} is not a branch or a refs/tags/ ref")
-    store = _open_store(config, migrate_default=False)
-    try:
-        if ref is None and commit is None:
-            # A redeploy: the ref of the pipeline's last run.
-            last = store.runs(pipeline.name, limit=1)
-            if not last or not last[0].ref:
-                raise CommandError(
-                    f"pipeline {pipeline.name} has no run yet to redeploy: give --ref or --commit"
-                )
-            ref = last[0].ref
-        run_id = store.create_run(pipeline.name, trigger="manual", ref=ref, commit=commit)
-        entry = {
-            "kind": "manual",
-            "run_id": run_id,
-            "pipeline": pipeline.name,
-            "ref": ref,
-            "commit": commit,
-            "requested_at": datetime.now(UTC).isoformat(),
-            "requested_by": getpass.getuser(),
-        }
-        directory = config.queues_dir / pipeline.name
+        request = RunRequest.checked(config, args.pipeline, args.ref, args.commit)
+        store = _open_store(config, migrate_default=False)
         try:
-            queue = Queue(directory)
-            try:
-                name = queue.put(entry)
-            finally:
-                queue.close()
-        except OSError as exc:
-            # A run is queued only together with its entry.
-            store.finish_run(run_id, "failed", f"its entry could not be written to {directory}: {exc}")
-            raise CommandError(
-                f"run {run_id} failed: its entry could not be written to {directory}: {exc}"
-            ) from None
-        store.set_run(run_id, entry=name)
-    finally:
-        store.close()
-    what = " ".join(x for x in (ref, commit) if x)
-    print(f"run {run_id} queued: pipeline {pipeline.name}, {what}")
-    print(f"follow it with: runner logs {run_id}", file=sys.stderr)
+            entry = request.queue(config, store)
+        finally:
+            store.close()
+    except TriggerError as exc:
+        raise CommandError(str(exc)) from None
+    what = " ".join(x for x in (entry.ref, entry.commit) if x)
+    print(f"run {entry.run_id} queued: pipeline {entry.pipeline}, {what}")
+    print(f"follow it with: runner logs {entry.run_id}", file=sys.stderr)
 
 
 def cmd_setup(config: Config, args: argparse.Namespace) -> None:
-    from runner.setup import Setup, SetupError
+    from runner.instance import SetupError
+    from runner.setup import Setup
 
     setup = Setup(
         user=args.user,
@@ -268,7 +172,9 @@ def cmd_doctor(config: Config, _args: argparse.Namespace) -> None:
 def cmd_db(config: Config, args: argparse.Namespace) -> None:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from runner.store import Store, head_revision, safe_url
+    from runner.database import safe_url
+    from runner.schema import head_revision
+    from runner.store import Store
 
     store = Store(config.database_url)
     try:

@@ -6,6 +6,7 @@ Nothing else in the package reads ``os.environ`` for runner settings.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import pwd
 import re
@@ -13,7 +14,8 @@ import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3400
@@ -25,6 +27,8 @@ DEFAULT_NGINX = "sudo -n /usr/local/libexec/runner-nginx"
 DEFAULT_CERTBOT = "sudo -n /usr/local/libexec/runner-certbot"
 DEFAULT_RETENTION = 90 * 86400.0
 DEFAULT_KEEP_RUNS = 20
+DEFAULT_GITHUB_API_URL = "https://api.github.com"
+DEFAULT_CATCH_UP_INTERVAL = 600.0
 
 
 class ConfigError(Exception):
@@ -48,6 +52,16 @@ class Secret:
 
     def __bool__(self) -> bool:
         return bool(self._value)
+
+
+@dataclass(frozen=True)
+class GitHubHook:
+    """A webhook runner is told about (RUNNER_GITHUB_HOOKS): a repository's or an organisation's."""
+
+    kind: Literal["repository", "organization"]
+    # owner/name of the repository, or the organisation's login: what the GitHub client's calls are for.
+    name: str
+    id: int
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,18 @@ class Config:
     web_user: str | None = None
     retention: float = DEFAULT_RETENTION
     keep_runs: int = DEFAULT_KEEP_RUNS
+    # GitHub's API (GitHub Enterprise has its own) and its credentials: a token's file, or an App's id and
+    # key file. Files are read when a call needs them: a rotated token is used, no secret is held here.
+    github_api_url: str = DEFAULT_GITHUB_API_URL
+    github_token_file: Path | None = None
+    github_app_id: str | None = None
+    github_app_key_file: Path | None = None
+    # Where runner's pages are reachable, for the links it gives GitHub; None: no links.
+    public_url: str | None = None
+    # How often the worker asks GitHub for the deliveries it missed (seconds); 0: never.
+    catch_up_interval: float = DEFAULT_CATCH_UP_INTERVAL
+    # Hooks runner is told about, besides those it learns from the deliveries it receives.
+    github_hooks: tuple[GitHubHook, ...] = ()
 
     @property
     def queues_dir(self) -> Path:
@@ -233,9 +259,9 @@ _DAYS_HOURS_MINUTES_SECONDS = re.compile(
 )
 
 
-def _read_duration(environ: Mapping[str, str], name: str, default: float) -> float:
+def _read_duration(environ: Mapping[str, str], name: str, default: float, *, zero_ok: bool = False) -> float:
     """Seconds in ``90d``, ``12h``, ``1d12h``, ``30m`` (days, hours, minutes, seconds in that order), or a
-    whole number of seconds; more than zero."""
+    whole number of seconds; more than zero, unless ``zero_ok`` (where 0 turns something off)."""
     raw = environ.get(name)
     if raw is None or raw == "":
         return default
@@ -250,7 +276,7 @@ def _read_duration(environ: Mapping[str, str], name: str, default: float) -> flo
         raise ConfigError(
             f"{name}={raw!r} is not a duration: write e.g. 90d, 12h, 1d12h, 30m, or a whole number of seconds"
         )
-    if seconds <= 0:
+    if seconds <= 0 and not (zero_ok and seconds == 0):
         raise ConfigError(f"{name}={raw!r}: it must be longer than 0 seconds")
     return float(seconds)
 
@@ -273,6 +299,65 @@ def _read_workers(environ: Mapping[str, str]) -> int:
     return int(raw)
 
 
+def _read_url(environ: Mapping[str, str], name: str, *, http_on_loopback_only: bool = False) -> str | None:
+    """An http(s) URL with no credentials, query or fragment, without its trailing slash. With
+    ``http_on_loopback_only``, http only on a loopback address (a test's fake GitHub): the token that goes
+    to that URL must not cross a network in the clear."""
+    raw = environ.get(name)
+    if not raw:
+        return None
+    url = urlsplit(raw)
+    try:
+        loopback = url.hostname == "localhost" or ipaddress.ip_address(url.hostname or "").is_loopback
+    except ValueError:
+        loopback = False
+    schemes = ("https",) if http_on_loopback_only and not loopback else ("https", "http")
+    if url.scheme not in schemes or not url.hostname or url.username is not None or url.query or url.fragment:
+        only = " (http:// only on a loopback address)" if http_on_loopback_only else ""
+        raise ConfigError(
+            f"{name}={raw!r} is not an https:// or http:// URL{only} with no user, query or fragment"
+        )
+    return raw.rstrip("/")
+
+
+def _read_github_credentials(environ: Mapping[str, str]) -> tuple[Path | None, str | None, Path | None]:
+    """The token file, or the App's id and key file: one kind of credentials, or none."""
+    token_file = environ.get("RUNNER_GITHUB_TOKEN_FILE")
+    app_id = environ.get("RUNNER_GITHUB_APP_ID")
+    key_file = environ.get("RUNNER_GITHUB_APP_KEY_FILE")
+    if bool(app_id) != bool(key_file):
+        missing = "RUNNER_GITHUB_APP_KEY_FILE" if app_id else "RUNNER_GITHUB_APP_ID"
+        raise ConfigError(
+            f"{missing} is not set: a GitHub App needs both RUNNER_GITHUB_APP_ID and "
+            "RUNNER_GITHUB_APP_KEY_FILE"
+        )
+    if token_file and app_id:
+        raise ConfigError("both RUNNER_GITHUB_TOKEN_FILE and RUNNER_GITHUB_APP_ID are set: set only one")
+    # The App ID on the app's settings page, or its Client ID: GitHub takes either as the JWT's issuer.
+    if app_id and not re.fullmatch(r"[0-9]+|Iv[0-9A-Za-z.]+", app_id):
+        raise ConfigError(f"RUNNER_GITHUB_APP_ID={app_id!r} is not a GitHub App's id or client ID")
+    return (Path(token_file) if token_file else None), app_id or None, (Path(key_file) if key_file else None)
+
+
+_HOOK = re.compile(r"(?:org:(?P<organization>[\w.-]+)|(?P<repository>[\w.-]+/[\w.-]+)):(?P<id>[0-9]+)")
+
+
+def _read_github_hooks(environ: Mapping[str, str]) -> tuple[GitHubHook, ...]:
+    """``OWNER/REPO:HOOK_ID`` for a repository's webhook, ``org:ORG:HOOK_ID`` for an organisation's,
+    separated by commas."""
+    hooks = []
+    for item in filter(None, (part.strip() for part in environ.get("RUNNER_GITHUB_HOOKS", "").split(","))):
+        match = _HOOK.fullmatch(item)
+        if match is None:
+            raise ConfigError(
+                f"RUNNER_GITHUB_HOOKS: {item!r} is not a hook: write OWNER/REPO:HOOK_ID for a repository's "
+                "webhook or org:ORG:HOOK_ID for an organisation's, separated by commas"
+            )
+        kind = "organization" if match["organization"] else "repository"
+        hooks.append(GitHubHook(kind, match["organization"] or match["repository"], int(match["id"])))
+    return tuple(hooks)
+
+
 def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) -> Config:
     """Read the configuration from the environment (``os.environ`` unless given).
 
@@ -282,6 +367,7 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         environ = os.environ
     home = (home or Path(environ.get("RUNNER_HOME") or os.getcwd())).resolve()
     secret, secret_file = _read_secret(environ)
+    token_file, app_id, key_file = _read_github_credentials(environ)
     return Config(
         home=home,
         database_url=environ.get("RUNNER_DATABASE_URL") or default_database_url(home),
@@ -299,4 +385,14 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         web_user=environ.get("RUNNER_WEB_USER") or None,
         retention=_read_duration(environ, "RUNNER_RETENTION", DEFAULT_RETENTION),
         keep_runs=_read_count(environ, "RUNNER_KEEP_RUNS", DEFAULT_KEEP_RUNS),
+        github_api_url=_read_url(environ, "RUNNER_GITHUB_API_URL", http_on_loopback_only=True)
+        or DEFAULT_GITHUB_API_URL,
+        github_token_file=token_file,
+        github_app_id=app_id,
+        github_app_key_file=key_file,
+        public_url=_read_url(environ, "RUNNER_PUBLIC_URL"),
+        catch_up_interval=_read_duration(
+            environ, "RUNNER_CATCH_UP_INTERVAL", DEFAULT_CATCH_UP_INTERVAL, zero_ok=True
+        ),
+        github_hooks=_read_github_hooks(environ),
     )

@@ -86,7 +86,9 @@ class Doctor:
         return Check("secret", True, f"{user} cannot read the webhook secret ({'; '.join(denied)})")
 
     def check_database(self) -> Check:
-        from runner.store import SchemaError, Store, safe_url
+        from runner.database import safe_url
+        from runner.schema import SchemaError
+        from runner.store import Store
 
         store = Store(self.config.database_url)
         where = safe_url(self.config.database_url)

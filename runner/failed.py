@@ -17,8 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runner.events import pushed_commit
-from runner.events import ref as event_ref
+from runner.entry import RunEntry
 from runner.files import fsync_directory
 from runner.queue import FAILED_DIR, LOCK_FILE, Queue, is_entry_name
 from runner.store import Store
@@ -246,18 +245,13 @@ def _retry_pipeline(entry: FailedEntry, directory: Path, store: Store) -> str:
         )
     data = _read(entry)
     # What the lane records when it claims the run: the same, from the same entry.
-    payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
-    if data.get("kind", "delivery") == "manual":
-        trigger, ref, commit = "manual", data.get("ref"), data.get("commit")
-    else:
-        trigger, ref, commit = str(data.get("event")), event_ref(payload), pushed_commit(payload)
-    delivery = data.get("delivery")
+    run_entry = RunEntry.read(data)
     run_id = store.create_retry_run(
         entry.queue,
-        trigger=trigger,
-        delivery_id=delivery if isinstance(delivery, str) else None,
-        ref=ref if isinstance(ref, str) else None,
-        commit=commit if isinstance(commit, str) else None,
+        trigger=run_entry.trigger,
+        delivery_id=run_entry.delivery,
+        ref=run_entry.ref,
+        commit=run_entry.commit,
     )
     queue = Queue(directory)
     try:
@@ -267,6 +261,5 @@ def _retry_pipeline(entry: FailedEntry, directory: Path, store: Store) -> str:
     store.set_run(run_id, entry=name)
     # Only now: a crash before this leaves the entry in failed/ as well, never nowhere.
     drop(entry)
-    before = data.get("run_id")
-    was = f" (it was run {before})" if isinstance(before, int) else ""
+    was = f" (it was run {run_entry.run_id})" if run_entry.run_id is not None else ""
     return f"run {run_id} queued: pipeline {entry.queue}, {entry.key} again as {name}{was}"

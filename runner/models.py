@@ -5,7 +5,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import DateTime, Dialect, Float, ForeignKey, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import (
+    Boolean,
+    DateTime,
+    Dialect,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.dialects import sqlite
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator, TypeEngine
@@ -80,6 +92,8 @@ class Delivery(Base):
     ref: Mapped[str | None] = mapped_column(Text)
     # How often GitHub delivered this id again (a redelivery); those copies are recorded, not routed.
     duplicates: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Fetched from GitHub's record of the hook's deliveries by the catch-up: runner never received it.
+    recovered: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class Run(Base):

@@ -1,4 +1,6 @@
-"""How runner starts programs: every child begins with exactly stdin, stdout and stderr open.
+"""Child processes: how runner starts programs, and what /proc says of a process.
+
+Every child begins with exactly stdin, stdout and stderr open.
 
 Not ``asyncio.create_subprocess_exec``: under uvloop (what ``runner up`` and ``runner work`` run on) it
 ignores ``close_fds``, so every inheritable descriptor of the worker reaches the program (Hypercorn makes
@@ -16,6 +18,7 @@ import contextlib
 import os
 import subprocess
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
@@ -143,3 +146,20 @@ async def spawn(
         popen.kill()
         popen.wait()
         raise
+
+
+@dataclass(frozen=True)
+class ProcessStat:
+    """What /proc/PID/stat says of a process: its state (``Z`` for a zombie), its parent and its group."""
+
+    state: str
+    parent: int
+    group: int
+
+
+def process_stat(pid: int) -> ProcessStat:
+    """/proc/PID/stat's first fields. Raises OSError when there is no such process (any more)."""
+    stat = Path(f"/proc/{pid}/stat").read_bytes()
+    # The command name in parentheses may hold spaces and parentheses; the fields after the last ")" do not.
+    fields = stat[stat.rindex(b")") + 2 :].split()
+    return ProcessStat(fields[0].decode(), int(fields[1]), int(fields[2]))

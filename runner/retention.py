@@ -12,13 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
 from runner.config import Config
 from runner.failed import FailedEntry, failed_entries, orphan_reasons
-from runner.models import Delivery, Run
+from runner.models import Delivery, Run, StepResult
 from runner.store import Store
 from runner.timefmt import shown
 
@@ -58,13 +62,81 @@ def run_files(config: Config, run: Run) -> list[Path]:
     return [directory / f"{run.id}.log", directory / f"{run.id}.pgid"]
 
 
+def _runs_to_prune(store: Store, before: datetime, keep_last: int) -> list[Run]:
+    """Runs that ended before ``before`` (or were queued then, if they have no end), oldest first,
+    except each pipeline's last ``keep_last`` runs, its last successful run and its last successful run
+    with a commit (what ``Store.last_deployed_commit`` gives). A run queued or running is never one of
+    them."""
+    by_pipeline = {"partition_by": Run.pipeline}
+    newest = select(
+        Run.id, func.row_number().over(**by_pipeline, order_by=Run.id.desc()).label("n")
+    ).subquery()
+    kept = [select(newest.c.id).where(newest.c.n <= keep_last)]
+    for succeeded in (Run.status == "succeeded", (Run.status == "succeeded") & Run.commit.is_not(None)):
+        order = (Run.finished_at.desc(), Run.id.desc())
+        last = (
+            select(Run.id, func.row_number().over(**by_pipeline, order_by=order).label("n"))
+            .where(succeeded)
+            .subquery()
+        )
+        kept.append(select(last.c.id).where(last.c.n == 1))
+    query = select(Run).where(
+        Run.status.not_in(("queued", "running")),
+        func.coalesce(Run.finished_at, Run.queued_at) < before,
+        *(Run.id.not_in(ids) for ids in kept),
+    )
+    with Session(store.engine, expire_on_commit=False) as session:
+        return list(session.scalars(query.order_by(Run.id)))
+
+
+def _delete_runs(store: Store, run_ids: Sequence[int]) -> None:
+    """Remove ended runs and their steps."""
+    with store.engine.begin() as connection:
+        for start in range(0, len(run_ids), 500):
+            chunk = run_ids[start : start + 500]
+            connection.execute(delete(StepResult).where(StepResult.run_id.in_(chunk)))
+            connection.execute(delete(Run).where(Run.id.in_(chunk), Run.status.not_in(("queued", "running"))))
+
+
+def _deliveries_to_prune(store: Store, before: datetime, dropped_runs: Collection[int]) -> list[Delivery]:
+    """Deliveries received before ``before`` and routed (or given up), oldest first, that no run names
+    but those in ``dropped_runs``: a run that is kept keeps the record of the delivery it carried out."""
+    with Session(store.engine, expire_on_commit=False) as session:
+        named = {
+            delivery_id
+            for run_id, delivery_id in session.execute(
+                select(Run.id, Run.delivery_id).where(Run.delivery_id.is_not(None))
+            )
+            if run_id not in dropped_runs
+        }
+        query = (
+            select(Delivery)
+            .where(Delivery.received_at < before, Delivery.outcome != "received")
+            .order_by(Delivery.received_at, Delivery.delivery_id)
+        )
+        return [d for d in session.scalars(query) if d.delivery_id not in named]
+
+
+def _delete_deliveries(store: Store, delivery_ids: Sequence[str]) -> None:
+    """Remove routed deliveries' records; one that a run names (again, by a retry) stays."""
+    named = select(Run.id).where(Run.delivery_id == Delivery.delivery_id).exists()
+    with store.engine.begin() as connection:
+        for start in range(0, len(delivery_ids), 500):
+            chunk = delivery_ids[start : start + 500]
+            connection.execute(
+                delete(Delivery).where(
+                    Delivery.delivery_id.in_(chunk), Delivery.outcome != "received", ~named
+                )
+            )
+
+
 def plan(config: Config, store: Store, now: datetime | None = None) -> Plan:
     """Select what is older than the retention and not kept; nothing is changed."""
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=config.retention)
     result = Plan(cutoff=cutoff, keep_runs=config.keep_runs)
-    result.runs = store.runs_to_prune(cutoff, config.keep_runs)
+    result.runs = _runs_to_prune(store, cutoff, config.keep_runs)
     result.files = {run.id: [path for path in run_files(config, run) if path.exists()] for run in result.runs}
-    result.deliveries = store.deliveries_to_prune(cutoff, {run.id for run in result.runs})
+    result.deliveries = _deliveries_to_prune(store, cutoff, {run.id for run in result.runs})
     for entry in failed_entries(config.queues_dir):
         if entry.failed_at < cutoff:
             result.failed.append(entry)
@@ -84,11 +156,11 @@ def _unlink(path: Path, problems: list[str]) -> None:
 def apply(config: Config, store: Store, selected: Plan) -> Plan:
     """Remove what ``selected`` names: rows first, then their files, so that no kept record points at a file
     that is gone."""
-    store.delete_runs([run.id for run in selected.runs])
+    _delete_runs(store, [run.id for run in selected.runs])
     for run in selected.runs:
         for path in run_files(config, run):
             _unlink(path, selected.problems)
-    store.delete_deliveries([delivery.delivery_id for delivery in selected.deliveries])
+    _delete_deliveries(store, [delivery.delivery_id for delivery in selected.deliveries])
     for entry in selected.failed:
         _unlink(entry.path, selected.problems)
         _unlink(entry.reason_path, selected.problems)

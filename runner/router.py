@@ -12,19 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-from collections.abc import Mapping
-from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
-from sqlalchemy.exc import DataError
-
+from runner.consumer import Consumer, Opened
+from runner.entry import BadEntry, Delivery, find_run_entry
+from runner.errors import describe, lasting
 from runner.events import pushed_commit, repository_name
 from runner.events import ref as event_ref
 from runner.pipeline import Pipeline
 from runner.pipelines import PipelineSet
-from runner.queue import ForeignEntry, Queue, Reader, is_entry_name
+from runner.queue import ForeignEntry, Queue, is_entry_name
 from runner.store import Store
 
 logger = logging.getLogger(__name__)
@@ -35,76 +32,6 @@ RETRY_DELAYS = (1.0, 2.0)
 # While the database does not answer, nothing can be routed nor recorded: the entry waits (it is not
 # failed), tried again after a wait that grows up to this.
 OUTAGE_MAX_DELAY = 30.0
-# How often a waiting consumer checks that its queue directory is still the one it watches.
-DIRECTORY_CHECK = 2.0
-
-
-class BadEntry(Exception):
-    pass
-
-
-class QueueGone(Exception):
-    """The watched queue directory was removed or replaced: its watch would never report an entry again."""
-
-
-def _received_at(entry: Mapping[str, Any]) -> datetime:
-    try:
-        received_at = datetime.fromisoformat(entry["received_at"])
-    except (KeyError, TypeError, ValueError):
-        return datetime.now(UTC)
-    # The endpoint writes UTC; a time without an offset is read as that, not refused by the store.
-    return received_at.replace(tzinfo=UTC) if received_at.tzinfo is None else received_at.astimezone(UTC)
-
-
-def lasting(exc: BaseException) -> bool:
-    """Whether trying again cannot mend ``exc``: a value the database refuses, a queue path that is a file."""
-    return isinstance(exc, DataError | NotADirectoryError | FileExistsError | IsADirectoryError)
-
-
-def describe(exc: BaseException) -> str:
-    """``exc`` in one line: the database's own message rather than SQLAlchemy's statement and parameters."""
-    cause = getattr(exc, "orig", None) or exc
-    text = " ".join(str(cause).split()) or repr(cause)
-    return f"{type(cause).__name__}: {text[:500]}"
-
-
-class Opened:
-    """Tells whether a directory was removed or replaced since this was made.
-
-    It keeps the directory open: a removed directory's inode then stays allocated, so a new directory made
-    at the same path cannot get its number and pass for it.
-    """
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-
-    def replaced(self) -> bool:
-        try:
-            now = os.stat(self.directory)
-        except OSError:
-            return True
-        mine = os.fstat(self._fd)
-        return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
-
-    def close(self) -> None:
-        os.close(self._fd)
-
-    def __enter__(self) -> Opened:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
-
-
-async def wait_for_entry(reader: Reader, stop: asyncio.Event, opened: Opened) -> None:
-    """Wait until an entry is ready or ``stop`` is set; raise QueueGone if the directory is replaced."""
-    while not stop.is_set():
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(reader.wait(stop), timeout=DIRECTORY_CHECK)
-            return
-        if opened.replaced():
-            raise QueueGone(f"{reader.queue.directory} was removed or replaced")
 
 
 class Router:
@@ -161,43 +88,36 @@ class Router:
         self.main.remove(name)
         logger.info(
             "delivery %s (%s): %s%s",
-            entry["delivery"],
-            entry["event"],
+            entry.delivery,
+            entry.event,
             outcome,
             f": {detail}" if detail else "",
         )
         return outcome, detail
 
-    def _read(self, name: str) -> dict[str, Any]:
+    def _read(self, name: str) -> Delivery:
         try:
             # Only the webhook endpoint's user writes verified deliveries; the deploy user may remove entries
             # there (and so create files), never make one pass as verified. Named by configuration, not by the
             # directory's owner: the deploy user owns RUNNER_HOME and could put a directory of its own there.
             writer = self.writer if self.writer is not None else self.main.owner()
-            entry = self.main.read(name, owner=writer)
+            data = self.main.read(name, owner=writer)
         except ForeignEntry as exc:
             whose = "the web user's" if self.writer is not None else f"the owner of {self.main.directory}"
             raise BadEntry(f"not written by the webhook endpoint: {exc} ({whose})") from None
         except (OSError, ValueError) as exc:
             raise BadEntry(f"unreadable entry: {exc}") from None
-        if not isinstance(entry, dict):
-            raise BadEntry("the entry is not a JSON object")
-        for key in ("event", "delivery"):
-            if not isinstance(entry.get(key), str) or not entry[key]:
-                raise BadEntry(f"the entry has no {key!r}")
-        if not isinstance(entry.get("payload"), dict):
-            raise BadEntry("the entry has no payload object")
-        return entry
+        return Delivery.read(data)
 
-    def _route(self, name: str, entry: dict[str, Any]) -> tuple[str, str | None]:
-        event, delivery, payload = entry["event"], entry["delivery"], entry["payload"]
+    def _route(self, name: str, entry: Delivery) -> tuple[str, str | None]:
+        event, delivery, payload = entry.event, entry.delivery, entry.payload
         repository = repository_name(payload)
         ref = event_ref(payload)
         state = self.store.begin_routing(
             delivery,
             event,
-            _received_at(entry),
-            hook_id=entry.get("hook_id"),
+            entry.received_at,
+            hook_id=entry.hook_id,
             entry=name,
             repository=repository,
             ref=ref,
@@ -214,7 +134,7 @@ class Router:
         return outcome, detail
 
     def _forward(
-        self, name: str, entry: dict[str, Any], repository: str | None, ref: str | None
+        self, name: str, entry: Delivery, repository: str | None, ref: str | None
     ) -> tuple[str, str]:
         pipelines = self.pipelines.all()
         if repository is None:
@@ -225,7 +145,7 @@ class Router:
         matched: list[Pipeline] = []
         reasons: list[str] = []
         for pipeline in mine:
-            match = pipeline.match(entry["event"], entry["payload"])
+            match = pipeline.match(entry.event, entry.payload)
             if match.matched:
                 matched.append(pipeline)
             else:
@@ -236,14 +156,14 @@ class Router:
             self._forward_to(pipeline.name, name, entry, ref)
         return "routed", "forwarded to " + ", ".join(p.name for p in matched)
 
-    def _forward_to(self, pipeline: str, name: str, entry: dict[str, Any], ref: str | None) -> None:
+    def _forward_to(self, pipeline: str, name: str, entry: Delivery, ref: str | None) -> None:
         """Put the entry into the pipeline's queue, with its run: once, however often this is called."""
         run, created = self.store.forward_run(
             pipeline,
-            trigger=entry["event"],
-            delivery_id=entry["delivery"],
+            trigger=entry.event,
+            delivery_id=entry.delivery,
             ref=ref,
-            commit=pushed_commit(entry["payload"]),
+            commit=pushed_commit(entry.payload),
         )
         if run.status != "queued":
             return  # carried out, or settled, already
@@ -255,19 +175,13 @@ class Router:
                 if found != run.entry:
                     self.store.set_run(run.id, entry=found)
                 return
-        data = {**entry, "main_entry": name, "run_id": run.id}
-        self.store.set_run(run.id, entry=queue.put(data))
+        self.store.set_run(run.id, entry=queue.put(entry.forwarded(name, run.id)))
 
     @staticmethod
     def _entry_of(queue: Queue, run_id: int, recorded: str | None) -> str | None:
         if recorded is not None and is_entry_name(recorded) and queue.path(recorded).exists():
             return recorded
-        for candidate in queue.entries():
-            with contextlib.suppress(OSError, ValueError):
-                data = queue.read(candidate)
-                if isinstance(data, dict) and data.get("run_id") == run_id:
-                    return candidate
-        return None
+        return find_run_entry(queue, run_id)
 
     def after_failure(self, name: str, exc: Exception) -> float | None:
         """Deal with a routing that raised: the seconds to wait before the entry is tried again, or None
@@ -318,9 +232,9 @@ class Router:
         except BadEntry:
             entry = None
         if entry is not None:
-            delivery = entry["delivery"]
+            delivery = entry.delivery
             try:
-                self.store.fail_routing(delivery, entry["event"], _received_at(entry), name, reason)
+                self.store.fail_routing(delivery, entry.event, entry.received_at, name, reason)
                 for run_id in self.store.fail_unforwarded_runs(delivery, reason):
                     logger.error("run %d of delivery %s failed: %s", run_id, delivery, reason)
             except Exception:
@@ -344,24 +258,20 @@ class Router:
         for temp in self.main.remove_stale_temps():
             logger.warning("removed %s/%s, a write that never completed", self.main.directory, temp)
         try:
-            with Opened(self.main.directory) as opened, Reader(self.main) as reader:
-                while not stop.is_set():
-                    name = reader.take()
-                    if name is None:
-                        await wait_for_entry(reader, stop, opened)
-                        continue
+            with Consumer(self.main) as consumer:
+                while (name := await consumer.take(stop)) is not None:
                     try:
                         await asyncio.to_thread(self.route, name)
                     except Exception as exc:
                         delay = await asyncio.to_thread(self.after_failure, name, exc)
                         if delay is None:
-                            reader.forget(name)
+                            consumer.reader.forget(name)
                             continue
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(stop.wait(), timeout=delay)
-                        reader.release(name)
+                        consumer.reader.release(name)
                     else:
                         self.routed(name)
-                        reader.forget(name)
+                        consumer.reader.forget(name)
         finally:
             self.close()

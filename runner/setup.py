@@ -2,8 +2,7 @@
 sudoers and the systemd units.
 
 Run as root; every action first looks at what is there and changes only what differs, so a second run
-changes nothing. An instance is named by its user: the default user ``runner`` gets ``runner-web.service``,
-``runner-worker.service`` and ``/etc/sudoers.d/runner``; another user name gives a second instance beside it.
+changes nothing. Where each file goes and what it holds is the instance's (runner/instance.py).
 """
 
 from __future__ import annotations
@@ -16,79 +15,30 @@ import secrets
 import shutil
 import stat
 import subprocess
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner import shipped
+from runner.instance import PACKAGING, Instance, SetupError
 
-PACKAGING = shipped.path(shipped.PACKAGING)
-WRAPPER = "usr/local/libexec/runner-certbot"
-NGINX_WRAPPER = "usr/local/libexec/runner-nginx"
 TEMPLATES = shipped.path(shipped.NGINX_TEMPLATES)
 TEMPLATE_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$")
-# systemd waits this much longer than the worker's grace before it kills what is left: the step's own
-# SIGTERM-to-SIGKILL grace, and the worker's bookkeeping.
-STOP_TIMEOUT_MARGIN = 15
 # The main queue: the web user's, setgid to the deploy user's group, which reads and removes the entries.
 MAIN_QUEUE_MODE = 0o2770
 
 
-class SetupError(Exception):
-    pass
-
-
 @dataclass
-class Setup:
-    user: str
-    home: Path
-    sites_dir: Path
-    stop_grace: float
-    prefix: Path = Path("/")
-    database_url: str | None = None
-    runner_bin: Path = field(default_factory=lambda: Path(sys.executable).with_name("runner"))
+class Setup(Instance):
+    """Makes the machine match the instance: each action looks first and changes only what differs."""
+
     dry_run: bool = False
     report: Callable[[str], None] = print
     changes: int = 0
     # The directories this run has seen to: each is said once, with one mode (a dry run makes none, so
     # without this the later actions that make sure of a directory would list it again).
     _dirs: set[Path] = field(default_factory=set, init=False, repr=False)
-
-    # Where things go ---------------------------------------------------------------------------------
-
-    def _at(self, path: str) -> Path:
-        return self.prefix / path.lstrip("/")
-
-    @property
-    def etc_dir(self) -> Path:
-        return self._at(f"/etc/{self.user}")
-
-    @property
-    def env_file(self) -> Path:
-        return self.etc_dir / "runner.env"
-
-    @property
-    def secret_file(self) -> Path:
-        return self.etc_dir / "secret"
-
-    @property
-    def web_user(self) -> str:
-        """The webhook endpoint's own user: the only one, besides root, that gets the secret."""
-        return f"{self.user}-web"
-
-    @property
-    def sudoers_file(self) -> Path:
-        return self._at(f"/etc/sudoers.d/{self.user}")
-
-    @property
-    def units_dir(self) -> Path:
-        return self._at("/etc/systemd/system")
-
-    @property
-    def wrapper(self) -> Path:
-        return self._at(WRAPPER)
 
     # Running -----------------------------------------------------------------------------------------
 
@@ -232,21 +182,8 @@ class Setup:
         # root's alone: systemd reads it for the web unit (LoadCredential=); a secret there is never
         # replaced, only its owner and mode are put right.
         self._ensure_file(self.secret_file, (secrets.token_hex(32) + "\n").encode(), 0, 0, 0o600, keep=True)
-        database = (
-            f"RUNNER_DATABASE_URL={self.database_url}\n"
-            if self.database_url
-            else "# No user in the URL: each unit connects as its own system user (peer authentication).\n"
-            "# RUNNER_DATABASE_URL=postgresql+psycopg2:///runner\n"
-        )
-        env = (
-            "# runner's settings for the systemd units (see the README's Configuration section).\n"
-            "# Both units read this file, so it never names the webhook secret: the web unit gets it alone.\n"
-            f"RUNNER_HOME={self.home}\n"
-            f"{database}"
-            f"RUNNER_NGINX_SITES_DIR={self.sites_dir}\n"
-        )
         self._ensure_env_without_secret()
-        self._ensure_file(self.env_file, env.encode(), 0, gid, 0o640, keep=True)
+        self._ensure_file(self.env_file, self.env_content(), 0, gid, 0o640, keep=True)
 
     def _ensure_env_without_secret(self) -> None:
         """An env file from before the web user named the secret, which the worker must not have.
@@ -299,18 +236,6 @@ class Setup:
         self.ensure_nginx_templates()
         self.ensure_nginx_conf()
 
-    @property
-    def nginx_wrapper(self) -> Path:
-        return self._at(NGINX_WRAPPER)
-
-    @property
-    def nginx_conf(self) -> Path:
-        return self.etc_dir / "nginx.conf"
-
-    @property
-    def nginx_templates(self) -> Path:
-        return self.etc_dir / "templates" / "nginx"
-
     def ensure_nginx_wrapper(self) -> None:
         source = PACKAGING / "libexec" / "runner-nginx"
         if not source.is_file():
@@ -340,56 +265,7 @@ class Setup:
 
     def ensure_nginx_conf(self) -> None:
         """runner-nginx's configuration for this instance (the admin's to edit once written)."""
-        text = (PACKAGING / "nginx.conf").read_text()
-        text = re.sub(
-            r"^templates-dir = .*$",
-            f"templates-dir = {self._strip_prefix(self.nginx_templates)}",
-            text,
-            flags=re.M,
-        )
-        text = re.sub(r"^sites-dir = .*$", f"sites-dir = {self.sites_dir}", text, flags=re.M)
-        self._ensure_file(self.nginx_conf, text.encode(), 0, 0, 0o644, keep=True)
-
-    def sudoers(self) -> bytes:
-        """The shipped sudoers file for this instance's user, with the units its pipelines restart.
-
-        Alias names are global in sudoers, so another instance's aliases get the user's name as suffix.
-        """
-        text = (PACKAGING / "sudoers" / "runner").read_text()
-        text = re.sub(r"^(User_Alias RUNNER_DEPLOY = )runner$", rf"\g<1>{self.user}", text, flags=re.M)
-        text = text.replace("restart runner-web.service", f"restart {self.user}-web.service")
-        text = text.replace("restart runner-worker.service", f"restart {self.user}-worker.service")
-        shipped = _sudoers_commands(text)
-        extra = [" ".join(command) for command in self.pipeline_units() if " ".join(command) not in shipped]
-        if extra:
-            listed = ", \\\n    ".join(extra)
-            text += (
-                "\n# Units the pipelines in " + str(self.home / "pipelines") + " reload or restart "
-                "(written by runner setup).\n"
-                f"Cmnd_Alias RUNNER_UNITS = {listed}\n"
-                "RUNNER_DEPLOY ALL = (root) NOPASSWD: RUNNER_UNITS\n"
-            )
-        if self.user != "runner":
-            suffix = re.sub(r"[^A-Z0-9]", "_", self.user.upper())
-            text = re.sub(r"\bRUNNER_([A-Z_]+)\b", rf"RUNNER_\1_{suffix}", text)
-        return text.encode()
-
-    def pipeline_units(self) -> list[list[str]]:
-        """The systemctl commands of this instance's pipelines: each gets its own sudoers line."""
-        from runner.pipelines import PipelineSet
-        from runner.steps.systemctl import command
-
-        pipelines = PipelineSet(self.home / "pipelines", self.home)
-        pipelines.reload()
-        commands: list[list[str]] = []
-        for pipeline in pipelines.all():
-            for step in pipeline.steps:
-                if step.type == "systemctl":
-                    args = step.args or {}
-                    argv = command(args["action"], args["unit"], bool(args.get("no-block")))
-                    if argv not in commands:
-                        commands.append(argv)
-        return commands
+        self._ensure_file(self.nginx_conf, self.nginx_conf_content(), 0, 0, 0o644, keep=True)
 
     def ensure_sudoers(self) -> None:
         content = self.sudoers()
@@ -412,51 +288,6 @@ class Setup:
                     what = f"remove ACL {prefix.rstrip(':')} from {path}"
                     self._change(what, lambda args=args: _call(*args))
         self._ok(f"{self.user} has no ACL entry in {self.sites_dir}")
-
-    def units(self) -> dict[str, bytes]:
-        values = {
-            "@USER@": self.user,
-            "@GROUP@": self.user,
-            "@HOME@": str(self.home),
-            "@ENV_FILE@": str(self._strip_prefix(self.env_file)),
-            "@RUNNER@": str(self.runner_bin),
-            "@STOP_GRACE@": f"{self.stop_grace:g}",
-            "@STOP_TIMEOUT@": f"{self.stop_grace + STOP_TIMEOUT_MARGIN:g}s",
-            "@SITES_DIR@": str(self.sites_dir),
-            "@WEB_USER@": self.web_user,
-            "@SECRET_FILE@": str(self._strip_prefix(self.secret_file)),
-            "@LISTEN@": self._listen_address(),
-        }
-        rendered = {}
-        for unit in ("web.service", "web.socket", "worker.service"):
-            text = (PACKAGING / "systemd" / f"runner-{unit}").read_text()
-            for key, value in values.items():
-                text = text.replace(key, value)
-            rendered[f"{self.user}-{unit}"] = text.encode()
-        return rendered
-
-    def _listen_address(self) -> str:
-        """The socket unit's ListenStream=: RUNNER_HOST and RUNNER_PORT of the env file, or the defaults.
-
-        The address is the socket unit's alone once it is installed (runner serve takes the socket it is
-        given): an admin who moves the endpoint edits the env file and runs setup again.
-        """
-        from runner.config import DEFAULT_HOST, DEFAULT_PORT
-
-        settings: dict[str, str] = {}
-        if self.env_file.is_file():
-            for line in self.env_file.read_text().splitlines():
-                name, equals, value = line.strip().removeprefix("export ").partition("=")
-                if equals and name.strip() in ("RUNNER_HOST", "RUNNER_PORT"):
-                    settings[name.strip()] = value.strip().strip("'\"")
-        host = settings.get("RUNNER_HOST") or DEFAULT_HOST
-        port = settings.get("RUNNER_PORT") or str(DEFAULT_PORT)
-        if not port.isdigit() or not 0 < int(port) <= 65535:
-            raise SetupError(f"RUNNER_PORT={port!r} in {self.env_file} is not a port number (1-65535)")
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def _strip_prefix(self, path: Path) -> Path:
-        return Path("/") / path.relative_to(self.prefix)
 
     def ensure_units(self) -> None:
         before = self.changes
@@ -507,17 +338,6 @@ def _read_plain_file(path: Path) -> bytes | None:
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             return None
         return file.read()
-
-
-def _sudoers_commands(text: str) -> set[str]:
-    """The commands the Cmnd_Alias lines of a sudoers text name, each as one space-separated string."""
-    joined = re.sub(r"\\\n\s*", " ", text)
-    commands: set[str] = set()
-    for line in joined.splitlines():
-        if line.startswith("Cmnd_Alias") and "=" in line:
-            for command in line.split("=", 1)[1].split(","):
-                commands.add(" ".join(command.split()))
-    return commands
 
 
 def _check_sudoers(content: bytes) -> None:

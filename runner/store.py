@@ -1,79 +1,25 @@
-"""The database: engines, the delivery records, and the schema's revision (Alembic)."""
+"""What runner keeps in its database: deliveries, runs and their steps; and its schema's upgrades.
+
+The engine comes from runner/database.py, the revisions from runner/schema.py; what retention selects and
+removes is runner/retention.py's.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, text, update
-from sqlalchemy.engine import make_url
+from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from runner import shipped
+from runner.database import create_engine_for, safe_url
 from runner.models import Delivery, Run, StepResult
+from runner.schema import SchemaError, alembic_config, head_revision
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
-
-MIGRATIONS_DIR = shipped.path(shipped.MIGRATIONS)
-
-
-class SchemaError(Exception):
-    """The database's schema is not at the revision this code expects."""
-
-
-def safe_url(url: str) -> str:
-    """The URL as it may be shown: without its password."""
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return "<unparsable database URL>"
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL lets readers (the CLI, /healthz) work beside a writer; FULL keeps a commit durable in WAL mode.
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=FULL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
-
-
-def create_engine_for(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite":
-        database = parsed.database
-        if database and database != ":memory:":
-            Path(database).parent.mkdir(parents=True, exist_ok=True)
-        # timeout: how long a writer waits for another process's write lock before giving up.
-        engine = create_engine(parsed, connect_args={"timeout": 30})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    connect_args: dict[str, Any] = {}
-    if parsed.get_backend_name() == "postgresql":
-        connect_args["connect_timeout"] = 5
-    return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
-
-
-def alembic_config(url: str) -> AlembicConfig:
-    from alembic.config import Config as AlembicConfig
-
-    if not (MIGRATIONS_DIR / "env.py").is_file():
-        raise SchemaError(f"the migrations are missing: no {MIGRATIONS_DIR / 'env.py'}")
-    cfg = AlembicConfig()
-    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
-    # ConfigParser interpolation would read a "%" in a password as a reference.
-    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    return cfg
-
-
-def head_revision() -> str | None:
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
 
 
 class Store:
@@ -100,18 +46,18 @@ class Store:
     def upgrade(self, revision: str = "head") -> None:
         from alembic import command
 
-        cfg = alembic_config(self.url)
-        with self.engine.begin() as connection:
-            cfg.attributes["connection"] = connection
-            command.upgrade(cfg, revision)
+        self._migrate(command.upgrade, revision)
 
     def downgrade(self, revision: str) -> None:
         from alembic import command
 
+        self._migrate(command.downgrade, revision)
+
+    def _migrate(self, alembic_command: Callable[[AlembicConfig, str], None], revision: str) -> None:
         cfg = alembic_config(self.url)
         with self.engine.begin() as connection:
             cfg.attributes["connection"] = connection
-            command.downgrade(cfg, revision)
+            alembic_command(cfg, revision)
 
     def check_schema(self) -> None:
         """Refuse a database whose schema is not at the latest revision."""
@@ -274,12 +220,7 @@ class Store:
                 run = Run(pipeline=pipeline, trigger=trigger, queued_at=now, **fields)
                 if run.delivery_id is not None:
                     # The entry done again: the next attempt of its (delivery, pipeline).
-                    last = session.scalar(
-                        select(func.max(Run.attempt)).where(
-                            Run.pipeline == pipeline, Run.delivery_id == run.delivery_id
-                        )
-                    )
-                    run.attempt = (last or 0) + 1
+                    run.attempt = _next_attempt(session, pipeline, run.delivery_id)
                 session.add(run)
             run.entry = entry
             run.status = "running"
@@ -335,26 +276,15 @@ class Store:
 
     def fail_runs_of_entry(self, pipeline: str, entry: str, reason: str) -> list[int]:
         """Fail the queued runs of a pipeline-queue entry (one that cannot be carried out)."""
-        with Session(self.engine) as session, session.begin():
-            runs = list(
-                session.scalars(
-                    select(Run).where(Run.pipeline == pipeline, Run.entry == entry, Run.status == "queued")
-                )
-            )
-            for run in runs:
-                run.status, run.reason, run.finished_at = "failed", reason, datetime.now(UTC)
-            return [run.id for run in runs]
+        return self._fail_queued_runs(reason, Run.pipeline == pipeline, Run.entry == entry)
 
     def fail_unforwarded_runs(self, delivery_id: str, reason: str) -> list[int]:
         """Fail the delivery's queued runs that never got their entry (its routing was given up)."""
+        return self._fail_queued_runs(reason, Run.delivery_id == delivery_id, Run.entry.is_(None))
+
+    def _fail_queued_runs(self, reason: str, *where: ColumnElement[bool]) -> list[int]:
         with Session(self.engine) as session, session.begin():
-            runs = list(
-                session.scalars(
-                    select(Run).where(
-                        Run.delivery_id == delivery_id, Run.status == "queued", Run.entry.is_(None)
-                    )
-                )
-            )
+            runs = list(session.scalars(select(Run).where(*where, Run.status == "queued")))
             for run in runs:
                 run.status, run.reason, run.finished_at = "failed", reason, datetime.now(UTC)
             return [run.id for run in runs]
@@ -421,72 +351,7 @@ class Store:
             )
             return session.scalars(query).first()
 
-    # Retention and retries -----------------------------------------------------------------------------
-
-    def runs_to_prune(self, before: datetime, keep_last: int) -> list[Run]:
-        """Runs that ended before ``before`` (or were queued then, if they have no end), oldest first,
-        except each pipeline's last ``keep_last`` runs, its last successful run and its last successful run
-        with a commit (what ``last_deployed_commit`` gives). A run queued or running is never one of them."""
-        by_pipeline = {"partition_by": Run.pipeline}
-        newest = select(
-            Run.id, func.row_number().over(**by_pipeline, order_by=Run.id.desc()).label("n")
-        ).subquery()
-        kept = [select(newest.c.id).where(newest.c.n <= keep_last)]
-        for succeeded in (Run.status == "succeeded", (Run.status == "succeeded") & Run.commit.is_not(None)):
-            order = (Run.finished_at.desc(), Run.id.desc())
-            last = (
-                select(Run.id, func.row_number().over(**by_pipeline, order_by=order).label("n"))
-                .where(succeeded)
-                .subquery()
-            )
-            kept.append(select(last.c.id).where(last.c.n == 1))
-        query = select(Run).where(
-            Run.status.not_in(("queued", "running")),
-            func.coalesce(Run.finished_at, Run.queued_at) < before,
-            *(Run.id.not_in(ids) for ids in kept),
-        )
-        with Session(self.engine, expire_on_commit=False) as session:
-            return list(session.scalars(query.order_by(Run.id)))
-
-    def delete_runs(self, run_ids: Sequence[int]) -> None:
-        """Remove ended runs and their steps."""
-        with self.engine.begin() as connection:
-            for start in range(0, len(run_ids), 500):
-                chunk = run_ids[start : start + 500]
-                connection.execute(delete(StepResult).where(StepResult.run_id.in_(chunk)))
-                connection.execute(
-                    delete(Run).where(Run.id.in_(chunk), Run.status.not_in(("queued", "running")))
-                )
-
-    def deliveries_to_prune(self, before: datetime, dropped_runs: Collection[int]) -> list[Delivery]:
-        """Deliveries received before ``before`` and routed (or given up), oldest first, that no run names
-        but those in ``dropped_runs``: a run that is kept keeps the record of the delivery it carried out."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            named = {
-                delivery_id
-                for run_id, delivery_id in session.execute(
-                    select(Run.id, Run.delivery_id).where(Run.delivery_id.is_not(None))
-                )
-                if run_id not in dropped_runs
-            }
-            query = (
-                select(Delivery)
-                .where(Delivery.received_at < before, Delivery.outcome != "received")
-                .order_by(Delivery.received_at, Delivery.delivery_id)
-            )
-            return [d for d in session.scalars(query) if d.delivery_id not in named]
-
-    def delete_deliveries(self, delivery_ids: Sequence[str]) -> None:
-        """Remove routed deliveries' records; one that a run names (again, by a retry) stays."""
-        named = select(Run.id).where(Run.delivery_id == Delivery.delivery_id).exists()
-        with self.engine.begin() as connection:
-            for start in range(0, len(delivery_ids), 500):
-                chunk = delivery_ids[start : start + 500]
-                connection.execute(
-                    delete(Delivery).where(
-                        Delivery.delivery_id.in_(chunk), Delivery.outcome != "received", ~named
-                    )
-                )
+    # Retries -------------------------------------------------------------------------------------------
 
     def forget_delivery(self, delivery_id: str, entry: str) -> bool:
         """Remove the record of a delivery as the main-queue ``entry``, so that the router records it anew
@@ -511,12 +376,7 @@ class Store:
         with Session(self.engine) as session, session.begin():
             run = _queued_run(pipeline, trigger, delivery_id, ref, commit)
             if delivery_id is not None:
-                last = session.scalar(
-                    select(func.max(Run.attempt)).where(
-                        Run.pipeline == pipeline, Run.delivery_id == delivery_id
-                    )
-                )
-                run.attempt = (last or 0) + 1
+                run.attempt = _next_attempt(session, pipeline, delivery_id)
             session.add(run)
             session.flush()
             return run.id
@@ -534,3 +394,11 @@ def _queued_run(
         status="queued",
         queued_at=datetime.now(UTC),
     )
+
+
+def _next_attempt(session: Session, pipeline: str, delivery_id: str) -> int:
+    """The attempt number after the last of the (delivery, pipeline)'s runs."""
+    last = session.scalar(
+        select(func.max(Run.attempt)).where(Run.pipeline == pipeline, Run.delivery_id == delivery_id)
+    )
+    return (last or 0) + 1

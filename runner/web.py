@@ -8,85 +8,55 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import logging
 import os
 import re
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from runner.body import (
+    ACCEPTED_TYPES,
+    BODY_TIMEOUT,
+    FORM_TYPE,
+    MAX_BODY_BYTES,
+    MEMORY_BODIES,
+    MEMORY_BODY_BYTES,
+    MEMORY_BYTES,
+    SPOOL_BODIES,
+    SPOOL_BYTES,
+    Body,
+    Budget,
+    ClientDisconnect,
+    Receive,
+    Rejected,
+    media_type,
+    parse_payload,
+)
+from runner.committer import GroupCommitter
 from runner.config import Secret
-from runner.queue import GroupCommitter, Queue
+from runner.entry import delivery_entry, delivery_head
+from runner.queue import Queue
 from runner.store import Store
 
 logger = logging.getLogger(__name__)
 
-# GitHub caps payloads at 25 MB; anything larger is not from GitHub.
-MAX_BODY_BYTES = 25 * 1024 * 1024
-# A body declared no larger than this is read into memory; a larger one, or one of unknown length (chunked),
-# is kept in memory only up to this size and then written to a temporary file of the queue as it arrives.
-MEMORY_BODY_BYTES = 256 * 1024
-# What one server process receives at once, beyond which a delivery is answered 503 at once. Bodies held in
-# memory and bodies written to disk have budgets of their own, so that large bodies (which anyone can send
-# without knowing the secret) cannot crowd out GitHub's usual small ones. Memory: at most MEMORY_BYTES of
-# small bodies, plus a few hundred KiB per large one (its buffer and Hypercorn's queue); disk: SPOOL_BYTES.
-MEMORY_BODIES = 256
-MEMORY_BYTES = 32 * 1024 * 1024
-SPOOL_BODIES = 4
-SPOOL_BYTES = 64 * 1024 * 1024
-# A body must have arrived this long after its headers (GitHub gives up after 10 s), so that slow senders
-# cannot hold the budgets' places for ever.
-BODY_TIMEOUT = 30.0
-# A budget logs its refusals at most once per this many seconds, with the count since the last line.
-BUSY_LOG_INTERVAL = 1.0
 SERVE_BACKLOG = 1024
 APP_QUEUE_MESSAGES = 2
 WEBHOOK_PATH = "/github-webhook"
-SIGNATURE_PREFIX = "sha256="
 # What GitHub sends: event names are lower_snake_case, delivery ids GUIDs, hook ids integers.
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
 HOOK_ID = re.compile(r"^[0-9]{1,32}$")
-# The bodies GitHub sends: JSON (also without a Content-Type), or a form with the JSON in its payload field.
-FORM_TYPE = "application/x-www-form-urlencoded"
-ACCEPTED_TYPES = ("application/json", "", FORM_TYPE)
-
-
-def signature(secret: bytes, body: bytes) -> str:
-    """The ``X-Hub-Signature-256`` value GitHub sends for ``body``."""
-    return SIGNATURE_PREFIX + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
-def verify_signature(secret: bytes, body: bytes, header: str) -> bool:
-    # compare_digest takes the same time wherever the first difference is, and for any length.
-    return hmac.compare_digest(signature(secret, body).encode(), header.encode("utf-8", "replace"))
-
-
-class Rejected(Exception):
-    def __init__(self, status: int, check: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.check = check
-        self.message = message
-
-
-class ClientDisconnect(Exception):
-    """The client went away before its whole body was read."""
-
 
 Send = Callable[[dict[str, Any]], Awaitable[None]]
-Receive = Callable[[], Awaitable[dict[str, Any]]]
 Headers = dict[bytes, bytes]
 T = TypeVar("T")
 
@@ -145,78 +115,6 @@ async def _in_thread(function: Callable[..., T], *args: Any) -> T:
         raise
 
 
-def _reject_constant(value: str) -> Any:
-    raise ValueError(f"{value} is not JSON")
-
-
-def _media_type(content_type: str) -> str:
-    return content_type.split(";", 1)[0].strip().lower()
-
-
-def _parse_payload(body: bytes, content_type: str) -> bytes:
-    """The payload's JSON text, from either of the bodies GitHub sends. Raises Rejected."""
-    media_type = _media_type(content_type)
-    if media_type == FORM_TYPE:
-        try:
-            fields = parse_qs(body.decode("ascii"), keep_blank_values=True, strict_parsing=True)
-        except (UnicodeDecodeError, ValueError):
-            raise Rejected(400, "body", "the form body is malformed") from None
-        values = fields.get("payload")
-        if not values or len(values) != 1:
-            raise Rejected(400, "body", "the form body has no single 'payload' field") from None
-        raw = values[0].encode()
-    elif media_type in ACCEPTED_TYPES:
-        raw = body
-    else:
-        raise Rejected(415, "content-type", f"unsupported content type {media_type!r}")
-    try:
-        payload = json.loads(raw, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejected(400, "body", f"the payload is not JSON: {exc}") from None
-    if not isinstance(payload, dict):
-        raise Rejected(400, "body", "the payload is not a JSON object")
-    if not _stored_as_sent(raw):
-        # Valid JSON in another encoding (UTF-16, a BOM): store it re-encoded as UTF-8.
-        raw = json.dumps(payload, separators=(",", ":")).encode()
-    return raw
-
-
-def _stored_as_sent(raw: bytes) -> bool:
-    """Whether a JSON object's text can be spliced into an entry as it is: UTF-8, no BOM, ``{`` first."""
-    return json.detect_encoding(raw) == "utf-8" and raw.lstrip(b" \t\r\n")[:1] == b"{"
-
-
-_OBJECT = object()
-
-
-def _check_spooled_payload(fd: int, offset: int, length: int) -> bytes | None:
-    """Check that the ``length`` bytes at ``offset`` of ``fd`` are a JSON object. Raises Rejected.
-
-    Returns None when the text can stay in the entry as it was written, else the object re-encoded. Run in a
-    thread, for a verified body only. Objects are dropped as soon as they are parsed, so that memory holds
-    little more than the text: what a JSON object is, is all this needs to know.
-    """
-    raw = bytearray()
-    while len(raw) < length:
-        chunk = os.pread(fd, min(length - len(raw), 1 << 20), offset + len(raw))
-        if not chunk:
-            raise OSError(f"the spooled body is {len(raw)} bytes, not {length}")
-        raw += chunk
-    as_sent = _stored_as_sent(raw)
-    try:
-        # What json.loads does with bytes, but the bytes go before the text is parsed.
-        text = raw.decode(json.detect_encoding(raw), "surrogatepass")
-        del raw
-        payload = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=lambda _pairs: _OBJECT)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise Rejected(400, "body", f"the payload is not JSON: {exc}") from None
-    if payload is not _OBJECT:
-        raise Rejected(400, "body", "the payload is not a JSON object")
-    if as_sent:
-        return None
-    return json.dumps(json.loads(text), separators=(",", ":")).encode()
-
-
 def _header(headers: Headers, name: str, pattern: re.Pattern[str], required: bool = True) -> str | None:
     raw = headers.get(name.lower().encode())
     value = None if raw is None else raw.decode("latin-1")
@@ -229,6 +127,15 @@ def _header(headers: Headers, name: str, pattern: re.Pattern[str], required: boo
     return value
 
 
+def _delivery_headers(headers: Headers) -> tuple[str, str, str | None]:
+    """The event, delivery id and hook id GitHub's headers give. Raises Rejected."""
+    event = _header(headers, "X-GitHub-Event", EVENT_NAME)
+    delivery = _header(headers, "X-GitHub-Delivery", DELIVERY_ID)
+    hook_id = _header(headers, "X-GitHub-Hook-ID", HOOK_ID, required=False)
+    assert event is not None and delivery is not None
+    return event, delivery, hook_id
+
+
 def _declared_length(headers: Headers) -> int | None:
     declared = headers.get(b"content-length")
     if declared is None:
@@ -238,162 +145,6 @@ def _declared_length(headers: Headers) -> int | None:
     if int(declared) > MAX_BODY_BYTES:
         raise Rejected(413, "size", f"the body is over {MAX_BODY_BYTES} bytes")
     return int(declared)
-
-
-class Budget:
-    """A cap on the bodies one server process receives at once: how many, and how many bytes in all.
-
-    Used from the event loop's thread only. A refusal is logged, at most once a second with the count since.
-    """
-
-    def __init__(self, what: str, bodies: int, size: int) -> None:
-        self.what = what
-        self.max_bodies = bodies
-        self.max_size = size
-        self.bodies = 0
-        self.size = 0
-        self._refused = 0
-        self._logged_at = -BUSY_LOG_INTERVAL
-
-    def reserve(self, size: int) -> Reservation:
-        """A place for a body of ``size`` bytes (0: not declared, see :meth:`Reservation.grow`).
-
-        Raises Rejected (503) when the budget has no room for it.
-        """
-        if self.bodies >= self.max_bodies or self.size + size > self.max_size:
-            raise self._refuse()
-        self.bodies += 1
-        self.size += size
-        return Reservation(self, size)
-
-    def _refuse(self) -> Rejected:
-        self._refused += 1
-        now = time.monotonic()
-        if now - self._logged_at >= BUSY_LOG_INTERVAL:
-            logger.warning(
-                "refused %d deliveries (503): %d %s (%d bytes) are being received, the most at once is"
-                " %d bodies of %d bytes in all",
-                self._refused,
-                self.bodies,
-                self.what,
-                self.size,
-                self.max_bodies,
-                self.max_size,
-            )
-            self._refused = 0
-            self._logged_at = now
-        return Rejected(503, "busy", "too many deliveries are being received at once; try again")
-
-
-class Reservation:
-    """One body's place in a :class:`Budget`, given back once (:meth:`release`)."""
-
-    def __init__(self, budget: Budget, size: int) -> None:
-        self.budget = budget
-        self.size = size
-        self._held = True
-
-    def grow(self, size: int) -> None:
-        """Reserve ``size`` more bytes, for a body whose length was not declared. Raises Rejected."""
-        budget = self.budget
-        if budget.size + size > budget.max_size:
-            raise budget._refuse()
-        budget.size += size
-        self.size += size
-
-    def release(self) -> None:
-        if self._held:
-            self._held = False
-            self.budget.bodies -= 1
-            self.budget.size -= self.size
-
-
-class _Body:
-    """A request body as it arrives, its HMAC updated chunk by chunk.
-
-    It is kept in memory up to ``MEMORY_BODY_BYTES``, then in a hidden temporary file of the queue, which
-    :meth:`discard` removes unless it was handed on. The file starts with ``head``: for a JSON body, the
-    entry's envelope before its payload, so that the body becomes the payload where it was written; None for
-    a form, which is decoded once verified. With ``spool`` False nothing is kept past the buffer: the body
-    will be refused whatever it holds, and only its signature decides how.
-    """
-
-    def __init__(self, queue: Queue, secret: bytes, head: bytes | None, spool: bool) -> None:
-        self.queue = queue
-        self.mac = hmac.new(secret, digestmod=hashlib.sha256)
-        self.head = head
-        self.spool = spool
-        self.buffer = bytearray()
-        self.length = 0
-        # Part of the body was let go (``spool`` False): it can only be refused.
-        self.dropped = False
-        self.temp: Path | None = None
-        self.fd: int | None = None
-
-    def add(self, chunk: bytes) -> None:
-        self.mac.update(chunk)
-        self.length += len(chunk)
-        if self.length > MAX_BODY_BYTES:
-            raise Rejected(413, "size", f"the body is over {MAX_BODY_BYTES} bytes")
-        if self.fd is None and len(self.buffer) + len(chunk) <= MEMORY_BODY_BYTES:
-            self.buffer += chunk
-            return
-        if not self.spool:
-            # Refused once it is complete (bad headers, an unsupported type): only its signature counts.
-            self.buffer.clear()
-            self.dropped = True
-            return
-        if self.fd is None:
-            self.temp, self.fd = self.queue.create_temp(self.head or b"")
-            self._write(self.buffer)
-            self.buffer = bytearray()
-        self._write(chunk)
-
-    def _write(self, data: bytes | bytearray) -> None:
-        assert self.fd is not None
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.fd, view) :]
-
-    @property
-    def spooled(self) -> bool:
-        return self.temp is not None
-
-    def verify(self, header: str) -> bool:
-        expected = (SIGNATURE_PREFIX + self.mac.hexdigest()).encode()
-        return hmac.compare_digest(expected, header.encode("utf-8", "replace"))
-
-    def close(self) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-            self.fd = None
-
-    def discard(self) -> None:
-        """Close and remove the temporary file, if any; one handed on (:attr:`temp` None) stays."""
-        self.close()
-        if self.temp is not None:
-            with contextlib.suppress(OSError):
-                self.temp.unlink()
-            self.temp = None
-
-
-def _entry_head(event: str, delivery: str, hook_id: str | None, received_at: datetime) -> bytes:
-    """An entry's text up to its payload's, which is last so that it can follow as the body arrives."""
-    head = json.dumps(
-        {
-            "event": event,
-            "delivery": delivery,
-            "hook_id": hook_id,
-            "received_at": received_at.isoformat(),
-        },
-        separators=(",", ":"),
-    )
-    return head[:-1].encode() + b',"payload":'
-
-
-def _entry(event: str, delivery: str, hook_id: str | None, received_at: datetime, payload: bytes) -> bytes:
-    # The payload is spliced in as the verified JSON text, so it is stored exactly as GitHub sent it.
-    return _entry_head(event, delivery, hook_id, received_at) + payload + b"}"
 
 
 class WebhookApp:
@@ -484,91 +235,44 @@ class WebhookApp:
         reservation = (self.memory if small else self.spooled).reserve(declared or 0)
         body = self._body(headers, received_at)
         try:
-            try:
-                async with asyncio.timeout(BODY_TIMEOUT):
-                    while True:
-                        message = await receive()
-                        if message["type"] == "http.disconnect":
-                            raise ClientDisconnect
-                        chunk = message.get("body", b"")
-                        if declared is None and chunk:
-                            reservation.grow(len(chunk))
-                        body.add(chunk)
-                        if not message.get("more_body", False):
-                            break
-            except TimeoutError:
-                raise Rejected(408, "timeout", f"the body did not arrive within {BODY_TIMEOUT:g} s") from None
+            await body.read(receive, reservation if declared is None else None)
             if not body.verify(header.decode("latin-1")):
                 raise Rejected(403, "signature", "the X-Hub-Signature-256 signature does not match")
-            event = _header(headers, "X-GitHub-Event", EVENT_NAME)
-            delivery = _header(headers, "X-GitHub-Delivery", DELIVERY_ID)
-            hook_id = _header(headers, "X-GitHub-Hook-ID", HOOK_ID, required=False)
-            assert event is not None and delivery is not None and self.committer is not None
-            content_type = headers.get(b"content-type", b"").decode("latin-1")
-            if _media_type(content_type) not in ACCEPTED_TYPES:
-                raise Rejected(415, "content-type", f"unsupported content type {_media_type(content_type)!r}")
-            # Only a body that is refused whatever it holds lets go of its bytes.
-            assert not body.dropped
-            if not body.spooled:
-                payload = _parse_payload(bytes(body.buffer), content_type)
-                item: bytes | Path = _entry(event, delivery, hook_id, received_at, payload)
-            else:
-                async with self._checking:
-                    item = await _in_thread(
-                        self._finish_spooled, body, content_type, event, delivery, hook_id, received_at
-                    )
+            event, delivery, hook_id = _delivery_headers(headers)
+            assert self.committer is not None
+            item = await self._entry(headers, body, delivery_head(event, delivery, hook_id, received_at))
             return event, delivery, await self.committer.put(item)
         finally:
             body.discard()
             reservation.release()
 
-    def _body(self, headers: Headers, received_at: datetime) -> _Body:
+    async def _entry(self, headers: Headers, body: Body, head: bytes) -> bytes | Path:
+        """A verified body as the entry ``head`` starts: its bytes, or its temporary file. Raises Rejected."""
+        content_type = headers.get(b"content-type", b"").decode("latin-1")
+        if media_type(content_type) not in ACCEPTED_TYPES:
+            raise Rejected(415, "content-type", f"unsupported content type {media_type(content_type)!r}")
+        # Only a body that is refused whatever it holds lets go of its bytes.
+        assert not body.dropped
+        if not body.spooled:
+            return delivery_entry(head, parse_payload(bytes(body.buffer), content_type))
+        # One at a time: a verified body's check needs memory in proportion to its size.
+        async with self._checking:
+            return await _in_thread(body.spooled_entry, content_type, head)
+
+    def _body(self, headers: Headers, received_at: datetime) -> Body:
         """Where the body goes as it arrives, from the headers it came with."""
         secret = self.secret.reveal()
         try:
-            event = _header(headers, "X-GitHub-Event", EVENT_NAME)
-            delivery = _header(headers, "X-GitHub-Delivery", DELIVERY_ID)
-            hook_id = _header(headers, "X-GitHub-Hook-ID", HOOK_ID, required=False)
+            event, delivery, hook_id = _delivery_headers(headers)
         except Rejected:
             # Said once the signature is checked, as for a small body: the answer must not depend on its size.
-            return _Body(self.queue, secret, None, spool=False)
-        assert event is not None and delivery is not None
-        media_type = _media_type(headers.get(b"content-type", b"").decode("latin-1"))
-        if media_type == FORM_TYPE:
-            return _Body(self.queue, secret, None, spool=True)
-        if media_type in ACCEPTED_TYPES:
-            return _Body(self.queue, secret, _entry_head(event, delivery, hook_id, received_at), spool=True)
-        return _Body(self.queue, secret, None, spool=False)
-
-    def _finish_spooled(
-        self,
-        body: _Body,
-        content_type: str,
-        event: str,
-        delivery: str,
-        hook_id: str | None,
-        received_at: datetime,
-    ) -> bytes | Path:
-        """A verified spooled body as an entry: its temporary file, completed, or the entry's bytes. Raises
-        Rejected. Runs in a thread, one body at a time (``_checking``): a verified body's check needs memory
-        in proportion to its size, which the budgets do not bound.
-        """
-        assert body.fd is not None and body.temp is not None
-        if body.head is None:
-            # A form: its payload field is decoded in memory, as a small one is.
-            raw = bytearray()
-            while chunk := os.pread(body.fd, 1 << 20, len(raw)):
-                raw += chunk
-            payload = _parse_payload(bytes(raw), content_type)
-            del raw
-            return _entry(event, delivery, hook_id, received_at, payload)
-        reencoded = _check_spooled_payload(body.fd, len(body.head), body.length)
-        if reencoded is not None:
-            return _entry(event, delivery, hook_id, received_at, reencoded)
-        body._write(b"}")
-        body.close()
-        temp, body.temp = body.temp, None  # handed on: the queue publishes it, or removes it on failure
-        return temp
+            return Body(self.queue, secret, None, spool=False)
+        media = media_type(headers.get(b"content-type", b"").decode("latin-1"))
+        if media == FORM_TYPE:
+            return Body(self.queue, secret, None, spool=True)
+        if media in ACCEPTED_TYPES:
+            return Body(self.queue, secret, delivery_head(event, delivery, hook_id, received_at), spool=True)
+        return Body(self.queue, secret, None, spool=False)
 
     async def healthz(self, _request: Request) -> Response:
         problems: dict[str, str] = {}

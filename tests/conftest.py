@@ -4,6 +4,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from fake_github import FakeGitHub
 from support import postgres_database, stop_started
 
 
@@ -28,3 +29,14 @@ def _no_process_outlives_the_suite() -> Iterator[None]:
     """Whatever a failing test (or a module's fixture) left running is stopped when the suite ends."""
     yield
     stop_started()
+
+
+@pytest.fixture
+def fake_github() -> Iterator[FakeGitHub]:
+    """A fake GitHub API on loopback (tests/fake_github.py), stopped after the test."""
+    github = FakeGitHub()
+    github.start()
+    try:
+        yield github
+    finally:
+        github.stop()

@@ -23,6 +23,8 @@ from typing import Any, Protocol, TypeVar
 
 import pytest
 
+from runner.queue import FAILED_DIR, Queue, is_entry_name
+
 ROOT = Path(__file__).resolve().parent.parent
 PAYLOADS = ROOT.parent / "shared" / "github-payloads"
 CI = os.environ.get("CI", "").lower() in ("true", "1", "yes")
@@ -289,6 +291,14 @@ def alive(pid: int) -> bool:
     except OSError:
         return False
     return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def failed_names(queue: Queue) -> list[str]:
+    """The names of the entries moved into the queue's ``failed/``, in order."""
+    failed = queue.directory / FAILED_DIR
+    if not failed.is_dir():
+        return []
+    return sorted(p.name for p in failed.iterdir() if is_entry_name(p.name))
 
 
 @dataclass

@@ -54,6 +54,7 @@ from runner.loading import load_pipeline
 from runner.models import Run
 from runner.pipeline import StepSpec
 from runner.pipelines import validate
+from runner.process import process_stat
 from runner.steps.base import RunContext, RunLog, step_environment
 from runner.store import Store
 
@@ -82,8 +83,8 @@ def children(pid: int) -> set[int]:
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(fields[1]) == pid and fields[0] != "Z":
+                stat = process_stat(int(entry.name))
+                if stat.parent == pid and stat.state != "Z":
                     found.add(int(entry.name))
     return found
 
@@ -974,7 +975,7 @@ def test_after_setup_the_deploy_user_deploys_a_site_only_through_the_wrapper(
 ) -> None:
     from test_setup import install_sudoers, let_run_python, new_instance
 
-    from runner.setup import NGINX_WRAPPER
+    from runner.instance import NGINX_WRAPPER
 
     with new_instance() as instance:
         cleanup = instance.cleanup

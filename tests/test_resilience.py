@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from support import FINISHED, Server, alive, require, run_cli, runner_env, wait_for
+from support import FINISHED, Server, alive, failed_names, require, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, GitRepo, Rig, fake_commit, git, out_lines, push_payload
 
 from runner.queue import Queue
@@ -157,7 +157,7 @@ def test_an_oserror_in_a_step_fails_its_run_and_runner_up_goes_on_serving_and_de
         # The process, its endpoint and the broken pipeline's lane are all still there.
         assert server.process.poll() is None, details()
         assert server.get("/healthz").status == 200
-        assert Queue(home / "queues" / "broken").failed() == [broken.entry]
+        assert failed_names(Queue(home / "queues" / "broken")) == [broken.entry]
 
         second = repo.commit({"version.txt": "two\n"}, "two")
         repo.push()
@@ -198,7 +198,7 @@ def test_an_entry_that_cannot_be_routed_moves_to_failed_and_the_next_delivery_de
     assert "FileExistsError" in (record.detail or "") and "blocked" in (record.detail or ""), record.detail
     main = rig.queue("main")
     assert main.entries() == []
-    [failed] = main.failed()
+    [failed] = failed_names(main)
     assert failed == record.entry
     reason = (main.directory / "failed" / f"{failed}.reason").read_text()
     assert "FileExistsError" in reason, reason
@@ -259,7 +259,7 @@ def test_a_database_error_in_routing_keeps_the_entry_until_it_is_routed_once(rig
     [again] = rig.runs_of(killed, ["succeeded"])
     assert rig.routed(killed).outcome == "routed"
     assert records(app) == [run.id, again.id]
-    assert rig.queue("main").entries() == [] and rig.queue("main").failed() == []
+    assert rig.queue("main").entries() == [] and failed_names(rig.queue("main")) == []
 
 
 # 3. One worker per home ------------------------------------------------------------------------------------
@@ -413,7 +413,7 @@ def test_every_run_is_settled_after_a_kill(rig: Rig) -> None:
     assert "gone" in (rig.run(removed_run.id).reason or ""), rig.run(removed_run.id).reason
     assert rig.run(garbled_run.id).status == "failed"
     assert "unreadable" in (rig.run(garbled_run.id).reason or ""), rig.run(garbled_run.id).reason
-    assert rig.queue("slow").failed() == [garbled_run.entry]
+    assert failed_names(rig.queue("slow")) == [garbled_run.entry]
     assert rig.run(lost).status == "failed" and "never reached" in (rig.run(lost).reason or "")
     assert records(slow) == [statuses[1].id]
     assert records(other) == []
@@ -482,7 +482,7 @@ def test_a_deleted_pipelines_waiting_entries_fail_with_the_reason(rig: Rig) -> N
     assert run.status == "failed", rig.details()
     assert run.reason is not None and "pipeline old no longer exists" in run.reason, run.reason
     queue = rig.queue("old")
-    assert queue.entries() == [] and queue.failed() == [run.entry]
+    assert queue.entries() == [] and failed_names(queue) == [run.entry]
     reason = (queue.directory / "failed" / f"{run.entry}.reason").read_text()
     assert "pipeline old no longer exists" in reason, reason
     assert records(old) == []

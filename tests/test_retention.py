@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import func, select, text
-from support import PAYLOADS, WorkerProcess, alive, run_cli, runner_env, wait_for
+from support import PAYLOADS, WorkerProcess, alive, failed_names, run_cli, runner_env, wait_for
 
 from runner import config as config_module
 from runner.config import ConfigError
@@ -335,7 +335,7 @@ def test_failed_entries_are_listed_retried_into_real_runs_and_dropped(home: Home
     wait_for(
         lambda: (r := home.store.run(first)) is not None and r.status == "failed", f"run {first} to fail"
     )
-    [app_name] = Queue(home.home / "queues" / "app").failed()
+    [app_name] = failed_names(Queue(home.home / "queues" / "app"))
 
     table = home.cli("failed").stdout
     assert re.search(rf"^main/{main_name} +\S+ +routing given up: the database refused it$", table, re.M), (

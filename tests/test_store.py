@@ -21,7 +21,8 @@ from alembic.runtime.migration import MigrationContext
 from support import ROOT, free_port, run_cli, runner_env
 
 from runner.models import Base, Delivery
-from runner.store import SchemaError, Store, head_revision
+from runner.schema import SchemaError, head_revision
+from runner.store import Store
 
 PASSWORD = "hunter2secret"
 
@@ -30,7 +31,7 @@ def revisions() -> list[str]:
     """Every migration's revision, oldest first."""
     from alembic.script import ScriptDirectory
 
-    from runner.store import alembic_config
+    from runner.schema import alembic_config
 
     script = ScriptDirectory.from_config(alembic_config("sqlite://"))
     return [s.revision for s in reversed(list(script.walk_revisions()))]

@@ -31,7 +31,7 @@ from support import (
     wait_for,
 )
 
-from runner.web import MEMORY_BODY_BYTES, SPOOL_BODIES, SPOOL_BYTES, signature, verify_signature
+from runner.body import MEMORY_BODY_BYTES, SPOOL_BODIES, SPOOL_BYTES, signature, verify_signature
 
 VECTOR_SECRET = "It's a Secret to Everybody"
 VECTOR_BODY = b"Hello, World!"

@@ -29,6 +29,7 @@ from support import (
     Server,
     WorkerProcess,
     alive,
+    failed_names,
     run_cli,
     runner_env,
     wait_for,
@@ -397,7 +398,7 @@ def test_a_push_deploys_exactly_the_pushed_commit_and_nothing_else_is_deployed(
     assert recorded[dev_delivery]["outcome"] == "unmatched"
     assert recorded[ping]["outcome"] == "ping"
     assert recorded[deletion]["outcome"] == deleted.outcome
-    assert rig.queue("app").entries() == [] and rig.queue("app").failed() == []
+    assert rig.queue("app").entries() == [] and failed_names(rig.queue("app")) == []
     assert rig.queue("main").entries() == []
     # Nothing went wrong, so the worker reported nothing wrong.
     said = rig.workers[0].output()
@@ -496,7 +497,7 @@ def test_a_failed_step_fails_the_run_keeps_its_entry_aside_and_the_worker_goes_o
 
     queue = rig.queue("app")
     assert queue.entries() == []
-    assert queue.failed() == [run.entry]
+    assert failed_names(queue) == [run.entry]
     reason = (queue.directory / "failed" / f"{run.entry}.reason").read_text()
     assert "check" in reason and "step 2" in reason, reason
     assert json.loads((queue.directory / "failed" / str(run.entry)).read_bytes())["delivery"] == delivery
@@ -507,7 +508,7 @@ def test_a_failed_step_fails_the_run_keeps_its_entry_aside_and_the_worker_goes_o
     [run2] = rig.runs_of(later, ["succeeded"])
     assert deployed.read_text() == f"{good}\n"
     assert git("rev-parse", "HEAD", cwd=rig.home / "checkout") == good
-    assert queue.entries() == [] and queue.failed() == [run.entry]
+    assert queue.entries() == [] and failed_names(queue) == [run.entry]
     assert [s.status for s in rig.steps(run2.id)] == ["succeeded"] * 3
 
 
@@ -589,7 +590,7 @@ def test_a_run_cut_short_by_a_crash_is_run_again_by_the_next_worker(rig: Rig) ->
     assert interrupted.id == first.id and interrupted.finished_at is not None
     assert succeeded.entry == first.entry
     assert out_lines(rig.log_of(succeeded)) == ["begin", "end"], rig.details(succeeded)
-    assert rig.queue("slow").entries() == [] and rig.queue("slow").failed() == []
+    assert rig.queue("slow").entries() == [] and failed_names(rig.queue("slow")) == []
     assert rig.routed(delivery).outcome == "routed"
     # Two runs of a pipeline never overlap, not even an interrupted one and the run that does it again: what
     # the interrupted run started is gone (or done) before the new run starts.

@@ -18,13 +18,13 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Protocol
 
 from runner import timefmt
 from runner.config import Config
 from runner.credentials import mask
 from runner.pipeline import Pipeline, StepSpec
-from runner.process import Child, spawn
+from runner.process import Child, process_stat, spawn
 from runner.templating import render
 
 COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -71,6 +71,44 @@ class RunLog:
 
     def close(self) -> None:
         self._file.close()
+
+
+class Output(Protocol):
+    """Where a program's output goes as it comes: the run's log, or a Capture in front of it."""
+
+    def write(self, stream: str, data: bytes | str) -> None: ...
+
+
+class Capture:
+    """A program's output on its way to the run's log, its lines kept as text: what a wrapper said.
+
+    With ``relabel`` (prefix, stream), an output line that starts with the prefix goes to the log without
+    it, as that stream (runner-nginx's diff lines as ``diff``).
+    """
+
+    def __init__(self, log: RunLog, relabel: tuple[str, str] | None = None) -> None:
+        self.log = log
+        self.relabel = relabel
+        self.out: list[str] = []
+        self.err: list[str] = []
+
+    def write(self, stream: str, data: bytes | str) -> None:
+        text = data.decode(errors="replace") if isinstance(data, bytes) else data
+        lines = text.splitlines()
+        (self.out if stream == "out" else self.err).extend(lines)
+        if self.relabel is None:
+            self.log.write(stream, data)
+            return
+        # Relabelled output goes on as the text its lines were read from.
+        if stream != "out":
+            self.log.write(stream, text)
+            return
+        prefix, label = self.relabel
+        for line in lines:
+            if line.startswith(prefix):
+                self.log.write(label, line.removeprefix(prefix))
+            else:
+                self.log.write(stream, line)
 
 
 @dataclass
@@ -180,7 +218,7 @@ def _kill_group(pgid: int, signum: int) -> None:
         os.killpg(pgid, signum)
 
 
-async def _pump(stream: asyncio.StreamReader, name: str, log: RunLog) -> None:
+async def _pump(stream: asyncio.StreamReader, name: str, log: Output) -> None:
     pending = b""
     while chunk := await stream.read(65536):
         pending += chunk
@@ -197,7 +235,7 @@ async def execute(
     cwd: Path,
     env: Mapping[str, str],
     timeout: float,
-    log: RunLog,
+    log: Output,
     group_file: Path | None = None,
 ) -> Outcome:
     """Run a program to its end, or until ``timeout`` seconds, or until cancelled; never through a shell.
@@ -255,10 +293,8 @@ def _group_members(pgid: int, run_id: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_bytes()
-            # The command name in parentheses may hold spaces; the fields after it are fixed.
-            fields = stat[stat.rindex(b")") + 2 :].split()
-            if int(fields[2]) != pgid or fields[0] == b"Z":
+            stat = process_stat(int(entry.name))
+            if stat.group != pgid or stat.state == "Z":
                 continue
             if marker in (entry / "environ").read_bytes().split(b"\0"):
                 members.append(int(entry.name))

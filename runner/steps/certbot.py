@@ -19,7 +19,7 @@ from pathlib import Path
 
 from runner import sudo
 from runner.pipeline import StepSpec
-from runner.steps.base import Outcome, RunContext, RunLog, StepFailed, execute, step_timeout
+from runner.steps.base import Capture, Outcome, RunContext, StepFailed, execute, step_timeout
 
 CERT_NAME = re.compile(r"^[a-z0-9]([a-z0-9.-]*[a-z0-9])?$")
 LABEL = r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?"
@@ -33,25 +33,6 @@ SUDO_REFUSALS = (
 )
 # The wrapper's one line of outcome on standard output.
 REPORT = re.compile(r"^runner-certbot: (obtained|renewed|skipped)\b")
-
-
-class _Capture(RunLog):
-    """The run's log, remembering what the wrapper printed: its outcome, or why it failed."""
-
-    def __init__(self, log: RunLog) -> None:
-        # Not RunLog.__init__: this writes through to the run's own log and opens no file of its own.
-        self.path = log.path
-        self._log = log
-        self.out: list[str] = []
-        self.err: list[str] = []
-
-    def write(self, stream: str, data: bytes | str) -> None:
-        self._log.write(stream, data)
-        text = data.decode(errors="replace") if isinstance(data, bytes) else data
-        (self.out if stream == "out" else self.err).extend(text.splitlines())
-
-    def close(self) -> None:
-        pass
 
 
 def check_cert_name(name: object) -> str:
@@ -245,7 +226,7 @@ async def certbot_step(spec: StepSpec, ctx: RunContext) -> Outcome:
     timeout = step_timeout(spec, ctx)
     await _check_sudo(argv, env, timeout)
     ctx.log.note("$ " + shlex.join(argv))
-    capture = _Capture(ctx.log)
+    capture = Capture(ctx.log)
     # The certificate is the machine's, not the checkout's: no need for a workdir to exist yet.
     cwd = ctx.workdir if ctx.workdir.is_dir() else ctx.home
     outcome = await execute(argv, cwd=cwd, env=env, timeout=timeout, log=capture, group_file=ctx.group_file)

@@ -68,26 +68,62 @@ async def _git_output(ctx: RunContext, *args: str) -> str | None:
 
 async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
     """Clone if missing, fetch, and check out exactly the pushed commit (detached)."""
+    _check_target(ctx)
+    remote, credentials = await _origin(spec, ctx)
+    failed = await _clone_or_set_url(spec, ctx, remote, credentials)
+    if failed is None:
+        failed = await _fetch(spec, ctx, credentials)
+    if failed is not None:
+        return failed
+    outcome = await _git(ctx, spec, "checkout", "--force", "--detach", ctx.commit)
+    if not outcome.ok:
+        return outcome
+    if (spec.args or {}).get("clean"):
+        outcome = await _git(ctx, spec, "clean", "-ffdx")
+        if not outcome.ok:
+            return outcome
+    ctx.changed_files = await _changed_files(ctx)
+    if ctx.changed_files is None:
+        ctx.log.note("changed files: all (no previously deployed commit to compare with)")
+    else:
+        ctx.log.note(f"changed files since {ctx.previous_commit}: {len(ctx.changed_files)}")
+    return Outcome("succeeded", 0, f"checked out {ctx.commit}")
+
+
+def _check_target(ctx: RunContext) -> None:
+    """Refuse a ref or commit that git could read as something else, and a run with neither."""
     if ctx.ref is not None and not REF.match(ctx.ref):
         raise StepFailed(f"refusing ref {ctx.ref!r}: not a branch or tag ref")
     if ctx.commit is not None and not COMMIT.match(ctx.commit):
         raise StepFailed(f"refusing commit {ctx.commit!r}: not a full commit id")
     if ctx.ref is None and ctx.commit is None:
         raise StepFailed("nothing to check out: the run has neither a ref nor a commit")
+
+
+async def _origin(spec: StepSpec, ctx: RunContext) -> tuple[str | None, Credentials | None]:
+    """The remote to clone from or to set as origin (None: leave origin as it is), without its
+    credentials, and those credentials."""
     remote = _remote(spec, ctx)
-    workdir = ctx.workdir
-    if remote is None and (workdir / ".git").exists():
+    if remote is None and (ctx.workdir / ".git").exists():
         # No remote named (a run triggered by hand): origin's URL, if it holds credentials, for the
         # set-url below to take them out of .git/config.
         origin = (await _git_output(ctx, "remote", "get-url", "origin") or "").strip()
         if "@" in origin:
             remote = origin
-    credentials = None
-    if remote is not None:
-        try:
-            remote, credentials = split(remote)
-        except CredentialsError as exc:
-            raise StepFailed(str(exc)) from None
+    if remote is None:
+        return None, None
+    try:
+        return split(remote)
+    except CredentialsError as exc:
+        raise StepFailed(str(exc)) from None
+
+
+async def _clone_or_set_url(
+    spec: StepSpec, ctx: RunContext, remote: str | None, credentials: Credentials | None
+) -> Outcome | None:
+    """A checkout whose origin is ``remote``, cloned if there is none yet; the failed git's outcome, or
+    None."""
+    workdir = ctx.workdir
     if not (workdir / ".git").exists():
         if workdir.exists() and any(workdir.iterdir()):
             raise StepFailed(f"the workdir {workdir} exists, is not empty and is not a git checkout")
@@ -105,13 +141,17 @@ async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
             cwd=workdir.parent,
             credentials=credentials,
         )
-        if not outcome.ok:
-            return outcome
     elif remote is not None:
         # Also takes out of .git/config the credentials a URL put there before they were kept out of it.
         outcome = await _git(ctx, spec, "remote", "set-url", "origin", remote)
-        if not outcome.ok:
-            return outcome
+    else:
+        return None
+    return None if outcome.ok else outcome
+
+
+async def _fetch(spec: StepSpec, ctx: RunContext, credentials: Credentials | None) -> Outcome | None:
+    """Fetch the run's ref and settle its commit (the ref's, when the run names none); the failed git's
+    outcome, or None."""
     if ctx.ref is not None:
         outcome = await _git(
             ctx,
@@ -139,19 +179,7 @@ async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
         outcome = await _git(ctx, spec, "fetch", "--no-tags", "origin", ctx.commit, credentials=credentials)
         if not outcome.ok:
             raise StepFailed(f"commit {ctx.commit} is not on the remote")
-    outcome = await _git(ctx, spec, "checkout", "--force", "--detach", ctx.commit)
-    if not outcome.ok:
-        return outcome
-    if (spec.args or {}).get("clean"):
-        outcome = await _git(ctx, spec, "clean", "-ffdx")
-        if not outcome.ok:
-            return outcome
-    ctx.changed_files = await _changed_files(ctx)
-    if ctx.changed_files is None:
-        ctx.log.note("changed files: all (no previously deployed commit to compare with)")
-    else:
-        ctx.log.note(f"changed files since {ctx.previous_commit}: {len(ctx.changed_files)}")
-    return Outcome("succeeded", 0, f"checked out {ctx.commit}")
+    return None
 
 
 def _tracking(ref: str) -> str:

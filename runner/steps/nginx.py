@@ -24,7 +24,7 @@ from typing import Any
 
 from runner import sudo
 from runner.pipeline import StepSpec
-from runner.steps.base import Outcome, RunContext, RunLog, StepFailed, execute, step_timeout
+from runner.steps.base import Capture, Outcome, RunContext, StepFailed, execute, step_timeout
 from runner.templating import render
 
 PROG = "runner-nginx"
@@ -33,32 +33,9 @@ OUTCOME = f"{PROG}: "
 DIFF = "diff: "
 
 
-class _Capture(RunLog):
-    """The run's log, with the wrapper's diff lines as ``diff`` and its outcome line kept for the detail."""
-
-    def __init__(self, log: RunLog) -> None:  # no super().__init__: it writes through ``log``
-        self.path = log.path
-        self._inner = log
-        self.outcome: str | None = None
-        self.said: list[str] = []
-
-    def write(self, stream: str, data: bytes | str) -> None:
-        text = data if isinstance(data, str) else data.decode(errors="replace")
-        if stream != "out":
-            self._inner.write(stream, text)
-            if stream == "err":
-                self.said.extend(line for line in text.splitlines() if line.startswith(OUTCOME))
-            return
-        for line in text.splitlines():
-            if line.startswith(DIFF):
-                self._inner.write("diff", line.removeprefix(DIFF))
-                continue
-            self._inner.write("out", line)
-            if line.startswith(OUTCOME):
-                self.outcome = line.removeprefix(OUTCOME)
-
-    def close(self) -> None:
-        pass  # the run's log is closed by its owner
+def _outcome_line(lines: list[str]) -> str | None:
+    """The wrapper's last outcome line among ``lines``, without its prefix."""
+    return next((line.removeprefix(OUTCOME) for line in reversed(lines) if line.startswith(OUTCOME)), None)
 
 
 def _render_vars(value: Any, context: Mapping[str, Any]) -> Any:
@@ -99,11 +76,11 @@ async def nginx_step(spec: StepSpec, ctx: RunContext) -> Outcome:
     except sudo.SudoRefused as exc:
         raise StepFailed(str(exc)) from None
     ctx.log.note("$ " + shlex.join(argv))
-    capture = _Capture(ctx.log)
+    capture = Capture(ctx.log, relabel=(DIFF, "diff"))
     outcome = await execute(
         argv, cwd=ctx.home, env=env, timeout=timeout, log=capture, group_file=ctx.group_file
     )
-    said = capture.outcome
+    said = _outcome_line(capture.out)
     if outcome.status == "succeeded":
         if said is None or not said.startswith(("deployed: ", "unchanged: ")):
             return Outcome("failed", outcome.exit_code, f"{argv[0]} did not say what it did: is it {PROG}?")
@@ -111,6 +88,7 @@ async def nginx_step(spec: StepSpec, ctx: RunContext) -> Outcome:
     if outcome.status == "failed":
         if said is not None and said.startswith("failed: "):
             return Outcome("failed", outcome.exit_code, said.removeprefix("failed: "))
-        if capture.said:
-            return Outcome("failed", outcome.exit_code, capture.said[-1].removeprefix(OUTCOME))
+        told = _outcome_line(capture.err)
+        if told is not None:
+            return Outcome("failed", outcome.exit_code, told)
     return outcome

@@ -1,0 +1,90 @@
+"""Taking a queue's entries one at a time as they arrive, for the router and the lanes.
+
+A watch on a directory that was removed or replaced would never report an entry again: a consumer checks
+that its directory is still the one it watches, and says so (QueueGone) when it is not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from pathlib import Path
+
+from runner.queue import Queue, Reader
+
+# How often a waiting consumer checks that its queue directory is still the one it watches.
+DIRECTORY_CHECK = 2.0
+
+
+class QueueGone(Exception):
+    """The watched queue directory was removed or replaced: its watch would never report an entry again."""
+
+
+class Opened:
+    """Tells whether a directory was removed or replaced since this was made.
+
+    It keeps the directory open: a removed directory's inode then stays allocated, so a new directory made
+    at the same path cannot get its number and pass for it.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self._fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+
+    def replaced(self) -> bool:
+        try:
+            now = os.stat(self.directory)
+        except OSError:
+            return True
+        mine = os.fstat(self._fd)
+        return (now.st_dev, now.st_ino) != (mine.st_dev, mine.st_ino)
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+    def __enter__(self) -> Opened:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class Consumer:
+    """A queue's entries, taken as they are published; the caller tells its :attr:`reader` how each went."""
+
+    def __init__(self, queue: Queue) -> None:
+        self.opened = Opened(queue.directory)
+        try:
+            self.reader = Reader(queue)
+        except BaseException:
+            self.opened.close()
+            raise
+
+    async def take(self, stop: asyncio.Event) -> str | None:
+        """The next entry, once there is one; None once ``stop`` is set. Raises QueueGone."""
+        while not stop.is_set():
+            name = self.reader.take()
+            if name is not None:
+                return name
+            await self._wait(stop)
+        return None
+
+    async def _wait(self, stop: asyncio.Event) -> None:
+        """Wait until an entry is ready or ``stop`` is set; raise QueueGone if the directory is replaced."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.reader.wait(stop), timeout=DIRECTORY_CHECK)
+                return
+            if self.opened.replaced():
+                raise QueueGone(f"{self.reader.queue.directory} was removed or replaced")
+
+    def close(self) -> None:
+        self.reader.close()
+        self.opened.close()
+
+    def __enter__(self) -> Consumer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

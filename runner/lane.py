@@ -1,0 +1,337 @@
+"""A lane: one pipeline's consumer, which carries out its queue's entries one at a time, in order.
+
+So two runs of a pipeline never overlap, while the lanes of different pipelines run side by side. A run that
+succeeds removes its entry; one that fails moves it to ``failed/`` with the reason; one cut short by a stop
+leaves it for the next start. An unexpected exception in a step fails that run, not the lane.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import traceback
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from runner import steps
+from runner.config import Config
+from runner.consumer import Consumer, QueueGone
+from runner.credentials import mask
+from runner.entry import RunEntry
+from runner.errors import describe
+from runner.events import repository_name
+from runner.pipeline import Pipeline
+from runner.pipelines import PipelineSet, pipeline_files
+from runner.queue import Queue
+from runner.store import Store
+
+# The lanes are the worker's: their lines keep its name, which is what the journal is searched by.
+logger = logging.getLogger("runner.worker")
+
+# How often pipeline files are looked at for changes.
+RELOAD_INTERVAL = 1.0
+# How often an entry may make its lane fail (outside its steps) before it moves to failed/.
+ENTRY_CRASHES = 3
+
+
+def pipeline_file_exists(config: Config, name: str) -> bool:
+    """Whether a file defines pipeline ``name`` (valid or not); a pipeline's name is its file's stem."""
+    return any(path.stem == name for path in pipeline_files(config.pipelines_dir))
+
+
+class Lane:
+    def __init__(
+        self,
+        name: str,
+        pipelines: PipelineSet,
+        store: Store,
+        config: Config,
+        environ: Mapping[str, str],
+        crashes: dict[str, int] | None = None,
+    ) -> None:
+        self.name = name
+        self.pipelines = pipelines
+        self.store = store
+        self.config = config
+        self.environ = environ
+        self.last_known: Pipeline | None = pipelines.get(name)
+        # Entries that made this lane fail, kept by the worker across the lane's restarts.
+        self.crashes = crashes if crashes is not None else {}
+        self._waiting_said = False
+
+    async def run(self, stop: asyncio.Event) -> None:
+        # Opened here, not when the lane is made: a queue that cannot be opened fails this lane alone.
+        self.queue = Queue(self.config.queues_dir / self.name)
+        try:
+            await self._work(stop)
+        except QueueGone:
+            if not pipeline_file_exists(self.config, self.name):
+                logger.info("the queue of %s, which no longer exists, is gone: its lane ends", self.name)
+                return
+            raise
+        finally:
+            self.queue.close()
+
+    async def _work(self, stop: asyncio.Event) -> None:
+        # Left by a writer that crashed before publishing: no consumer will ever read them.
+        for temp in self.queue.remove_stale_temps():
+            logger.warning("removed %s/%s, a write that never completed", self.queue.directory, temp)
+        with Consumer(self.queue) as consumer:
+            reader = consumer.reader
+            while (name := await consumer.take(stop)) is not None:
+                try:
+                    result = await self.carry_out(name, stop)
+                except Exception as exc:
+                    # Outside any step (the database, the log's directory): the entry stays, and the lane
+                    # starts again, unless this entry did that too often.
+                    crashes = self.crashes[name] = self.crashes.get(name, 0) + 1
+                    if crashes < ENTRY_CRASHES:
+                        reader.release(name)
+                        raise
+                    del self.crashes[name]
+                    reason = f"the lane failed {crashes} times on this entry: {describe(exc)}"
+                    logger.exception("entry %s of %s moved to failed/: %s", name, self.name, reason)
+                    await asyncio.to_thread(self._fail_entry, name, reason)
+                    reader.forget(name)
+                    continue
+                self.crashes.pop(name, None)
+                if result == "succeeded":
+                    reader.done(name)
+                elif result == "failed":
+                    reader.forget(name)
+                else:
+                    reader.release(name)
+
+    def _fail_entry(self, name: str, reason: str, run_id: int | None = None) -> None:
+        """Move an entry that cannot be carried out to failed/, then fail the runs still queued for it.
+
+        In this order: a run is never recorded as failed while its entry can still be taken.
+        """
+        self.queue.fail(name, reason)
+        try:
+            failed = self.store.fail_runs_of_entry(self.name, name, reason)
+            if run_id is not None and self.store.end_run(run_id, "failed", reason):
+                failed.append(run_id)
+        except Exception:
+            # The next worker's start settles them (their entry is in failed/ by now).
+            logger.exception("could not record that the runs of entry %s of %s failed", name, self.name)
+            return
+        for failed_id in failed:
+            logger.error("run %d of %s failed: %s", failed_id, self.name, reason)
+
+    def _run_file(self, run_id: int, suffix: str) -> Path:
+        """A run's log (``.log``), or the process group of its running step (``.pgid``)."""
+        return self.config.logs_dir / self.name / f"{run_id}{suffix}"
+
+    async def _pipeline(self, name: str, stop: asyncio.Event) -> Pipeline | None:
+        """The pipeline to carry out ``name`` with; None if its file is gone (or a stop came first)."""
+        while not stop.is_set():
+            pipeline = self.pipelines.get(self.name)
+            if pipeline is not None:
+                self.last_known, self._waiting_said = pipeline, False
+                return pipeline
+            if not pipeline_file_exists(self.config, self.name):
+                return None
+            # Its file is there but invalid: the last valid version this process saw stays in force.
+            if self.last_known is not None:
+                return self.last_known
+            if not self._waiting_said:
+                # Said once: the file's problems are in the log already, each time it changes.
+                logger.error("pipeline %s has no valid definition: entry %s waits for one", self.name, name)
+                self._waiting_said = True
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=RELOAD_INTERVAL)
+        return None
+
+    async def carry_out(self, name: str, stop: asyncio.Event) -> str:
+        """Run the pipeline for one entry; returns succeeded, failed or cancelled."""
+        try:
+            entry = RunEntry.read(self.queue.read(name))
+        except (OSError, ValueError) as exc:
+            await asyncio.to_thread(self._fail_entry, name, f"unreadable entry: {exc}")
+            return "failed"
+        pipeline = await self._pipeline(name, stop)
+        if pipeline is None:
+            return await self._without_pipeline(name, entry, stop)
+        run_id, interrupted = await asyncio.to_thread(
+            self.store.claim_run,
+            pipeline.name,
+            name,
+            entry.run_id,
+            trigger=entry.trigger,
+            delivery_id=entry.delivery,
+            ref=entry.ref,
+            commit=entry.commit,
+        )
+        try:
+            await self._stop_leftovers(interrupted)
+            return await self._carry_out_run(name, entry, pipeline, run_id, interrupted, stop)
+        except Exception as exc:
+            # Not a step's doing (those fail their step): the run fails, the lane goes on.
+            reason = f"the run could not go on: {describe(exc)}"
+            logger.exception("run %d of %s failed: %s", run_id, self.name, reason)
+            await asyncio.to_thread(self.store.finish_run, run_id, "failed", reason)
+            self.queue.fail(name, f"run {run_id} failed: {reason}")
+            return "failed"
+
+    async def _without_pipeline(self, name: str, entry: RunEntry, stop: asyncio.Event) -> str:
+        """What becomes of an entry whose pipeline is gone: cancelled by a stop, else failed."""
+        if stop.is_set():
+            return "cancelled"
+        # A rename is a delete and a new pipeline: what waited for the old name is not carried out.
+        reason = f"pipeline {self.name} no longer exists (no file in {self.config.pipelines_dir})"
+        await asyncio.to_thread(self._fail_entry, name, reason, entry.run_id)
+        logger.error("entry %s of %s moved to failed/: %s", name, self.name, reason)
+        return "failed"
+
+    async def _stop_leftovers(self, interrupted: list[int]) -> None:
+        for old in interrupted:
+            logger.warning("run %d of %s was cut short by the worker's end; running it again", old, self.name)
+            # Its step ran in a session of its own and may have outlived the worker: it must not run
+            # beside the new run.
+            stopped = await asyncio.to_thread(steps.stop_leftovers, self._run_file(old, ".pgid"), old)
+            if stopped:
+                logger.warning("stopped processes %s left running by run %d", stopped, old)
+
+    async def _carry_out_run(
+        self,
+        name: str,
+        entry: RunEntry,
+        pipeline: Pipeline,
+        run_id: int,
+        interrupted: list[int],
+        stop: asyncio.Event,
+    ) -> str:
+        log_path = self._run_file(run_id, ".log")
+        log = steps.RunLog(log_path)
+        try:
+            ctx = await self._context(entry, pipeline, run_id, log, log_path)
+            what = f"{entry.trigger} {entry.ref or ''} {entry.commit or ''}"
+            log.note(f"run {run_id} of pipeline {pipeline.name}: {what}".rstrip())
+            for interrupted_id in interrupted:
+                log.note(f"run {interrupted_id} for the same entry was interrupted; this run does it again")
+            status, reason = await self._run_steps(pipeline, ctx, stop)
+        except Exception as exc:
+            log.note(f"the run could not go on: {describe(exc)}")
+            raise
+        finally:
+            log.note("run finished")
+            log.close()
+        await asyncio.to_thread(self.store.finish_run, run_id, status, reason)
+        # A failed step is the pipeline's outcome, not runner's fault: a warning. What runner could not do
+        # (a lane's crash, a run that could not go on) is an error.
+        logger.log(
+            logging.WARNING if status == "failed" else logging.INFO,
+            "run %d of %s: %s%s",
+            run_id,
+            pipeline.name,
+            status,
+            f" ({reason})" if reason else "",
+        )
+        if status == "failed":
+            self.queue.fail(name, f"run {run_id} failed: {reason}\nlog: {log_path}")
+        return status
+
+    async def _context(
+        self, entry: RunEntry, pipeline: Pipeline, run_id: int, log: steps.RunLog, log_path: Path
+    ) -> steps.RunContext:
+        """What the run's steps share, once the run records its log, ref and commit."""
+        previous = await asyncio.to_thread(self.store.last_deployed_commit, pipeline.name)
+        await asyncio.to_thread(
+            self.store.set_run, run_id, log_path=str(log_path), ref=entry.ref, commit=entry.commit
+        )
+
+        async def on_commit(resolved: str) -> None:
+            await asyncio.to_thread(self.store.set_run, run_id, commit=resolved)
+
+        return steps.RunContext(
+            run_id=run_id,
+            pipeline=pipeline,
+            config=self.config,
+            log=log,
+            trigger=entry.trigger,
+            ref=entry.ref,
+            commit=entry.commit,
+            repository=repository_name(entry.payload) or pipeline.trigger.repository,
+            delivery=entry.delivery,
+            event_name=entry.event,
+            event=entry.payload,
+            previous_commit=previous,
+            deadline=time.monotonic() + pipeline.timeout,
+            base_env=steps.step_environment(self.environ, self.config.tool_path),
+            on_commit=on_commit,
+            group_file=self._run_file(run_id, ".pgid"),
+        )
+
+    async def _run_steps(
+        self, pipeline: Pipeline, ctx: steps.RunContext, stop: asyncio.Event
+    ) -> tuple[str, str | None]:
+        for position, spec in enumerate(pipeline.steps, start=1):
+            # What runner records and logs of a step (its name may be its command, its detail the reason
+            # it failed) never holds a URL's credentials.
+            name = mask(spec.name)
+            if stop.is_set():
+                return "cancelled", f"the worker stopped before step {position} ({name})"
+            if ctx.remaining() <= 0:
+                return (
+                    "failed",
+                    f"the run's time limit ({pipeline.timeout:.0f} s) was reached before step {position}",
+                )
+            ctx.log.note(f"step {position} ({name}) starts")
+            started = steps.now()
+            outcome = await self._run_step(spec, ctx, stop)
+            finished = steps.now()
+            if outcome.detail:
+                outcome.detail = mask(outcome.detail)
+            ctx.log.note(
+                f"step {position} ({name}) {outcome.status}"
+                + (f": {outcome.detail}" if outcome.detail else "")
+            )
+            await asyncio.to_thread(
+                self.store.record_step,
+                ctx.run_id,
+                position,
+                name,
+                outcome.status,
+                exit_code=outcome.exit_code,
+                detail=outcome.detail,
+                started_at=started,
+                finished_at=finished,
+            )
+            if outcome.status == "cancelled":
+                return "cancelled", f"the worker stopped during step {position} ({name})"
+            if not outcome.ok:
+                what = "timed out" if outcome.status == "timed_out" else "failed"
+                return "failed", f"step {position} ({name}) {what}: {outcome.detail}"
+        return "succeeded", None
+
+    async def _run_step(self, spec: Any, ctx: steps.RunContext, stop: asyncio.Event) -> steps.Outcome:
+        """Run a step; once a stop is asked for, it gets the grace period, then it is cancelled.
+
+        An exception the step did not expect (an OSError from a directory it cannot make, a bug) fails
+        the step with its message; the traceback goes to the run's log.
+        """
+        task = asyncio.ensure_future(steps.run(spec, ctx))
+        stopping = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done():
+                ctx.log.note(f"stop asked for: the step has {self.config.stop_grace:.0f} s to finish")
+                done, _ = await asyncio.wait({task}, timeout=self.config.stop_grace)
+                if not done:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+                    return steps.Outcome("cancelled", None, "killed: the worker stopped")
+            error = task.exception()
+            if error is None:
+                return task.result()
+            if not isinstance(error, Exception):
+                raise error
+            ctx.log.note("".join(traceback.format_exception(error)).rstrip())
+            return steps.Outcome("failed", None, f"{type(error).__name__}: {error}")
+        finally:
+            stopping.cancel()
