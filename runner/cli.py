@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from runner import config as config_module
 from runner import reports, server, shipped
@@ -18,6 +19,8 @@ from runner.server import ServeError
 from runner.timefmt import LogFormatter
 
 if TYPE_CHECKING:
+    from runner.store import Store
+
     Handler = Callable[[Config, argparse.Namespace], None]
 
 
@@ -25,7 +28,7 @@ class CommandError(Exception):
     """Ends the command with this message and exit status 1."""
 
 
-def _open_store(config: Config, migrate_default: bool) -> Any:
+def _open_store(config: Config, migrate_default: bool = False) -> Store:
     from runner.schema import SchemaError
     from runner.store import Store
 
@@ -67,11 +70,8 @@ def cmd_up(config: Config, _args: argparse.Namespace) -> None:
 def cmd_work(config: Config, _args: argparse.Namespace) -> None:
     lock = server.worker_lock(config, "work")
     try:
-        store = _open_store(config, migrate_default=False)
-        try:
+        with contextlib.closing(_open_store(config)) as store:
             server.run_async(server.new_worker(config, store).run)
-        finally:
-            store.close()
     finally:
         lock.release()
 
@@ -95,35 +95,26 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_deliveries(config: Config, args: argparse.Namespace) -> None:
-    store = _open_store(config, migrate_default=False)
-    try:
+    with contextlib.closing(_open_store(config)) as store:
         deliveries = store.deliveries(limit=args.limit)
-    finally:
-        store.close()
     with reports.listing():
         reports.print_deliveries(deliveries, args.json)
 
 
 def cmd_runs(config: Config, args: argparse.Namespace) -> None:
-    store = _open_store(config, migrate_default=False)
-    try:
+    with contextlib.closing(_open_store(config)) as store:
         runs = store.runs(args.pipeline, limit=args.limit)
         steps = {run.id: store.steps(run.id) for run in runs} if args.json else {}
-    finally:
-        store.close()
     with reports.listing():
         reports.print_runs(runs, steps, args.json)
 
 
 def cmd_logs(config: Config, args: argparse.Namespace) -> None:
-    store = _open_store(config, migrate_default=False)
-    try:
+    with contextlib.closing(_open_store(config)) as store:
         run = store.run(args.run)
         if run is None:
             raise CommandError(f"there is no run {args.run}: `runner runs` lists them")
         reports.print_log(store, run, config, args.follow)
-    finally:
-        store.close()
 
 
 def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
@@ -131,11 +122,8 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
 
     try:
         request = RunRequest.checked(config, args.pipeline, args.ref, args.commit)
-        store = _open_store(config, migrate_default=False)
-        try:
+        with contextlib.closing(_open_store(config)) as store:
             entry = request.queue(config, store)
-        finally:
-            store.close()
     except TriggerError as exc:
         raise CommandError(str(exc)) from None
     what = " ".join(x for x in (entry.ref, entry.commit) if x)
@@ -199,11 +187,8 @@ def cmd_db(config: Config, args: argparse.Namespace) -> None:
 def cmd_prune(config: Config, args: argparse.Namespace) -> None:
     from runner import retention
 
-    store = _open_store(config, migrate_default=False)
-    try:
+    with contextlib.closing(_open_store(config)) as store:
         done = retention.prune(config, store, dry_run=args.dry_run)
-    finally:
-        store.close()
     reports.print_pruned(done, args.dry_run)
 
 
@@ -219,11 +204,8 @@ def cmd_failed(config: Config, args: argparse.Namespace) -> None:
                 failed.drop(entry)
                 print(f"dropped {entry.key}")
             else:
-                store = _open_store(config, migrate_default=False)
-                try:
+                with contextlib.closing(_open_store(config)) as store:
                     print(failed.retry(entry, config.queues_dir, store))
-                finally:
-                    store.close()
             return
     except failed.FailedError as exc:
         raise CommandError(str(exc)) from None
