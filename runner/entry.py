@@ -1,8 +1,10 @@
 """A queue entry: the keys a delivery entry and a manual entry hold, written and read in this one place.
 
 A delivery entry is what the webhook endpoint writes to the main queue: the event, the delivery id, the hook
-id, when it was received, and the payload, last, exactly as GitHub sent it. The router forwards it to the
-queue of each pipeline it matches with two keys more, the main queue's entry and the run it is for. A manual
+id, when it was received, and the payload, last, exactly as GitHub sent it. The catch-up writes the same
+into the recovered queue for a delivery it fetched from GitHub's record, with ``recovered: true``. The router
+forwards it to the queue of each pipeline it matches with two keys more, the main queue's entry and the run
+it is for. A manual
 entry is what ``runner trigger`` puts into a pipeline's queue: the run, its ref and commit, who asked, when.
 """
 
@@ -26,13 +28,26 @@ class BadEntry(ValueError):
     """An entry that is not what its queue holds: not a JSON object, or a key missing or malformed."""
 
 
-def _envelope(event: str, delivery: str, hook_id: str | None, received_at: datetime) -> dict[str, Any]:
-    return {"event": event, "delivery": delivery, "hook_id": hook_id, "received_at": received_at.isoformat()}
+def _envelope(
+    event: str, delivery: str, hook_id: str | None, received_at: datetime, recovered: bool
+) -> dict[str, Any]:
+    envelope = {
+        "event": event,
+        "delivery": delivery,
+        "hook_id": hook_id,
+        "received_at": received_at.isoformat(),
+    }
+    # Said only by the catch-up's entries: a received delivery's entry has no such key.
+    if recovered:
+        envelope["recovered"] = True
+    return envelope
 
 
-def delivery_head(event: str, delivery: str, hook_id: str | None, received_at: datetime) -> bytes:
+def delivery_head(
+    event: str, delivery: str, hook_id: str | None, received_at: datetime, *, recovered: bool = False
+) -> bytes:
     """An entry's text up to its payload's, which is last so that it can follow as the body arrives."""
-    head = json.dumps(_envelope(event, delivery, hook_id, received_at), separators=(",", ":"))
+    head = json.dumps(_envelope(event, delivery, hook_id, received_at, recovered), separators=(",", ":"))
     return head[:-1].encode() + b',"payload":'
 
 
@@ -59,6 +74,8 @@ class Delivery:
     hook_id: str | None
     received_at: datetime
     payload: dict[str, Any]
+    # Fetched from GitHub's record by the catch-up, not received.
+    recovered: bool = False
 
     @classmethod
     def read(cls, data: Any) -> Delivery:
@@ -77,11 +94,12 @@ class Delivery:
             hook_id if isinstance(hook_id, str) else None,
             _received_at(data.get("received_at")),
             data["payload"],
+            data.get("recovered") is True,
         )
 
     def forwarded(self, main_entry: str, run_id: int) -> dict[str, Any]:
         """The entry for a pipeline's queue: this one, with the main queue's entry and the run it is for."""
-        envelope = _envelope(self.event, self.delivery, self.hook_id, self.received_at)
+        envelope = _envelope(self.event, self.delivery, self.hook_id, self.received_at, self.recovered)
         return {**envelope, "payload": self.payload, "main_entry": main_entry, "run_id": run_id}
 
 

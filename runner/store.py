@@ -88,6 +88,7 @@ class Store:
         detail: str | None = None,
         repository: str | None = None,
         ref: str | None = None,
+        recovered: bool = False,
     ) -> bool:
         """Record a delivery; False if its id was recorded before.
 
@@ -105,6 +106,7 @@ class Store:
             "detail": detail,
             "repository": repository,
             "ref": ref,
+            "recovered": recovered,
         }
         try:
             with self.engine.begin() as connection:
@@ -123,15 +125,24 @@ class Store:
         entry: str,
         repository: str | None,
         ref: str | None,
+        recovered: bool = False,
     ) -> str:
-        """Record a delivery the router is about to route. Returns what it is:
+        """Record a delivery the router is about to route (``recovered``: fetched by the catch-up). Returns
+        what it is:
 
         ``new``; ``resume`` (this very entry was recorded before a crash and not yet routed); ``routed``
         (this entry was routed before a crash, only its removal is left); or ``duplicate`` (GitHub delivered
         the id before, as another entry: counted on the first delivery's record, routed nowhere).
         """
         if self.record_delivery(
-            delivery_id, event, received_at, hook_id=hook_id, entry=entry, repository=repository, ref=ref
+            delivery_id,
+            event,
+            received_at,
+            hook_id=hook_id,
+            entry=entry,
+            repository=repository,
+            ref=ref,
+            recovered=recovered,
         ):
             return "new"
         with self.engine.begin() as connection:
