@@ -26,7 +26,9 @@ NGINX_TEMPLATES = "templates/nginx"
 
 def name_problem(name: str) -> str | None:
     if name in RESERVED_NAMES:
-        return f"'{name}' cannot be a pipeline's name: queues/{name}/ is the main queue; rename the file"
+        return (
+            f"'{name}' cannot be a pipeline's name: queues/{name}/ is {RESERVED_NAMES[name]}; rename the file"
+        )
     if not NAME.match(name):
         return (
             f"'{name}' is not a valid pipeline name (the file's name without .yaml, which also names its "

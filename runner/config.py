@@ -136,6 +136,11 @@ class Config:
     def main_queue_dir(self) -> Path:
         return self.queues_dir / "main"
 
+    @property
+    def recovered_queue_dir(self) -> Path:
+        """The deliveries the catch-up fetched from GitHub's record, written by the deploy user."""
+        return self.queues_dir / "recovered"
+
     def web_uid(self) -> int | None:
         """The user id of RUNNER_WEB_USER, or None when it is not set."""
         if self.web_user is None:

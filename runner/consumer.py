@@ -1,4 +1,4 @@
-"""Taking a queue's entries one at a time as they arrive, for the router and the lanes.
+"""Taking a queue's entries one at a time as they arrive, for the router (of two queues) and the lanes.
 
 A watch on a directory that was removed or replaced would never report an entry again: a consumer checks
 that its directory is still the one it watches, and says so (QueueGone) when it is not.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 from runner.queue import Queue, Reader
@@ -88,3 +89,25 @@ class Consumer:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+async def take_first(consumers: Sequence[Consumer], stop: asyncio.Event) -> tuple[Consumer, str] | None:
+    """The next entry of any of ``consumers``, the first one's before the others', once there is one, with
+    its consumer; None once ``stop`` is set. Raises QueueGone."""
+    while not stop.is_set():
+        for consumer in consumers:
+            name = consumer.reader.take()
+            if name is not None:
+                return consumer, name
+        waits = [asyncio.ensure_future(consumer._wait(stop)) for consumer in consumers]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+            # Awaited to their end: a wait still unwinding would remove the reader of the next one.
+            outcomes = await asyncio.gather(*waits, return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, Exception):
+                raise outcome
+    return None

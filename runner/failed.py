@@ -23,7 +23,8 @@ from runner.queue import FAILED_DIR, LOCK_FILE, Queue, is_entry_name
 from runner.store import Store
 
 MAIN = "main"
-# "main" and every pipeline's name: the only directories of queues/ that hold queues.
+RECOVERED = "recovered"
+# "main", "recovered" and every pipeline's name: the only directories of queues/ that hold queues.
 QUEUE_NAME = re.compile(r"[a-z0-9][a-z0-9-]*")
 REASON_SUFFIX = ".reason"
 # A reason is a few lines; more is not read.
@@ -195,19 +196,21 @@ def _user(uid: int) -> str:
 
 def retry(entry: FailedEntry, queues_dir: Path, store: Store) -> str:
     """Put ``entry`` back at the end of its queue; returns what was done, for a person to read."""
-    if entry.queue == MAIN:
-        return _retry_main(entry, queues_dir / MAIN, store)
+    if entry.queue in (MAIN, RECOVERED):
+        return _retry_main(entry, queues_dir / entry.queue, store)
     return _retry_pipeline(entry, queues_dir / entry.queue, store)
 
 
 def _retry_main(entry: FailedEntry, directory: Path, store: Store) -> str:
     """Moved back as it is, under a new name: the same bytes and the same owner, so the router takes it as
-    written by the webhook endpoint, or refuses it as before if it was not."""
+    written by the webhook endpoint, or refuses it as before if it was not. So is a recovered queue's entry,
+    which the catch-up wrote as the owner of its queue."""
     owner = os.stat(directory).st_uid
     writer = os.lstat(entry.path).st_uid
     if writer != owner:
+        who = "the webhook endpoint" if entry.queue == MAIN else "the catch-up"
         raise FailedError(
-            f"{entry.key} was not written by the webhook endpoint ({_user(owner)}) but by {_user(writer)}: "
+            f"{entry.key} was not written by {who} ({_user(owner)}) but by {_user(writer)}: "
             f"the router would refuse it again; `runner failed drop {entry.key}` removes it"
         )
     if not (directory / LOCK_FILE).exists() and os.geteuid() != owner:
@@ -231,7 +234,8 @@ def _retry_main(entry: FailedEntry, directory: Path, store: Store) -> str:
         queue.close()
     entry.reason_path.unlink(missing_ok=True)
     fsync_directory(entry.path.parent)
-    return f"{entry.key} is back in queues/{MAIN} as {name}" + (f" (delivery {delivery})" if delivery else "")
+    back = f"{entry.key} is back in queues/{entry.queue} as {name}"
+    return back + (f" (delivery {delivery})" if delivery else "")
 
 
 def _retry_pipeline(entry: FailedEntry, directory: Path, store: Store) -> str:

@@ -21,8 +21,8 @@ STEP_TYPES: dict[str, str] = {
     "systemctl": "reload or restart a unit through sudo, exactly as the sudoers file allows",
 }
 NAME = re.compile(r"^[a-z0-9][a-z0-9-]*$")
-# queues/main/ is the main queue; a pipeline's queue is queues/<name>/.
-RESERVED_NAMES = frozenset({"main"})
+# A pipeline's queue is queues/<name>/: these names are other queues', with what each is.
+RESERVED_NAMES = {"main": "the main queue", "recovered": "the queue of the deliveries the catch-up recovers"}
 SUPPORTED_EVENTS = ("push",)
 DEFAULT_EVENTS = ("push",)
 DEFAULT_TIMEOUT = 3600.0

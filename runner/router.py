@@ -1,6 +1,8 @@
 """The main queue's worker: record each delivery, match it against the pipelines, forward it, or void it.
 
-An entry leaves the main queue only after its delivery's outcome is recorded. A crash in between is
+It also takes the recovered queue's entries, the deliveries the catch-up fetched from GitHub's record
+(runner/catchup.py), alike; a delivery id recorded before, received or recovered, is a duplicate.
+An entry leaves its queue only after its delivery's outcome is recorded. A crash in between is
 resumed from the delivery's record: an entry recorded but not routed is routed again, and finds the runs it
 made before (at most one per pipeline); an entry routed but not yet removed is just removed. An entry that
 cannot be routed is tried a few times, then moved to ``failed/`` with the reason, so that the entries
@@ -12,9 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from pathlib import Path
 
-from runner.consumer import Consumer, Opened
+from runner.consumer import Consumer, Opened, take_first
 from runner.entry import BadEntry, Delivery, find_run_entry
 from runner.errors import describe, lasting
 from runner.events import pushed_commit, repository_name
@@ -42,10 +45,14 @@ class Router:
         pipelines: PipelineSet,
         store: Store,
         writer: int | None = None,
+        recovered: Queue | None = None,
     ) -> None:
         self.main = main
         # The user id whose entries are deliveries (the web user); None: the main queue directory's owner.
         self.writer = writer
+        # The catch-up's queue; its entries are deliveries when this process's user (the deploy user, who
+        # runs the catch-up) wrote them: the web user cannot make one pass as fetched from GitHub.
+        self.recovered = recovered
         self.queues_dir = queues_dir
         self.pipelines = pipelines
         self.store = store
@@ -72,20 +79,21 @@ class Router:
             opened.close()
         self._queues.clear()
 
-    def route(self, name: str) -> tuple[str, str | None]:
-        """Route the main queue's entry ``name``; returns the outcome recorded and why.
+    def route(self, queue: Queue, name: str) -> tuple[str, str | None]:
+        """Route the entry ``name`` of ``queue`` (the main or the recovered queue); returns the outcome
+        recorded and why.
 
         The entry is removed when done; an entry that is not a delivery moves to ``failed/``. Any other
-        error is raised, with the entry still in the main queue.
+        error is raised, with the entry still in its queue.
         """
         try:
-            entry = self._read(name)
+            entry = self._read(queue, name)
         except BadEntry as exc:
-            self.main.fail(name, str(exc))
-            logger.error("main queue entry %s moved to failed/: %s", name, exc)
+            queue.fail(name, str(exc))
+            logger.error("%s queue entry %s moved to failed/: %s", queue.name, name, exc)
             return "failed", str(exc)
         outcome, detail = self._route(name, entry)
-        self.main.remove(name)
+        queue.remove(name)
         logger.info(
             "delivery %s (%s): %s%s",
             entry.delivery,
@@ -95,14 +103,22 @@ class Router:
         )
         return outcome, detail
 
-    def _read(self, name: str) -> Delivery:
+    def _read(self, queue: Queue, name: str) -> Delivery:
+        recovered = queue is self.recovered
         try:
-            # Only the webhook endpoint's user writes verified deliveries; the deploy user may remove entries
-            # there (and so create files), never make one pass as verified. Named by configuration, not by the
-            # directory's owner: the deploy user owns RUNNER_HOME and could put a directory of its own there.
-            writer = self.writer if self.writer is not None else self.main.owner()
-            data = self.main.read(name, owner=writer)
+            if recovered:
+                # The catch-up runs as the deploy user, as this process does.
+                writer = os.geteuid()
+            else:
+                # Only the webhook endpoint's user writes verified deliveries; the deploy user may remove
+                # entries there (and so create files), never make one pass as verified. Named by
+                # configuration, not by the directory's owner: the deploy user owns RUNNER_HOME and could
+                # put a directory of its own there.
+                writer = self.writer if self.writer is not None else self.main.owner()
+            data = queue.read(name, owner=writer)
         except ForeignEntry as exc:
+            if recovered:
+                raise BadEntry(f"not written by runner's catch-up: {exc} (this worker's user)") from None
             whose = "the web user's" if self.writer is not None else f"the owner of {self.main.directory}"
             raise BadEntry(f"not written by the webhook endpoint: {exc} ({whose})") from None
         except (OSError, ValueError) as exc:
@@ -121,6 +137,7 @@ class Router:
             entry=name,
             repository=repository,
             ref=ref,
+            recovered=entry.recovered,
         )
         if state == "duplicate":
             return "duplicate", "delivered before: not routed again"
@@ -183,39 +200,43 @@ class Router:
             return recorded
         return find_run_entry(queue, run_id)
 
-    def after_failure(self, name: str, exc: Exception) -> float | None:
+    def after_failure(self, queue: Queue, name: str, exc: Exception) -> float | None:
         """Deal with a routing that raised: the seconds to wait before the entry is tried again, or None
         when it was moved to ``failed/`` (after ROUTE_TRIES tries, at once if trying again cannot help)."""
         if not lasting(exc) and not self._database_answers():
             self._outages += 1
             delay = min(2.0**self._outages, OUTAGE_MAX_DELAY)
             logger.error(
-                "routing %s failed and the database does not answer (%s): it stays in the main queue, "
+                "routing %s failed and the database does not answer (%s): it stays in the %s queue, "
                 "tried again in %.0f s",
                 name,
                 describe(exc),
+                queue.name,
                 delay,
             )
             return delay
         self._outages = 0
-        tries = self._tries[name] = self._tries.get(name, 0) + 1
+        key = queue.path(name)
+        tries = self._tries[key] = self._tries.get(key, 0) + 1
         if not lasting(exc) and tries < ROUTE_TRIES:
             delay = RETRY_DELAYS[min(tries, len(RETRY_DELAYS)) - 1]
             logger.error(
-                "routing %s failed (try %d of %d), it stays in the main queue, tried again in %.0f s",
+                "routing %s failed (try %d of %d), it stays in the %s queue, tried again in %.0f s",
                 name,
                 tries,
                 ROUTE_TRIES,
+                queue.name,
                 delay,
                 exc_info=exc,
             )
             return delay
-        del self._tries[name]
-        self.give_up(name, f"routing failed after {tries} tr{'y' if tries == 1 else 'ies'}: {describe(exc)}")
+        del self._tries[key]
+        reason = f"routing failed after {tries} tr{'y' if tries == 1 else 'ies'}: {describe(exc)}"
+        self.give_up(queue, name, reason)
         return None
 
-    def routed(self, name: str) -> None:
-        self._tries.pop(name, None)
+    def routed(self, queue: Queue, name: str) -> None:
+        self._tries.pop(queue.path(name), None)
         self._outages = 0
 
     def _database_answers(self) -> bool:
@@ -225,10 +246,10 @@ class Router:
             return False
         return True
 
-    def give_up(self, name: str, reason: str) -> None:
+    def give_up(self, queue: Queue, name: str, reason: str) -> None:
         """Move the entry to ``failed/`` with ``reason``; its delivery and its runs not forwarded say so."""
         try:
-            entry = self._read(name)
+            entry = self._read(queue, name)
         except BadEntry:
             entry = None
         if entry is not None:
@@ -240,38 +261,50 @@ class Router:
             except Exception:
                 logger.exception("could not record that delivery %s failed to route", delivery)
         try:
-            self.main.fail(name, reason)
+            queue.fail(name, reason)
         except OSError as exc:
             logger.error(
-                "main queue entry %s failed to route (%s) and cannot be moved to failed/: %s; "
+                "%s queue entry %s failed to route (%s) and cannot be moved to failed/: %s; "
                 "it is tried again when the worker starts again",
+                queue.name,
                 name,
                 reason,
                 exc,
             )
             return
-        logger.error("main queue entry %s moved to failed/: %s", name, reason)
+        logger.error("%s queue entry %s moved to failed/: %s", queue.name, name, reason)
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Route entries as they arrive until ``stop`` is set; the entry at hand is finished first."""
-        # Left by a writer that crashed before publishing: no consumer will ever read them.
-        for temp in self.main.remove_stale_temps():
-            logger.warning("removed %s/%s, a write that never completed", self.main.directory, temp)
+        """Route entries as they arrive until ``stop`` is set; the entry at hand is finished first.
+
+        One entry at a time, the main queue's first, then the recovered queue's: routing one is this
+        router's work, whichever queue it comes from.
+        """
+        queues = [self.main] if self.recovered is None else [self.main, self.recovered]
+        for queue in queues:
+            # Left by a writer that crashed before publishing: no consumer will ever read them.
+            for temp in queue.remove_stale_temps():
+                logger.warning("removed %s/%s, a write that never completed", queue.directory, temp)
         try:
-            with Consumer(self.main) as consumer:
-                while (name := await consumer.take(stop)) is not None:
-                    try:
-                        await asyncio.to_thread(self.route, name)
-                    except Exception as exc:
-                        delay = await asyncio.to_thread(self.after_failure, name, exc)
-                        if delay is None:
-                            consumer.reader.forget(name)
-                            continue
-                        with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(stop.wait(), timeout=delay)
-                        consumer.reader.release(name)
-                    else:
-                        self.routed(name)
-                        consumer.reader.forget(name)
+            with contextlib.ExitStack() as consumers:
+                taking = [consumers.enter_context(Consumer(queue)) for queue in queues]
+                while (taken := await take_first(taking, stop)) is not None:
+                    await self._take(*taken, stop)
         finally:
             self.close()
+
+    async def _take(self, consumer: Consumer, name: str, stop: asyncio.Event) -> None:
+        queue = consumer.reader.queue
+        try:
+            await asyncio.to_thread(self.route, queue, name)
+        except Exception as exc:
+            delay = await asyncio.to_thread(self.after_failure, queue, name, exc)
+            if delay is None:
+                consumer.reader.forget(name)
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=delay)
+            consumer.reader.release(name)
+        else:
+            self.routed(queue, name)
+            consumer.reader.forget(name)

@@ -19,6 +19,7 @@ from runner import retention
 from runner.config import Config
 from runner.entry import find_run_entry
 from runner.lane import RELOAD_INTERVAL, Lane
+from runner.pipeline import RESERVED_NAMES
 from runner.pipelines import PipelineSet
 from runner.queue import FAILED_DIR, Queue, is_entry_name
 from runner.router import Router
@@ -129,6 +130,7 @@ class Worker:
             self.pipelines,
             self.store,
             writer=self.writer,
+            recovered=Queue(self.config.recovered_queue_dir),
         )
         await self.router.run(stop)
 
@@ -154,7 +156,7 @@ class Worker:
             names |= {
                 d.name
                 for d in self.config.queues_dir.iterdir()
-                if d.is_dir() and d.name != "main" and not d.name.startswith(".")
+                if d.is_dir() and d.name not in RESERVED_NAMES and not d.name.startswith(".")
             }
         for name, task in list(self._tasks.items()):
             if task.done():
