@@ -59,6 +59,7 @@ def print_deliveries(deliveries: list[Delivery], as_json: bool) -> None:
                         "outcome": d.outcome,
                         "detail": d.detail,
                         "duplicates": d.duplicates,
+                        "recovered": d.recovered,
                     }
                     for d in deliveries
                 ],
@@ -73,7 +74,9 @@ def print_deliveries(deliveries: list[Delivery], as_json: bool) -> None:
             d.event,
             d.repository or "-",
             d.ref or "-",
-            d.outcome + (f" (+{d.duplicates} dup)" if d.duplicates else ""),
+            d.outcome
+            + (" (recovered)" if d.recovered else "")
+            + (f" (+{d.duplicates} dup)" if d.duplicates else ""),
             d.detail or "",
         ]
         for d in deliveries
