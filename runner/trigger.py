@@ -96,8 +96,9 @@ class RunRequest:
             raise TriggerError(f"--ref {ref!r} is not a branch or a refs/tags/ ref")
         return cls(found.name, full_ref, full_commit)
 
-    def queue(self, config: Config, store: Store) -> Manual:
-        """Queue the run with its entry; returns the entry. Raises TriggerError."""
+    def queue(self, config: Config, store: Store, reason: str | None = None) -> Manual:
+        """Queue the run with its entry; returns the entry. ``reason``: why the run was queued, recorded on
+        it (the catch-up says so). Raises TriggerError."""
         ref = self.ref
         if ref is None and self.commit is None:
             # A redeploy: the ref of the pipeline's last run.
@@ -108,6 +109,9 @@ class RunRequest:
                 )
             ref = last[0].ref
         run_id = store.create_run(self.pipeline, trigger="manual", ref=ref, commit=self.commit)
+        if reason is not None:
+            # Before its entry exists: no lane can have taken the run, and given it its own reason, yet.
+            store.set_run(run_id, reason=reason)
         entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), getpass.getuser())
         directory = config.queues_dir / self.pipeline
         try:
