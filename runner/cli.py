@@ -131,6 +131,19 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
     print(f"follow it with: runner logs {entry.run_id}", file=sys.stderr)
 
 
+def cmd_catch_up(config: Config, args: argparse.Namespace) -> None:
+    from runner.catchup import CatchUpError, command_pass
+
+    since = config_module.duration(args.since, "--since")
+    say = (lambda _finding: None) if args.json else reports.print_finding
+    try:
+        with contextlib.closing(_open_store(config)) as store:
+            done = command_pass(config, store, since, say)
+    except CatchUpError as exc:
+        raise CommandError(str(exc)) from None
+    reports.print_catch_up(done, args.json)
+
+
 def cmd_setup(config: Config, args: argparse.Namespace) -> None:
     from runner.instance import SetupError
     from runner.setup import Setup
@@ -279,7 +292,7 @@ def _add_process_commands(commands: _Commands) -> None:
 
 
 def _add_run_commands(commands: _Commands) -> None:
-    """The pipelines and their runs: validate, deliveries, runs, logs, trigger."""
+    """The pipelines and their runs: validate, deliveries, runs, logs, trigger, catch-up."""
     validate = commands.add(
         "validate", cmd_validate, "check pipeline files; print each problem as file:line:column"
     )
@@ -308,6 +321,10 @@ def _add_run_commands(commands: _Commands) -> None:
         help="the commit to deploy: its full id, or an abbreviation (4+ hex digits, as `runner runs` shows "
         "it) that names one commit in the pipeline's checkout",
     )
+
+    catch_up = commands.add("catch-up", cmd_catch_up, "queue the pushes runner missed, from GitHub's record")
+    catch_up.add_argument("--since", default="3d", help="how far back: 3d, 12h, 30m (default: 3d)")
+    catch_up.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _add_instance_commands(commands: _Commands) -> None:

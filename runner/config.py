@@ -265,11 +265,14 @@ _DAYS_HOURS_MINUTES_SECONDS = re.compile(
 
 
 def _read_duration(environ: Mapping[str, str], name: str, default: float, *, zero_ok: bool = False) -> float:
-    """Seconds in ``90d``, ``12h``, ``1d12h``, ``30m`` (days, hours, minutes, seconds in that order), or a
-    whole number of seconds; more than zero, unless ``zero_ok`` (where 0 turns something off)."""
     raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
+    return default if raw is None or raw == "" else duration(raw, name, zero_ok=zero_ok)
+
+
+def duration(raw: str, name: str, *, zero_ok: bool = False) -> float:
+    """Seconds in ``90d``, ``12h``, ``1d12h``, ``30m`` (days, hours, minutes, seconds in that order), or a
+    whole number of seconds; more than zero, unless ``zero_ok`` (where 0 turns something off). ``name`` is
+    the setting (or flag) a ConfigError names."""
     match = _DAYS_HOURS_MINUTES_SECONDS.fullmatch(raw)
     if _WHOLE_NUMBER.fullmatch(raw):
         seconds = int(raw)

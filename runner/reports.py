@@ -1,4 +1,5 @@
-"""What the commands print: tables and JSON of deliveries, runs and failed entries, a run's log, a prune.
+"""What the commands print: tables and JSON of deliveries, runs and failed entries, a run's log, a prune,
+a catch-up.
 
 A time in a table is in UTC, marked Z, whatever the reader's TZ (the run logs' convention); in JSON it is
 the full value, with its offset (see runner.timefmt).
@@ -20,6 +21,8 @@ from runner.lock import worker_alive
 from runner.timefmt import iso, shown
 
 if TYPE_CHECKING:
+    from runner.catchup import Pass
+    from runner.catchup_finding import Finding
     from runner.failed import FailedEntry
     from runner.models import Delivery, Run, StepResult
     from runner.retention import Plan
@@ -228,3 +231,16 @@ def print_failed(entries: list[FailedEntry], as_json: bool) -> None:
         [e.key, shown(e.failed_at), (e.reason or "").splitlines()[0] if e.reason else "-"] for e in entries
     ]
     _table(rows, ["ENTRY", "FAILED", "REASON"])
+
+
+def print_finding(finding: Finding) -> None:
+    """A line of ``runner catch-up``, as soon as it is found."""
+    print(finding.line(), flush=True)
+
+
+def print_catch_up(done: Pass, as_json: bool) -> None:
+    """What ``runner catch-up`` found, in JSON (otherwise its lines were printed as found); on stderr, the
+    summary."""
+    if as_json:
+        print(json.dumps([finding.json() for finding in done.findings], indent=2))
+    print(done.summary(), file=sys.stderr)

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from runner import retention
+from runner import catchup, retention
 from runner.config import Config
 from runner.entry import find_run_entry
 from runner.lane import RELOAD_INTERVAL, Lane
@@ -180,6 +180,10 @@ class Worker:
         )
         # In a thread of its own: a lane never waits for it, and an error in it ends only that day's pass.
         pruning = asyncio.create_task(retention.daily(self.config, self.store, stop), name="retention")
+        # Also in a thread of its own; none without GitHub credentials.
+        catching_up = asyncio.create_task(
+            catchup.every(self.config, self.store, self.pipelines, stop), name="catch-up"
+        )
         logger.info("worker started: pipelines %s", ", ".join(sorted(self._tasks)) or "(none)")
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -191,5 +195,5 @@ class Worker:
                 self._start_lanes(stop)
             except Exception:
                 logger.exception("reloading the pipelines failed; tried again in %.0f s", RELOAD_INTERVAL)
-        await asyncio.gather(router, pruning, *self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(router, pruning, catching_up, *self._tasks.values(), return_exceptions=True)
         logger.info("worker stopped")
