@@ -224,6 +224,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Callable[[FakeGitHub, Call], Reply], bo
         ("GET", _DELIVERIES, FakeGitHub.list_deliveries, False),
         ("GET", _DELIVERIES + r"/(?P<delivery>[0-9]+)", FakeGitHub.get_delivery, False),
         ("POST", _DELIVERIES + r"/(?P<delivery>[0-9]+)/attempts", FakeGitHub.redeliver, False),
+        ("GET", _REPO + r"/branches", FakeGitHub.list_branches, False),
         ("GET", _REPO + r"/branches/(?P<branch>.+)", FakeGitHub.get_branch, False),
         ("GET", _OWNER + r"/installation", FakeGitHub.get_installation, True),
         ("POST", r"/app/installations/(?P<id>[0-9]+)/access_tokens", FakeGitHub.create_access_token, True),

@@ -118,6 +118,22 @@ class Base:
             },
         )
 
+    def list_branches(self, call: Call) -> Reply:
+        """The repository's branches, by name, a page at a time, each as GitHub lists it."""
+        repository = call.match["repo"]
+        heads = sorted(
+            (name, sha) for (repo, name), sha in self.branches.items() if repo == repository.lower()
+        )
+        items = [
+            {
+                "name": name,
+                "commit": {"sha": sha, "url": f"{self.url}/repos/{repository}/commits/{sha}"},
+                "protected": False,
+            }
+            for name, sha in heads
+        ]
+        return self.page(items, f"/repos/{repository}/branches", call.query)
+
     def page(self, items: list[Any], path: str, query: dict[str, list[str]]) -> Reply:
         """One page of ``items`` (``per_page``, ``page``), with GitHub's Link header to the others."""
         per_page = min(int(query.get("per_page", ["30"])[0]), 100)
