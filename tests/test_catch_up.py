@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from fake_github import FakeGitHub
 from fake_github_hooks import Hook
-from support import FINISHED, PAYLOADS, run_cli, wait_for
+from support import FINISHED, PAYLOADS, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, Rig, fake_commit, push_payload
 
 from runner.entry import delivery_entry, delivery_head
@@ -308,6 +308,20 @@ def test_an_entry_in_the_recovered_queue_that_another_user_wrote_is_refused(hub:
     assert rig.runs() == []
     listed = rig.cli_json("failed", "--json")
     assert [item["entry"] for item in listed] == [f"recovered/{name}"]
+    refused = rig.cli("failed", "retry", f"recovered/{name}", expect=1)
+    assert f"recovered/{name} was not written by the catch-up (root) but by nobody" in refused.stderr
+
+
+def test_a_pipeline_cannot_be_named_after_the_recovered_queue(tmp_path: Path) -> None:
+    (tmp_path / "pipelines").mkdir()
+    path = tmp_path / "pipelines" / "recovered.yaml"
+    path.write_text("on:\n  repository: acme/app\nworkdir: app\nsteps:\n  - run: echo hi\n")
+    done = run_cli("validate", env=runner_env(tmp_path))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        f"{path}:1:1: 'recovered' cannot be a pipeline's name: queues/recovered/ is the queue of the "
+        "deliveries the catch-up recovers; rename the file"
+    ]
 
 
 def test_github_unreachable_fails_runner_catch_up_and_the_worker_carries_on(hub: GitHubRig) -> None:
@@ -330,6 +344,11 @@ def test_github_unreachable_fails_runner_catch_up_and_the_worker_carries_on(hub:
         done.stderr.splitlines(keepends=True)[-1],
     ), done.stderr
 
+    done = hub.catch_up("--since", "3x", expect=1)
+    assert done.stderr == (
+        "runner: --since='3x' is not a duration: write e.g. 90d, 12h, 1d12h, 30m, or a whole number of "
+        "seconds\n"
+    )
     no_credentials = {key: "" for key in hub.settings}
     done = hub.catch_up(expect=1, **no_credentials)
     assert done.stderr.startswith(
