@@ -121,10 +121,6 @@ class Config:
         return self.home / "pipelines"
 
     @property
-    def templates_dir(self) -> Path:
-        return self.home / "templates"
-
-    @property
     def nginx_templates_dir(self) -> Path:
         return self.nginx_templates or nginx_templates_dir(self.home, {})
 
