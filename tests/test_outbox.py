@@ -17,6 +17,8 @@ from fake_github import Answer, FakeGitHub, rate_limited, server_error, too_many
 from fake_github_base import error
 from sqlalchemy import update
 
+from runner import retention
+from runner.config import Config
 from runner.github import GitHub
 from runner.github_auth import TokenCredentials
 from runner.github_reports import DEPLOYMENT, DEPLOYMENT_STATUS, STATUS, Report
@@ -176,14 +178,37 @@ def test_pending_rows_older_than_the_bound_are_given_up_with_their_last_error(
     )
 
 
-def test_a_pruned_run_takes_its_rows_with_it(store: Store, outbox: Outbox) -> None:
-    from runner.retention import _delete_runs
+def test_retention_drops_the_rows_of_pruned_runs_and_old_rows_sent_or_given_up(
+    store: Store, outbox: Outbox, tmp_path: Path
+) -> None:
+    old = datetime.now(UTC) - timedelta(days=100)
+    pruned, kept, waiting = new_run(store), new_run(store), new_run(store)
+    for run in (pruned, kept, waiting):
+        outbox.add(run, REPOSITORY, SHA, [deployment(run), deployment_status("in_progress")])
+        outbox.add(run, REPOSITORY, SHA, [deployment_status("success")])
+    store.set_run(pruned, status="failed", queued_at=old, started_at=old, finished_at=old)
+    for run in (kept, waiting):
+        store.finish_run(run, "succeeded")
+    rows = {run: outbox.of_run(run) for run in (pruned, kept, waiting)}
+    for row in rows[kept] + rows[waiting][:2]:
+        outbox.sent(row.id, 1)
+    outbox.give_up(rows[kept][2].id, "GitHub: ...: 422 Validation Failed")
+    with outbox.engine.begin() as connection:
+        connection.execute(update(GitHubReport).values(created_at=old))
+    outbox.add(kept, REPOSITORY, SHA, [status("success")])
+    recent = outbox.of_run(kept)[-1]
+    outbox.sent(recent.id, 2)
 
-    run = new_run(store)
-    outbox.add(run, REPOSITORY, SHA, [status("pending"), deployment(run), deployment_status("in_progress")])
-    store.finish_run(run, "succeeded")
-    _delete_runs(store, [run])
-    assert outbox.of_run(run) == []
+    config = Config(home=tmp_path, database_url=store.url, keep_runs=0)
+    selected = retention.plan(config, store)
+    assert [run.id for run in selected.runs] == [pruned]
+    # The kept run's old rows, sent or given up; not the recent one; none of a run with a row to send.
+    assert selected.reports == [row.id for row in rows[kept]]
+    assert "3 GitHub report(s)" in selected.summary()
+    retention.apply(config, store, selected)
+    assert outbox.of_run(pruned) == []
+    assert [row.id for row in outbox.of_run(kept)] == [recent.id]
+    assert [row.state for row in outbox.of_run(waiting)] == [SENT, SENT, PENDING]
 
 
 # The reporter's passes -------------------------------------------------------------------------------------
