@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fake_github import Answer, FakeGitHub, rate_limited, server_error, too_many_requests
 from fake_github_base import error
-from support import Server, run_cli, runner_env, wait_for
+from support import Server, WorkerProcess, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, Rig, fake_commit, push_payload
 
 from runner.models import Run
@@ -38,27 +38,32 @@ ECHO = """
 """
 
 
+class ReportingRig(Rig):
+    """A rig (tests/test_worker.py's, on SQLite) whose workers report to the fake GitHub with a token."""
+
+    def __init__(self, tmp: Path, github: FakeGitHub) -> None:
+        super().__init__(tmp, f"sqlite:///{tmp / 'runner.db'}")
+        github.add_token(TOKEN)
+        token = tmp / "github-token"
+        token.write_text(TOKEN + "\n")
+        token.chmod(0o600)
+        self.github_env = {
+            "RUNNER_GITHUB_API_URL": github.url,
+            "RUNNER_GITHUB_TOKEN_FILE": str(token),
+            "RUNNER_PUBLIC_URL": PUBLIC_URL,
+        }
+
+    def start_worker(self, **env: str) -> WorkerProcess:
+        return super().start_worker(**{**self.github_env, **env})
+
+
 @pytest.fixture
-def rig(tmp_path: Path) -> Iterator[Rig]:
-    rig = Rig(tmp_path, f"sqlite:///{tmp_path / 'runner.db'}")
+def rig(tmp_path: Path, fake_github: FakeGitHub) -> Iterator[ReportingRig]:
+    rig = ReportingRig(tmp_path, fake_github)
     try:
         yield rig
     finally:
         rig.close()
-
-
-@pytest.fixture
-def github_env(tmp_path: Path, fake_github: FakeGitHub) -> dict[str, str]:
-    """What the worker needs to report to the fake GitHub with a token."""
-    fake_github.add_token(TOKEN)
-    token = tmp_path / "github-token"
-    token.write_text(TOKEN + "\n")
-    token.chmod(0o600)
-    return {
-        "RUNNER_GITHUB_API_URL": fake_github.url,
-        "RUNNER_GITHUB_TOKEN_FILE": str(token),
-        "RUNNER_PUBLIC_URL": PUBLIC_URL,
-    }
 
 
 def echo_pipeline(rig: Rig, name: str, github: str = "", run: str = "echo deployed") -> None:
@@ -113,12 +118,12 @@ def pending_rows(rig: Rig) -> int:
 
 
 def test_a_deployed_push_gets_pending_then_success_under_each_pipeline_s_context_with_a_link(
-    rig: Rig, fake_github: FakeGitHub, github_env: dict[str, str]
+    rig: ReportingRig, fake_github: FakeGitHub
 ) -> None:
     echo_pipeline(rig, "app")
     echo_pipeline(rig, "web", "github: {context: deploy/web}")
     echo_pipeline(rig, "quiet", "github: {statuses: false}")
-    rig.start_worker(**github_env)
+    rig.start_worker()
     delivery, commit = push(rig, 1)
     runs = {run.pipeline: run for run in rig.runs_of(delivery, ["succeeded"] * 3)}
 
@@ -138,9 +143,7 @@ def test_a_deployed_push_gets_pending_then_success_under_each_pipeline_s_context
     assert " ERROR " not in said and " WARNING " not in said, said
 
 
-def test_a_failing_push_gets_failure_naming_the_step(
-    rig: Rig, fake_github: FakeGitHub, github_env: dict[str, str]
-) -> None:
+def test_a_failing_push_gets_failure_naming_the_step(rig: ReportingRig, fake_github: FakeGitHub) -> None:
     rig.pipeline(
         "app",
         """
@@ -153,7 +156,7 @@ def test_a_failing_push_gets_failure_naming_the_step(
         """,
         WORKDIR=rig.workdir("app"),
     )
-    rig.start_worker(**github_env)
+    rig.start_worker()
     delivery, commit = push(rig, 2)
     [run] = rig.runs_of(delivery, ["failed"])
     _, failure = wait_for_states(rig, fake_github, commit, ["pending", "failure"])
@@ -161,16 +164,18 @@ def test_a_failing_push_gets_failure_naming_the_step(
     assert failure["target_url"] == f"{PUBLIC_URL}/runs/{run.id}"
 
 
-def test_without_credentials_nothing_is_sent_and_nothing_fails(rig: Rig, fake_github: FakeGitHub) -> None:
+def test_without_credentials_nothing_is_sent_and_nothing_fails(
+    rig: ReportingRig, fake_github: FakeGitHub
+) -> None:
     echo_pipeline(rig, "app", "github: {deployment: {environment: production}}")
-    worker = rig.start_worker(RUNNER_GITHUB_API_URL=fake_github.url, RUNNER_PUBLIC_URL=PUBLIC_URL)
+    worker = rig.start_worker(RUNNER_GITHUB_TOKEN_FILE="")
     delivery, _ = push(rig, 3)
     [run] = rig.runs_of(delivery, ["succeeded"])
     time.sleep(0.5)
     assert fake_github.requests == []
     assert Outbox(rig.store).of_run(run.id) == []
     said = worker.output()
-    assert "GitHub" not in said and " ERROR " not in said, said
+    assert "reporting runs to GitHub" not in said and " ERROR " not in said, said
 
 
 # Deployments -----------------------------------------------------------------------------------------------
@@ -191,10 +196,10 @@ def deployments_of(fake: FakeGitHub, commit: str) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("outcome", ["success", "failure"])
 def test_a_deployment_is_created_for_the_commit_then_in_progress_then_how_it_ended(
-    rig: Rig, fake_github: FakeGitHub, github_env: dict[str, str], outcome: str
+    rig: ReportingRig, fake_github: FakeGitHub, outcome: str
 ) -> None:
     echo_pipeline(rig, "app", DEPLOYED, run="echo deployed" if outcome == "success" else "exit 1")
-    rig.start_worker(**github_env)
+    rig.start_worker()
     delivery, commit = push(rig, 4)
     [run] = rig.runs_of(delivery, ["succeeded" if outcome == "success" else "failed"])
     wait_for_states(rig, fake_github, commit, ["pending", outcome])
@@ -234,13 +239,14 @@ def test_a_deployment_is_created_for_the_commit_then_in_progress_then_how_it_end
 
 @pytest.mark.parametrize("refuse", [False, True], ids=["503", "refused"])
 def test_github_down_during_a_run_delays_nothing_and_the_reports_arrive_in_order_after(
-    rig: Rig, fake_github: FakeGitHub, github_env: dict[str, str], refuse: bool
+    rig: ReportingRig, fake_github: FakeGitHub, refuse: bool
 ) -> None:
     echo_pipeline(rig, "app", DEPLOYED, run="sleep 1")
-    rig.start_worker(**github_env)
+    rig.start_worker()
     delivery, first = push(rig, 5)
     baseline = finished(rig, delivery)
     wait_for_states(rig, fake_github, first, ["pending", "success"])
+    wait_for(lambda: pending_rows(rig) == 0, "the first run's reports to be sent", details=rig.details)
 
     fake_github.outage(refuse=refuse)
     delivery, second = push(rig, 6)
@@ -263,11 +269,11 @@ def test_github_down_during_a_run_delays_nothing_and_the_reports_arrive_in_order
 
 
 def test_failures_github_answers_for_a_while_are_retried_and_the_reports_delivered(
-    rig: Rig, fake_github: FakeGitHub, github_env: dict[str, str]
+    rig: ReportingRig, fake_github: FakeGitHub
 ) -> None:
     echo_pipeline(rig, "app")
     fake_github.inject(server_error(500), too_many_requests(1), rate_limited(time.time() + 2))
-    rig.start_worker(**github_env)
+    rig.start_worker()
     delivery, commit = push(rig, 7)
     finished(rig, delivery)
     wait_for_states(rig, fake_github, commit, ["pending", "success"])
@@ -276,11 +282,11 @@ def test_failures_github_answers_for_a_while_are_retried_and_the_reports_deliver
 
 
 def test_a_refused_report_is_given_up_logged_once_and_later_runs_still_report(
-    rig: Rig, fake_github: FakeGitHub, github_env: dict[str, str]
+    rig: ReportingRig, fake_github: FakeGitHub
 ) -> None:
     echo_pipeline(rig, "app")
     fake_github.inject(Answer(422, error(422, "Validation Failed")))
-    worker = rig.start_worker(**github_env)
+    worker = rig.start_worker()
     delivery, commit = push(rig, 8)
     finished(rig, delivery)
     # The pending status was refused; the run's next report still went.
@@ -294,19 +300,17 @@ def test_a_refused_report_is_given_up_logged_once_and_later_runs_still_report(
     assert TOKEN not in worker.output()
 
 
-def test_reports_left_unsent_are_sent_by_the_next_worker(
-    rig: Rig, fake_github: FakeGitHub, github_env: dict[str, str]
-) -> None:
+def test_reports_left_unsent_are_sent_by_the_next_worker(rig: ReportingRig, fake_github: FakeGitHub) -> None:
     echo_pipeline(rig, "app", DEPLOYED)
     fake_github.outage(refuse=True)
-    worker = rig.start_worker(**github_env)
+    worker = rig.start_worker()
     delivery, commit = push(rig, 10)
     finished(rig, delivery)
     wait_for(lambda: pending_rows(rig) == 5, "the run's five reports to be recorded", details=rig.details)
     assert worker.stop() == 0
 
     fake_github.end_outage()
-    rig.start_worker(**github_env)
+    rig.start_worker()
     wait_for_states(rig, fake_github, commit, ["pending", "success"])
     wait_for(lambda: pending_rows(rig) == 0, "every report to be sent", details=rig.details)
     [made] = deployments_of(fake_github, commit)
@@ -314,17 +318,17 @@ def test_reports_left_unsent_are_sent_by_the_next_worker(
 
 
 def test_a_worker_stopped_during_a_run_reports_the_run_as_an_error(
-    rig: Rig, fake_github: FakeGitHub, github_env: dict[str, str]
+    rig: ReportingRig, fake_github: FakeGitHub
 ) -> None:
     echo_pipeline(rig, "app", run="echo begin && sleep 30")
-    worker = rig.start_worker(RUNNER_STOP_GRACE="0", **github_env)
+    worker = rig.start_worker(RUNNER_STOP_GRACE="0")
     delivery, commit = push(rig, 11)
     run = rig.step_started(delivery)
     wait_for_states(rig, fake_github, commit, ["pending"])
     assert worker.stop() == 0
     assert rig.run(run.id).status == "cancelled"
     # Sent by the next worker, which also does the entry again.
-    rig.start_worker(**github_env)
+    rig.start_worker(RUNNER_STOP_GRACE="0")
     _, error_status, _ = wait_for_states(rig, fake_github, commit, ["pending", "error", "pending"])
     assert error_status["description"] == f"Cancelled: the worker stopped before run {run.id} ended"
 
@@ -333,10 +337,10 @@ def test_a_worker_stopped_during_a_run_reports_the_run_as_an_error(
 
 
 def test_the_token_is_in_no_log_run_log_step_environment_or_listing(
-    rig: Rig, fake_github: FakeGitHub, github_env: dict[str, str]
+    rig: ReportingRig, fake_github: FakeGitHub
 ) -> None:
     echo_pipeline(rig, "app", DEPLOYED, run="env")
-    worker = rig.start_worker(**github_env)
+    worker = rig.start_worker()
     delivery, commit = push(rig, 12)
     run = finished(rig, delivery)
     wait_for_states(rig, fake_github, commit, ["pending", "success"])
