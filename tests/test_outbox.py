@@ -17,8 +17,9 @@ from fake_github import Answer, FakeGitHub, rate_limited, server_error, too_many
 from fake_github_base import error
 from sqlalchemy import update
 
+from runner import config as config_module
 from runner import retention
-from runner.config import Config
+from runner.config import Config, ConfigError
 from runner.github import GitHub
 from runner.github_auth import TokenCredentials
 from runner.github_reports import DEPLOYMENT, DEPLOYMENT_STATUS, STATUS, Report
@@ -432,3 +433,22 @@ def test_a_pass_stops_between_rows_when_the_worker_stops(
     assert reporter.send_due(stopping) is not None
     assert len(fake_github.requests) == 1
     assert [row.state for row in outbox.of_run(second)] == [PENDING]
+
+
+# The setting -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "seconds"), [(None, 86400.0), ("6h", 21600.0), ("1d12h", 129600.0), ("90", 90.0)]
+)
+def test_reports_are_tried_for_a_day_unless_runner_github_report_for_says(
+    tmp_path: Path, given: str | None, seconds: float
+) -> None:
+    environ = {} if given is None else {"RUNNER_GITHUB_REPORT_FOR": given}
+    assert config_module.load(environ, home=tmp_path).github_report_for == seconds
+
+
+@pytest.mark.parametrize("given", ["0", "a day", "-1"])
+def test_a_bad_runner_github_report_for_is_refused(tmp_path: Path, given: str) -> None:
+    with pytest.raises(ConfigError, match="RUNNER_GITHUB_REPORT_FOR"):
+        config_module.load({"RUNNER_GITHUB_REPORT_FOR": given}, home=tmp_path)
