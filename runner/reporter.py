@@ -58,6 +58,8 @@ def _made_id(response: Response, what: str) -> int:
 
 
 class Reporter:
+    """Records what runs tell GitHub, for the lanes, and sends it, as the worker's task."""
+
     def __init__(self, store: Store, github: GitHub, *, report_for: float, public_url: str | None) -> None:
         self.store = store
         self.outbox = Outbox(store)
@@ -73,32 +75,39 @@ class Reporter:
 
     async def started(self, run_id: int, reporting: GitHubReporting, repository: str, commit: str) -> None:
         """Record what a run of ``commit`` tells GitHub when it starts."""
-        reports = start_reports(reporting, run_id, commit, self.public_url)
-        if reports:
-            await self._record(run_id, lambda: self.outbox.add(run_id, repository, commit, reports))
+        await self._record(run_id, lambda: self._start(run_id, reporting, repository, commit))
 
     async def ended(self, run_id: int, status: str) -> None:
         """Record what a run that ended in ``status`` tells GitHub, if its start told it anything."""
         await self._record(run_id, lambda: self._end(run_id, status))
 
-    def _end(self, run_id: int, status: str) -> None:
+    def _start(self, run_id: int, reporting: GitHubReporting, repository: str, commit: str) -> bool:
+        reports = start_reports(reporting, run_id, commit, self.public_url)
+        if reports:
+            self.outbox.add(run_id, repository, commit, reports)
+        return bool(reports)
+
+    def _end(self, run_id: int, status: str) -> bool:
         rows = self.outbox.of_run(run_id)
         if not rows:
-            return
+            return False
         ending, step = ending_of(status, self.store.steps(run_id))
         said = description(ending.description, commit=rows[0].commit, run_id=run_id, step=step)
         reports = end_reports([Report(row.kind, row.body) for row in rows], ending, said)
         if reports:
             self.outbox.add(run_id, rows[0].repository, rows[0].commit, reports)
+        return bool(reports)
 
-    async def _record(self, run_id: int, write: Callable[[], None]) -> None:
+    async def _record(self, run_id: int, write: Callable[[], bool]) -> None:
+        """Make ``write`` (in a thread), and wake the reporter if it recorded anything."""
         try:
-            await asyncio.to_thread(write)
+            recorded = await asyncio.to_thread(write)
         except Exception:
             # What GitHub is told is never worth a deployment.
             logger.exception("could not record what run %d tells GitHub", run_id)
             return
-        self.wake.set()
+        if recorded:
+            self.wake.set()
 
     # Sending -----------------------------------------------------------------------------------------------
 
