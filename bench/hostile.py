@@ -8,7 +8,7 @@ The goal: with 200 concurrent 24 MiB uploads carrying wrong signatures, ``runner
 resident and keeps answering valid deliveries, with a p99 under 1 s.
 
 Each round gets a fresh temporary RUNNER_HOME and a real ``runner serve`` on a free loopback port (see
-``bench/ingest.py``, whose helpers this uses), stopped and removed afterwards, also on Ctrl-C or error.
+``bench/common.py``, which both benchmarks use), stopped and removed afterwards, also on Ctrl-C or error.
 
 - The attack runs in a process of its own (this script with ``--attack``): ``--attackers`` connections, each
   sending, again and again for ``--duration`` seconds, a body of ``--size`` MiB (a JSON object, declared with
@@ -32,7 +32,6 @@ import asyncio
 import contextlib
 import http.client
 import json
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,11 +44,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 
-from ingest import (
+from common import (
     ENDPOINT,
-    HOOK_ID,
     BenchError,
     count_entries,
     filesystem_of,
@@ -57,6 +54,9 @@ from ingest import (
     nproc,
     percentile,
     pick_payload,
+    positive_int,
+    push_headers,
+    run_benchmark,
     runner_server,
     sign,
 )
@@ -184,14 +184,7 @@ def valid_deliveries(port: int, body: bytes, until: float, label: str) -> tuple[
     i = 0
     while time.monotonic() < until:
         i += 1
-        headers = {
-            "Content-Type": "application/json",
-            "X-GitHub-Event": "push",
-            "X-GitHub-Delivery": f"{label}-{i}",
-            "X-GitHub-Hook-ID": HOOK_ID,
-            "X-Hub-Signature-256": signature,
-            "User-Agent": "GitHub-Hookshot/bench",
-        }
+        headers = push_headers(f"{label}-{i}", signature)
         start = time.perf_counter()
         try:
             # As GitHub does: a connection per delivery, so that each one also waits to be accepted.
@@ -323,13 +316,6 @@ def benchmark(args: argparse.Namespace) -> int:
     return 0 if consistent else 1
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description="Benchmark runner's webhook endpoint under hostile load: its peak memory, and the "
@@ -350,25 +336,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    # Turn SIGTERM into an exception, so the finally blocks stop the servers and remove the directories.
-    raise SystemExit(128 + signum)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.attack is not None:
         attack(args.attack, args.attackers, args.size * 1024 * 1024, args.chunked, args.duration)
         return 0
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return benchmark(args)
-    except BenchError as exc:
-        print(f"hostile-load benchmark: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers stopped, temporary directories removed", file=sys.stderr)
-        return 130
+    return run_benchmark("hostile-load", benchmark, args)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ payload in ``../shared/github-payloads/push/`` (the repository's parent director
   stored without being counted: up to that many more entries than 2xx answers is consistent, fewer is a loss.
 - Latency at one connection: after a warm-up, N sequential signed POSTs over one keep-alive connection, each
   timed with ``time.perf_counter`` from sending the request to having read the answer.
-- ``--baseline``: the same saturation load against a trivial Starlette + Hypercorn app (served in-process, as
-  ``runner serve`` does, in a subprocess) that checks the HMAC, parses the JSON and writes nothing, so the
-  ratio "durable / no write" comes from the same run on the same machine.
+- ``--baseline``: the same saturation load against a trivial Starlette + Hypercorn app (``bench/baseline.py``,
+  served in-process, as ``runner serve`` does, in a subprocess) that checks the HMAC, parses the JSON and
+  writes nothing, so the ratio "durable / no write" comes from the same run on the same machine.
 
 wrk runs on the same machine as the server, so the two share its cores: the figures are for that setting.
 The exit status is 1 if a correctness check failed (a non-2xx answer, fewer entries than 2xx answers, a server
@@ -32,80 +32,45 @@ that died), 0 otherwise; whether the goal is met is printed, not turned into the
 from __future__ import annotations
 
 import argparse
-import contextlib
-import hashlib
-import hmac
 import http.client
-import math
-import os
 import platform
-import re
 import shutil
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 
-BENCH_DIR = Path(__file__).resolve().parent
-ROOT = BENCH_DIR.parent
-PAYLOADS = ROOT.parent / "shared" / "github-payloads"
-SECRET = "bench secret, not GitHub's"
-ENDPOINT = "/github-webhook"
-ENTRY_NAME = re.compile(r"^[0-9]{20}\.json$")
-HOOK_ID = "292430182"
+from baseline import baseline_server
+from common import (
+    ENDPOINT,
+    PAYLOADS,
+    BenchError,
+    count_entries,
+    filesystem_of,
+    load_average,
+    nproc,
+    percentile,
+    pick_payload,
+    positive_int,
+    push_headers,
+    run_benchmark,
+    runner_server,
+    sign,
+)
+from wrk import WrkResult, run_wrk, write_lua, wrk_version
 
 GOAL_RATE = 2000.0  # durable deliveries/s at 20 connections
 GOAL_P99_MS = 5.0  # at one connection
 
 WARMUP_REQUESTS = 200
-HEALTH_TIMEOUT = 30.0
-STOP_TIMEOUT = 15.0
-
-
-class BenchError(Exception):
-    """The benchmark cannot go on; the message says why."""
 
 
 # Helpers ---------------------------------------------------------------------------------------------------
-
-
-def sign(body: bytes, secret: str = SECRET) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def percentile(sorted_values: Sequence[float], pct: float) -> float:
-    """Nearest-rank percentile of already sorted values."""
-    rank = max(1, math.ceil(pct / 100 * len(sorted_values)))
-    return sorted_values[rank - 1]
-
-
-def count_entries(directory: Path) -> tuple[int, int]:
-    """The published entries and the leftover temporary files in a queue directory."""
-    if not directory.is_dir():
-        return 0, 0
-    entries = temps = 0
-    with os.scandir(directory) as it:
-        for e in it:
-            if ENTRY_NAME.match(e.name):
-                entries += 1
-            elif e.name.endswith(".tmp"):
-                temps += 1
-    return entries, temps
 
 
 def settled_count(directory: Path, timeout: float = 10.0) -> tuple[int, int]:
@@ -121,287 +86,7 @@ def settled_count(directory: Path, timeout: float = 10.0) -> tuple[int, int]:
     return last
 
 
-def pick_payload() -> Path:
-    push = PAYLOADS / "push"
-    files = sorted(push.glob("*.json"), key=lambda p: (p.stat().st_size, p.name), reverse=True)
-    if not files:
-        raise BenchError(f"no push payloads in {push} (the shared/ directory sits beside the project)")
-    return files[0]
-
-
-def parse_duration_ms(text: str) -> float:
-    """A wrk duration (``812.00us``, ``1.23ms``, ``2.00s``, ``1.00m``) in milliseconds."""
-    match = re.fullmatch(r"([0-9.]+)(us|ms|s|m|h)", text)
-    if not match:
-        raise BenchError(f"cannot read wrk's duration {text!r}")
-    factor = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60_000.0, "h": 3_600_000.0}[match[2]]
-    return float(match[1]) * factor
-
-
-# Servers ---------------------------------------------------------------------------------------------------
-
-
-def base_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNNER_")}
-    env["RUNNER_HOME"] = str(home)
-    env["RUNNER_SECRET"] = SECRET
-    return env
-
-
-def runner_command() -> list[str]:
-    script = Path(sys.executable).parent / "runner"
-    return [str(script)] if script.exists() else [sys.executable, "-m", "runner"]
-
-
-class ServerProcess:
-    """A server process on a loopback port; :meth:`stop` sends SIGTERM, then kills."""
-
-    def __init__(
-        self, label: str, command: list[str], env: dict[str, str], port: int, log_path: Path
-    ) -> None:
-        self.label = label
-        self.port = port
-        self.log_path = log_path
-        self._log = log_path.open("wb")
-        # A session of its own: a Ctrl-C at the terminal reaches the benchmark, which then stops it in order.
-        self.process = subprocess.Popen(
-            command, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-
-    def output(self, last: int = 3000) -> str:
-        self._log.flush()
-        try:
-            return self.log_path.read_text(errors="replace")[-last:]
-        except OSError:
-            return ""
-
-    def check_alive(self) -> None:
-        if self.process.poll() is not None:
-            raise BenchError(f"{self.label} exited with status {self.process.returncode}:\n{self.output()}")
-
-    def wait_healthy(self) -> None:
-        deadline = time.monotonic() + HEALTH_TIMEOUT
-        while True:
-            self.check_alive()
-            with contextlib.suppress(OSError, http.client.HTTPException):
-                connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
-                try:
-                    connection.request("GET", "/healthz")
-                    if connection.getresponse().status == 200:
-                        return
-                finally:
-                    connection.close()
-            if time.monotonic() > deadline:
-                raise BenchError(f"{self.label} did not answer GET /healthz with 200:\n{self.output()}")
-            time.sleep(0.05)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
-
-@contextlib.contextmanager
-def temporary_home(parent: str | None) -> Iterator[Path]:
-    home = Path(tempfile.mkdtemp(prefix="runner-bench-", dir=parent))
-    try:
-        yield home
-    finally:
-        shutil.rmtree(home, ignore_errors=True)
-
-
-@contextlib.contextmanager
-def running(server: ServerProcess) -> Iterator[ServerProcess]:
-    try:
-        server.wait_healthy()
-        yield server
-    finally:
-        server.stop()
-
-
-@contextlib.contextmanager
-def runner_server(parent: str | None, workers: int) -> Iterator[tuple[ServerProcess, Path]]:
-    """A fresh RUNNER_HOME, migrated, and ``runner serve`` on it; yields the server and the main queue."""
-    with temporary_home(parent) as home:
-        env = base_env(home)
-        upgrade = subprocess.run(
-            [*runner_command(), "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120
-        )
-        if upgrade.returncode != 0:
-            raise BenchError(f"runner db upgrade failed ({upgrade.returncode}):\n{upgrade.stderr}")
-        port = free_port()
-        command = [*runner_command(), "serve", "--port", str(port), "--workers", str(workers)]
-        server = ServerProcess("runner serve", command, env, port, home / "serve.log")
-        with running(server):
-            yield server, home / "queues" / "main"
-
-
-@contextlib.contextmanager
-def baseline_server(parent: str | None) -> Iterator[ServerProcess]:
-    with temporary_home(parent) as home:
-        port = free_port()
-        command = [sys.executable, str(Path(__file__).resolve()), "--serve-baseline", str(port)]
-        server = ServerProcess("the no-write baseline", command, base_env(home), port, home / "baseline.log")
-        with running(server):
-            yield server
-
-
-def serve_baseline(port: int) -> None:
-    """The no-write baseline: Starlette on Hypercorn, served in-process on uvloop like ``runner serve``."""
-    import asyncio
-    import json
-
-    import uvloop
-    from hypercorn.asyncio import serve
-    from hypercorn.config import Config
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-
-    secret = os.environ["RUNNER_SECRET"].encode()
-
-    async def webhook(request: Request) -> Response:
-        body = await request.body()
-        header = request.headers.get("x-hub-signature-256", "")
-        expected = "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(expected.encode(), header.encode("utf-8", "replace")):
-            return JSONResponse({"error": "signature"}, status_code=403)
-        try:
-            payload = json.loads(body)
-        except ValueError:
-            return JSONResponse({"error": "body"}, status_code=400)
-        if not isinstance(payload, dict):
-            return JSONResponse({"error": "body"}, status_code=400)
-        return JSONResponse({"delivery": request.headers.get("x-github-delivery")}, status_code=202)
-
-    async def healthz(_request: Request) -> Response:
-        return JSONResponse({"status": "ok"})
-
-    app = Starlette(
-        routes=[Route(ENDPOINT, webhook, methods=["POST"]), Route("/healthz", healthz, methods=["GET"])]
-    )
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        config = Config()
-        config.bind = [f"127.0.0.1:{port}"]
-        config.accesslog = None
-        await serve(app, config, shutdown_trigger=stop.wait)  # type: ignore[arg-type]
-
-    uvloop.run(main())
-
-
 # Load ------------------------------------------------------------------------------------------------------
-
-
-LUA_TEMPLATE = """\
--- Generated by bench/ingest.py: POST one signed push payload, a distinct X-GitHub-Delivery per request.
-local file = assert(io.open({body_path}, "rb"))
-local body = file:read("*a")
-file:close()
-
-local PLACEHOLDER = "@DELIVERY@"
-local before, after
-local counter = 0
-local threads = 0
-
-function setup(thread)
-  threads = threads + 1
-  thread:set("thread_number", threads)
-end
-
-function init(args)
-  local headers = {{
-    ["Content-Type"] = "application/json",
-    ["X-GitHub-Event"] = "push",
-    ["X-GitHub-Hook-ID"] = "{hook_id}",
-    ["X-Hub-Signature-256"] = "{signature}",
-    ["X-GitHub-Delivery"] = PLACEHOLDER,
-    ["User-Agent"] = "GitHub-Hookshot/bench",
-  }}
-  -- Format the request once; each request then only has its delivery id spliced in.
-  local template = wrk.format("POST", nil, headers, body)
-  local at = string.find(template, PLACEHOLDER, 1, true)
-  before = string.sub(template, 1, at - 1)
-  after = string.sub(template, at + #PLACEHOLDER)
-end
-
-function request()
-  counter = counter + 1
-  return before .. string.format("{run}-%d-%d", thread_number or 0, counter) .. after
-end
-"""
-
-
-def lua_string(value: str) -> str:
-    """A Lua string literal for ``value``."""
-    safe = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._- "
-    escaped = "".join(chr(b) if b in safe else f"\\{b:03d}" for b in value.encode())
-    return f'"{escaped}"'
-
-
-def write_lua(path: Path, body_path: Path, signature: str) -> None:
-    run = uuid.uuid4().hex[:12]
-    path.write_text(
-        LUA_TEMPLATE.format(
-            body_path=lua_string(str(body_path)), hook_id=HOOK_ID, signature=signature, run=f"bench-{run}"
-        )
-    )
-
-
-@dataclass
-class WrkResult:
-    requests: int
-    seconds: float
-    rate: float
-    non_2xx: int
-    socket_errors: int
-    latency_ms: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def ok(self) -> int:
-        return self.requests - self.non_2xx
-
-
-def parse_wrk(output: str) -> WrkResult:
-    total = re.search(r"^\s*(\d+) requests in ([0-9.]+)(us|ms|s|m|h)", output, re.M)
-    rate = re.search(r"^Requests/sec:\s*([0-9.]+)", output, re.M)
-    if not total or not rate:
-        raise BenchError(f"cannot read wrk's output:\n{output}")
-    non_2xx = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", output)
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
-    latency = {
-        pct: parse_duration_ms(value)
-        for pct, value in re.findall(r"^\s+(50|75|90|99)%\s+(\S+)\s*$", output, re.M)
-    }
-    return WrkResult(
-        requests=int(total[1]),
-        seconds=parse_duration_ms(total[2] + total[3]) / 1000,
-        rate=float(rate[1]),
-        non_2xx=int(non_2xx[1]) if non_2xx else 0,
-        socket_errors=sum(int(n) for n in errors.groups()) if errors else 0,
-        latency_ms=latency,
-    )
-
-
-def run_wrk(port: int, lua: Path, args: argparse.Namespace) -> WrkResult:
-    command = [
-        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
-        "-s", str(lua), f"http://127.0.0.1:{port}{ENDPOINT}",
-    ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
-    if done.returncode != 0:
-        raise BenchError(f"wrk exited with status {done.returncode}:\n{done.stdout}{done.stderr}")
-    return parse_wrk(done.stdout)
 
 
 def post_sequentially(port: int, body: bytes, signature: str, count: int, label: str) -> list[float]:
@@ -411,16 +96,10 @@ def post_sequentially(port: int, body: bytes, signature: str, count: int, label:
     times: list[float] = []
     try:
         for i in range(count):
-            headers = {
-                "Content-Type": "application/json",
-                "X-GitHub-Event": "push",
-                "X-GitHub-Delivery": f"{label}-{run}-{i}",
-                "X-GitHub-Hook-ID": HOOK_ID,
-                "X-Hub-Signature-256": signature,
-                "User-Agent": "GitHub-Hookshot/bench",
-            }
             start = time.perf_counter()
-            connection.request("POST", ENDPOINT, body=body, headers=headers)
+            connection.request(
+                "POST", ENDPOINT, body=body, headers=push_headers(f"{label}-{run}-{i}", signature)
+            )
             response = connection.getresponse()
             answer = response.read()
             elapsed = time.perf_counter() - start
@@ -497,43 +176,6 @@ def measure_latency(body: bytes, signature: str, args: argparse.Namespace) -> La
 # Report ----------------------------------------------------------------------------------------------------
 
 
-def nproc() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not Linux
-        return os.cpu_count() or 0
-
-
-def filesystem_of(path: Path) -> str:
-    """The mount point and type of the file system holding ``path``, from /proc/mounts (Linux only)."""
-    best = ("?", "?")
-    with contextlib.suppress(OSError):
-        resolved = str(path.resolve())
-        for line in Path("/proc/mounts").read_text().splitlines():
-            fields = line.split()
-            if len(fields) < 3:
-                continue
-            mount = fields[1]
-            inside = resolved == mount or resolved.startswith(mount.rstrip("/") + "/")
-            if inside and (best[0] == "?" or len(mount) >= len(best[0])):
-                best = (mount, fields[2])
-    return f"{best[0]} ({best[1]})"
-
-
-def load_average() -> str:
-    """The 1-minute load average: other work on the machine skews every figure here."""
-    try:
-        return f"{os.getloadavg()[0]:.2f}"
-    except OSError:
-        return "?"
-
-
-def wrk_version() -> str:
-    done = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-    first = (done.stdout or done.stderr).splitlines()
-    return first[0].split(" Copyright")[0] if first else "wrk"
-
-
 def fmt_ms(value: float) -> str:
     return f"{value:.2f} ms"
 
@@ -556,16 +198,21 @@ def print_latency(label: str, lat: Latency) -> None:
     )
 
 
-def benchmark(args: argparse.Namespace) -> int:
-    if shutil.which("wrk") is None:
-        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
-        return 2
-    payload = pick_payload()
-    args.payload = str(payload)
-    body = payload.read_bytes()
-    signature = sign(body)
-    tmp_parent = Path(args.tmp_dir or tempfile.gettempdir())
+@dataclass
+class Rounds:
+    """The measurements of every round."""
 
+    saturations: list[Saturation] = field(default_factory=list)
+    latencies: list[Latency] = field(default_factory=list)
+    baselines: list[WrkResult] = field(default_factory=list)
+
+    @property
+    def consistent(self) -> bool:
+        return all(s.consistent for s in self.saturations)
+
+
+def print_setting(args: argparse.Namespace, payload: Path, body: bytes) -> None:
+    tmp_parent = Path(args.tmp_dir or tempfile.gettempdir())
     print(f"runner ingest benchmark, {datetime.now().astimezone().isoformat(timespec='seconds')}")
     print(
         f"machine: nproc {nproc()}, {platform.system()} {platform.release()}, "
@@ -581,9 +228,10 @@ def benchmark(args: argparse.Namespace) -> int:
     print(f"temporary homes under {tmp_parent}, on {filesystem_of(tmp_parent)}")
     sys.stdout.flush()
 
-    saturations: list[Saturation] = []
-    latencies: list[Latency] = []
-    baselines: list[WrkResult] = []
+
+def measure_rounds(args: argparse.Namespace, payload: Path, body: bytes, signature: str) -> Rounds:
+    """``--rounds`` rounds, each printed as it is measured."""
+    rounds = Rounds()
     lua_dir = Path(tempfile.mkdtemp(prefix="runner-bench-lua-"))
     try:
         lua = lua_dir / "post.lua"
@@ -591,39 +239,41 @@ def benchmark(args: argparse.Namespace) -> int:
         for round_number in range(1, args.rounds + 1):
             print(f"\nround {round_number}/{args.rounds}")
             saturation = measure_saturation(body, signature, lua, args)
-            saturations.append(saturation)
+            rounds.saturations.append(saturation)
             print_saturation(f"durable (runner serve --workers {args.workers})", saturation)
             sys.stdout.flush()
             if args.baseline:
                 baseline = measure_baseline(lua, args)
-                baselines.append(baseline)
+                rounds.baselines.append(baseline)
                 print(
                     f"  no write (baseline app): {baseline.rate:,.0f} requests/s "
                     f"({baseline.non_2xx} non-2xx, {baseline.socket_errors} socket errors); "
                     f"durable / no write {saturation.wrk.rate / baseline.rate:.2f}"
                 )
             latency = measure_latency(body, signature, args)
-            latencies.append(latency)
+            rounds.latencies.append(latency)
             print_latency("one connection", latency)
             sys.stdout.flush()
     finally:
         shutil.rmtree(lua_dir, ignore_errors=True)
+    return rounds
 
-    rate = statistics.median(s.wrk.rate for s in saturations)
+
+def print_medians(args: argparse.Namespace, rounds: Rounds) -> None:
+    rate = statistics.median(s.wrk.rate for s in rounds.saturations)
     median = Latency(
-        statistics.median(x.p50 for x in latencies),
-        statistics.median(x.p90 for x in latencies),
-        statistics.median(x.p99 for x in latencies),
-        statistics.median(x.max for x in latencies),
+        statistics.median(x.p50 for x in rounds.latencies),
+        statistics.median(x.p90 for x in rounds.latencies),
+        statistics.median(x.p99 for x in rounds.latencies),
+        statistics.median(x.max for x in rounds.latencies),
     )
     print(f"\nmedians over {args.rounds} round(s) (load average now {load_average()})")
     print(f"  durable: {rate:,.0f} requests/s at {args.connections} connections")
-    if baselines:
-        base_rate = statistics.median(b.rate for b in baselines)
+    if rounds.baselines:
+        base_rate = statistics.median(b.rate for b in rounds.baselines)
         print(f"  no write: {base_rate:,.0f} requests/s; durable / no write {rate / base_rate:.2f}")
     print_latency("one connection", median)
-    consistent = all(s.consistent for s in saturations)
-    print(f"  every acknowledged delivery in the queue: {'yes' if consistent else 'NO'}")
+    print(f"  every acknowledged delivery in the queue: {'yes' if rounds.consistent else 'NO'}")
     rate_met = rate >= GOAL_RATE
     p99_met = median.p99 < GOAL_P99_MS
     print(
@@ -632,14 +282,20 @@ def benchmark(args: argparse.Namespace) -> int:
         f"p99 < {GOAL_P99_MS:g} ms at one connection: {'met' if p99_met else 'NOT met'} "
         f"(goal stated for a 2-core machine; this one has {nproc()})"
     )
-    return 0 if consistent else 1
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
-    return value
+def benchmark(args: argparse.Namespace) -> int:
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install wrk", file=sys.stderr)
+        return 2
+    payload = pick_payload()
+    args.payload = str(payload)
+    body = payload.read_bytes()
+    signature = sign(body)
+    print_setting(args, payload, body)
+    rounds = measure_rounds(args, payload, body, signature)
+    print_medians(args, rounds)
+    return 0 if rounds.consistent else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -665,29 +321,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--tmp-dir", help="where the temporary RUNNER_HOMEs go (default: the system's temporary directory)"
     )
-    parser.add_argument("--serve-baseline", type=int, metavar="PORT", help=argparse.SUPPRESS)
     return parser
-
-
-def _terminate(signum: int, _frame: FrameType | None) -> None:
-    # Turn SIGTERM into an exception, so the finally blocks stop the servers and remove the directories.
-    raise SystemExit(128 + signum)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.serve_baseline is not None:
-        serve_baseline(args.serve_baseline)
-        return 0
-    signal.signal(signal.SIGTERM, _terminate)
-    try:
-        return benchmark(args)
-    except BenchError as exc:
-        print(f"ingest benchmark: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\ninterrupted; servers stopped, temporary directories removed", file=sys.stderr)
-        return 130
+    return run_benchmark("ingest", benchmark, args)
 
 
 if __name__ == "__main__":
