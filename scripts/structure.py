@@ -87,6 +87,19 @@ ALLOWED: dict[str, set[str]] = {
     # GitHub's API.
     "runner.github": {"runner"},
     "runner.github_auth": {"runner.config", "runner.github"},
+    # What runs tell GitHub: the calls (pure), the outbox that keeps them, the reporter that sends them.
+    "runner.github_reports": {"runner.models", "runner.pipeline"},
+    "runner.outbox": {"runner.github_reports", "runner.models", "runner.store"},
+    "runner.reporter": {
+        "runner.errors",
+        "runner.github",
+        "runner.github_auth",
+        "runner.github_reports",
+        "runner.models",
+        "runner.outbox",
+        "runner.pipeline",
+        "runner.store",
+    },
     # The flow: web → main queue → router → pipeline queues → lanes → steps; the worker runs router and lanes.
     "runner.body": {"runner.entry", "runner.queue"},
     "runner.web": {
@@ -134,17 +147,27 @@ ALLOWED: dict[str, set[str]] = {
         "runner.pipeline",
         "runner.pipelines",
         "runner.queue",
+        "runner.reporter",
         "runner.steps",
         "runner.store",
     },
     "runner.failed": {"runner.entry", "runner.events", "runner.files", "runner.queue", "runner.store"},
-    "runner.retention": {"runner.config", "runner.failed", "runner.models", "runner.store", "runner.timefmt"},
+    "runner.retention": {
+        "runner.config",
+        "runner.failed",
+        "runner.models",
+        "runner.outbox",
+        "runner.store",
+        "runner.timefmt",
+    },
     "runner.worker": {
         "runner.config",
         "runner.entry",
+        "runner.github_auth",
         "runner.lane",
         "runner.pipelines",
         "runner.queue",
+        "runner.reporter",
         "runner.retention",
         "runner.router",
         "runner.store",
