@@ -1,3 +1,5 @@
+"""``python -m runner``: the runner command."""
+
 import sys
 
 from runner.cli import main

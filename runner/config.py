@@ -29,6 +29,7 @@ DEFAULT_RETENTION = 90 * 86400.0
 DEFAULT_KEEP_RUNS = 20
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 DEFAULT_CATCH_UP_INTERVAL = 600.0
+DEFAULT_GITHUB_REPORT_FOR = 86400.0
 
 
 class ConfigError(Exception):
@@ -107,6 +108,8 @@ class Config:
     github_app_key_file: Path | None = None
     # Where runner's pages are reachable, for the links it gives GitHub; None: no links.
     public_url: str | None = None
+    # How long the worker tries to tell GitHub about a run (seconds) before it gives that report up.
+    github_report_for: float = DEFAULT_GITHUB_REPORT_FOR
     # How often the worker asks GitHub for the deliveries it missed (seconds); 0: never.
     catch_up_interval: float = DEFAULT_CATCH_UP_INTERVAL
     # Hooks runner is told about, besides those it learns from the deliveries it receives.
@@ -119,10 +122,6 @@ class Config:
     @property
     def pipelines_dir(self) -> Path:
         return self.home / "pipelines"
-
-    @property
-    def templates_dir(self) -> Path:
-        return self.home / "templates"
 
     @property
     def nginx_templates_dir(self) -> Path:
@@ -399,6 +398,7 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         github_app_id=app_id,
         github_app_key_file=key_file,
         public_url=_read_url(environ, "RUNNER_PUBLIC_URL"),
+        github_report_for=_read_duration(environ, "RUNNER_GITHUB_REPORT_FOR", DEFAULT_GITHUB_REPORT_FOR),
         catch_up_interval=_read_duration(
             environ, "RUNNER_CATCH_UP_INTERVAL", DEFAULT_CATCH_UP_INTERVAL, zero_ok=True
         ),

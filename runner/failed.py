@@ -250,7 +250,7 @@ def _retry_pipeline(entry: FailedEntry, directory: Path, store: Store) -> str:
     data = _read(entry)
     # What the lane records when it claims the run: the same, from the same entry.
     run_entry = RunEntry.read(data)
-    run_id = store.create_retry_run(
+    run_id = store.create_run(
         entry.queue,
         trigger=run_entry.trigger,
         delivery_id=run_entry.delivery,

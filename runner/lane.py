@@ -26,6 +26,7 @@ from runner.events import repository_name
 from runner.pipeline import Pipeline
 from runner.pipelines import PipelineSet, pipeline_files
 from runner.queue import Queue
+from runner.reporter import Reporter
 from runner.store import Store
 
 # The lanes are the worker's: their lines keep its name, which is what the journal is searched by.
@@ -51,12 +52,15 @@ class Lane:
         config: Config,
         environ: Mapping[str, str],
         crashes: dict[str, int] | None = None,
+        reporter: Reporter | None = None,
     ) -> None:
         self.name = name
         self.pipelines = pipelines
         self.store = store
         self.config = config
         self.environ = environ
+        # What records what the runs tell GitHub; None when runner has no GitHub credentials.
+        self.reporter = reporter
         self.last_known: Pipeline | None = pipelines.get(name)
         # Entries that made this lane fail, kept by the worker across the lane's restarts.
         self.crashes = crashes if crashes is not None else {}
@@ -174,6 +178,8 @@ class Lane:
             reason = f"the run could not go on: {describe(exc)}"
             logger.exception("run %d of %s failed: %s", run_id, self.name, reason)
             await asyncio.to_thread(self.store.finish_run, run_id, "failed", reason)
+            if self.reporter is not None:
+                await self.reporter.ended(run_id, "error")
             self.queue.fail(name, f"run {run_id} failed: {reason}")
             return "failed"
 
@@ -195,6 +201,8 @@ class Lane:
             stopped = await asyncio.to_thread(steps.stop_leftovers, self._run_file(old, ".pgid"), old)
             if stopped:
                 logger.warning("stopped processes %s left running by run %d", stopped, old)
+            if self.reporter is not None:
+                await self.reporter.ended(old, "interrupted")
 
     async def _carry_out_run(
         self,
@@ -221,6 +229,8 @@ class Lane:
             log.note("run finished")
             log.close()
         await asyncio.to_thread(self.store.finish_run, run_id, status, reason)
+        if self.reporter is not None:
+            await self.reporter.ended(run_id, status)
         # A failed step is the pipeline's outcome, not runner's fault: a warning. What runner could not do
         # (a lane's crash, a run that could not go on) is an error.
         logger.log(
@@ -238,14 +248,21 @@ class Lane:
     async def _context(
         self, entry: RunEntry, pipeline: Pipeline, run_id: int, log: steps.RunLog, log_path: Path
     ) -> steps.RunContext:
-        """What the run's steps share, once the run records its log, ref and commit."""
+        """What the run's steps share, once the run records its log, ref and commit (and, with a commit,
+        what it tells GitHub as it starts)."""
         previous = await asyncio.to_thread(self.store.last_deployed_commit, pipeline.name)
         await asyncio.to_thread(
             self.store.set_run, run_id, log_path=str(log_path), ref=entry.ref, commit=entry.commit
         )
+        repository = repository_name(entry.payload) or pipeline.trigger.repository
+        if self.reporter is not None and entry.commit is not None:
+            await self.reporter.started(run_id, pipeline.github, repository, entry.commit)
 
         async def on_commit(resolved: str) -> None:
+            # The commit of a run that named only a ref: what GitHub is told of from now on.
             await asyncio.to_thread(self.store.set_run, run_id, commit=resolved)
+            if self.reporter is not None:
+                await self.reporter.started(run_id, pipeline.github, repository, resolved)
 
         return steps.RunContext(
             run_id=run_id,
@@ -255,7 +272,7 @@ class Lane:
             trigger=entry.trigger,
             ref=entry.ref,
             commit=entry.commit,
-            repository=repository_name(entry.payload) or pipeline.trigger.repository,
+            repository=repository,
             delivery=entry.delivery,
             event_name=entry.event,
             event=entry.payload,

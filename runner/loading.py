@@ -23,6 +23,8 @@ from runner.pipeline import (
     DEFAULT_EVENTS,
     DEFAULT_TIMEOUT,
     STEP_TYPES,
+    GitHubDeployment,
+    GitHubReporting,
     Pipeline,
     StepSpec,
     Trigger,
@@ -44,6 +46,22 @@ def _default_step_name(step_type: str, args: Any) -> str:
 
 def _filter(on: Mapping[str, Any], key: str) -> Filter | None:
     return Filter(on[key]) if key in on else None
+
+
+def _github(name: str, github: Mapping[str, Any]) -> GitHubReporting:
+    deployment = github.get("deployment")
+    return GitHubReporting(
+        context=github.get("context") or f"runner/{name}",
+        statuses=github.get("statuses", True),
+        deployment=None
+        if deployment is None
+        else GitHubDeployment(
+            environment=deployment["environment"],
+            production_environment=deployment.get("production_environment"),
+            transient_environment=deployment.get("transient_environment"),
+            url=deployment.get("url"),
+        ),
+    )
 
 
 def _build(doc: Document, name: str, home: Path) -> Pipeline:
@@ -82,6 +100,7 @@ def _build(doc: Document, name: str, home: Path) -> Pipeline:
         env=dict(data.get("env", {})),
         timeout=parse_duration(data["timeout"]) if "timeout" in data else DEFAULT_TIMEOUT,
         steps=tuple(steps),
+        github=_github(name, data.get("github") or {}),
     )
 
 

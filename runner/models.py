@@ -6,11 +6,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    JSON,
+    BigInteger,
     Boolean,
     DateTime,
     Dialect,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -138,3 +141,37 @@ class StepResult(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     finished_at: Mapped[datetime] = mapped_column(UTCDateTime())
     duration: Mapped[float] = mapped_column(Float)
+
+
+class GitHubReport(Base):
+    """A call GitHub must receive about a run: a commit status, a deployment or a deployment's status.
+
+    Recorded by the run's lane, sent by the worker's reporter (runner/reporter.py), in the order of their
+    ids within a run; kept until sent, or given up.
+    """
+
+    __tablename__ = "github_reports"
+    # The reporter's question: which pending rows are due.
+    __table_args__ = (Index(None, "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    # owner/name
+    repository: Mapped[str] = mapped_column(Text)
+    # status (a commit status), deployment, deployment_status
+    kind: Mapped[str] = mapped_column(String(32))
+    commit: Mapped[str] = mapped_column(String(64))
+    # The call's JSON body, as GitHub's REST API takes it.
+    body: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # The row whose result this one needs: a deployment status follows its deployment, whose id it names.
+    follows: Mapped[int | None] = mapped_column(ForeignKey("github_reports.id", ondelete="CASCADE"))
+    # The id GitHub gave what was made (the deployment's, the status's).
+    result: Mapped[int | None] = mapped_column(BigInteger)
+    # pending, sent, given_up
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Why the last attempt failed, or why the row was given up.
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -77,6 +77,29 @@ class StepSpec:
 
 
 @dataclass(frozen=True)
+class GitHubDeployment:
+    """A GitHub deployment made for each run (``github.deployment``): GitHub shows the environment and
+    its history on the repository's page."""
+
+    environment: str
+    # None: GitHub's default (production_environment is true for "production" only; transient false).
+    production_environment: bool | None
+    transient_environment: bool | None
+    # Where the environment is reachable (its environment_url), a literal https URL.
+    url: str | None
+
+
+@dataclass(frozen=True)
+class GitHubReporting:
+    """What runner tells GitHub of the pipeline's runs (``github:``), when it has credentials: a commit
+    status under ``context`` unless ``statuses`` is off, and a deployment when ``deployment`` is set."""
+
+    context: str
+    statuses: bool
+    deployment: GitHubDeployment | None
+
+
+@dataclass(frozen=True)
 class Match:
     matched: bool
     reason: str | None
@@ -100,6 +123,7 @@ class Pipeline:
     env: dict[str, str]
     timeout: float
     steps: tuple[StepSpec, ...]
+    github: GitHubReporting
 
     def match(self, event: str, payload: Mapping[str, Any]) -> Match:
         """Whether a delivery runs this pipeline, and if not, why not, in words for an operator."""

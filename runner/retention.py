@@ -4,7 +4,8 @@ A run, its steps and its log go once it ended more than ``RUNNER_RETENTION`` ago
 pipeline's last ``RUNNER_KEEP_RUNS`` runs or its last successful one (the deployed commit, which ``when:
 changed`` compares against); a run still queued or running never goes. A delivery goes at the same age once
 no run that is kept names it, and never before it is routed. A ``failed/`` entry goes (with its ``.reason``)
-at the same age, counted from when it failed.
+at the same age, counted from when it failed. What runs told GitHub goes with its run, and at the same age
+once it was sent or given up.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from runner.config import Config
 from runner.failed import FailedEntry, failed_entries, orphan_reasons
-from runner.models import Delivery, Run, StepResult
+from runner.models import Delivery, GitHubReport, Run, StepResult
+from runner.outbox import PENDING
 from runner.store import Store
 from runner.timefmt import shown
 
@@ -41,6 +43,8 @@ class Plan:
     runs: list[Run] = field(default_factory=list)
     deliveries: list[Delivery] = field(default_factory=list)
     failed: list[FailedEntry] = field(default_factory=list)
+    # The outbox's rows of runs that are kept, sent or given up before the cutoff.
+    reports: list[int] = field(default_factory=list)
     # Each run's files that were there when it was selected.
     files: dict[int, list[Path]] = field(default_factory=dict)
     # ``.reason`` files whose entry is gone (retried or dropped by hand), as old as the cutoff.
@@ -51,7 +55,8 @@ class Plan:
     def summary(self) -> str:
         return (
             f"{len(self.runs)} run(s), {len(self.deliveries)} delivery(ies), "
-            f"{len(self.failed)} failed entry(ies) older than {shown(self.cutoff)}"
+            f"{len(self.failed)} failed entry(ies), {len(self.reports)} GitHub report(s) "
+            f"older than {shown(self.cutoff)}"
         )
 
 
@@ -90,11 +95,12 @@ def _runs_to_prune(store: Store, before: datetime, keep_last: int) -> list[Run]:
 
 
 def _delete_runs(store: Store, run_ids: Sequence[int]) -> None:
-    """Remove ended runs and their steps."""
+    """Remove ended runs, their steps and what they told GitHub."""
     with store.engine.begin() as connection:
         for start in range(0, len(run_ids), 500):
             chunk = run_ids[start : start + 500]
             connection.execute(delete(StepResult).where(StepResult.run_id.in_(chunk)))
+            connection.execute(delete(GitHubReport).where(GitHubReport.run_id.in_(chunk)))
             connection.execute(delete(Run).where(Run.id.in_(chunk), Run.status.not_in(("queued", "running"))))
 
 
@@ -130,13 +136,38 @@ def _delete_deliveries(store: Store, delivery_ids: Sequence[str]) -> None:
             )
 
 
+def _reports_to_prune(store: Store, before: datetime, dropped_runs: Collection[int]) -> list[int]:
+    """The outbox's rows made before ``before`` and sent or given up, of runs with no row still pending
+    (which may need them: a deployment's status needs the deployment's id), but for those of
+    ``dropped_runs`` (which go with their run)."""
+    waiting = select(GitHubReport.run_id).where(GitHubReport.state == PENDING)
+    query = select(GitHubReport.id, GitHubReport.run_id).where(
+        GitHubReport.state != PENDING, GitHubReport.created_at < before, GitHubReport.run_id.not_in(waiting)
+    )
+    with store.engine.connect() as connection:
+        rows = connection.execute(query.order_by(GitHubReport.id))
+        return [row.id for row in rows if row.run_id not in dropped_runs]
+
+
+def _delete_reports(store: Store, report_ids: Sequence[int]) -> None:
+    """Remove rows of the outbox that were sent or given up."""
+    with store.engine.begin() as connection:
+        for start in range(0, len(report_ids), 500):
+            chunk = report_ids[start : start + 500]
+            connection.execute(
+                delete(GitHubReport).where(GitHubReport.id.in_(chunk), GitHubReport.state != PENDING)
+            )
+
+
 def plan(config: Config, store: Store, now: datetime | None = None) -> Plan:
     """Select what is older than the retention and not kept; nothing is changed."""
     cutoff = (now or datetime.now(UTC)) - timedelta(seconds=config.retention)
     result = Plan(cutoff=cutoff, keep_runs=config.keep_runs)
     result.runs = _runs_to_prune(store, cutoff, config.keep_runs)
     result.files = {run.id: [path for path in run_files(config, run) if path.exists()] for run in result.runs}
-    result.deliveries = _deliveries_to_prune(store, cutoff, {run.id for run in result.runs})
+    dropped = {run.id for run in result.runs}
+    result.deliveries = _deliveries_to_prune(store, cutoff, dropped)
+    result.reports = _reports_to_prune(store, cutoff, dropped)
     for entry in failed_entries(config.queues_dir):
         if entry.failed_at < cutoff:
             result.failed.append(entry)
@@ -161,6 +192,7 @@ def apply(config: Config, store: Store, selected: Plan) -> Plan:
         for path in run_files(config, run):
             _unlink(path, selected.problems)
     _delete_deliveries(store, [delivery.delivery_id for delivery in selected.deliveries])
+    _delete_reports(store, selected.reports)
     for entry in selected.failed:
         _unlink(entry.path, selected.problems)
         _unlink(entry.reason_path, selected.problems)

@@ -201,9 +201,15 @@ class Store:
         ref: str | None = None,
         commit: str | None = None,
     ) -> int:
-        """Record a queued run. Its id goes into the queue entry, so the run exists before its entry does."""
+        """Record a queued run. Its id goes into the queue entry, so the run exists before its entry does.
+
+        A run of a delivery is the next attempt of its (delivery, pipeline): for a failed entry put back in
+        its queue, never taken for the delivery's first forwarding.
+        """
         with Session(self.engine) as session, session.begin():
             run = _queued_run(pipeline, trigger, delivery_id, ref, commit)
+            if delivery_id is not None:
+                run.attempt = _next_attempt(session, pipeline, delivery_id)
             session.add(run)
             session.flush()
             return run.id
@@ -372,25 +378,6 @@ class Store:
                 delete(Delivery).where(Delivery.delivery_id == delivery_id, Delivery.entry == entry)
             )
         return done.rowcount > 0
-
-    def create_retry_run(
-        self,
-        pipeline: str,
-        *,
-        trigger: str,
-        delivery_id: str | None,
-        ref: str | None,
-        commit: str | None,
-    ) -> int:
-        """Record a queued run for a failed entry put back in its queue: the next attempt of its
-        (delivery, pipeline), so that it is never taken for the delivery's first forwarding."""
-        with Session(self.engine) as session, session.begin():
-            run = _queued_run(pipeline, trigger, delivery_id, ref, commit)
-            if delivery_id is not None:
-                run.attempt = _next_attempt(session, pipeline, delivery_id)
-            session.add(run)
-            session.flush()
-            return run.id
 
 
 def _queued_run(

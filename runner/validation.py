@@ -174,6 +174,9 @@ def _explain(error: ValidationError, skip: set[Where]) -> Iterator[tuple[Where, 
         yield where, False, say(where, f"{reason} (got {_value(instance)})")
     elif validator in ("minItems", "minLength"):
         yield where, False, say(where, "must not be empty")
+    elif validator == "maxLength":
+        length = f"{error.validator_value} characters (got {len(instance)})"
+        yield where, False, say(where, f"must be at most {length}")
     elif validator == "minimum":
         yield where, False, say(where, f"must be at least {error.validator_value} (got {_value(instance)})")
     elif validator == "uniqueItems":

@@ -1,4 +1,4 @@
-"""The deployment worker: the router and one lane per pipeline, in one asyncio process.
+"""The deployment worker: the router, one lane per pipeline and the GitHub reporter, in one asyncio process.
 
 Nothing one entry does ends the worker: an unexpected exception in a step fails that run, and a lane or the
 router that fails is logged and started again after a pause, while the others go on.
@@ -18,10 +18,12 @@ from typing import Any
 from runner import catchup, retention
 from runner.config import Config
 from runner.entry import find_run_entry
+from runner.github_auth import github_client
 from runner.lane import RELOAD_INTERVAL, Lane
 from runner.pipeline import RESERVED_NAMES
 from runner.pipelines import PipelineSet
 from runner.queue import FAILED_DIR, Queue, is_entry_name
+from runner.reporter import Reporter
 from runner.router import Router
 from runner.store import Store
 
@@ -45,12 +47,14 @@ def _find_entry(directory: Path, run_id: int) -> str | None:
         queue.close()
 
 
-def settle(store: Store, config: Config) -> None:
-    """End the runs that a worker before this one left queued or running and that nothing will carry out.
+def settle(store: Store, config: Config) -> list[tuple[int, str]]:
+    """End the runs that a worker before this one left queued or running and that nothing will carry out;
+    returns each one ended, with the status it ended in.
 
     A run whose entry is still in its pipeline's queue is left: its lane takes the entry again (a run
     left running is then recorded as interrupted and the entry is done again).
     """
+    ended = []
     for run in store.unfinished_runs():
         directory = config.queues_dir / run.pipeline
         if run.entry is None:
@@ -82,10 +86,13 @@ def settle(store: Store, config: Config) -> None:
             logger.warning(
                 "run %d of %s was left %s: %s (%s)", run.id, run.pipeline, run.status, status, reason
             )
+            ended.append((run.id, status))
+    return ended
 
 
 class Worker:
-    """The router, a lane per pipeline, and the reloading of pipeline files."""
+    """The router, a lane per pipeline, the reloading of pipeline files, and (with GitHub credentials) the
+    reporter that tells GitHub what the runs did."""
 
     def __init__(
         self, pipelines: PipelineSet, store: Store, config: Config, environ: Mapping[str, str]
@@ -97,6 +104,12 @@ class Worker:
         # Resolved now: an unknown web user is a configuration error at start, not a router that fails.
         self.writer = config.web_uid()
         self.router: Router | None = None
+        github = github_client(config)
+        self.reporter = (
+            None
+            if github is None
+            else Reporter(store, github, report_for=config.github_report_for, public_url=config.public_url)
+        )
         self.lanes: dict[str, Lane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._crashes: dict[str, dict[str, int]] = {}
@@ -143,6 +156,7 @@ class Worker:
                 self.config,
                 self.environ,
                 self._crashes.setdefault(name, {}),
+                self.reporter,
             )
             self.lanes[name] = lane
             return lane.run(stop)
@@ -167,13 +181,28 @@ class Worker:
                 self._supervise(f"the lane of {name}", self._lane(name, stop), stop), name=f"lane-{name}"
             )
 
+    async def _start_reporter(
+        self, settled: list[tuple[int, str]], stop: asyncio.Event
+    ) -> list[asyncio.Task[None]]:
+        """The reporter's task (none without GitHub credentials), once what the runs ``settled`` ended
+        tell GitHub is recorded."""
+        reporter = self.reporter
+        if reporter is None:
+            return []
+        for run_id, status in settled:
+            await reporter.ended(run_id, status)
+        supervised = self._supervise("the reporter", lambda: reporter.run(stop), stop)
+        return [asyncio.create_task(supervised, name="reporter")]
+
     async def run(self, stop: asyncio.Event) -> None:
         # reload() logs each invalid file itself.
         await asyncio.to_thread(self.pipelines.reload)
         try:
-            await asyncio.to_thread(settle, self.store, self.config)
+            settled = await asyncio.to_thread(settle, self.store, self.config)
         except Exception:
             logger.exception("could not settle the runs a previous worker left; the next start tries again")
+            settled = []
+        reporting = await self._start_reporter(settled, stop)
         self._start_lanes(stop)
         router = asyncio.create_task(
             self._supervise("the router", lambda: self._route(stop), stop), name="router"
@@ -195,5 +224,7 @@ class Worker:
                 self._start_lanes(stop)
             except Exception:
                 logger.exception("reloading the pipelines failed; tried again in %.0f s", RELOAD_INTERVAL)
-        await asyncio.gather(router, pruning, catching_up, *self._tasks.values(), return_exceptions=True)
+        await asyncio.gather(
+            router, pruning, catching_up, *reporting, *self._tasks.values(), return_exceptions=True
+        )
         logger.info("worker stopped")

@@ -1,0 +1,327 @@
+"""The structure rules `scripts/check` enforces: who may import whom, how long a module or function may be.
+
+The import table is the map of the code: each module of runner lists the modules of runner it may import, at
+module level or inside a function alike. Data flows one way (web → main queue → router → pipeline queue →
+worker → steps), so a module never imports its caller, and a module that is not in the table is an error
+until someone says where it sits.
+
+    python scripts/structure.py [ROOT]     # ROOT: the checkout (default: this script's parent's parent)
+"""
+
+from __future__ import annotations
+
+import ast
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+MAX_MODULE_LINES = 400
+MAX_FUNCTION_LINES = 60
+
+# What a step may use: the step base, the pipeline model and its templating, root commands, child processes.
+_STEP = {
+    "runner.steps.base",
+    "runner.pipeline",
+    "runner.templating",
+    "runner.shell",
+    "runner.sudo",
+    "runner.process",
+    "runner.credentials",
+}
+
+ALLOWED: dict[str, set[str]] = {
+    "runner": set(),
+    "runner.__main__": {"runner.cli"},
+    # The bottom: plain helpers that import nothing of runner's (shipped and github read runner.__version__).
+    "runner.files": set(),
+    "runner.events": set(),
+    "runner.errors": set(),
+    "runner.timefmt": set(),
+    "runner.process": set(),
+    "runner.credentials": set(),
+    "runner.listen": set(),
+    "runner.lock": set(),
+    "runner.config": set(),
+    "runner.shipped": {"runner"},
+    "runner.sudo": {"runner.process"},
+    # Storage: the queue and the database import nothing of runner's above them.
+    "runner.queue": {"runner.files"},
+    "runner.committer": {"runner.queue"},
+    "runner.consumer": {"runner.queue"},
+    "runner.entry": {"runner.events", "runner.queue"},
+    "runner.models": {"runner.timefmt"},
+    "runner.database": set(),
+    "runner.schema": {"runner.shipped"},
+    "runner.store": {"runner.database", "runner.models", "runner.schema"},
+    # The pipeline language: templating, the shell rules, the YAML, the model, its checks and loading.
+    "runner.templating": set(),
+    "runner.shell": {"runner.templating"},
+    "runner.code_variables": set(),
+    "runner.argv_readers": set(),
+    "runner.reparsers": {"runner.argv_readers", "runner.code_variables", "runner.shell"},
+    "runner.injection": {"runner.reparsers", "runner.shell", "runner.templating"},
+    "runner.filters": set(),
+    "runner.yaml_source": set(),
+    "runner.pipeline": {"runner.filters"},
+    "runner.validation": {"runner.pipeline", "runner.shipped", "runner.yaml_source"},
+    "runner.checks": {
+        "runner.code_variables",
+        "runner.config",
+        "runner.filters",
+        "runner.injection",
+        "runner.pipeline",
+        "runner.shipped",
+        "runner.templating",
+        "runner.validation",
+        "runner.yaml_source",
+    },
+    "runner.loading": {
+        "runner.checks",
+        "runner.credentials",
+        "runner.filters",
+        "runner.pipeline",
+        "runner.validation",
+        "runner.yaml_source",
+    },
+    "runner.pipelines": {"runner.checks", "runner.loading", "runner.pipeline", "runner.validation"},
+    # GitHub's API.
+    "runner.github": {"runner"},
+    "runner.github_auth": {"runner.config", "runner.github"},
+    # What runs tell GitHub: the calls (pure), the outbox that keeps them, the reporter that sends them.
+    "runner.github_reports": {"runner.models", "runner.pipeline"},
+    "runner.outbox": {"runner.github_reports", "runner.models", "runner.store"},
+    "runner.reporter": {
+        "runner.errors",
+        "runner.github",
+        "runner.github_auth",
+        "runner.github_reports",
+        "runner.models",
+        "runner.outbox",
+        "runner.pipeline",
+        "runner.store",
+    },
+    # The flow: web → main queue → router → pipeline queues → lanes → steps; the worker runs router and lanes.
+    "runner.body": {"runner.entry", "runner.queue"},
+    "runner.web": {
+        "runner.body",
+        "runner.committer",
+        "runner.config",
+        "runner.entry",
+        "runner.queue",
+        "runner.store",
+    },
+    "runner.router": {
+        "runner.consumer",
+        "runner.entry",
+        "runner.errors",
+        "runner.events",
+        "runner.pipeline",
+        "runner.pipelines",
+        "runner.queue",
+        "runner.store",
+    },
+    "runner.steps": _STEP
+    | {
+        "runner.filters",
+        "runner.steps.certbot",
+        "runner.steps.command",
+        "runner.steps.git",
+        "runner.steps.nginx",
+        "runner.steps.pnpm",
+        "runner.steps.systemctl",
+    },
+    "runner.steps.base": _STEP | {"runner.config", "runner.timefmt"},
+    "runner.steps.certbot": _STEP,
+    "runner.steps.command": _STEP,
+    "runner.steps.git": _STEP,
+    "runner.steps.nginx": _STEP,
+    "runner.steps.pnpm": _STEP,
+    "runner.steps.systemctl": _STEP,
+    "runner.lane": {
+        "runner.config",
+        "runner.consumer",
+        "runner.credentials",
+        "runner.entry",
+        "runner.errors",
+        "runner.events",
+        "runner.pipeline",
+        "runner.pipelines",
+        "runner.queue",
+        "runner.reporter",
+        "runner.steps",
+        "runner.store",
+    },
+    "runner.failed": {"runner.entry", "runner.events", "runner.files", "runner.queue", "runner.store"},
+    "runner.retention": {
+        "runner.config",
+        "runner.failed",
+        "runner.models",
+        "runner.outbox",
+        "runner.store",
+        "runner.timefmt",
+    },
+    "runner.worker": {
+        "runner.config",
+        "runner.entry",
+        "runner.github_auth",
+        "runner.lane",
+        "runner.pipelines",
+        "runner.queue",
+        "runner.reporter",
+        "runner.retention",
+        "runner.router",
+        "runner.store",
+    },
+    # Operating it: the commands around the flow. Nothing below imports them.
+    "runner.trigger": {
+        "runner.config",
+        "runner.entry",
+        "runner.lock",
+        "runner.pipelines",
+        "runner.queue",
+        "runner.steps",
+        "runner.store",
+    },
+    "runner.instance": {"runner.config", "runner.pipelines", "runner.shipped", "runner.steps.systemctl"},
+    "runner.setup": {"runner.instance", "runner.queue", "runner.shipped"},
+    "runner.doctor": {
+        "runner.config",
+        "runner.database",
+        "runner.loading",
+        "runner.pipeline",
+        "runner.pipelines",
+        "runner.schema",
+        "runner.steps.systemctl",
+        "runner.store",
+        "runner.sudo",
+    },
+    "runner.reports": {
+        "runner.config",
+        "runner.failed",
+        "runner.lock",
+        "runner.models",
+        "runner.retention",
+        "runner.store",
+        "runner.timefmt",
+    },
+    "runner.server": {
+        "runner.config",
+        "runner.listen",
+        "runner.lock",
+        "runner.pipelines",
+        "runner.queue",
+        "runner.store",
+        "runner.web",
+        "runner.worker",
+    },
+    "runner.cli": {
+        "runner.config",
+        "runner.database",
+        "runner.doctor",
+        "runner.failed",
+        "runner.instance",
+        "runner.listen",
+        "runner.pipelines",
+        "runner.reports",
+        "runner.retention",
+        "runner.schema",
+        "runner.server",
+        "runner.setup",
+        "runner.shipped",
+        "runner.store",
+        "runner.timefmt",
+        "runner.trigger",
+    },
+}
+
+
+def module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module or ""
+    base = module.split(".") if is_package else module.split(".")[:-1]
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
+def imported(module: str, is_package: bool, tree: ast.AST, known: set[str]) -> Iterator[tuple[int, str]]:
+    """Each runner module ``tree`` imports, with its line; ``from runner import x`` names x if it is one."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name == "runner" or alias.name.startswith("runner."):
+                    yield node.lineno, alias.name
+        elif isinstance(node, ast.ImportFrom):
+            source = _absolute(module, is_package, node)
+            if source != "runner" and not source.startswith("runner."):
+                continue
+            for alias in node.names:
+                submodule = f"{source}.{alias.name}"
+                yield node.lineno, submodule if submodule in known else source
+
+
+def _long_functions(tree: ast.AST) -> Iterator[tuple[int, str, int]]:
+    for node in ast.walk(tree):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            length = (node.end_lineno or node.lineno) - node.lineno + 1
+            if length > MAX_FUNCTION_LINES:
+                yield node.lineno, node.name, length
+
+
+def cycles(table: dict[str, set[str]]) -> list[str]:
+    """Each module from which the table itself allows a way back to it: a table with a cycle is no map."""
+    found = []
+    for start in sorted(table):
+        seen, todo = set(), list(table[start] - {start})
+        while todo:
+            module = todo.pop()
+            if module == start:
+                found.append(f"scripts/structure.py: the table lets {start} import, through others, itself")
+                break
+            if module not in seen:
+                seen.add(module)
+                todo.extend(table.get(module, set()) - {module})
+    return found
+
+
+def problems(root: Path) -> list[str]:
+    package = root / "runner"
+    paths = sorted(p for p in package.rglob("*.py") if "_shipped" not in p.parts)
+    known = {module_name(root, path) for path in paths}
+    found = cycles(ALLOWED)
+    for path in paths:
+        where = path.relative_to(root)
+        module = module_name(root, path)
+        text = path.read_text()
+        tree = ast.parse(text, str(where))
+        lines = len(text.splitlines())
+        if lines > MAX_MODULE_LINES:
+            found.append(f"{where}: {lines} lines; a module holds one concept in at most {MAX_MODULE_LINES}")
+        for line, name, length in _long_functions(tree):
+            found.append(f"{where}:{line}: {name} is {length} lines; at most {MAX_FUNCTION_LINES}")
+        if module not in ALLOWED:
+            found.append(f"{where}: {module} is not in the import table of scripts/structure.py")
+            continue
+        imports = sorted(set(imported(module, path.name == "__init__.py", tree, known)))
+        for line, target in imports:
+            if target != module and target not in ALLOWED[module]:
+                found.append(f"{where}:{line}: {module} may not import {target} (see scripts/structure.py)")
+    return found
+
+
+def main(argv: list[str]) -> int:
+    root = Path(argv[1]) if len(argv) > 1 else Path(__file__).resolve().parent.parent
+    found = problems(root)
+    for problem in found:
+        print(problem, file=sys.stderr)
+    return 1 if found else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
