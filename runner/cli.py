@@ -1,4 +1,4 @@
-"""The ``runner`` command: its arguments, and what each subcommand does with them."""
+"""The ``runner`` command: its commands, their options, and what each does with them."""
 
 from __future__ import annotations
 
@@ -7,12 +7,13 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner import config as config_module
 from runner import reports, server, shipped
+from runner.arguments import LIMIT_HELP, Commands, global_options, positive_int, top_parser
 from runner.config import Config, ConfigError
 from runner.listen import ListenError
 from runner.server import ServeError
@@ -20,8 +21,6 @@ from runner.timefmt import LogFormatter
 
 if TYPE_CHECKING:
     from runner.store import Store
-
-    Handler = Callable[[Config, argparse.Namespace], None]
 
 
 class CommandError(Exception):
@@ -226,32 +225,8 @@ def cmd_failed(config: Config, args: argparse.Namespace) -> None:
         reports.print_failed(entries, args.json)
 
 
-def _positive_int(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number")
-    return int(text)
-
-
-LIMIT_HELP = "how many to list, newest first: a positive number (default: 20)"
-
-
-def _global_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
-    """--home and -v, on the top-level parser and again on each command's: accepted before or after the
-    command. A command's own have no default, so that they override the top-level ones only when given."""
-    home, verbose = (None, False) if top else (argparse.SUPPRESS, argparse.SUPPRESS)
-    parser.add_argument(
-        "--home", type=Path, default=home, help="the runner's directory (default: $RUNNER_HOME or .)"
-    )
-    parser.add_argument("-v", "--verbose", action="store_true", default=verbose, help="log debugging detail")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="runner", description="A declarative deployment runner driven by GitHub webhooks."
-    )
-    _global_options(parser, top=True)
-    parser.add_argument("--version", action="version", version=f"runner {shipped.version()}")
-    commands = _Commands(parser)
+    parser, commands = top_parser(f"runner {shipped.version()}")
     # In the order `runner --help` lists them.
     _add_process_commands(commands)
     _add_run_commands(commands)
@@ -260,20 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Commands:
-    """The commands' parsers, each with its handler, its help (also its description), the global options."""
-
-    def __init__(self, parser: argparse.ArgumentParser) -> None:
-        self.subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    def add(self, name: str, handler: Handler, help: str) -> argparse.ArgumentParser:
-        sub = self.subparsers.add_parser(name, help=help, description=help)
-        sub.set_defaults(handler=handler)
-        _global_options(sub)
-        return sub
-
-
-def _add_process_commands(commands: _Commands) -> None:
+def _add_process_commands(commands: Commands) -> None:
     """The long-running processes: serve, up, work."""
     for name, handler, help in (
         ("serve", cmd_serve, "serve the webhook endpoint"),
@@ -284,14 +246,14 @@ def _add_process_commands(commands: _Commands) -> None:
         sub.add_argument("--port", type=int, help="port to listen on (default: $RUNNER_PORT or 3400)")
         sub.add_argument(
             "--workers",
-            type=_positive_int,
+            type=positive_int,
             help="server processes sharing the port (default: $RUNNER_WORKERS or 1)",
         )
 
     commands.add("work", cmd_work, "route deliveries and run the pipelines")
 
 
-def _add_run_commands(commands: _Commands) -> None:
+def _add_run_commands(commands: Commands) -> None:
     """The pipelines and their runs: validate, deliveries, runs, logs, trigger, catch-up."""
     validate = commands.add(
         "validate", cmd_validate, "check pipeline files; print each problem as file:line:column"
@@ -299,12 +261,12 @@ def _add_run_commands(commands: _Commands) -> None:
     validate.add_argument("files", nargs="*", help="pipeline files (default: every file in pipelines/)")
 
     deliveries = commands.add("deliveries", cmd_deliveries, "recent deliveries and what became of each")
-    deliveries.add_argument("--limit", type=_positive_int, default=20, help=LIMIT_HELP)
+    deliveries.add_argument("--limit", type=positive_int, default=20, help=LIMIT_HELP)
     deliveries.add_argument("--json", action="store_true", help="print JSON")
 
     runs = commands.add("runs", cmd_runs, "recent runs and their status")
     runs.add_argument("pipeline", nargs="?", help="only this pipeline's runs")
-    runs.add_argument("--limit", type=_positive_int, default=20, help=LIMIT_HELP)
+    runs.add_argument("--limit", type=positive_int, default=20, help=LIMIT_HELP)
     runs.add_argument("--json", action="store_true", help="print JSON, with each run's steps")
 
     logs = commands.add("logs", cmd_logs, "print a run's log, following it while the run goes on")
@@ -327,7 +289,7 @@ def _add_run_commands(commands: _Commands) -> None:
     catch_up.add_argument("--json", action="store_true", help="print JSON")
 
 
-def _add_instance_commands(commands: _Commands) -> None:
+def _add_instance_commands(commands: Commands) -> None:
     """Installing an instance and checking it: setup, doctor."""
     setup = commands.add(
         "setup",
@@ -350,7 +312,7 @@ def _add_instance_commands(commands: _Commands) -> None:
     )
 
 
-def _add_data_commands(commands: _Commands) -> None:
+def _add_data_commands(commands: Commands) -> None:
     """What the runner keeps: db (its schema), prune (old records), failed (entries that failed)."""
     db = commands.add("db", cmd_db, "manage the database schema")
     db_commands = db.add_subparsers(dest="db_command", required=True, metavar="DB_COMMAND")
@@ -362,7 +324,7 @@ def _add_data_commands(commands: _Commands) -> None:
         "current", help="show the schema's revision; exit status 1 when it is not the latest"
     )
     for sub in (upgrade, downgrade, current):
-        _global_options(sub)
+        global_options(sub)
 
     prune = commands.add(
         "prune", cmd_prune, "remove runs, deliveries and failed entries older than $RUNNER_RETENTION"
@@ -379,7 +341,7 @@ def _add_data_commands(commands: _Commands) -> None:
         ("drop", "remove a failed entry and its reason"),
     ):
         sub = failed_commands.add_parser(action, help=help, description=help)
-        _global_options(sub)
+        global_options(sub)
         sub.add_argument(
             "entry", help="QUEUE/NAME as `runner failed` lists it, or NAME if only one queue has it"
         )

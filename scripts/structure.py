@@ -214,7 +214,9 @@ ALLOWED: dict[str, set[str]] = {
         "runner.web",
         "runner.worker",
     },
+    "runner.arguments": {"runner.config"},
     "runner.cli": {
+        "runner.arguments",
         "runner.config",
         "runner.database",
         "runner.doctor",
