@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 # How long GitHub keeps a hook's deliveries: how far back a pass looks by default.
 GITHUB_KEEPS = 3 * 86400.0
 LOCK_FILE = ".catch-up.lock"
+# The queue of queues/ that the recovered deliveries go to, beside the main queue; the router takes both.
+RECOVERED_QUEUE = "recovered"
 
 
 class CatchUpError(Exception):
@@ -76,7 +78,7 @@ def backlog(config: Config) -> tuple[set[str], set[tuple[str, str]]]:
     and the recovered queue: the router's to record and route."""
     ids: set[str] = set()
     refs: set[tuple[str, str]] = set()
-    for directory in (config.main_queue_dir, config.recovered_queue_dir):
+    for directory in (config.main_queue_dir, config.queues_dir / RECOVERED_QUEUE):
         try:
             names = sorted(name for name in os.listdir(directory) if is_entry_name(name))
         except OSError:
@@ -134,7 +136,7 @@ class CatchUp:
 
     def _deliveries(self, done: Pass) -> None:
         waiting = backlog(self.config)[0]
-        queue = Queue(self.config.recovered_queue_dir)
+        queue = Queue(self.config.queues_dir / RECOVERED_QUEUE)
         try:
             for hook in hooks(self.config, self.store):
                 if self.stop.is_set():

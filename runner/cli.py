@@ -131,9 +131,9 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_catch_up(config: Config, args: argparse.Namespace) -> None:
-    from runner.catchup import CatchUpError, command_pass
+    from runner.catchup import GITHUB_KEEPS, CatchUpError, command_pass
 
-    since = config_module.duration(args.since, "--since")
+    since = config_module.read_duration({"--since": args.since}, "--since", GITHUB_KEEPS)
     say = (lambda _finding: None) if args.json else reports.print_finding
     try:
         with contextlib.closing(_open_store(config)) as store:

@@ -135,11 +135,6 @@ class Config:
     def main_queue_dir(self) -> Path:
         return self.queues_dir / "main"
 
-    @property
-    def recovered_queue_dir(self) -> Path:
-        """The deliveries the catch-up fetched from GitHub's record, written by the deploy user."""
-        return self.queues_dir / "recovered"
-
     def web_uid(self) -> int | None:
         """The user id of RUNNER_WEB_USER, or None when it is not set."""
         if self.web_user is None:
@@ -263,15 +258,13 @@ _DAYS_HOURS_MINUTES_SECONDS = re.compile(
 )
 
 
-def _read_duration(environ: Mapping[str, str], name: str, default: float, *, zero_ok: bool = False) -> float:
+def read_duration(environ: Mapping[str, str], name: str, default: float, *, zero_ok: bool = False) -> float:
+    """The duration ``name`` of ``environ`` (or of a command's options): seconds in ``90d``, ``12h``,
+    ``1d12h``, ``30m`` (days, hours, minutes, seconds in that order), or a whole number of seconds; more
+    than zero, unless ``zero_ok`` (where 0 turns something off)."""
     raw = environ.get(name)
-    return default if raw is None or raw == "" else duration(raw, name, zero_ok=zero_ok)
-
-
-def duration(raw: str, name: str, *, zero_ok: bool = False) -> float:
-    """Seconds in ``90d``, ``12h``, ``1d12h``, ``30m`` (days, hours, minutes, seconds in that order), or a
-    whole number of seconds; more than zero, unless ``zero_ok`` (where 0 turns something off). ``name`` is
-    the setting (or flag) a ConfigError names."""
+    if raw is None or raw == "":
+        return default
     match = _DAYS_HOURS_MINUTES_SECONDS.fullmatch(raw)
     if _WHOLE_NUMBER.fullmatch(raw):
         seconds = int(raw)
@@ -390,7 +383,7 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         nginx_templates=nginx_templates_dir(home, environ),
         certbot=_read_command(environ, "RUNNER_CERTBOT", DEFAULT_CERTBOT),
         web_user=environ.get("RUNNER_WEB_USER") or None,
-        retention=_read_duration(environ, "RUNNER_RETENTION", DEFAULT_RETENTION),
+        retention=read_duration(environ, "RUNNER_RETENTION", DEFAULT_RETENTION),
         keep_runs=_read_count(environ, "RUNNER_KEEP_RUNS", DEFAULT_KEEP_RUNS),
         github_api_url=_read_url(environ, "RUNNER_GITHUB_API_URL", http_on_loopback_only=True)
         or DEFAULT_GITHUB_API_URL,
@@ -398,8 +391,8 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         github_app_id=app_id,
         github_app_key_file=key_file,
         public_url=_read_url(environ, "RUNNER_PUBLIC_URL"),
-        github_report_for=_read_duration(environ, "RUNNER_GITHUB_REPORT_FOR", DEFAULT_GITHUB_REPORT_FOR),
-        catch_up_interval=_read_duration(
+        github_report_for=read_duration(environ, "RUNNER_GITHUB_REPORT_FOR", DEFAULT_GITHUB_REPORT_FOR),
+        catch_up_interval=read_duration(
             environ, "RUNNER_CATCH_UP_INTERVAL", DEFAULT_CATCH_UP_INTERVAL, zero_ok=True
         ),
         github_hooks=_read_github_hooks(environ),

@@ -143,7 +143,7 @@ class Worker:
             self.pipelines,
             self.store,
             writer=self.writer,
-            recovered=Queue(self.config.recovered_queue_dir),
+            recovered=Queue(self.config.queues_dir / catchup.RECOVERED_QUEUE),
         )
         await self.router.run(stop)
 
