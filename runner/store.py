@@ -127,8 +127,7 @@ class Store:
         ref: str | None,
         recovered: bool = False,
     ) -> str:
-        """Record a delivery the router is about to route (``recovered``: fetched by the catch-up). Returns
-        what it is:
+        """Record a delivery the router is about to route (``recovered``: the catch-up's). Returns what it is:
 
         ``new``; ``resume`` (this very entry was recorded before a crash and not yet routed); ``routed``
         (this entry was routed before a crash, only its removal is left); or ``duplicate`` (GitHub delivered
@@ -200,14 +199,25 @@ class Store:
         delivery_id: str | None = None,
         ref: str | None = None,
         commit: str | None = None,
+        reason: str | None = None,
     ) -> int:
         """Record a queued run. Its id goes into the queue entry, so the run exists before its entry does.
+        ``reason``: why it was queued, when its maker says (the catch-up does).
 
         A run of a delivery is the next attempt of its (delivery, pipeline): for a failed entry put back in
         its queue, never taken for the delivery's first forwarding.
         """
         with Session(self.engine) as session, session.begin():
-            run = _queued_run(pipeline, trigger, delivery_id, ref, commit)
+            run = Run(
+                pipeline=pipeline,
+                trigger=trigger,
+                delivery_id=delivery_id,
+                ref=ref,
+                commit=commit,
+                reason=reason,
+                status="queued",
+                queued_at=datetime.now(UTC),
+            )
             if delivery_id is not None:
                 run.attempt = _next_attempt(session, pipeline, delivery_id)
             session.add(run)
@@ -378,20 +388,6 @@ class Store:
                 delete(Delivery).where(Delivery.delivery_id == delivery_id, Delivery.entry == entry)
             )
         return done.rowcount > 0
-
-
-def _queued_run(
-    pipeline: str, trigger: str, delivery_id: str | None, ref: str | None, commit: str | None
-) -> Run:
-    return Run(
-        pipeline=pipeline,
-        trigger=trigger,
-        delivery_id=delivery_id,
-        ref=ref,
-        commit=commit,
-        status="queued",
-        queued_at=datetime.now(UTC),
-    )
 
 
 def _next_attempt(session: Session, pipeline: str, delivery_id: str) -> int:

@@ -108,10 +108,7 @@ class RunRequest:
                     f"pipeline {self.pipeline} has no run yet to redeploy: give --ref or --commit"
                 )
             ref = last[0].ref
-        run_id = store.create_run(self.pipeline, trigger="manual", ref=ref, commit=self.commit)
-        if reason is not None:
-            # Before its entry exists: no lane can have taken the run, and given it its own reason, yet.
-            store.set_run(run_id, reason=reason)
+        run_id = store.create_run(self.pipeline, trigger="manual", ref=ref, commit=self.commit, reason=reason)
         entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), getpass.getuser())
         directory = config.queues_dir / self.pipeline
         try:
