@@ -257,14 +257,15 @@ def _worker_pass(catch_up: CatchUp, interval: float) -> None:
         logger.info("%s", done.summary())
 
 
-async def every(config: Config, store: Store, pipelines: PipelineSet, stop: asyncio.Event) -> None:
+async def every(
+    config: Config, store: Store, github: GitHub | None, pipelines: PipelineSet, stop: asyncio.Event
+) -> None:
     """The worker's passes: when it starts, then every ``config.catch_up_interval`` seconds until ``stop``;
-    none without credentials, or with an interval of 0.
+    none without a GitHub client (no credentials), or with an interval of 0.
 
     In a thread of its own: the router and the lanes never wait for it. A pass that fails is logged and made
     again at the next one; a stop ends the pass at hand after its current call.
     """
-    github = github_client(config)
     interval = config.catch_up_interval
     if github is None or interval <= 0:
         return

@@ -104,7 +104,8 @@ class Worker:
         # Resolved now: an unknown web user is a configuration error at start, not a router that fails.
         self.writer = config.web_uid()
         self.router: Router | None = None
-        github = github_client(config)
+        # One client for the reporter and the catch-up: a GitHub App's installation tokens are shared.
+        self.github = github = github_client(config)
         self.reporter = (
             None
             if github is None
@@ -211,7 +212,7 @@ class Worker:
         pruning = asyncio.create_task(retention.daily(self.config, self.store, stop), name="retention")
         # Also in a thread of its own; none without GitHub credentials.
         catching_up = asyncio.create_task(
-            catchup.every(self.config, self.store, self.pipelines, stop), name="catch-up"
+            catchup.every(self.config, self.store, self.github, self.pipelines, stop), name="catch-up"
         )
         logger.info("worker started: pipelines %s", ", ".join(sorted(self._tasks)) or "(none)")
         while not stop.is_set():

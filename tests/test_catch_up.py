@@ -295,6 +295,7 @@ def test_an_entry_in_the_recovered_queue_that_another_user_wrote_is_refused(hub:
     guid = str(uuid.uuid4())
     head = delivery_head("push", guid, str(HOOK_ID), datetime.now(UTC), recovered=True)
     queue = rig.home / "queues" / "recovered"
+    wait_for(queue.is_dir, "the router to make the recovered queue", details=rig.details)
     temp = queue / ".forged.tmp"
     temp.write_bytes(delivery_entry(head, json.dumps(push(1)).encode()))
     os.chown(temp, 65534, 65534)  # nobody's, not the worker's user's

@@ -51,6 +51,9 @@ class ReportingRig(Rig):
             "RUNNER_GITHUB_API_URL": github.url,
             "RUNNER_GITHUB_TOKEN_FILE": str(token),
             "RUNNER_PUBLIC_URL": PUBLIC_URL,
+            # The catch-up's calls (tests/test_catch_up.py) would be among the reports' and take their
+            # injected failures.
+            "RUNNER_CATCH_UP_INTERVAL": "0",
         }
 
     def start_worker(self, **env: str) -> WorkerProcess:
