@@ -67,7 +67,7 @@ class Waiting:
             request = CancelRequest.read(data)
         except BadEntry as exc:
             logger.warning(
-                "removed entry %s of %s, a cancel request it cannot carry out: %s", name, self.pipeline, exc
+                "removed %s of %s, a cancel request that names no run: %s", name, self.pipeline, exc
             )
             self._answer(name)
             return
@@ -76,9 +76,12 @@ class Waiting:
             return
         if request is not None:
             self.requests[name] = request
-        else:
+            return
+        try:
             # Without its payload: a long queue's payloads are read when each is carried out, not kept.
             self.entries[name] = dataclasses.replace(RunEntry.read(data), payload={})
+        except BadEntry:
+            self.entries[name] = None
 
     def _take_arrived(self) -> None:
         self.reader.poll(0)
@@ -97,7 +100,10 @@ class Waiting:
             if self.entries:
                 name = min(self.entries)
                 del self.entries[name]
-                return name
+                if self.reader.queue.path(name).exists():
+                    return name
+                self.reader.forget(name)  # removed by hand since it arrived
+                continue
             name = await self.consumer.take(stop)
             if name is not None:
                 self._add(name)
