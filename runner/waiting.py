@@ -1,5 +1,7 @@
-"""The entries waiting in a lane's queue: read as they arrive, also while a run goes on, so that one is
-superseded, or cancelled on request, at once; the oldest left is carried out next.
+"""The entries waiting in a lane's queue, watched also while a run goes on: superseded, cancelled, or next.
+
+They are read as they arrive, so that an entry is superseded, or cancelled on request, at once, not when the
+lane gets to it; the oldest left is carried out next.
 
 What a newer entry supersedes is runner/concurrency.py's rule, and the database records it
 (runner/claims.py) before the entry leaves the queue: a worker killed in between leaves an entry whose run
