@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner import cancel, reports, server, shipped
 from runner import config as config_module
-from runner import reports, server, shipped
 from runner.config import Config, ConfigError
 from runner.listen import ListenError
 from runner.server import ServeError
@@ -129,6 +129,11 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
     what = " ".join(x for x in (entry.ref, entry.commit) if x)
     print(f"run {entry.run_id} queued: pipeline {entry.pipeline}, {what}")
     print(f"follow it with: runner logs {entry.run_id}", file=sys.stderr)
+
+
+def cmd_cancel(config: Config, args: argparse.Namespace) -> None:
+    with contextlib.closing(_open_store(config)) as store:
+        print(cancel.cancel(config, store, args.run))
 
 
 def cmd_setup(config: Config, args: argparse.Namespace) -> None:
@@ -279,7 +284,7 @@ def _add_process_commands(commands: _Commands) -> None:
 
 
 def _add_run_commands(commands: _Commands) -> None:
-    """The pipelines and their runs: validate, deliveries, runs, logs, trigger."""
+    """The pipelines and their runs: validate, deliveries, runs, logs, trigger, cancel."""
     validate = commands.add(
         "validate", cmd_validate, "check pipeline files; print each problem as file:line:column"
     )
@@ -308,6 +313,8 @@ def _add_run_commands(commands: _Commands) -> None:
         help="the commit to deploy: its full id, or an abbreviation (4+ hex digits, as `runner runs` shows "
         "it) that names one commit in the pipeline's checkout",
     )
+    canceller = commands.add("cancel", cmd_cancel, "cancel a run, waiting or going on, recorded as by hand")
+    canceller.add_argument("run", type=int, help="the run's number (see `runner runs`)")
 
 
 def _add_instance_commands(commands: _Commands) -> None:
@@ -385,7 +392,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=getattr(args, "workers", None),
         )
         args.handler(config, args)
-    except (ConfigError, CommandError, ListenError, ServeError) as exc:
+    except (ConfigError, CommandError, ListenError, ServeError, cancel.CancelError) as exc:
         print(f"runner: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
