@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from runner import cancel, reports, server, shipped
 from runner import config as config_module
-from runner import reports, server, shipped
 from runner.arguments import LIMIT_HELP, Commands, global_options, positive_int, top_parser
 from runner.config import Config, ConfigError
 from runner.listen import ListenError
@@ -128,6 +128,11 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
     what = " ".join(x for x in (entry.ref, entry.commit) if x)
     print(f"run {entry.run_id} queued: pipeline {entry.pipeline}, {what}")
     print(f"follow it with: runner logs {entry.run_id}", file=sys.stderr)
+
+
+def cmd_cancel(config: Config, args: argparse.Namespace) -> None:
+    with contextlib.closing(_open_store(config)) as store:
+        print(cancel.cancel(config, store, args.run))
 
 
 def cmd_catch_up(config: Config, args: argparse.Namespace) -> None:
@@ -254,7 +259,7 @@ def _add_process_commands(commands: Commands) -> None:
 
 
 def _add_run_commands(commands: Commands) -> None:
-    """The pipelines and their runs: validate, deliveries, runs, logs, trigger, catch-up."""
+    """The pipelines and their runs: validate, deliveries, runs, logs, trigger, cancel, catch-up."""
     validate = commands.add(
         "validate", cmd_validate, "check pipeline files; print each problem as file:line:column"
     )
@@ -283,6 +288,8 @@ def _add_run_commands(commands: Commands) -> None:
         help="the commit to deploy: its full id, or an abbreviation (4+ hex digits, as `runner runs` shows "
         "it) that names one commit in the pipeline's checkout",
     )
+    canceller = commands.add("cancel", cmd_cancel, "cancel a run, waiting or going on, recorded as by hand")
+    canceller.add_argument("run", type=int, help="the run's number (see `runner runs`)")
 
     catch_up = commands.add("catch-up", cmd_catch_up, "queue the pushes runner missed, from GitHub's record")
     catch_up.add_argument("--since", default="3d", help="how far back: 3d, 12h, 30m (default: 3d)")
@@ -364,7 +371,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=getattr(args, "workers", None),
         )
         args.handler(config, args)
-    except (ConfigError, CommandError, ListenError, ServeError) as exc:
+    except (ConfigError, CommandError, ListenError, ServeError, cancel.CancelError) as exc:
         print(f"runner: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

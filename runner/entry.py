@@ -4,8 +4,8 @@ A delivery entry is what the webhook endpoint writes to the main queue: the even
 id, when it was received, and the payload, last, exactly as GitHub sent it. The catch-up writes the same
 into the recovered queue for a delivery it fetched from GitHub's record, with ``recovered: true``. The router
 forwards it to the queue of each pipeline it matches with two keys more, the main queue's entry and the run
-it is for. A manual
-entry is what ``runner trigger`` puts into a pipeline's queue: the run, its ref and commit, who asked, when.
+it is for. A manual entry is what ``runner trigger`` puts into a pipeline's queue: the run, its ref and
+commit, who asked, when. A cancel request is what ``runner cancel`` puts there for the pipeline's lane: the run to call off.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import contextlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from runner.events import pushed_commit
@@ -126,6 +127,35 @@ class Manual:
         }
 
 
+@dataclass(frozen=True)
+class CancelRequest:
+    """A cancel request, as ``runner cancel`` writes it into the queue of the run's pipeline."""
+
+    run_id: int
+    requested_at: datetime
+    requested_by: str
+
+    def written(self) -> dict[str, Any]:
+        # Under "cancel", not "run_id": this entry is not the run's, and find_run_entry must not find it.
+        return {
+            "kind": "cancel",
+            "cancel": self.run_id,
+            "requested_at": self.requested_at.isoformat(),
+            "requested_by": self.requested_by,
+        }
+
+    @classmethod
+    def read(cls, data: Any) -> CancelRequest | None:
+        """The request an entry's JSON holds; None if it is not a cancel request. Raises BadEntry."""
+        if not isinstance(data, dict) or data.get("kind") != "cancel":
+            return None
+        run_id = data.get("cancel")
+        if not isinstance(run_id, int) or isinstance(run_id, bool):
+            raise BadEntry("the cancel request names no run")
+        by = data.get("requested_by")
+        return cls(run_id, _received_at(data.get("requested_at")), by if isinstance(by, str) else "?")
+
+
 def _text(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -163,6 +193,15 @@ class RunEntry:
             event=_text(data.get("event")),
             payload=payload,
         )
+
+
+def put_entry(directory: Path, data: dict[str, Any]) -> str:
+    """Put one entry (a manual run, a cancel request) into the pipeline queue ``directory``; its name."""
+    queue = Queue(directory)
+    try:
+        return queue.put(data)
+    finally:
+        queue.close()
 
 
 def find_run_entry(queue: Queue, run_id: int) -> str | None:

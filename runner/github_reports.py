@@ -50,7 +50,7 @@ class Ending:
 
 
 # How a run ended (see ending_of): a failure is the pipeline's (a step failed, the time ran out); an error
-# is runner's (it could not carry the run out). The supersede issue adds its own endings here.
+# is runner's (it could not carry the run out), or a run called off ({reason}: superseded, or by hand).
 ENDINGS: dict[str, Ending] = {
     "succeeded": Ending("success", "success", "Deployed {commit} (run {run})"),
     "step_failed": Ending("failure", "failure", "Step {position} ({step}) failed (run {run})"),
@@ -59,7 +59,11 @@ ENDINGS: dict[str, Ending] = {
     "error": Ending("error", "error", "runner could not carry out run {run}: see its log"),
     "interrupted": Ending("error", "error", "Interrupted: the worker stopped during run {run}"),
     "stopped": Ending("error", "error", "Cancelled: the worker stopped before run {run} ended"),
+    "superseded": Ending("error", "inactive", "Not deployed: {reason} (run {run})"),
+    "called_off": Ending("error", "error", "Cancelled: {reason} (run {run})"),
 }
+# What a lane says of a run it called off while it went on (superseded by a newer entry, or by hand).
+CALLED_OFF = "called_off"
 
 
 def run_url(public_url: str | None, run_id: int) -> str | None:
@@ -67,11 +71,19 @@ def run_url(public_url: str | None, run_id: int) -> str | None:
     return f"{public_url.rstrip('/')}/runs/{run_id}" if public_url else None
 
 
-def description(text: str, *, commit: str, run_id: int, step: tuple[int, str] | None = None) -> str:
-    """``text`` with its values (``step``: a position and a name), within GitHub's limit: a step's name
-    too long for it is cut with "…"."""
+def description(
+    text: str, *, commit: str, run_id: int, step: tuple[int, str] | None = None, reason: str = ""
+) -> str:
+    """``text`` with its values (``step``: a position and a name; ``reason``: why a run was called off),
+    within GitHub's limit: a step's name too long for it is cut with "…"."""
     position, name = step or (0, "")
-    values = {"commit": commit[:SHORT_COMMIT], "run": run_id, "position": position, "step": name}
+    values = {
+        "commit": commit[:SHORT_COMMIT],
+        "run": run_id,
+        "position": position,
+        "step": name,
+        "reason": reason,
+    }
     said = text.format(**values)
     over = len(said) - DESCRIPTION_LIMIT
     if over > 0 and len(name) > over + 1:
@@ -124,7 +136,13 @@ def ending_of(status: str, steps: Sequence[StepResult]) -> tuple[Ending, tuple[i
     if status == "failed" and last is not None and last.status in ("failed", "timed_out"):
         return ENDINGS[f"step_{last.status}"], (last.position, last.name)
     # A failed run whose steps all succeeded ran out of time between two of them.
-    by_status = {"succeeded": "succeeded", "failed": "time_limit", "cancelled": "stopped"}
+    by_status = {
+        "succeeded": "succeeded",
+        "failed": "time_limit",
+        "cancelled": "stopped",
+        "superseded": "superseded",
+        CALLED_OFF: CALLED_OFF,
+    }
     return ENDINGS.get(by_status.get(status, status), ENDINGS["error"]), None
 
 
@@ -141,3 +159,14 @@ def end_reports(started: Sequence[Report], ending: Ending, said: str) -> list[Re
             state = ending.deployment_state
             ended.append(Report(DEPLOYMENT_STATUS, {**report.body, "state": state, "description": said}))
     return ended
+
+
+def waiting_ended_reports(
+    reporting: GitHubReporting, ending: Ending, said: str, public_url: str | None, run_id: int
+) -> list[Report]:
+    """What a run called off before it started tells GitHub: its commit status alone (no deployment was
+    made for it)."""
+    if not reporting.statuses:
+        return []
+    status = {"state": ending.state, "context": reporting.context, "description": said}
+    return [Report(STATUS, _linked(status, target_url=run_url(public_url, run_id)))]

@@ -2,7 +2,8 @@
 
 So two runs of a pipeline never overlap, while the lanes of different pipelines run side by side. A run that
 succeeds removes its entry; one that fails moves it to ``failed/`` with the reason; one cut short by a stop
-leaves it for the next start. An unexpected exception in a step fails that run, not the lane.
+leaves it for the next start; one called off (superseded, cancelled) removes it. An unexpected exception in a
+step fails that run, not the lane. What waits is watched while a run goes on (runner/waiting.py).
 """
 
 from __future__ import annotations
@@ -16,18 +17,21 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from runner import steps
+from runner import claims, steps
+from runner.cancelling import Cancel, stop_step
 from runner.config import Config
 from runner.consumer import Consumer, QueueGone
 from runner.credentials import mask
 from runner.entry import RunEntry
 from runner.errors import describe
 from runner.events import repository_name
-from runner.pipeline import Pipeline
-from runner.pipelines import PipelineSet, pipeline_files
+from runner.github_reports import CALLED_OFF
+from runner.pipeline import Concurrency, Pipeline
+from runner.pipelines import PipelineSet, pipeline_file_exists
 from runner.queue import Queue
 from runner.reporter import Reporter
 from runner.store import Store
+from runner.waiting import Waiting
 
 # The lanes are the worker's: their lines keep its name, which is what the journal is searched by.
 logger = logging.getLogger("runner.worker")
@@ -36,11 +40,6 @@ logger = logging.getLogger("runner.worker")
 RELOAD_INTERVAL = 1.0
 # How often an entry may make its lane fail (outside its steps) before it moves to failed/.
 ENTRY_CRASHES = 3
-
-
-def pipeline_file_exists(config: Config, name: str) -> bool:
-    """Whether a file defines pipeline ``name`` (valid or not); a pipeline's name is its file's stem."""
-    return any(path.stem == name for path in pipeline_files(config.pipelines_dir))
 
 
 class Lane:
@@ -72,7 +71,7 @@ class Lane:
         try:
             await self._work(stop)
         except QueueGone:
-            if not pipeline_file_exists(self.config, self.name):
+            if not pipeline_file_exists(self.config.pipelines_dir, self.name):
                 logger.info("the queue of %s, which no longer exists, is gone: its lane ends", self.name)
                 return
             raise
@@ -85,7 +84,11 @@ class Lane:
             logger.warning("removed %s/%s, a write that never completed", self.queue.directory, temp)
         with Consumer(self.queue) as consumer:
             reader = consumer.reader
-            while (name := await consumer.take(stop)) is not None:
+            told = (
+                None if self.reporter is None else self.reporter.called_off_waiting(lambda: self.last_known)
+            )
+            self.waiting = Waiting(self.name, consumer, self.store, self._concurrency, self._group_file, told)
+            while (name := await self.waiting.next(stop)) is not None:
                 try:
                     result = await self.carry_out(name, stop)
                 except Exception as exc:
@@ -102,7 +105,7 @@ class Lane:
                     reader.forget(name)
                     continue
                 self.crashes.pop(name, None)
-                if result == "succeeded":
+                if result in ("succeeded", "called off"):
                     reader.done(name)
                 elif result == "failed":
                     reader.forget(name)
@@ -130,6 +133,16 @@ class Lane:
         """A run's log (``.log``), or the process group of its running step (``.pgid``)."""
         return self.config.logs_dir / self.name / f"{run_id}{suffix}"
 
+    def _group_file(self, run_id: int) -> Path:
+        return self._run_file(run_id, ".pgid")
+
+    def _concurrency(self) -> Concurrency:
+        """Which entries supersede which; with no pipeline file, every entry is carried out (or failed)."""
+        pipeline = self.pipelines.get(self.name) or self.last_known
+        if pipeline is None or not pipeline_file_exists(self.config.pipelines_dir, self.name):
+            return Concurrency(queue="all")
+        return pipeline.concurrency
+
     async def _pipeline(self, name: str, stop: asyncio.Event) -> Pipeline | None:
         """The pipeline to carry out ``name`` with; None if its file is gone (or a stop came first)."""
         while not stop.is_set():
@@ -137,7 +150,7 @@ class Lane:
             if pipeline is not None:
                 self.last_known, self._waiting_said = pipeline, False
                 return pipeline
-            if not pipeline_file_exists(self.config, self.name):
+            if not pipeline_file_exists(self.config.pipelines_dir, self.name):
                 return None
             # Its file is there but invalid: the last valid version this process saw stays in force.
             if self.last_known is not None:
@@ -151,7 +164,7 @@ class Lane:
         return None
 
     async def carry_out(self, name: str, stop: asyncio.Event) -> str:
-        """Run the pipeline for one entry; returns succeeded, failed or cancelled."""
+        """Run the pipeline for one entry; returns succeeded, failed, cancelled or called off."""
         try:
             entry = RunEntry.read(self.queue.read(name))
         except (OSError, ValueError) as exc:
@@ -161,7 +174,8 @@ class Lane:
         if pipeline is None:
             return await self._without_pipeline(name, entry, stop)
         run_id, interrupted = await asyncio.to_thread(
-            self.store.claim_run,
+            claims.claim_run,
+            self.store,
             pipeline.name,
             name,
             entry.run_id,
@@ -170,6 +184,8 @@ class Lane:
             ref=entry.ref,
             commit=entry.commit,
         )
+        if run_id is None:
+            return await self._called_off(name, entry, interrupted)
         try:
             await self._stop_leftovers(interrupted)
             return await self._carry_out_run(name, entry, pipeline, run_id, interrupted, stop)
@@ -192,6 +208,14 @@ class Lane:
         await asyncio.to_thread(self._fail_entry, name, reason, entry.run_id)
         logger.error("entry %s of %s moved to failed/: %s", name, self.name, reason)
         return "failed"
+
+    async def _called_off(self, name: str, entry: RunEntry, interrupted: list[int]) -> str:
+        """An entry whose run was called off before a worker that died could remove it: it is not run."""
+        logger.info("entry %s of %s is not carried out: its run was called off", name, self.name)
+        # Its step may have outlived the worker that died.
+        for run_id in sorted({*interrupted, entry.run_id} - {None}):
+            await self.waiting.stop_leftovers(run_id)
+        return "called off"
 
     async def _stop_leftovers(self, interrupted: list[int]) -> None:
         for old in interrupted:
@@ -221,16 +245,22 @@ class Lane:
             log.note(f"run {run_id} of pipeline {pipeline.name}: {what}".rstrip())
             for interrupted_id in interrupted:
                 log.note(f"run {interrupted_id} for the same entry was interrupted; this run does it again")
-            status, reason = await self._run_steps(pipeline, ctx, stop)
+            # What arrives meanwhile is superseded, or cancels the run, at once.
+            async with self.waiting.watching(name, entry, run_id) as cancel:
+                status, reason = await self._run_steps(pipeline, ctx, stop, cancel)
         except Exception as exc:
             log.note(f"the run could not go on: {describe(exc)}")
             raise
         finally:
             log.note("run finished")
             log.close()
-        await asyncio.to_thread(self.store.finish_run, run_id, status, reason)
+        # False: cancelled by hand meanwhile, by a `runner cancel` whose request the lane had not seen yet.
+        called_off = not await asyncio.to_thread(claims.finish_claimed, self.store, run_id, status, reason)
+        if called_off:
+            status, reason = "cancelled", claims.BY_HAND
+        called_off = called_off or (status == "cancelled" and cancel.is_set())
         if self.reporter is not None:
-            await self.reporter.ended(run_id, status)
+            await self.reporter.ended(run_id, CALLED_OFF if called_off else status, reason)
         # A failed step is the pipeline's outcome, not runner's fault: a warning. What runner could not do
         # (a lane's crash, a run that could not go on) is an error.
         logger.log(
@@ -243,7 +273,7 @@ class Lane:
         )
         if status == "failed":
             self.queue.fail(name, f"run {run_id} failed: {reason}\nlog: {log_path}")
-        return status
+        return "called off" if called_off else status
 
     async def _context(
         self, entry: RunEntry, pipeline: Pipeline, run_id: int, log: steps.RunLog, log_path: Path
@@ -284,12 +314,14 @@ class Lane:
         )
 
     async def _run_steps(
-        self, pipeline: Pipeline, ctx: steps.RunContext, stop: asyncio.Event
+        self, pipeline: Pipeline, ctx: steps.RunContext, stop: asyncio.Event, cancel: Cancel
     ) -> tuple[str, str | None]:
         for position, spec in enumerate(pipeline.steps, start=1):
             # What runner records and logs of a step (its name may be its command, its detail the reason
             # it failed) never holds a URL's credentials.
             name = mask(spec.name)
+            if cancel.is_set():
+                return "cancelled", cancel.reason
             if stop.is_set():
                 return "cancelled", f"the worker stopped before step {position} ({name})"
             if ctx.remaining() <= 0:
@@ -299,7 +331,7 @@ class Lane:
                 )
             ctx.log.note(f"step {position} ({name}) starts")
             started = steps.now()
-            outcome = await self._run_step(spec, ctx, stop)
+            outcome = await self._run_step(spec, ctx, stop, cancel)
             finished = steps.now()
             if outcome.detail:
                 outcome.detail = mask(outcome.detail)
@@ -319,22 +351,28 @@ class Lane:
                 finished_at=finished,
             )
             if outcome.status == "cancelled":
-                return "cancelled", f"the worker stopped during step {position} ({name})"
+                return "cancelled", cancel.reason or f"the worker stopped during step {position} ({name})"
             if not outcome.ok:
                 what = "timed out" if outcome.status == "timed_out" else "failed"
                 return "failed", f"step {position} ({name}) {what}: {outcome.detail}"
         return "succeeded", None
 
-    async def _run_step(self, spec: Any, ctx: steps.RunContext, stop: asyncio.Event) -> steps.Outcome:
-        """Run a step; once a stop is asked for, it gets the grace period, then it is cancelled.
+    async def _run_step(
+        self, spec: Any, ctx: steps.RunContext, stop: asyncio.Event, cancel: Cancel
+    ) -> steps.Outcome:
+        """Run a step; once a stop is asked for, it gets the grace period, then it is cancelled. A cancel of
+        the run stops it at once (runner/cancelling.py), unless the step says ``cancel: false``.
 
         An exception the step did not expect (an OSError from a directory it cannot make, a bug) fails
         the step with its message; the traceback goes to the run's log.
         """
         task = asyncio.ensure_future(steps.run(spec, ctx))
         stopping = asyncio.ensure_future(stop.wait())
+        cancelling = asyncio.ensure_future(cancel.wait() if spec.cancel else asyncio.Event().wait())
         try:
-            await asyncio.wait({task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, stopping, cancelling}, return_when=asyncio.FIRST_COMPLETED)
+            if not task.done() and not stop.is_set():
+                return await stop_step(task, ctx, self.config.stop_grace, cancel.reason)
             if not task.done():
                 ctx.log.note(f"stop asked for: the step has {self.config.stop_grace:.0f} s to finish")
                 done, _ = await asyncio.wait({task}, timeout=self.config.stop_grace)
@@ -352,3 +390,4 @@ class Lane:
             return steps.Outcome("failed", None, f"{type(error).__name__}: {error}")
         finally:
             stopping.cancel()
+            cancelling.cancel()

@@ -23,6 +23,7 @@ from runner.pipeline import (
     DEFAULT_EVENTS,
     DEFAULT_TIMEOUT,
     STEP_TYPES,
+    Concurrency,
     GitHubDeployment,
     GitHubReporting,
     Pipeline,
@@ -83,6 +84,7 @@ def _build(doc: Document, name: str, home: Path) -> Pipeline:
                 cwd=step.get("cwd"),
                 when=step.get("when"),
                 line=doc.position(("steps", index))[0],
+                cancel=step.get("cancel", True),
             )
         )
     return Pipeline(
@@ -101,6 +103,16 @@ def _build(doc: Document, name: str, home: Path) -> Pipeline:
         timeout=parse_duration(data["timeout"]) if "timeout" in data else DEFAULT_TIMEOUT,
         steps=tuple(steps),
         github=_github(name, data.get("github") or {}),
+        concurrency=_concurrency(data.get("concurrency", {})),
+    )
+
+
+def _concurrency(settings: Mapping[str, Any]) -> Concurrency:
+    default = Concurrency()
+    return Concurrency(
+        cancel_in_progress=settings.get("cancel-in-progress", default.cancel_in_progress),
+        queue=settings.get("queue", default.queue),
+        group=settings.get("group", default.group),
     )
 
 

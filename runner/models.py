@@ -116,7 +116,7 @@ class Run(Base):
     trigger: Mapped[str] = mapped_column(String(16))  # "push" or "manual"
     ref: Mapped[str | None] = mapped_column(Text)
     commit: Mapped[str | None] = mapped_column(String(64))
-    # queued, running, succeeded, failed, cancelled, interrupted
+    # queued, running, succeeded, failed, cancelled, superseded, interrupted
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)
     log_path: Mapped[str | None] = mapped_column(Text)

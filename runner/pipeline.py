@@ -26,7 +26,7 @@ RESERVED_NAMES = {"main": "the main queue", "recovered": "the queue of the deliv
 SUPPORTED_EVENTS = ("push",)
 DEFAULT_EVENTS = ("push",)
 DEFAULT_TIMEOUT = 3600.0
-STEP_KEYS = ("name", "timeout", "env", "cwd", "when")
+STEP_KEYS = ("name", "timeout", "env", "cwd", "when", "cancel")
 # GitHub lists at most 20 commits in a push payload; from 20 on, the changed files are not all known.
 COMMITS_LISTED = 20
 
@@ -74,6 +74,20 @@ class StepSpec:
     cwd: str | None
     when: dict[str, Any] | None
     line: int
+    # False: a cancel (runner cancel, cancel-in-progress) waits for the step, then stops the run after it.
+    cancel: bool = True
+
+
+@dataclass(frozen=True)
+class Concurrency:
+    """Which of a pipeline's entries are carried out when several arrive, as GitHub Actions' concurrency."""
+
+    # A newer entry of the group also stops the run going on.
+    cancel_in_progress: bool = False
+    # latest: at most one run going on and one waiting, the newest; all: every entry, in order.
+    queue: str = "latest"
+    # ref: only entries for the same ref supersede each other; pipeline: all of the pipeline's entries.
+    group: str = "ref"
 
 
 @dataclass(frozen=True)
@@ -124,6 +138,7 @@ class Pipeline:
     timeout: float
     steps: tuple[StepSpec, ...]
     github: GitHubReporting
+    concurrency: Concurrency = Concurrency()
 
     def match(self, event: str, payload: Mapping[str, Any]) -> Match:
         """Whether a delivery runs this pipeline, and if not, why not, in words for an operator."""

@@ -31,6 +31,11 @@ def pipeline_files(directory: Path) -> list[Path]:
     )
 
 
+def pipeline_file_exists(directory: Path, name: str) -> bool:
+    """Whether a file defines pipeline ``name`` (valid or not); a pipeline's name is its file's stem."""
+    return any(path.stem == name for path in pipeline_files(directory))
+
+
 def _duplicate_names(paths: Sequence[Path]) -> list[Problem]:
     by_name: dict[str, list[Path]] = {}
     for path in paths:

@@ -14,15 +14,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+from runner.entry import RunEntry
 from runner.errors import describe
+from runner.events import repository_name
 from runner.github import GitHub, GitHubError, GitHubUnavailable, Response
 from runner.github_auth import CredentialsError
 from runner.github_reports import (
+    CALLED_OFF,
     DEPLOYMENT,
     STATUS,
     Report,
@@ -30,10 +33,11 @@ from runner.github_reports import (
     end_reports,
     ending_of,
     start_reports,
+    waiting_ended_reports,
 )
 from runner.models import GitHubReport
 from runner.outbox import GIVEN_UP, Outbox
-from runner.pipeline import GitHubReporting
+from runner.pipeline import GitHubReporting, Pipeline
 from runner.store import Store
 
 logger = logging.getLogger(__name__)
@@ -77,9 +81,27 @@ class Reporter:
         """Record what a run of ``commit`` tells GitHub when it starts."""
         await self._record(run_id, lambda: self._start(run_id, reporting, repository, commit))
 
-    async def ended(self, run_id: int, status: str) -> None:
+    async def ended(self, run_id: int, status: str, reason: str | None = None) -> None:
         """Record what a run that ended in ``status`` tells GitHub, if its start told it anything."""
-        await self._record(run_id, lambda: self._end(run_id, status))
+        await self._record(run_id, lambda: self._end(run_id, status, reason))
+
+    def called_off_waiting(
+        self, pipeline: Callable[[], Pipeline | None]
+    ) -> Callable[[int, RunEntry | None, str, str], Awaitable[None]]:
+        """What a lane's waiting entries call when one's run is called off (superseded, or cancelled by
+        hand) before it started: the run's commit status says so. ``pipeline``: the lane's pipeline now."""
+
+        async def told(run_id: int, entry: RunEntry | None, status: str, reason: str) -> None:
+            known = pipeline()
+            if known is None or entry is None or entry.commit is None:
+                return
+            repository = repository_name(entry.payload) or known.trigger.repository
+            commit, ending = entry.commit, CALLED_OFF if status == "cancelled" else status
+            await self._record(
+                run_id, lambda: self._end_waiting(run_id, known.github, repository, commit, ending, reason)
+            )
+
+        return told
 
     def _start(self, run_id: int, reporting: GitHubReporting, repository: str, commit: str) -> bool:
         reports = start_reports(reporting, run_id, commit, self.public_url)
@@ -87,12 +109,26 @@ class Reporter:
             self.outbox.add(run_id, repository, commit, reports)
         return bool(reports)
 
-    def _end(self, run_id: int, status: str) -> bool:
+    def _end_waiting(
+        self, run_id: int, reporting: GitHubReporting, repository: str, commit: str, status: str, reason: str
+    ) -> bool:
+        if self.outbox.of_run(run_id):
+            return self._end(run_id, status, reason)
+        ending, _ = ending_of(status, [])
+        said = description(ending.description, commit=commit, run_id=run_id, reason=reason)
+        reports = waiting_ended_reports(reporting, ending, said, self.public_url, run_id)
+        if reports:
+            self.outbox.add(run_id, repository, commit, reports)
+        return bool(reports)
+
+    def _end(self, run_id: int, status: str, reason: str | None = None) -> bool:
         rows = self.outbox.of_run(run_id)
         if not rows:
             return False
         ending, step = ending_of(status, self.store.steps(run_id))
-        said = description(ending.description, commit=rows[0].commit, run_id=run_id, step=step)
+        said = description(
+            ending.description, commit=rows[0].commit, run_id=run_id, step=step, reason=reason or ""
+        )
         reports = end_reports([Report(row.kind, row.body) for row in rows], ending, said)
         if reports:
             self.outbox.add(run_id, rows[0].repository, rows[0].commit, reports)

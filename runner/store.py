@@ -1,7 +1,7 @@
 """What runner keeps in its database: deliveries, runs and their steps; and its schema's upgrades.
 
 The engine comes from runner/database.py, the revisions from runner/schema.py; what retention selects and
-removes is runner/retention.py's.
+removes is runner/retention.py's; which run carries out an entry, or is called off, runner/claims.py's.
 """
 
 from __future__ import annotations
@@ -219,41 +219,10 @@ class Store:
                 queued_at=datetime.now(UTC),
             )
             if delivery_id is not None:
-                run.attempt = _next_attempt(session, pipeline, delivery_id)
+                run.attempt = next_attempt(session, pipeline, delivery_id)
             session.add(run)
             session.flush()
             return run.id
-
-    def claim_run(
-        self, pipeline: str, entry: str, run_id: int | None, *, trigger: str, **fields: Any
-    ) -> tuple[int, list[int]]:
-        """The run that carries out ``entry`` now: the queued run ``run_id``, or a new one.
-
-        Runs of the entry left ``running`` by a worker that died are marked ``interrupted`` and returned
-        as the second item: the entry is done again, by a new run.
-        """
-        now = datetime.now(UTC)
-        with Session(self.engine) as session, session.begin():
-            interrupted = []
-            for stale in session.scalars(
-                select(Run).where(Run.pipeline == pipeline, Run.entry == entry, Run.status == "running")
-            ):
-                stale.status = "interrupted"
-                stale.reason = "the worker stopped during the run; the entry is run again"
-                stale.finished_at = now
-                interrupted.append(stale.id)
-            run = session.get(Run, run_id) if run_id is not None else None
-            if run is None or run.pipeline != pipeline or run.status != "queued":
-                run = Run(pipeline=pipeline, trigger=trigger, queued_at=now, **fields)
-                if run.delivery_id is not None:
-                    # The entry done again: the next attempt of its (delivery, pipeline).
-                    run.attempt = _next_attempt(session, pipeline, run.delivery_id)
-                session.add(run)
-            run.entry = entry
-            run.status = "running"
-            run.started_at = now
-            session.flush()
-            return run.id, interrupted
 
     def forward_run(
         self, pipeline: str, *, trigger: str, delivery_id: str, ref: str | None, commit: str | None
@@ -390,8 +359,8 @@ class Store:
         return done.rowcount > 0
 
 
-def _next_attempt(session: Session, pipeline: str, delivery_id: str) -> int:
-    """The attempt number after the last of the (delivery, pipeline)'s runs."""
+def next_attempt(session: Session, pipeline: str, delivery_id: str) -> int:
+    """The attempt number after the last of the (delivery, pipeline)'s runs (runner/claims.py's too)."""
     last = session.scalar(
         select(func.max(Run.attempt)).where(Run.pipeline == pipeline, Run.delivery_id == delivery_id)
     )

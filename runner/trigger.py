@@ -10,10 +10,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from runner.config import Config
-from runner.entry import Manual
+from runner.entry import Manual, put_entry
 from runner.lock import NotTheOwner, require_owner
 from runner.pipelines import PipelineSet
-from runner.queue import Queue
 from runner.steps import COMMIT, REF
 from runner.store import Store
 
@@ -112,11 +111,7 @@ class RunRequest:
         entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), getpass.getuser())
         directory = config.queues_dir / self.pipeline
         try:
-            queue = Queue(directory)
-            try:
-                name = queue.put(entry.written())
-            finally:
-                queue.close()
+            name = put_entry(directory, entry.written())
         except OSError as exc:
             # A run is queued only together with its entry.
             store.finish_run(run_id, "failed", f"its entry could not be written to {directory}: {exc}")

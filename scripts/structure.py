@@ -53,6 +53,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.database": set(),
     "runner.schema": {"runner.shipped"},
     "runner.store": {"runner.database", "runner.models", "runner.schema"},
+    # Which run carries out an entry, or is called off: decided by the database.
+    "runner.claims": {"runner.models", "runner.store"},
     # The pipeline language: templating, the shell rules, the YAML, the model, its checks and loading.
     "runner.templating": set(),
     "runner.shell": {"runner.templating"},
@@ -84,6 +86,8 @@ ALLOWED: dict[str, set[str]] = {
         "runner.yaml_source",
     },
     "runner.pipelines": {"runner.checks", "runner.loading", "runner.pipeline", "runner.validation"},
+    # Which entries supersede which: the pipeline's concurrency, applied to queue entries.
+    "runner.concurrency": {"runner.claims", "runner.entry", "runner.pipeline"},
     # GitHub's API.
     "runner.github": {"runner"},
     "runner.github_auth": {"runner.config", "runner.github"},
@@ -91,6 +95,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.github_reports": {"runner.models", "runner.pipeline"},
     "runner.outbox": {"runner.github_reports", "runner.models", "runner.store"},
     "runner.reporter": {
+        "runner.entry",
+        "runner.events",
         "runner.errors",
         "runner.github",
         "runner.github_auth",
@@ -176,7 +182,22 @@ ALLOWED: dict[str, set[str]] = {
     "runner.steps.nginx": _STEP,
     "runner.steps.pnpm": _STEP,
     "runner.steps.systemctl": _STEP,
+    # A lane's waiting entries, watched while a run goes on, and the cancel of the run going on.
+    "runner.cancelling": {"runner.steps"},
+    "runner.waiting": {
+        "runner.cancelling",
+        "runner.claims",
+        "runner.concurrency",
+        "runner.consumer",
+        "runner.entry",
+        "runner.pipeline",
+        "runner.steps",
+        "runner.store",
+    },
     "runner.lane": {
+        "runner.github_reports",
+        "runner.cancelling",
+        "runner.claims",
         "runner.config",
         "runner.consumer",
         "runner.credentials",
@@ -189,6 +210,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.reporter",
         "runner.steps",
         "runner.store",
+        "runner.waiting",
     },
     "runner.failed": {"runner.entry", "runner.events", "runner.files", "runner.queue", "runner.store"},
     "runner.retention": {
@@ -219,10 +241,10 @@ ALLOWED: dict[str, set[str]] = {
         "runner.entry",
         "runner.lock",
         "runner.pipelines",
-        "runner.queue",
         "runner.steps",
         "runner.store",
     },
+    "runner.cancel": {"runner.claims", "runner.config", "runner.entry", "runner.lock", "runner.store"},
     "runner.instance": {"runner.config", "runner.pipelines", "runner.shipped", "runner.steps.systemctl"},
     "runner.setup": {"runner.instance", "runner.queue", "runner.shipped"},
     "runner.doctor": {
@@ -260,6 +282,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.arguments": {"runner.config"},
     "runner.cli": {
         "runner.arguments",
+        "runner.cancel",
         "runner.catchup",
         "runner.config",
         "runner.database",

@@ -33,7 +33,7 @@ POSTGRES_URL = os.environ.get(
 )
 SECRET = "test secret, not GitHub's"
 # The statuses a run ends in.
-FINISHED = ("succeeded", "failed", "cancelled", "interrupted")
+FINISHED = ("succeeded", "failed", "cancelled", "interrupted", "superseded")
 # The tests' own git commands do not depend on the machine's or the user's configuration.
 GIT_ENV = {
     "GIT_AUTHOR_NAME": "Test Author",

@@ -402,3 +402,52 @@ def test_a_github_app_reports_end_to_end_through_runner_up(tmp_path: Path, fake_
     assert {r.headers["Authorization"] for r in posts} == {f"Bearer {issued['token']}"}
     assert issued["token"] not in server.output()
     assert "target_url" not in posts[0].body
+
+
+# Superseded and cancelled runs -----------------------------------------------------------------------------
+
+
+def test_a_superseded_run_s_commit_says_so_and_the_newest_is_deployed(
+    rig: ReportingRig, fake_github: FakeGitHub
+) -> None:
+    echo_pipeline(rig, "app", run="sleep 2")
+    rig.start_worker()
+    first, first_commit = push(rig, 21)
+    wait_for_states(rig, fake_github, first_commit, ["pending"])
+    middle, middle_commit = push(rig, 22)
+    newest, newest_commit = push(rig, 23)
+    [superseded] = rig.runs_of(middle, ["superseded"])
+    [deployed] = rig.runs_of(newest, ["succeeded"])
+    rig.runs_of(first, ["succeeded"])
+
+    [said] = wait_for_states(rig, fake_github, middle_commit, ["error"])
+    assert said["description"] == f"Not deployed: superseded by run {deployed.id} (run {superseded.id})"
+    assert said["target_url"] == f"{PUBLIC_URL}/runs/{superseded.id}"
+    wait_for_states(rig, fake_github, newest_commit, ["pending", "success"])
+    wait_for_states(rig, fake_github, first_commit, ["pending", "success"])
+
+
+def test_a_run_cancelled_in_progress_by_a_newer_push_says_it_was_superseded(
+    rig: ReportingRig, fake_github: FakeGitHub
+) -> None:
+    rig.pipeline(
+        "app",
+        """
+        on: {repository: acme/app, branches: [main]}
+        workdir: <WORKDIR>
+        concurrency: {cancel-in-progress: true}
+        steps:
+          - name: deploy
+            run: sleep 30
+        """,
+        WORKDIR=rig.workdir("app"),
+    )
+    rig.start_worker(RUNNER_STOP_GRACE="1")
+    first, first_commit = push(rig, 31)
+    wait_for_states(rig, fake_github, first_commit, ["pending"])
+    newest, newest_commit = push(rig, 32)
+    [cancelled] = rig.runs_of(first, ["cancelled"])
+    [running] = rig.runs_of(newest, ["running"])
+    _, said = wait_for_states(rig, fake_github, first_commit, ["pending", "error"])
+    assert said["description"] == f"Cancelled: superseded by run {running.id} (run {cancelled.id})"
+    wait_for_states(rig, fake_github, newest_commit, ["pending"])

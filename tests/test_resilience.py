@@ -373,6 +373,8 @@ def test_every_run_is_settled_after_a_kill(rig: Rig) -> None:
         """
         on: {repository: acme/slow, events: [push], branches: [main]}
         workdir: <WORKDIR>
+        # Every entry waits its turn: none is superseded by the one behind it.
+        concurrency: {queue: all}
         steps:
           - run: echo begin; sleep 2; echo {{ run_id }} >> <RECORD>
         """,

@@ -1,0 +1,132 @@
+"""Which run carries out a pipeline entry, decided by the database: its lane's claim, or a call-off.
+
+A lane claims a run (queued → running) before it carries out the entry; a run is called off while it waits or
+goes on: superseded by a newer entry, or cancelled (by hand, or by a newer entry with cancel-in-progress).
+Each change is one conditional UPDATE, so that of a claim and a cancel that race exactly one wins, whichever
+process makes it; and the entry of a run called off is never carried out, by this worker or by the next.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import ColumnElement, and_, or_, select, update
+from sqlalchemy.orm import Session
+
+from runner.models import Run
+from runner.store import Store, next_attempt
+
+# The statuses of a run that has not ended.
+OPEN = ("queued", "running")
+BY_HAND = "cancelled by hand"
+SUPERSEDED_BY = "superseded by "
+INTERRUPTED = "the worker stopped during the run; the entry is run again"
+
+
+def _called_off() -> ColumnElement[bool]:
+    """A run called off. Its reason tells a cancel from a worker's stop, whose entry is carried out again."""
+    by_request = or_(Run.reason.startswith(BY_HAND), Run.reason.startswith(SUPERSEDED_BY))
+    return or_(Run.status == "superseded", and_(Run.status == "cancelled", by_request))
+
+
+def claim_run(
+    store: Store, pipeline: str, entry: str, run_id: int | None, *, trigger: str, **fields: Any
+) -> tuple[int | None, list[int]]:
+    """The run that carries out ``entry`` now: the queued run ``run_id``, or a new one; None when a run of
+    the entry was called off (it is not carried out).
+
+    Runs of the entry left ``running`` by a worker that died are marked ``interrupted`` and returned as the
+    second item: the entry is done again, by a new run.
+    """
+    now = datetime.now(UTC)
+    with Session(store.engine) as session, session.begin():
+        of_entry = and_(Run.pipeline == pipeline, Run.entry == entry)
+        interrupted = list(
+            session.scalars(
+                update(Run)
+                .where(of_entry, Run.status == "running")
+                .values(status="interrupted", reason=INTERRUPTED, finished_at=now)
+                .returning(Run.id)
+                .execution_options(synchronize_session=False)
+            )
+        )
+        if run_id is not None:
+            claimed = session.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.pipeline == pipeline, Run.status == "queued")
+                .values(entry=entry, status="running", started_at=now)
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount:
+                return run_id, interrupted
+        mine = (
+            or_(of_entry, and_(Run.id == run_id, Run.pipeline == pipeline))
+            if run_id is not None
+            else of_entry
+        )
+        if session.scalar(select(Run.id).where(mine, _called_off()).limit(1)) is not None:
+            return None, interrupted
+        run = Run(pipeline=pipeline, trigger=trigger, queued_at=now, **fields)
+        if run.delivery_id is not None:
+            # The entry done again: the next attempt of its (delivery, pipeline).
+            run.attempt = next_attempt(session, pipeline, run.delivery_id)
+        run.entry, run.status, run.started_at = entry, "running", now
+        session.add(run)
+        session.flush()
+        return run.id, interrupted
+
+
+def call_off(
+    store: Store, pipeline: str, entry: str, run_id: int | None, status: str, reason: str
+) -> dict[int, str]:
+    """End the runs of a waiting ``entry`` that have not ended, with ``reason``: its queued run ``run_id`` as
+    ``status``, and any that a worker that died left running as cancelled (they had started). Returns each
+    run ended, with the status it had."""
+    of_entry = and_(Run.pipeline == pipeline, Run.entry == entry)
+    mine = or_(of_entry, and_(Run.id == run_id, Run.pipeline == pipeline)) if run_id is not None else of_entry
+    ended: dict[int, str] = {}
+    with Session(store.engine) as session, session.begin():
+        for had, becomes in (("queued", status), ("running", "cancelled")):
+            for ended_id in session.scalars(
+                update(Run)
+                .where(mine, Run.status == had)
+                .values(status=becomes, reason=reason, finished_at=datetime.now(UTC))
+                .returning(Run.id)
+                .execution_options(synchronize_session=False)
+            ):
+                ended[ended_id] = had
+    return ended
+
+
+def cancel_run(store: Store, run_id: int) -> str | None:
+    """Cancel run ``run_id`` by hand; returns the status it had (queued or running), None if it had ended.
+
+    Queued first, then running: a run that its lane claims in between is cancelled as running.
+    """
+    for had in OPEN:
+        with store.engine.begin() as connection:
+            done = connection.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == had)
+                .values(status="cancelled", reason=BY_HAND, finished_at=datetime.now(UTC))
+            )
+        if done.rowcount:
+            return had
+    return None
+
+
+def finish_claimed(store: Store, run_id: int, status: str, reason: str | None) -> bool:
+    """Record how a claimed run ended; False if it was cancelled by hand meanwhile, which stays its outcome
+    (only when it ended is recorded then)."""
+    with store.engine.begin() as connection:
+        now = datetime.now(UTC)
+        done = connection.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == "running")
+            .values(status=status, reason=reason, finished_at=now)
+        )
+        if done.rowcount:
+            return True
+        connection.execute(update(Run).where(Run.id == run_id).values(finished_at=now))
+    return False
