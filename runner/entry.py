@@ -5,7 +5,8 @@ id, when it was received, and the payload, last, exactly as GitHub sent it. The 
 into the recovered queue for a delivery it fetched from GitHub's record, with ``recovered: true``. The router
 forwards it to the queue of each pipeline it matches with two keys more, the main queue's entry and the run
 it is for. A manual entry is what ``runner trigger`` puts into a pipeline's queue: the run, its ref and
-commit, who asked, when. A cancel request is what ``runner cancel`` puts there for the pipeline's lane: the run to call off.
+commit, who asked, when. A cancel request is what ``runner cancel`` puts there for the pipeline's lane:
+the run to call off.
 """
 
 from __future__ import annotations
