@@ -6,7 +6,6 @@ Nothing else in the package reads ``os.environ`` for runner settings.
 
 from __future__ import annotations
 
-import ipaddress
 import os
 import pwd
 import re
@@ -15,7 +14,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+
+from runner.config_values import (
+    ConfigError,
+    SmtpServer,
+    read_command,
+    read_count,
+    read_duration,
+    read_port,
+    read_seconds,
+    read_server_name,
+    read_smtp_url,
+    read_ui_path,
+    read_url,
+    read_workers,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 3400
@@ -30,10 +43,6 @@ DEFAULT_KEEP_RUNS = 20
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
 DEFAULT_CATCH_UP_INTERVAL = 600.0
 DEFAULT_GITHUB_REPORT_FOR = 86400.0
-
-
-class ConfigError(Exception):
-    """A setting is missing or malformed; the message says which and how to fix it."""
 
 
 class Secret:
@@ -114,6 +123,16 @@ class Config:
     catch_up_interval: float = DEFAULT_CATCH_UP_INTERVAL
     # Hooks runner is told about, besides those it learns from the deliveries it receives.
     github_hooks: tuple[GitHubHook, ...] = ()
+    # This server's name on its runs and deliveries, in a database several servers may share.
+    server_name: str = "localhost"
+    # Where the status page is served, beside the webhook endpoint; the users who may see it (bcrypt
+    # hashes; no file, no page). None: the home's ui-users.
+    ui_path: str = "/"
+    ui_users_file: Path | None = None
+    # Notification e-mail: the SMTP server, the file holding its password, the sender's address.
+    smtp: SmtpServer | None = None
+    smtp_password_file: Path | None = None
+    smtp_from: str | None = None
 
     @property
     def queues_dir(self) -> Path:
@@ -126,6 +145,10 @@ class Config:
     @property
     def nginx_templates_dir(self) -> Path:
         return self.nginx_templates or nginx_templates_dir(self.home, {})
+
+    @property
+    def ui_users(self) -> Path:
+        return self.ui_users_file or self.home / "ui-users"
 
     @property
     def logs_dir(self) -> Path:
@@ -215,111 +238,6 @@ def _read_secret_file(path: Path) -> Secret:
     return Secret(value)
 
 
-def _read_port(environ: Mapping[str, str]) -> int:
-    raw = environ.get("RUNNER_PORT")
-    if raw is None or raw == "":
-        return DEFAULT_PORT
-    try:
-        port = int(raw)
-    except ValueError:
-        raise ConfigError(f"RUNNER_PORT={raw!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise ConfigError(f"RUNNER_PORT={raw!r} is not a port number (0-65535)")
-    return port
-
-
-def _read_seconds(environ: Mapping[str, str], name: str, default: float) -> float:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name}={raw!r} is not a number of seconds") from None
-    if value < 0:
-        raise ConfigError(f"{name}={raw!r} is negative")
-    return value
-
-
-def _read_command(environ: Mapping[str, str], name: str, default: str) -> tuple[str, ...]:
-    raw = environ.get(name) or default
-    try:
-        argv = tuple(shlex.split(raw))
-    except ValueError as exc:
-        raise ConfigError(f"{name}={raw!r}: {exc}") from None
-    if not argv:
-        raise ConfigError(f"{name} is empty")
-    return argv
-
-
-_WHOLE_NUMBER = re.compile(r"[0-9]+")
-_DAYS_HOURS_MINUTES_SECONDS = re.compile(
-    r"(?:(?P<d>[0-9]+)d)?(?:(?P<h>[0-9]+)h)?(?:(?P<m>[0-9]+)m)?(?:(?P<s>[0-9]+)s)?"
-)
-
-
-def read_duration(environ: Mapping[str, str], name: str, default: float, *, zero_ok: bool = False) -> float:
-    """The duration ``name`` of ``environ`` (or of a command's options): seconds in ``90d``, ``12h``,
-    ``1d12h``, ``30m`` (days, hours, minutes, seconds in that order), or a whole number of seconds; more
-    than zero, unless ``zero_ok`` (where 0 turns something off)."""
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    match = _DAYS_HOURS_MINUTES_SECONDS.fullmatch(raw)
-    if _WHOLE_NUMBER.fullmatch(raw):
-        seconds = int(raw)
-    elif match is not None and any(match.groupdict().values()):
-        seconds = sum(
-            int(match[unit] or 0) * size for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-        )
-    else:
-        raise ConfigError(
-            f"{name}={raw!r} is not a duration: write e.g. 90d, 12h, 1d12h, 30m, or a whole number of seconds"
-        )
-    if seconds <= 0 and not (zero_ok and seconds == 0):
-        raise ConfigError(f"{name}={raw!r}: it must be longer than 0 seconds")
-    return float(seconds)
-
-
-def _read_count(environ: Mapping[str, str], name: str, default: int) -> int:
-    raw = environ.get(name)
-    if raw is None or raw == "":
-        return default
-    if not _WHOLE_NUMBER.fullmatch(raw):
-        raise ConfigError(f"{name}={raw!r} is not a whole number (0 or more)")
-    return int(raw)
-
-
-def _read_workers(environ: Mapping[str, str]) -> int:
-    raw = environ.get("RUNNER_WORKERS")
-    if raw is None or raw == "":
-        return DEFAULT_WORKERS
-    if not raw.isdigit() or int(raw) < 1:
-        raise ConfigError(f"RUNNER_WORKERS={raw!r} is not a positive number of server processes")
-    return int(raw)
-
-
-def _read_url(environ: Mapping[str, str], name: str, *, http_on_loopback_only: bool = False) -> str | None:
-    """An http(s) URL with no credentials, query or fragment, without its trailing slash. With
-    ``http_on_loopback_only``, http only on a loopback address (a test's fake GitHub): the token that goes
-    to that URL must not cross a network in the clear."""
-    raw = environ.get(name)
-    if not raw:
-        return None
-    url = urlsplit(raw)
-    try:
-        loopback = url.hostname == "localhost" or ipaddress.ip_address(url.hostname or "").is_loopback
-    except ValueError:
-        loopback = False
-    schemes = ("https",) if http_on_loopback_only and not loopback else ("https", "http")
-    if url.scheme not in schemes or not url.hostname or url.username is not None or url.query or url.fragment:
-        only = " (http:// only on a loopback address)" if http_on_loopback_only else ""
-        raise ConfigError(
-            f"{name}={raw!r} is not an https:// or http:// URL{only} with no user, query or fragment"
-        )
-    return raw.rstrip("/")
-
-
 def _read_github_credentials(environ: Mapping[str, str]) -> tuple[Path | None, str | None, Path | None]:
     """The token file, or the App's id and key file: one kind of credentials, or none."""
     token_file = environ.get("RUNNER_GITHUB_TOKEN_FILE")
@@ -358,6 +276,11 @@ def _read_github_hooks(environ: Mapping[str, str]) -> tuple[GitHubHook, ...]:
     return tuple(hooks)
 
 
+def _path(environ: Mapping[str, str], name: str) -> Path | None:
+    raw = environ.get(name)
+    return Path(raw) if raw else None
+
+
 def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) -> Config:
     """Read the configuration from the environment (``os.environ`` unless given).
 
@@ -372,28 +295,34 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         home=home,
         database_url=environ.get("RUNNER_DATABASE_URL") or default_database_url(home),
         host=environ.get("RUNNER_HOST") or DEFAULT_HOST,
-        port=_read_port(environ),
+        port=read_port(environ, DEFAULT_PORT),
         secret=secret,
         secret_file=secret_file,
-        stop_grace=_read_seconds(environ, "RUNNER_STOP_GRACE", DEFAULT_STOP_GRACE),
-        workers=_read_workers(environ),
+        stop_grace=read_seconds(environ, "RUNNER_STOP_GRACE", DEFAULT_STOP_GRACE),
+        workers=read_workers(environ, DEFAULT_WORKERS),
         tool_path=tuple(d for d in environ.get("RUNNER_TOOL_PATH", "").split(":") if d),
         nginx_sites_dir=Path(environ.get("RUNNER_NGINX_SITES_DIR") or DEFAULT_NGINX_SITES_DIR),
-        nginx=_read_command(environ, "RUNNER_NGINX", DEFAULT_NGINX),
+        nginx=read_command(environ, "RUNNER_NGINX", DEFAULT_NGINX),
         nginx_templates=nginx_templates_dir(home, environ),
-        certbot=_read_command(environ, "RUNNER_CERTBOT", DEFAULT_CERTBOT),
+        certbot=read_command(environ, "RUNNER_CERTBOT", DEFAULT_CERTBOT),
         web_user=environ.get("RUNNER_WEB_USER") or None,
         retention=read_duration(environ, "RUNNER_RETENTION", DEFAULT_RETENTION),
-        keep_runs=_read_count(environ, "RUNNER_KEEP_RUNS", DEFAULT_KEEP_RUNS),
-        github_api_url=_read_url(environ, "RUNNER_GITHUB_API_URL", http_on_loopback_only=True)
+        keep_runs=read_count(environ, "RUNNER_KEEP_RUNS", DEFAULT_KEEP_RUNS),
+        github_api_url=read_url(environ, "RUNNER_GITHUB_API_URL", http_on_loopback_only=True)
         or DEFAULT_GITHUB_API_URL,
         github_token_file=token_file,
         github_app_id=app_id,
         github_app_key_file=key_file,
-        public_url=_read_url(environ, "RUNNER_PUBLIC_URL"),
+        public_url=read_url(environ, "RUNNER_PUBLIC_URL"),
         github_report_for=read_duration(environ, "RUNNER_GITHUB_REPORT_FOR", DEFAULT_GITHUB_REPORT_FOR),
         catch_up_interval=read_duration(
             environ, "RUNNER_CATCH_UP_INTERVAL", DEFAULT_CATCH_UP_INTERVAL, zero_ok=True
         ),
         github_hooks=_read_github_hooks(environ),
+        server_name=read_server_name(environ),
+        ui_path=read_ui_path(environ),
+        ui_users_file=_path(environ, "RUNNER_UI_USERS_FILE"),
+        smtp=read_smtp_url(environ),
+        smtp_password_file=_path(environ, "RUNNER_SMTP_PASSWORD_FILE"),
+        smtp_from=environ.get("RUNNER_SMTP_FROM") or None,
     )

@@ -41,7 +41,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.credentials": set(),
     "runner.listen": set(),
     "runner.lock": set(),
-    "runner.config": set(),
+    "runner.config_values": set(),
+    "runner.config": {"runner.config_values"},
     "runner.shipped": {"runner"},
     "runner.sudo": {"runner.process"},
     # Storage: the queue and the database import nothing of runner's above them.
