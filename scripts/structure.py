@@ -42,6 +42,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.listen": set(),
     "runner.lock": set(),
     "runner.config_values": set(),
+    # Following a growing log file (a run's), for `runner logs` and the status page's live log.
+    "runner.log_follow": set(),
     "runner.config": {"runner.config_values"},
     "runner.shipped": {"runner"},
     "runner.sudo": {"runner.process"},
@@ -265,6 +267,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.config",
         "runner.failed",
         "runner.lock",
+        "runner.log_follow",
         "runner.models",
         "runner.retention",
         "runner.store",
