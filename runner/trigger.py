@@ -95,9 +95,9 @@ class RunRequest:
             raise TriggerError(f"--ref {ref!r} is not a branch or a refs/tags/ ref")
         return cls(found.name, full_ref, full_commit)
 
-    def queue(self, config: Config, store: Store, reason: str | None = None) -> Manual:
+    def queue(self, config: Config, store: Store, reason: str | None = None, by: str | None = None) -> Manual:
         """Queue the run with its entry; returns the entry. ``reason``: why the run was queued, recorded on
-        it (the catch-up says so). Raises TriggerError."""
+        it (the catch-up says so); ``by``: who asked (default: this process's user). Raises TriggerError."""
         ref = self.ref
         if ref is None and self.commit is None:
             # A redeploy: the ref of the pipeline's last run.
@@ -108,7 +108,8 @@ class RunRequest:
                 )
             ref = last[0].ref
         run_id = store.create_run(self.pipeline, trigger="manual", ref=ref, commit=self.commit, reason=reason)
-        entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), getpass.getuser())
+        by = by or getpass.getuser()
+        entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), by)
         directory = config.queues_dir / self.pipeline
         try:
             name = put_entry(directory, entry.written())

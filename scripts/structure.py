@@ -224,7 +224,17 @@ ALLOWED: dict[str, set[str]] = {
         "runner.store",
         "runner.timefmt",
     },
+    # The status page's actions (redeploy, cancel), done for the router as the commands do them, recorded.
+    "runner.actions": {
+        "runner.cancel",
+        "runner.config",
+        "runner.entry",
+        "runner.models",
+        "runner.store",
+        "runner.trigger",
+    },
     "runner.worker": {
+        "runner.actions",
         "runner.catchup",
         "runner.config",
         "runner.entry",
