@@ -25,9 +25,11 @@ if TYPE_CHECKING:
 class Store:
     """What runner keeps in its database."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, read_only: bool = False) -> None:
         self.url = url
-        self.engine = create_engine_for(url)
+        # The status page's store: its connections refuse to write (see create_engine_for).
+        self.read_only = read_only
+        self.engine = create_engine_for(url, read_only)
 
     def __repr__(self) -> str:
         return f"Store({safe_url(self.url)!r})"

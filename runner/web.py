@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from runner.body import (
     ACCEPTED_TYPES,
@@ -41,10 +41,11 @@ from runner.body import (
     parse_payload,
 )
 from runner.committer import GroupCommitter
-from runner.config import Secret
+from runner.config import Config, Secret
 from runner.entry import delivery_entry, delivery_head
 from runner.queue import Queue
 from runner.store import Store
+from runner.ui import StatusPage
 
 logger = logging.getLogger(__name__)
 
@@ -150,7 +151,7 @@ def _declared_length(headers: Headers) -> int | None:
 class WebhookApp:
     """The ASGI application, with the queue it writes to and the store /healthz checks."""
 
-    def __init__(self, secret: Secret, queue: Queue, store: Store) -> None:
+    def __init__(self, secret: Secret, queue: Queue, store: Store, page: StatusPage | None = None) -> None:
         self.secret = secret
         self.queue = queue
         self.store = store
@@ -164,6 +165,8 @@ class WebhookApp:
                 # Only reached by other methods, which Starlette answers 405 as it does for any route.
                 Route(WEBHOOK_PATH, _AsgiEndpoint(self.github_webhook), methods=["POST"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
+                # The status page, after the endpoint's own paths: they keep precedence, and need no login.
+                *([Mount(page.config.ui_path, app=page.app)] if page is not None else []),
             ],
             lifespan=self.lifespan,
         )
@@ -299,8 +302,11 @@ def _no_ctrl_c(record: logging.LogRecord) -> bool:
     return True
 
 
-async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: asyncio.Event) -> None:
-    """Serve the webhook app with Hypercorn on the listening socket ``fd`` until ``shutdown`` is set.
+async def serve(
+    fd: int, config: Config, secret: Secret, queue: Queue, store: Store, shutdown: asyncio.Event
+) -> None:
+    """Serve the webhook app and the status page with Hypercorn on the listening socket ``fd`` until
+    ``shutdown`` is set. ``store`` is read-only: the web process only reads the database.
 
     The socket is bound by the caller, so that several server processes can share it; Hypercorn closes it.
     """
@@ -336,4 +342,5 @@ async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: a
     # Under a flood of connections, hundreds of them are read ahead at once. (With 1, Hypercorn's shutdown
     # waits out its graceful timeout.)
     hc.max_app_queue_size = APP_QUEUE_MESSAGES
-    await hypercorn_serve(WebhookApp(secret, queue, store), hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    app = WebhookApp(secret, queue, store, StatusPage(config, store, queue, secret))
+    await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]

@@ -157,6 +157,17 @@ ALLOWED: dict[str, set[str]] = {
         "runner.entry",
         "runner.queue",
         "runner.store",
+        "runner.ui",
+    },
+    # The status page, which the web serves: its login, its rendering, its read-only queries, its pages.
+    "runner.ui_auth": set(),
+    "runner.ui_render": {"runner.timefmt"},
+    "runner.ui": {
+        "runner.config",
+        "runner.queue",
+        "runner.store",
+        "runner.ui_auth",
+        "runner.ui_render",
     },
     "runner.router": {
         "runner.consumer",
