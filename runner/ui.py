@@ -18,7 +18,9 @@ from starlette.staticfiles import StaticFiles
 from runner.config import Config, Secret
 from runner.queue import Queue
 from runner.store import Store
+from runner.ui_actions import RunActions
 from runner.ui_auth import BasicAuth, UsersFile
+from runner.ui_live import LiveStreams
 from runner.ui_render import STATIC_DIR, Renderer, SecurityHeaders
 
 
@@ -33,6 +35,9 @@ class StatusPage:
         self.secret = secret
         self.renderer = Renderer(config.ui_path, config.server_name)
         self.users = UsersFile(config.ui_users)
+        # The live log and run events, and the actions: runner/ui_live.py's and runner/ui_actions.py's.
+        self.live = LiveStreams(config, store)
+        self.actions = RunActions(config, store, queue, secret, self.renderer.prefix)
         pages = Starlette(routes=self.routes())
         self.app: Any = SecurityHeaders(BasicAuth(pages, self.users), static_prefix="/static/")
 
@@ -40,6 +45,8 @@ class StatusPage:
         # Sync endpoints: Starlette runs them in its threads, where the database's calls may block.
         return [
             Route("/", self.pipelines, methods=["GET"]),
+            *self.live.routes(),
+            *self.actions.routes(),
             Mount("/static", app=StaticFiles(directory=STATIC_DIR, follow_symlink=False), name="static"),
         ]
 

@@ -162,11 +162,30 @@ ALLOWED: dict[str, set[str]] = {
     # The status page, which the web serves: its login, its rendering, its read-only queries, its pages.
     "runner.ui_auth": set(),
     "runner.ui_render": {"runner.timefmt"},
+    # The page's live parts: runs starting and ending (one watch on logs/), the live log, the actions.
+    "runner.run_events": set(),
+    "runner.ui_live": {
+        "runner.config",
+        "runner.log_follow",
+        "runner.models",
+        "runner.run_events",
+        "runner.store",
+    },
+    "runner.ui_actions": {
+        "runner.actions",
+        "runner.config",
+        "runner.entry",
+        "runner.models",
+        "runner.queue",
+        "runner.store",
+    },
     "runner.ui": {
         "runner.config",
         "runner.queue",
         "runner.store",
+        "runner.ui_actions",
         "runner.ui_auth",
+        "runner.ui_live",
         "runner.ui_render",
     },
     "runner.router": {
