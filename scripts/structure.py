@@ -160,11 +160,16 @@ ALLOWED: dict[str, set[str]] = {
     # The status page, which the web serves: its login, its rendering, its read-only queries, its pages.
     "runner.ui_auth": set(),
     "runner.ui_render": {"runner.timefmt"},
+    "runner.history": {"runner.models", "runner.store"},
+    "runner.ui_logs": {"runner.models", "runner.timefmt"},
     "runner.ui": {
         "runner.config",
+        "runner.history",
+        "runner.pipelines",
         "runner.queue",
         "runner.store",
         "runner.ui_auth",
+        "runner.ui_logs",
         "runner.ui_render",
     },
     "runner.router": {
