@@ -297,6 +297,8 @@ ALLOWED: dict[str, set[str]] = {
         "runner.worker",
     },
     "runner.arguments": {"runner.config"},
+    # The status page's users file, managed by `runner ui-user`.
+    "runner.ui_users": {"runner.arguments", "runner.config", "runner.ui_auth"},
     "runner.cli": {
         "runner.arguments",
         "runner.cancel",
@@ -317,6 +319,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.store",
         "runner.timefmt",
         "runner.trigger",
+        "runner.ui_users",
     },
 }
 
