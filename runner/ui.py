@@ -11,17 +11,25 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from runner.config import Config, Secret
+from runner.history import RUN_STATUSES, History
+from runner.pipelines import pipeline_files
 from runner.queue import Queue
 from runner.store import Store
 from runner.ui_actions import RunActions
 from runner.ui_auth import BasicAuth, UsersFile
 from runner.ui_live import LiveStreams
+from runner.ui_logs import log_file, read_shown
 from runner.ui_render import STATIC_DIR, Renderer, SecurityHeaders
+
+# A step that ended the run: the run page marks it, and its lines in the log.
+FAILING_STEPS = ("failed", "timed_out")
+# Pages beyond any history's: a bigger number is a mistake, not a query for the database.
+MAX_PAGE = 1_000_000
 
 
 class StatusPage:
@@ -34,6 +42,7 @@ class StatusPage:
         self.queue = queue
         self.secret = secret
         self.renderer = Renderer(config.ui_path, config.server_name)
+        self.history = History(store)
         self.users = UsersFile(config.ui_users)
         # The live log and run events, and the actions: runner/ui_live.py's and runner/ui_actions.py's.
         self.live = LiveStreams(config, store)
@@ -45,13 +54,73 @@ class StatusPage:
         # Sync endpoints: Starlette runs them in its threads, where the database's calls may block.
         return [
             Route("/", self.pipelines, methods=["GET"]),
+            Route("/runs", self.runs, methods=["GET"]),
+            Route("/runs/{run_id:int}", self.run, methods=["GET"]),
+            Route("/runs/{run_id:int}/log", self.run_log, methods=["GET"]),
+            Route("/deliveries", self.deliveries, methods=["GET"]),
             *self.live.routes(),
             *self.actions.routes(),
+            # No directory listing (StaticFiles answers 404 for a directory), no path out of it.
             Mount("/static", app=StaticFiles(directory=STATIC_DIR, follow_symlink=False), name="static"),
         ]
 
-    def render(self, request: Request, template: str, **context: Any) -> Response:
-        return self.renderer.render(request, template, **context)
+    def render(self, request: Request, template: str, status_code: int = 200, **context: Any) -> Response:
+        return self.renderer.render(request, template, status_code, **context)
+
+    def _error(self, request: Request, status_code: int, message: str) -> Response:
+        return self.render(request, "error.html", status_code, message=message)
 
     def pipelines(self, request: Request) -> Response:
-        return self.render(request, "pipelines.html", pipelines=[])
+        names = [path.stem for path in pipeline_files(self.config.pipelines_dir)]
+        return self.render(request, "pipelines.html", pipelines=self.history.pipelines(names))
+
+    def runs(self, request: Request) -> Response:
+        pipeline = request.query_params.get("pipeline") or None
+        status = request.query_params.get("status") or None
+        if status is not None and status not in RUN_STATUSES:
+            return self._error(request, 400, f"there is no run status {status!r}: {', '.join(RUN_STATUSES)}")
+        number = _page_number(request)
+        if number is None:
+            return self._error(request, 400, "the page must be a number from 1")
+        return self.render(
+            request,
+            "runs.html",
+            runs=self.history.runs(pipeline, status, number),
+            pipeline=pipeline,
+            status=status,
+            pipelines=self.history.pipeline_names(),
+            statuses=RUN_STATUSES,
+        )
+
+    def run(self, request: Request) -> Response:
+        run = self.store.run(request.path_params["run_id"])
+        if run is None:
+            return self._error(request, 404, f"there is no run {request.path_params['run_id']}")
+        steps = self.store.steps(run.id)
+        failing = next((step for step in steps if step.status in FAILING_STEPS), None)
+        path = log_file(self.config.logs_dir, run.log_path)
+        log = read_shown(path, steps) if path is not None else None
+        live = self.actions.run_context(request, run)
+        return self.render(request, "run.html", run=run, steps=steps, failing=failing, log=log, **live)
+
+    def run_log(self, request: Request) -> Response:
+        run = self.store.run(request.path_params["run_id"])
+        path = log_file(self.config.logs_dir, run.log_path) if run is not None else None
+        if path is None:
+            return PlainTextResponse("no log for this run\n", status_code=404)
+        # Streamed from the file, a chunk at a time; text, never a page the browser would run.
+        return FileResponse(path, media_type="text/plain; charset=utf-8")
+
+    def deliveries(self, request: Request) -> Response:
+        number = _page_number(request)
+        if number is None:
+            return self._error(request, 400, "the page must be a number from 1")
+        return self.render(request, "deliveries.html", deliveries=self.history.deliveries(number))
+
+
+def _page_number(request: Request) -> int | None:
+    """The ``page`` query parameter (1 without one), or None if it is not a page number."""
+    raw = request.query_params.get("page") or "1"
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        return None
+    return int(raw)

@@ -179,13 +179,18 @@ ALLOWED: dict[str, set[str]] = {
         "runner.queue",
         "runner.store",
     },
+    "runner.history": {"runner.models", "runner.store"},
+    "runner.ui_logs": {"runner.models", "runner.timefmt"},
     "runner.ui": {
         "runner.config",
+        "runner.history",
+        "runner.pipelines",
         "runner.queue",
         "runner.store",
         "runner.ui_actions",
         "runner.ui_auth",
         "runner.ui_live",
+        "runner.ui_logs",
         "runner.ui_render",
     },
     "runner.router": {
@@ -324,6 +329,8 @@ ALLOWED: dict[str, set[str]] = {
         "runner.worker",
     },
     "runner.arguments": {"runner.config"},
+    # The status page's users file, managed by `runner ui-user`.
+    "runner.ui_users": {"runner.arguments", "runner.config", "runner.ui_auth"},
     "runner.cli": {
         "runner.arguments",
         "runner.cancel",
@@ -344,6 +351,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.store",
         "runner.timefmt",
         "runner.trigger",
+        "runner.ui_users",
     },
 }
 
