@@ -167,14 +167,15 @@ class LogFollower:
 
 
 class _Follow:
-    """A follow under way: the follower's lines, and when to ask whether the run has ended (soon after the
-    writer closed the file, then less and less often, up to every ``idle`` seconds)."""
+    """A follow under way: the follower's lines, and when to ask whether the run has ended: at once, then
+    every ``idle`` seconds; soon after the writer closed the file, then less and less often up to that."""
 
     def __init__(self, follower: LogFollower, idle: float) -> None:
         self.follower = follower
         self.idle = idle
+        # Asked at once: a run that has ended already is read to its end and left.
         self.delay = idle
-        self.due = time.monotonic() + idle
+        self.due = time.monotonic()
 
     def lines(self) -> list[Line]:
         if self.follower.closed:
@@ -214,7 +215,8 @@ def follow(
             found = state.lines()
             if not state.gone and state.ask_now():
                 if ended():
-                    yield found + state.last_lines()
+                    if last := found + state.last_lines():
+                        yield last
                     return
                 state.not_ended()
             if found:
@@ -237,7 +239,8 @@ async def follow_async(
             found = state.lines()
             if not state.gone and state.ask_now():
                 if await asyncio.to_thread(ended):
-                    yield found + state.last_lines()
+                    if last := found + state.last_lines():
+                        yield last
                     return
                 state.not_ended()
             if found:

@@ -67,11 +67,12 @@ class RunWatch:
     def _start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._inotify = INotify()
-        self._watch_top()
+        self._watch_top(new=False)
         self._loop.add_reader(self._inotify.fileno(), self._read)
 
-    def _watch_top(self) -> None:
-        """Watch logs/ and each pipeline's directory in it; logs/'s parent until logs/ exists."""
+    def _watch_top(self, new: bool = True) -> None:
+        """Watch logs/ and each pipeline's directory in it; logs/'s parent until logs/ exists. ``new``: a
+        directory found now was made since the watch began."""
         assert self._inotify is not None
         if not self.logs_dir.is_dir():
             parent = self.logs_dir.parent
@@ -84,14 +85,23 @@ class RunWatch:
         with contextlib.suppress(OSError):
             for child in self.logs_dir.iterdir():
                 if child.is_dir():
-                    self._watch_pipeline(child.name)
+                    self._watch_pipeline(child.name, new)
 
-    def _watch_pipeline(self, name: str) -> None:
+    def _watch_pipeline(self, name: str, new: bool) -> None:
+        """Watch a pipeline's log directory; ``new``: one made since the watch began, whose first run may
+        have created its log before the watch was set up: the logs in it are told as started."""
         assert self._inotify is not None
         if name in self._watches.values():
             return
-        with contextlib.suppress(OSError):
-            self._watches[self._inotify.add_watch(self.logs_dir / name, _PIPELINE)] = name
+        directory = self.logs_dir / name
+        try:
+            self._watches[self._inotify.add_watch(directory, _PIPELINE)] = name
+            found = [LOG_NAME.match(child.name) for child in directory.iterdir()] if new else []
+        except OSError:
+            return
+        for match in found:
+            if match is not None:
+                self._tell(RunEvent(int(match.group(1)), name, "running"))
 
     def _read(self) -> None:
         assert self._inotify is not None
