@@ -16,8 +16,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
-from support import SECRET, Server, run_cli, runner_env, stop_started, wait_for
+from support import ROOT, SECRET, Server, run_cli, runner_env, stop_started, wait_for
 from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, USER, Site, basic, request, write_users
 
 from runner.store import Store
@@ -362,3 +363,44 @@ def test_the_webs_store_refuses_to_write_on_both_databases(database_url: str) ->
     finally:
         reader.close()
         writer.close()
+
+
+def readme_role_sql() -> str:
+    """The SQL of the README's read-only role for the status page."""
+    section = (ROOT / "README.md").read_text().split("## Status page", 1)[1].split("\n## ", 1)[0]
+    block = re.search(r"```sql\n(.*?)```", section, re.S)
+    assert block, "the README's status page section has no SQL"
+    return block[1]
+
+
+def test_the_readmes_read_only_role_reads_and_cannot_write(postgres_url: str) -> None:
+    url = sa.engine.make_url(postgres_url)
+    writer = Store(postgres_url)
+    role = f"runner_web_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    sql = (
+        readme_role_sql()
+        .replace("runner_web", role)
+        .replace("DATABASE runner", f'DATABASE "{url.database}"')
+        .replace("FOR ROLE runner", f"FOR ROLE {url.username}")
+    )
+    try:
+        writer.upgrade()
+        with admin.connect() as connection:
+            for statement in filter(None, (s.strip() for s in re.sub(r"--.*", "", sql).split(";"))):
+                connection.execute(sa.text(statement))
+        run_id = writer.create_run("app", trigger="manual", ref="main")
+        reader = Store(url.set(username=role, password="choose-one").render_as_string(hide_password=False))
+        try:
+            run = reader.run(run_id)
+            assert run is not None and run.pipeline == "app"
+            with pytest.raises(DBAPIError, match="permission denied"):
+                reader.create_run("app", trigger="manual", ref="main")
+        finally:
+            reader.close()
+    finally:
+        writer.close()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP OWNED BY "{role}"'))
+            connection.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
+        admin.dispose()
