@@ -404,3 +404,25 @@ def test_the_readmes_read_only_role_reads_and_cannot_write(postgres_url: str) ->
             connection.execute(sa.text(f'DROP OWNED BY "{role}"'))
             connection.execute(sa.text(f'DROP ROLE IF EXISTS "{role}"'))
         admin.dispose()
+
+
+def test_a_database_that_cannot_be_read_gets_a_clear_page_not_a_crash(
+    tmp_path: Path, postgres_url: str
+) -> None:
+    server = serve(tmp_path, RUNNER_DATABASE_URL=postgres_url)
+    write_users(tmp_path / "ui-users", {USER: PASSWORD})
+    auth = {"Authorization": basic(USER, PASSWORD)}
+    assert request(server.port, "/runs", auth).status == 200
+    engine = sa.create_engine(postgres_url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(sa.text("ALTER TABLE runs RENAME TO runs_away"))
+    finally:
+        engine.dispose()
+    answer = request(server.port, "/runs", auth)
+    assert answer.status == 503, answer.text
+    assert "The database cannot be read just now (ProgrammingError)" in answer.text
+    assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
+    assert "the status page cannot read the database: ProgrammingError" in server.output()
+    # The webhook endpoint beside it is not touched.
+    assert server.deliver("ping", json.dumps({"zen": "z", "hook_id": 1}).encode()).status == 202
