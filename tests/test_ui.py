@@ -164,6 +164,13 @@ def test_a_wrong_password_is_refused_logged_with_the_name_and_address_and_slowed
     assert site.get("/").status == 200
 
 
+def test_the_endpoints_paths_stay_the_endpoints_beside_a_page_at_the_root(site: Site) -> None:
+    assert request(site.server.port, "/healthz").status == 200
+    assert request(site.server.port, "/github-webhook").status == 405
+    assert request(site.server.port, "/healthz", method="POST").status == 405
+    assert request(site.server.port, "/github-webhook", method="POST").status == 401  # no signature
+
+
 def test_every_page_has_the_security_headers(site: Site) -> None:
     for path in page_paths(site):
         answer = site.get(path)
