@@ -68,7 +68,7 @@ class StatusPage:
         return self.render(request, "error.html", status_code, message=message)
 
     def _database_error(self, request: Request, exc: Exception) -> Response:
-        # The error's class only: its text may hold the database's URL, or a query's values.
+        # The page names the error's class only (its text may hold a query's values); the log has it all.
         logger.error("the status page cannot read the database: %s: %s", type(exc).__name__, exc)
         message = f"The database cannot be read just now ({type(exc).__name__}): the server's log says why."
         return self._error(request, 503, message)
