@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -44,18 +44,25 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     assert PASSWORD not in started.server.output()
 
 
-@pytest.fixture(autouse=True)
-def _no_server_outlives_its_test(request: pytest.FixtureRequest) -> Iterator[None]:
-    yield
-    if "site" not in request.fixturenames:
-        stop_started()
+Serve = Callable[..., Server]
 
 
-def serve(home: Path, **env: str) -> Server:
-    environment = runner_env(home, **env)
-    upgraded = run_cli("db", "upgrade", env=environment)
-    assert upgraded.returncode == 0, upgraded.stderr
-    return Server(home, environment)
+@pytest.fixture
+def serve() -> Iterator[Serve]:
+    """Starts ``runner serve`` on a migrated home (``serve(home, **env)``); each is stopped after the test
+    (the module's ``runner up`` goes on)."""
+    started: list[Server] = []
+
+    def start(home: Path, **env: str) -> Server:
+        environment = runner_env(home, **env)
+        upgraded = run_cli("db", "upgrade", env=environment)
+        assert upgraded.returncode == 0, upgraded.stderr
+        started.append(Server(home, environment))
+        return started[-1]
+
+    yield start
+    for server in started:
+        server.stop()
 
 
 def cli(*args: str, env: dict[str, str], input: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -75,7 +82,7 @@ def page_paths(site: Site) -> list[str]:
     return [*PAGES, f"/runs/{broken}", f"/runs/{broken}/log", "/static/style.css"]
 
 
-def test_no_users_file_means_no_page_until_ui_user_add_writes_one(tmp_path: Path) -> None:
+def test_no_users_file_means_no_page_until_ui_user_add_writes_one(serve: Serve, tmp_path: Path) -> None:
     server = serve(tmp_path)
     env = runner_env(tmp_path)
     for path in ["/", "/runs", "/runs/1", "/deliveries", "/static/style.css"]:
@@ -302,7 +309,7 @@ def test_deliveries_show_what_became_of_each_escaped(site: Site) -> None:
     assert "push" in row
 
 
-def test_runs_are_paginated_in_pages_of_fifty(tmp_path: Path) -> None:
+def test_runs_are_paginated_in_pages_of_fifty(serve: Serve, tmp_path: Path) -> None:
     server = serve(tmp_path)
     write_users(tmp_path / "ui-users", {USER: PASSWORD})
     store = Store(f"sqlite:///{tmp_path / 'runner.db'}")
@@ -332,7 +339,7 @@ def test_runs_are_paginated_in_pages_of_fifty(tmp_path: Path) -> None:
     assert len(even) == 50 and 'href="/runs?page=2&amp;pipeline=even"' in page
 
 
-def test_the_page_under_runner_ui_path_beside_the_webhook_endpoint(tmp_path: Path) -> None:
+def test_the_page_under_runner_ui_path_beside_the_webhook_endpoint(serve: Serve, tmp_path: Path) -> None:
     server = serve(tmp_path, RUNNER_UI_PATH="/runner")
     write_users(tmp_path / "ui-users", {USER: PASSWORD})
     auth = {"Authorization": basic(USER, PASSWORD)}
@@ -414,7 +421,7 @@ def test_the_readmes_read_only_role_reads_and_cannot_write(postgres_url: str) ->
 
 
 def test_a_database_that_cannot_be_read_gets_a_clear_page_not_a_crash(
-    tmp_path: Path, postgres_url: str
+    serve: Serve, tmp_path: Path, postgres_url: str
 ) -> None:
     server = serve(tmp_path, RUNNER_DATABASE_URL=postgres_url)
     write_users(tmp_path / "ui-users", {USER: PASSWORD})
