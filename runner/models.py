@@ -201,7 +201,7 @@ class Notification(Base):
     # pending, sent, given_up
     state: Mapped[str] = mapped_column(String(16))
     attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
-    # Why the last attempt failed, or why the row was given up; never a URL.
+    # Why the last failed attempt failed (kept once sent), or why the row was given up; never a URL.
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())

@@ -175,7 +175,8 @@ class Notifications:
             return session.scalar(query)
 
     def sent(self, row_id: int) -> None:
-        self._set(row_id, state=SENT, error=None, sent_at=datetime.now(UTC))
+        # The error stays: how the attempts before this one failed.
+        self._set(row_id, state=SENT, sent_at=datetime.now(UTC))
 
     def retry(self, row_id: int, at: datetime, error: str) -> None:
         self._set(row_id, error=error, next_attempt_at=at)
