@@ -7,6 +7,10 @@ Also the ``notify:`` keys' checks and warnings, and the messages' escaping.
 from __future__ import annotations
 
 import json
+import shutil
+import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,8 +21,9 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import AuthResult
 from sqlalchemy.orm import Session
-from support import free_port, run_cli, runner_env, wait_for
+from support import free_port, require, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, Rig, fake_commit, push_payload
 
 from runner.loading import load
@@ -450,3 +455,66 @@ def test_a_run_s_notifications_are_pruned_with_it(rig: Rig) -> None:
     assert done.returncode == 0, done.stdout + done.stderr
     old, kept = made
     assert (attempts(store, old), [row.run_id for row in attempts(store, kept)]) == ([], [kept])
+
+
+def test_e_mail_over_smtps_logs_in_with_the_password_file_s_password(rig: Rig, tmp_path: Path) -> None:
+    require(shutil.which("openssl") is not None, "openssl (to make the SMTP server's certificate)")
+    cert, key = tmp_path / "smtp.crt", tmp_path / "smtp.key"
+    request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
+    made = subprocess.run(
+        [
+            "openssl",
+            *request,
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        capture_output=True,
+        check=False,
+    )
+    assert made.returncode == 0, made.stderr
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        logins.append((data.login, data.password))
+        return AuthResult(success=data.password == b"s3cret-pass")
+
+    mailbox = Mailbox()
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        ssl_context=context,
+        authenticator=authenticator,
+        # aiosmtpd counts only STARTTLS as TLS; this connection is TLS from its start.
+        auth_require_tls=False,
+    )
+    controller.start()
+    password = tmp_path / "smtp-password"
+    password.write_text("s3cret-pass\n")
+    password.chmod(0o600)
+    try:
+        smtp = {
+            "RUNNER_SMTP_URL": f"smtps://deployer@127.0.0.1:{controller.port}",
+            "RUNNER_SMTP_PASSWORD_FILE": str(password),
+            # The test's own certificate authority: OpenSSL's default trust store, as the worker uses it.
+            "SSL_CERT_FILE": str(cert),
+        }
+        workdir = setup(rig, "  - email: ops@example.com", **smtp)
+        (workdir / "fail").touch()
+        failed = deploy(rig, 1, "failed")
+        [envelope] = wait_for(
+            lambda: mailbox.envelopes, "the e-mail", details=lambda: rig.workers[-1].output()
+        )
+    finally:
+        controller.stop()
+    assert logins == [(b"deployer", b"s3cret-pass")]
+    assert envelope.rcpt_tos == ["ops@example.com"]
+    assert message_from_bytes(envelope.content)["From"] == f"runner@{socket.gethostname()}"
+    assert [row.state for row in rows(rig, failed)] == ["sent"]
+    assert "s3cret-pass" not in rig.workers[-1].output()
