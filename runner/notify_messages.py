@@ -113,10 +113,14 @@ def slack(facts: Facts) -> dict[str, Any]:
     return {"text": "\n".join(lines)}
 
 
+# Discord's markdown takes a backslash before any punctuation as the character itself.
+_DISCORD_MARKUP = re.compile(r"([\\*_~`|\[\]()<>#@:])")
+
+
 def discord(facts: Facts) -> dict[str, Any]:
     """A Discord webhook's body: ``{"content": ...}`` within Discord's 2000 characters, with every mention
-    off, so that a commit message's @everyone pings nobody."""
-    head = _lines(facts)
+    off, so that a commit message's @everyone pings nobody, and its markdown (a masked link) escaped."""
+    head = [_DISCORD_MARKUP.sub(r"\\\1", line) for line in _lines(facts)]
     head[0] = f"**{head[0]}**"
     link = [f"<{facts.url}>"] if facts.url else []
     tail = list(facts.log_tail)

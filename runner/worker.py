@@ -209,8 +209,9 @@ class Worker:
             logger.exception("could not settle the runs a previous worker left; the next start tries again")
             settled = []
         reporting = await self._start_reporter(settled, stop)
-        notifying = self._supervise("the notifier", lambda: self.notifier.run(stop), stop)
-        reporting.append(asyncio.create_task(notifying, name="notifier"))
+        notifying = asyncio.create_task(
+            self._supervise("the notifier", lambda: self.notifier.run(stop), stop), name="notifier"
+        )
         self._start_lanes(stop)
         router = asyncio.create_task(
             self._supervise("the router", lambda: self._route(stop), stop), name="router"
@@ -233,6 +234,6 @@ class Worker:
             except Exception:
                 logger.exception("reloading the pipelines failed; tried again in %.0f s", RELOAD_INTERVAL)
         await asyncio.gather(
-            router, pruning, catching_up, *reporting, *self._tasks.values(), return_exceptions=True
+            router, pruning, catching_up, notifying, *reporting, *self._tasks.values(), return_exceptions=True
         )
         logger.info("worker stopped")

@@ -418,6 +418,11 @@ def test_a_discord_message_stays_within_2000_characters_keeping_the_last_log_lin
     assert "line 9 " in body["content"] and "line 0 " not in body["content"]
 
 
+def test_a_subject_s_markdown_is_escaped_for_discord_so_it_makes_no_link() -> None:
+    content = discord(facts(subject="[see](https://evil.example) **now**"))["content"]
+    assert r"commit\: aaaaaaa \[see\]\(https\://evil.example\) \*\*now\*\*" in content
+
+
 def test_a_log_line_cannot_close_slack_s_code_block_nor_a_subject_add_a_line() -> None:
     text = slack(facts(log_tail=["```<!here>"]))["text"]
     assert text.count("```") == 2 and "&lt;!here&gt;" in text
