@@ -76,7 +76,7 @@ def cmd_work(config: Config, _args: argparse.Namespace) -> None:
 
 
 def cmd_validate(config: Config, args: argparse.Namespace) -> None:
-    from runner.pipelines import SUFFIXES, pipeline_files, validate
+    from runner.pipelines import SUFFIXES, notify_file_warnings, pipeline_files, validate
 
     files = [Path(f) for f in args.files] if args.files else pipeline_files(config.pipelines_dir)
     if not files:
@@ -87,6 +87,8 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> None:
     problems = validate(files, config.home)
     for problem in problems:
         print(problem)
+    for warning in notify_file_warnings(files, config.home, smtp=config.smtp is not None):
+        print(warning, file=sys.stderr)
     if problems:
         files_with_problems = len({p.path for p in problems})
         raise CommandError(f"{len(problems)} problem(s) in {files_with_problems} of {len(files)} file(s)")

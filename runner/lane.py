@@ -26,6 +26,7 @@ from runner.entry import RunEntry
 from runner.errors import describe
 from runner.events import repository_name
 from runner.github_reports import CALLED_OFF
+from runner.notifier import Notifier
 from runner.pipeline import Concurrency, Pipeline
 from runner.pipelines import PipelineSet, pipeline_file_exists
 from runner.queue import Queue
@@ -52,6 +53,7 @@ class Lane:
         environ: Mapping[str, str],
         crashes: dict[str, int] | None = None,
         reporter: Reporter | None = None,
+        notifier: Notifier | None = None,
     ) -> None:
         self.name = name
         self.pipelines = pipelines
@@ -60,6 +62,7 @@ class Lane:
         self.environ = environ
         # What records what the runs tell GitHub; None when runner has no GitHub credentials.
         self.reporter = reporter
+        self.notifier = notifier
         self.last_known: Pipeline | None = pipelines.get(name)
         # Entries that made this lane fail, kept by the worker across the lane's restarts.
         self.crashes = crashes if crashes is not None else {}
@@ -196,6 +199,8 @@ class Lane:
             await asyncio.to_thread(self.store.finish_run, run_id, "failed", reason)
             if self.reporter is not None:
                 await self.reporter.ended(run_id, "error")
+            if self.notifier is not None:
+                await self.notifier.ended(run_id, pipeline, entry.payload)
             self.queue.fail(name, f"run {run_id} failed: {reason}")
             return "failed"
 
@@ -261,6 +266,8 @@ class Lane:
         called_off = called_off or (status == "cancelled" and cancel.is_set())
         if self.reporter is not None:
             await self.reporter.ended(run_id, CALLED_OFF if called_off else status, reason)
+        if self.notifier is not None and not called_off:
+            await self.notifier.ended(run_id, pipeline, entry.payload)
         # A failed step is the pipeline's outcome, not runner's fault: a warning. What runner could not do
         # (a lane's crash, a run that could not go on) is an error.
         logger.log(

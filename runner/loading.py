@@ -19,6 +19,7 @@ from yaml.nodes import MappingNode, ScalarNode
 from runner.checks import check_values, name_problem
 from runner.credentials import mask
 from runner.filters import Filter
+from runner.notify_checks import check_notify, notify_targets
 from runner.pipeline import (
     DEFAULT_EVENTS,
     DEFAULT_TIMEOUT,
@@ -104,6 +105,7 @@ def _build(doc: Document, name: str, home: Path) -> Pipeline:
         steps=tuple(steps),
         github=_github(name, data.get("github") or {}),
         concurrency=_concurrency(data.get("concurrency", {})),
+        notify=notify_targets(doc, home),
     )
 
 
@@ -154,6 +156,7 @@ def load(path: Path, home: Path) -> tuple[list[Problem], Pipeline | None]:
         doc.problems.append(Problem(path, node.start_mark.line + 1, node.start_mark.column + 1, message))
     check_schema(doc)
     check_values(doc, home)
+    check_notify(doc)
     if doc.problems:
         unique = dict.fromkeys(doc.problems)
         return sorted(unique, key=lambda p: (p.line, p.column)), None

@@ -177,6 +177,37 @@ class GitHubReport(Base):
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
+class Notification(Base):
+    """A message a run's end sends to one of its pipeline's ``notify:`` targets (runner/notifications.py).
+
+    Recorded by the run's lane, sent by the worker's notifier (runner/notifier.py). Never holds a URL: the
+    target is resolved from the pipeline (and its webhook file) when the message is sent.
+    """
+
+    __tablename__ = "notifications"
+    # The notifier's question: which pending rows are due.
+    __table_args__ = (Index(None, "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    # Safe to show anywhere: "slack webhook https://hooks.slack.com/…", "webhook from /etc/x", addresses.
+    target: Mapped[str] = mapped_column(Text)
+    # The target's position in the pipeline's notify list.
+    target_index: Mapped[int] = mapped_column(Integer)
+    # failure, recovery, success
+    event: Mapped[str] = mapped_column(String(16))
+    # What is sent (a webhook's JSON body; an e-mail's subject and text), with no credential.
+    message: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # pending, sent, given_up
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Why the last failed attempt failed (kept once sent), or why the row was given up; never a URL.
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
 class ActionRecord(Base):
     """An action a user of the status page asked for (redeploy or cancel a run), and what became of it.
 

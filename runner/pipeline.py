@@ -113,6 +113,27 @@ class GitHubReporting:
     deployment: GitHubDeployment | None
 
 
+# What a notification target (``notify:``) may be sent for, and what it is sent for by default.
+NOTIFY_EVENTS = ("failure", "recovery", "success")
+DEFAULT_NOTIFY_ON = ("failure", "recovery")
+NOTIFY_FORMATS = ("slack", "discord", "json")
+
+
+@dataclass(frozen=True)
+class NotifyTarget:
+    """Where a pipeline's runs are told of (``notify:``): a webhook (its URL, or a file holding it: chat
+    webhook URLs are credentials) in a format, or e-mail addresses; and for which events."""
+
+    # webhook, webhook-file or email
+    kind: str
+    on: tuple[str, ...]
+    url: str | None = None
+    file: Path | None = None
+    format: str = "json"
+    addresses: tuple[str, ...] = ()
+    line: int = 0
+
+
 @dataclass(frozen=True)
 class Match:
     matched: bool
@@ -139,6 +160,7 @@ class Pipeline:
     steps: tuple[StepSpec, ...]
     github: GitHubReporting
     concurrency: Concurrency = Concurrency()
+    notify: tuple[NotifyTarget, ...] = ()
 
     def match(self, event: str, payload: Mapping[str, Any]) -> Match:
         """Whether a delivery runs this pipeline, and if not, why not, in words for an operator."""

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from runner.checks import nginx_templates
 from runner.loading import load
+from runner.notify_checks import notify_warnings
 from runner.pipeline import Pipeline
 from runner.validation import Problem
 
@@ -60,6 +61,16 @@ def validate(paths: Sequence[Path], home: Path) -> list[Problem]:
         by_file[problem.path].append(problem)
     return [
         problem for found in by_file.values() for problem in sorted(found, key=lambda p: (p.line, p.column))
+    ]
+
+
+def notify_file_warnings(paths: Sequence[Path], home: Path, *, smtp: bool) -> list[str]:
+    """What may keep the valid pipelines' notifications from going out (``smtp``: an SMTP server is set)."""
+    return [
+        warning
+        for path in dict.fromkeys(paths)
+        if (pipeline := load(path, home)[1]) is not None
+        for warning in notify_warnings(pipeline, smtp)
     ]
 
 

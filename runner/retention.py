@@ -5,7 +5,7 @@ pipeline's last ``RUNNER_KEEP_RUNS`` runs or its last successful one (the deploy
 changed`` compares against); a run still queued or running never goes. A delivery goes at the same age once
 no run that is kept names it, and never before it is routed. A ``failed/`` entry goes (with its ``.reason``)
 at the same age, counted from when it failed. What runs told GitHub goes with its run, and at the same age
-once it was sent or given up.
+once it was sent or given up; their notifications go with them.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 
 from runner.config import Config
 from runner.failed import FailedEntry, failed_entries, orphan_reasons
-from runner.models import Delivery, GitHubReport, Run, StepResult
+from runner.models import Delivery, GitHubReport, Notification, Run, StepResult
 from runner.outbox import PENDING
 from runner.store import Store
 from runner.timefmt import shown
@@ -95,12 +95,13 @@ def _runs_to_prune(store: Store, before: datetime, keep_last: int) -> list[Run]:
 
 
 def _delete_runs(store: Store, run_ids: Sequence[int]) -> None:
-    """Remove ended runs, their steps and what they told GitHub."""
+    """Remove ended runs, their steps, what they told GitHub and their notifications."""
     with store.engine.begin() as connection:
         for start in range(0, len(run_ids), 500):
             chunk = run_ids[start : start + 500]
             connection.execute(delete(StepResult).where(StepResult.run_id.in_(chunk)))
             connection.execute(delete(GitHubReport).where(GitHubReport.run_id.in_(chunk)))
+            connection.execute(delete(Notification).where(Notification.run_id.in_(chunk)))
             connection.execute(delete(Run).where(Run.id.in_(chunk), Run.status.not_in(("queued", "running"))))
 
 

@@ -92,6 +92,15 @@ def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> No
         config.main_queue_dir,
         config.workers,
     )
+    users = config.ui_users
+    logger.info(
+        "status page: %s%s, %s",
+        describe(listener),
+        config.ui_path,
+        f"users: {users}"
+        if users.exists()
+        else f"answers 404 until `runner ui-user add NAME` writes {users}",
+    )
     if config.workers == 1:
         _serve_here(config, listener, secret, store, with_worker)
         return

@@ -7,8 +7,10 @@ reads is runner/history.py's.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, PlainTextResponse, Response
@@ -25,6 +27,8 @@ from runner.ui_auth import BasicAuth, UsersFile
 from runner.ui_live import LiveStreams
 from runner.ui_logs import log_file, read_shown
 from runner.ui_render import STATIC_DIR, Renderer, SecurityHeaders
+
+logger = logging.getLogger(__name__)
 
 # A step that ended the run: the run page marks it, and its lines in the log.
 FAILING_STEPS = ("failed", "timed_out")
@@ -47,7 +51,7 @@ class StatusPage:
         # The live log and run events, and the actions: runner/ui_live.py's and runner/ui_actions.py's.
         self.live = LiveStreams(config, store)
         self.actions = RunActions(config, store, queue, secret, self.renderer.prefix)
-        pages = Starlette(routes=self.routes())
+        pages = Starlette(routes=self.routes(), exception_handlers={SQLAlchemyError: self._database_error})
         self.app: Any = SecurityHeaders(BasicAuth(pages, self.users), static_prefix="/static/")
 
     def routes(self) -> list[BaseRoute]:
@@ -69,6 +73,12 @@ class StatusPage:
 
     def _error(self, request: Request, status_code: int, message: str) -> Response:
         return self.render(request, "error.html", status_code, message=message)
+
+    def _database_error(self, request: Request, exc: Exception) -> Response:
+        # The page names the error's class only (its text may hold a query's values); the log has it all.
+        logger.error("the status page cannot read the database: %s: %s", type(exc).__name__, exc)
+        message = f"The database cannot be read just now ({type(exc).__name__}): the server's log says why."
+        return self._error(request, 503, message)
 
     def pipelines(self, request: Request) -> Response:
         names = [path.stem for path in pipeline_files(self.config.pipelines_dir)]

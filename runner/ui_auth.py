@@ -78,6 +78,7 @@ class UsersFile:
         self.path = path
         self._state: _FileState | None = None
         self._users: dict[str, bytes] = {}
+        self._unreadable: _FileState | None = None
         # HMAC(name, password) under a key of this process's: the passwords themselves are never kept.
         self._key = secrets.token_bytes(32)
         self._remembered: OrderedDict[bytes, float] = OrderedDict()
@@ -96,7 +97,11 @@ class UsersFile:
             try:
                 text = self.path.read_text(encoding="utf-8", errors="replace")
             except OSError as exc:
-                logger.error("cannot read the status page's users file %s: %s", self.path, exc.strerror)
+                if state != self._unreadable:  # once per version of the file, not once per request
+                    logger.error("cannot read the status page's users file %s: %s", self.path, exc.strerror)
+                    self._unreadable = state
+                self._state, self._users = None, {}
+                self._remembered.clear()
                 return False
             self._state, self._users = state, parse_users(text)
             # A removed user or a changed password counts at once.

@@ -52,6 +52,8 @@ logger = logging.getLogger(__name__)
 SERVE_BACKLOG = 1024
 APP_QUEUE_MESSAGES = 2
 WEBHOOK_PATH = "/github-webhook"
+# The endpoint's own paths, which the status page never serves.
+ENDPOINT_PATHS = (WEBHOOK_PATH, "/healthz")
 # What GitHub sends: event names are lower_snake_case, delivery ids GUIDs, hook ids integers.
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
@@ -165,17 +167,20 @@ class WebhookApp:
                 # Only reached by other methods, which Starlette answers 405 as it does for any route.
                 Route(WEBHOOK_PATH, _AsgiEndpoint(self.github_webhook), methods=["POST"]),
                 Route("/healthz", self.healthz, methods=["GET"]),
-                # The status page, after the endpoint's own paths: they keep precedence, and need no login.
-                *([Mount(page.config.ui_path, app=page.app)] if page is not None else []),
             ],
             lifespan=self.lifespan,
         )
+        # The status page, on every other path under its own: the endpoint's paths keep precedence (a GET
+        # of /github-webhook is still a 405), and need no login.
+        self.page = Starlette(routes=[Mount(page.config.ui_path, app=page.app)]) if page is not None else None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Deliveries skip Starlette: its routing, Request and JSONResponse objects cost the event loop enough
         # per request to take about a tenth off the deliveries/s of a process.
         if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":
             await self.github_webhook(scope, receive, send)
+        elif self.page is not None and scope["type"] == "http" and scope["path"] not in ENDPOINT_PATHS:
+            await self.page(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 

@@ -1,4 +1,5 @@
-"""The deployment worker: the router, one lane per pipeline and the GitHub reporter, in one asyncio process.
+"""The deployment worker: the router, one lane per pipeline, the GitHub reporter and the notifier, in one
+asyncio process.
 
 Nothing one entry does ends the worker: an unexpected exception in a step fails that run, and a lane or the
 router that fails is logged and started again after a pause, while the others go on.
@@ -21,6 +22,7 @@ from runner.config import Config
 from runner.entry import find_run_entry
 from runner.github_auth import github_client
 from runner.lane import RELOAD_INTERVAL, Lane
+from runner.notifier import Notifier
 from runner.pipeline import RESERVED_NAMES
 from runner.pipelines import PipelineSet
 from runner.queue import FAILED_DIR, Queue, is_entry_name
@@ -112,6 +114,8 @@ class Worker:
             if github is None
             else Reporter(store, github, report_for=config.github_report_for, public_url=config.public_url)
         )
+        # Sends what the runs' ends tell their pipelines' notify: targets.
+        self.notifier = Notifier(store, pipelines, config)
         self.lanes: dict[str, Lane] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._crashes: dict[str, dict[str, int]] = {}
@@ -160,6 +164,7 @@ class Worker:
                 self.environ,
                 self._crashes.setdefault(name, {}),
                 self.reporter,
+                self.notifier,
             )
             self.lanes[name] = lane
             return lane.run(stop)
@@ -206,6 +211,9 @@ class Worker:
             logger.exception("could not settle the runs a previous worker left; the next start tries again")
             settled = []
         reporting = await self._start_reporter(settled, stop)
+        notifying = asyncio.create_task(
+            self._supervise("the notifier", lambda: self.notifier.run(stop), stop), name="notifier"
+        )
         self._start_lanes(stop)
         router = asyncio.create_task(
             self._supervise("the router", lambda: self._route(stop), stop), name="router"
@@ -228,6 +236,6 @@ class Worker:
             except Exception:
                 logger.exception("reloading the pipelines failed; tried again in %.0f s", RELOAD_INTERVAL)
         await asyncio.gather(
-            router, pruning, catching_up, *reporting, *self._tasks.values(), return_exceptions=True
+            router, pruning, catching_up, notifying, *reporting, *self._tasks.values(), return_exceptions=True
         )
         logger.info("worker stopped")
