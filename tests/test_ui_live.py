@@ -523,3 +523,83 @@ def test_an_action_written_by_another_user_is_not_trusted(home: Home) -> None:
     home.open_gate(1)
     home.open_gate(2)
     assert home.finished(run_id) == "succeeded"
+
+
+# In a real browser ---------------------------------------------------------------------------------------
+
+
+def _wait_in(driver: Any, check: Any, what: str) -> Any:
+    return wait_for(lambda: check(), what, details=lambda: driver.page_source)
+
+
+def test_in_a_browser_the_log_grows_line_by_line_and_the_pipeline_list_follows(home: Home) -> None:
+    from browser import browser, log_in, screenshot
+    from selenium.webdriver.common.by import By
+
+    server = Server(home.path, home.env, command="up")
+    base = f"http://127.0.0.1:{server.port}"
+    with browser() as driver:
+        log_in(driver, USER, PASSWORD)
+        driver.get(base + "/")
+        row = driver.find_element(By.ID, "pipeline-live")
+        assert "run " not in row.text
+        run_id = home.trigger("--ref", "main")
+        # The list is fetched again when the run starts, without a reload.
+        _wait_in(
+            driver, lambda: f"run {run_id}" in driver.find_element(By.ID, "pipeline-live").text, "the list"
+        )
+        screenshot(driver, "live-pipelines")
+
+        driver.get(f"{base}/runs/{run_id}")
+        state = driver.find_element(By.ID, "live-state")
+        _wait_in(driver, lambda: state.text == "live", "the log to be followed")
+
+        def printed() -> list[str]:
+            # What the step printed, as the page shows it: TIME TEXT, live lines like those rendered.
+            lines = driver.find_elements(By.CSS_SELECTOR, "#log .line.stream-out")
+            return [line.text.split(" ", 1)[1] for line in lines]
+
+        _wait_in(driver, lambda: printed() == ["first line"], "the first line")
+        home.open_gate(1)
+        # Written after the page was loaded: only the live stream can have brought it.
+        _wait_in(driver, lambda: printed() == ["first line", "second line"], "the second line, live")
+        assert driver.find_elements(By.CSS_SELECTOR, "#log .line.live.stream-out")
+        screenshot(driver, "live-log-running")
+        home.open_gate(2)
+        _wait_in(driver, lambda: state.text == "ended: succeeded", "the end of the run")
+        assert printed() == ["first line", "second line", "third line"]
+        screenshot(driver, "live-log-ended")
+
+
+def test_in_a_browser_redeploy_from_the_page_and_see_the_new_run(home: Home) -> None:
+    from browser import browser, log_in, screenshot
+    from selenium.webdriver.common.by import By
+
+    server = Server(home.path, home.env, command="up")
+    base = f"http://127.0.0.1:{server.port}"
+    first = home.trigger("--ref", "main", "--commit", COMMIT)
+    home.open_gate(1)
+    home.open_gate(2)
+    assert home.finished(first) == "succeeded"
+    with browser() as driver:
+        log_in(driver, USER, PASSWORD)
+        driver.get(f"{base}/runs/{first}")
+        driver.find_element(By.CSS_SELECTOR, "#redeploy button").click()
+        _wait_in(driver, lambda: driver.find_elements(By.ID, "notice"), "the notice")
+        assert driver.current_url == f"{base}/runs/{first}?asked=redeploy"
+        screenshot(driver, "redeploy-asked")
+
+        def new_run_link() -> Any:
+            driver.refresh()
+            links = driver.find_elements(By.CSS_SELECTOR, "#actions a")
+            return links[0] if links else None
+
+        link = _wait_in(driver, new_run_link, "the redeploy's new run on the page")
+        new_run = int(link.text.removeprefix("run "))
+        assert f"redeployed by {USER}" in driver.find_element(By.ID, "actions").text
+        link.click()
+        assert driver.current_url == f"{base}/runs/{new_run}"
+        assert f"Redeployed by {USER} from run {first}" in driver.find_element(By.ID, "redeployed-by").text
+        assert driver.find_element(By.ID, "commit").text == COMMIT
+        screenshot(driver, "redeploy-new-run")
+    assert home.finished(new_run) == "succeeded"

@@ -3,6 +3,24 @@
 // what this needs comes in data- attributes.
 "use strict";
 
+// A log line, "TIME STREAM| TEXT", shown as the page shows the lines it was rendered with.
+const LINE = /^(\S+) ([a-z]+)\s*\| ?([\s\S]*)$/;
+
+function logLine(data) {
+  const line = document.createElement("span");
+  const parts = LINE.exec(data);
+  line.className = "line live" + (parts ? " stream-" + parts[2] : "");
+  if (parts) {
+    const time = document.createElement("span");
+    time.className = "time";
+    time.textContent = parts[1];
+    line.append(time, " " + parts[3]);
+  } else {
+    line.textContent = data;
+  }
+  return line;
+}
+
 function followLog(live) {
   const state = document.getElementById("live-state");
   let log = document.getElementById("log");
@@ -29,10 +47,7 @@ function followLog(live) {
   };
   source.onopen = () => say("live");
   source.onmessage = (event) => {
-    const line = document.createElement("span");
-    line.className = "line live";
-    line.textContent = event.data;
-    log.append(line, "\n");
+    log.append(logLine(event.data), "\n");
     log.dataset.offset = event.lastEventId;
   };
   source.addEventListener("end", (event) => {
