@@ -64,7 +64,8 @@ def _same_origin(request: Request, public_url: str | None) -> bool:
     host = urlsplit(sent).netloc.lower()
     if not host:
         return False  # "null", or no URL at all
-    ours = {request.headers.get("host", "").lower()}
+    # A cross-site form cannot set a header: the Host (or the proxy's X-Forwarded-Host) is the page's own.
+    ours = {request.headers.get("host", "").lower(), request.headers.get("x-forwarded-host", "").lower()}
     if public_url:
         ours.add(urlsplit(public_url).netloc.lower())
     return host in ours - {""}

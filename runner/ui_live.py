@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from pathlib import Path
 
 from starlette.requests import Request
@@ -110,7 +110,7 @@ class LiveStreams:
             headers=STREAM_HEADERS,
         )
 
-    async def _log_events(self, run: Run, path: Path | None, offset: int) -> AsyncIterator[str]:
+    async def _log_events(self, run: Run, path: Path | None, offset: int) -> AsyncGenerator[str, None]:
         if path is not None:
             lines = follow_async(path, offset, lambda: self._ended(run.id))
             try:
@@ -129,7 +129,7 @@ class LiveStreams:
             headers=STREAM_HEADERS,
         )
 
-    async def _run_events(self) -> AsyncIterator[str]:
+    async def _run_events(self) -> AsyncGenerator[str, None]:
         queue = self.watch.subscribe()
         try:
             # Said at once: the browser knows the stream is open (and EventSource's onopen fires).
@@ -141,7 +141,7 @@ class LiveStreams:
         finally:
             self.watch.unsubscribe(queue)
 
-    async def _beating(self, source: AsyncIterator[str]) -> AsyncIterator[str]:
+    async def _beating(self, source: AsyncGenerator[str, None]) -> AsyncIterator[str]:
         """``source``'s events, a comment after each HEARTBEAT seconds without one; ends when ``source``
         does or the server stops."""
         stopping = asyncio.ensure_future(self.stopping.wait())
@@ -170,7 +170,7 @@ class LiveStreams:
                 with contextlib.suppress(BaseException):
                     await upcoming
             with contextlib.suppress(BaseException):
-                await source.aclose()  # type: ignore[attr-defined]
+                await source.aclose()
 
     def close(self) -> None:
         self.watch.close()

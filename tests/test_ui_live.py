@@ -369,6 +369,42 @@ def test_serve_stops_promptly_with_streams_open(home: Home) -> None:
     assert home.finished(run_id) == "succeeded"
 
 
+def test_runner_logs_follows_a_running_run_as_its_lines_come(home: Home) -> None:
+    import subprocess
+    import sys
+
+    Server(home.path, home.env, command="up")
+    run_id = home.trigger("--ref", "main")
+    follower = subprocess.Popen(
+        [sys.executable, "-m", "runner", "logs", str(run_id)],
+        env=home.env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert follower.stdout is not None
+
+        def line_saying(text: bytes) -> bytes:
+            while True:
+                line = follower.stdout.readline()  # type: ignore[union-attr]
+                assert line, "runner logs ended early"
+                if line.rstrip().endswith(b"out   | " + text):
+                    return line
+
+        line_saying(b"first line")
+        home.open_gate(1)
+        line_saying(b"second line")
+        home.open_gate(2)
+        line_saying(b"third line")
+        _, err = follower.communicate(timeout=60)
+        assert follower.returncode == 0
+        assert f"run {run_id}: succeeded" in err.decode()
+    finally:
+        if follower.poll() is None:
+            follower.kill()
+            follower.wait()
+
+
 # Actions ------------------------------------------------------------------------------------------------
 
 
