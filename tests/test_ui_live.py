@@ -10,15 +10,19 @@ import json
 import os
 import re
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import bcrypt
 import pytest
+from sqlalchemy.orm import Session
 from support import (
     FINISHED,
     SECRET,
@@ -31,8 +35,14 @@ from support import (
     wait_for,
 )
 
+from runner.actions import ActionTaker, actions_of_run
+from runner.config import Config, Secret
+from runner.entry import Action
 from runner.log_follow import Line, follow, follow_async
+from runner.models import ActionRecord
 from runner.queue import Queue
+from runner.store import Store
+from runner.ui_actions import CsrfTokens
 
 USER, PASSWORD = "alice", "correct horse"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -370,9 +380,6 @@ def test_serve_stops_promptly_with_streams_open(home: Home) -> None:
 
 
 def test_runner_logs_follows_a_running_run_as_its_lines_come(home: Home) -> None:
-    import subprocess
-    import sys
-
     Server(home.path, home.env, command="up")
     run_id = home.trigger("--ref", "main")
     follower = subprocess.Popen(
@@ -473,9 +480,6 @@ def test_an_action_without_a_valid_token_or_from_another_site_is_refused_and_not
 
 
 def _token_for(home: Home, user: str) -> str:
-    from runner.config import Secret
-    from runner.ui_actions import CsrfTokens
-
     return CsrfTokens(Secret(SECRET)).token(user)
 
 
@@ -543,9 +547,6 @@ def test_an_action_written_by_another_user_is_not_trusted(home: Home) -> None:
         pytest.skip("needs root, to give an entry to another user")
     run_id = home.trigger("--ref", "main")
     main = Queue(home.path / "queues" / "main")
-    from datetime import UTC, datetime
-
-    from runner.entry import Action
 
     name = main.put(Action("cancel", run_id, "mallory", datetime.now(UTC)).written())
     os.chown(main.path(name), 65534, 65534)
@@ -559,6 +560,70 @@ def test_an_action_written_by_another_user_is_not_trusted(home: Home) -> None:
     home.open_gate(1)
     home.open_gate(2)
     assert home.finished(run_id) == "succeeded"
+
+
+def test_an_action_is_done_once_and_a_bad_one_recorded_on_either_database(
+    tmp_path: Path, database_url: str
+) -> None:
+
+    (tmp_path / "pipelines").mkdir()
+    (tmp_path / "pipelines" / "live.yaml").write_text(PIPELINE.format(gates=tmp_path))
+    store = Store(database_url)
+    try:
+        store.upgrade()
+        config = Config(home=tmp_path, database_url=database_url)
+        run_id = store.create_run("live", trigger="manual", ref="refs/heads/main", commit=COMMIT)
+        take = ActionTaker(config, store)
+        asked = Action("redeploy", run_id, USER, datetime.now(UTC))
+        outcome, detail = take("00000000000000000001.json", asked)
+        assert outcome == "queued"
+        new_run = int(detail.removeprefix("run "))
+        # The same entry taken again (a crash before it left the queue) is not done again.
+        assert take("00000000000000000001.json", asked) == ("queued", detail)
+        assert [r.id for r in store.runs("live", limit=10)] == [new_run, run_id]
+        made = store.run(new_run)
+        assert made is not None and (made.ref, made.commit, made.trigger) == (
+            "refs/heads/main",
+            COMMIT,
+            "manual",
+        )
+        queued = Queue(tmp_path / "queues" / "live")
+        entries = [queued.read(name) for name in queued.entries()]
+        assert [(e["run_id"], e["requested_by"]) for e in entries] == [(new_run, USER)]
+        # Bad actions: recorded with the reason, nothing done.
+        assert (
+            take("00000000000000000002.json", Action("cancel", 999, USER, datetime.now(UTC)))[0] == "refused"
+        )
+        store.finish_run(run_id, "succeeded")
+        outcome, detail = take(
+            "00000000000000000003.json", Action("cancel", run_id, "bob", datetime.now(UTC))
+        )
+        assert outcome == "refused" and "has ended already" in detail
+        (tmp_path / "pipelines" / "live.yaml").unlink()
+        outcome, detail = take(
+            "00000000000000000004.json", Action("redeploy", run_id, "bob", datetime.now(UTC))
+        )
+        assert outcome == "refused" and "no valid pipeline 'live'" in detail
+        recorded = [(a.action, a.by, a.outcome, a.new_run_id) for a in actions_of_run(store, run_id)]
+        assert recorded == [
+            ("redeploy", USER, "queued", new_run),
+            ("cancel", "bob", "refused", None),
+            ("redeploy", "bob", "refused", None),
+        ]
+        assert [a.outcome for a in actions_of_run(store, new_run)] == ["queued"]
+        # One the worker stopped in the middle of, before its outcome was recorded: not done again.
+        at = datetime.now(UTC)
+        with Session(store.engine) as session, session.begin():
+            session.add(
+                ActionRecord(
+                    at=at, by="carol", action="redeploy", run_id=new_run, outcome="asked", entry="5.json"
+                )
+            )
+        outcome, _ = take("5.json", Action("redeploy", new_run, "carol", at))
+        assert outcome == "interrupted"
+        assert len(store.runs("live", limit=10)) == 2
+    finally:
+        store.close()
 
 
 # In a real browser ---------------------------------------------------------------------------------------
