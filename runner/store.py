@@ -19,7 +19,7 @@ from sqlalchemy import ColumnElement, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from runner.database import create_engine_for, safe_url
+from runner.database import create_engine_for, foreign_keys_off, safe_url
 from runner.delivery_records import DeliveryRecords
 from runner.models import Delivery, Run, StepResult
 from runner.schema import SchemaError, alembic_config, head_revision
@@ -69,7 +69,7 @@ class Store(DeliveryRecords):
 
     def _migrate(self, alembic_command: Callable[[AlembicConfig, str], None], revision: str) -> None:
         cfg = alembic_config(self.url)
-        with self.engine.begin() as connection:
+        with self.engine.connect() as connection, foreign_keys_off(connection), connection.begin():
             cfg.attributes["connection"] = connection
             # Whose the rows are that a revision gives a server (0007).
             cfg.attributes["server_name"] = self.server
