@@ -24,6 +24,8 @@ import sqlalchemy as sa
 from support import FINISHED, Server, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, GitRepo, fake_commit, push_payload
 
+from runner import catchup_deliveries
+from runner import config as config_module
 from runner.github_reports import Report
 from runner.models import Delivery, Run
 from runner.outbox import Outbox
@@ -320,6 +322,20 @@ def test_retention_and_the_reporter_of_one_server_leave_the_other_s_rows(hosts: 
     # Beta's rows, of the same pipeline name and the same delivery ids, are all there.
     assert sorted(r.id for r in beta.store.runs()) == made["beta"]
     assert sorted(d.delivery_id for d in beta.store.deliveries()) == sorted(shared)
+
+
+def test_the_catch_up_of_one_server_looks_at_its_own_hooks_and_deliveries(hosts: tuple[Host, Host]) -> None:
+    alpha, beta = hosts
+    now = datetime.now(UTC)
+    shared = str(uuid.uuid4())
+    beta.store.record_delivery(shared, "push", now, hook_id="111", repository="acme/app", outcome="routed")
+    alpha.store.record_delivery(str(uuid.uuid4()), "push", now, hook_id="222", repository="acme/app")
+    # Alpha learned its hook from its own deliveries only: beta's webhook is beta's to catch up on.
+    config = config_module.load(alpha.env)
+    assert [hook.id for hook in catchup_deliveries.hooks(config, alpha.store)] == [222]
+    # A delivery beta recorded is one alpha missed, if alpha's hook made it too: not taken for alpha's.
+    assert catchup_deliveries._recorded(alpha.store, [shared]) == {}
+    assert catchup_deliveries._recorded(beta.store, [shared]) == {shared: False}
 
 
 # The migration ---------------------------------------------------------------------------------------------
