@@ -51,6 +51,12 @@ def _handled(request: Path, config: Config) -> bool:
 def cancel(config: Config, store: Store, run_id: int) -> str:
     """Cancel run ``run_id``; returns what became of it, for a person to read. Raises CancelError."""
     run = store.run(run_id)
+    if run is not None and run.server != store.server:
+        # Its lane and queue are on that server: only its runner can stop it.
+        raise CancelError(
+            f"run {run_id} is server {run.server}'s, not this server's ({store.server}): "
+            f"cancel it there (`runner cancel {run_id}` on {run.server})"
+        )
     if run is None or run.status not in claims.OPEN:
         raise _ended(store, run_id)
     directory = config.queues_dir / run.pipeline
