@@ -208,6 +208,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.ui": {
         "runner.config",
         "runner.history",
+        "runner.models",
+        "runner.notifications",
         "runner.pipelines",
         "runner.queue",
         "runner.store",

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from browser import browser, log_in, screenshot
 from support import stop_started
-from ui_site import PASSWORD, SCRIPT_REF, USER, Site
+from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, SERVER, USER, Site
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +48,12 @@ def all_css(driver: Any, selector: str) -> list[Any]:
 def test_the_pipelines_and_runs_pages_after_logging_in(site: Site, driver: Any) -> None:
     driver.get(url(site, "/"))
     assert driver.title.startswith("Pipelines"), driver.page_source
-    broken = by_css(driver, "#pipeline-broken")
+    broken = by_css(driver, f"#pipeline-{SERVER}-broken")
     assert "failing" in broken.get_attribute("class") and "its last run failed" in broken.text
-    deployed = by_css(driver, "#pipeline-site")
+    deployed = by_css(driver, f"#pipeline-{SERVER}-site")
     assert site.commit[:12] in deployed.text and "its last run failed" not in deployed.text
+    # The commit's subject holds a script: shown as text, and it did not run.
+    assert f"first version {SCRIPT}" in deployed.text and driver.title.startswith("Pipelines")
     # The stylesheet came from runner itself, through the CSP and the login.
     header = by_css(driver, "header")
     assert header.value_of_css_property("background-color") == "rgba(244, 246, 248, 1)"
