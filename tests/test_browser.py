@@ -48,10 +48,11 @@ def all_css(driver: Any, selector: str) -> list[Any]:
 def test_the_pipelines_and_runs_pages_after_logging_in(site: Site, driver: Any) -> None:
     driver.get(url(site, "/"))
     assert driver.title.startswith("Pipelines"), driver.page_source
-    broken = by_css(driver, f"#pipeline-{SERVER}-broken")
+    broken = by_css(driver, "#pipeline-broken")
     assert "failing" in broken.get_attribute("class") and "its last run failed" in broken.text
-    deployed = by_css(driver, f"#pipeline-{SERVER}-site")
+    deployed = by_css(driver, "#pipeline-site")
     assert site.commit[:12] in deployed.text and "its last run failed" not in deployed.text
+    assert deployed.text.startswith(f"{SERVER} site")
     # The commit's subject holds a script: shown as text, and it did not run.
     assert f"first version {SCRIPT}" in deployed.text and driver.title.startswith("Pipelines")
     # The stylesheet came from runner itself, through the CSP and the login.

@@ -223,8 +223,8 @@ def test_the_assets_directory_without_its_slash_is_sent_to_it_and_not_listed_the
 
 def test_the_pipelines_page_shows_the_last_deploy_and_the_failing_pipeline(site: Site) -> None:
     page = site.get("/").text
-    good = re.search(rf'<tr id="pipeline-{SERVER}-site"[^>]*>(.*?)</tr>', page, re.S)
-    bad = re.search(rf'<tr id="pipeline-{SERVER}-broken" class="failing">(.*?)</tr>', page, re.S)
+    good = re.search(r'<tr id="pipeline-site"[^>]*>(.*?)</tr>', page, re.S)
+    bad = re.search(r'<tr id="pipeline-broken" class="failing">(.*?)</tr>', page, re.S)
     assert good and bad, page
     assert site.commit[:12] in good[1] and f'href="/runs/{site.runs["site_again"]}"' in good[1], good[1]
     # The deployed commit's subject, escaped.
@@ -497,7 +497,7 @@ def test_runs_and_deliveries_of_every_server_sharing_the_database(
     assert re.findall(r'<tr id="run-(\d+)">', there) == [str(ids["there"])]
     # Each server's pipeline of the same name is its own, with its own last deploy.
     pipelines = request(server.port, "/", auth).text
-    assert 'id="pipeline-here-app"' in pipelines and 'id="pipeline-there-app"' in pipelines
+    assert 'id="pipeline-app"' in pipelines and 'id="pipeline-app@there"' in pipelines
     # Another server's run: its page, without a log this server does not have.
     other = request(server.port, f"/runs/{ids['there']}", auth).text
     assert "No log here: it is on there." in other
