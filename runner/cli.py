@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import cancel, reports, server, shipped
+from runner import cancel, reports, server, shipped, ui_users
 from runner import config as config_module
 from runner.arguments import ALL_SERVERS_HELP, LIMIT_HELP, Commands, global_options, positive_int, top_parser
 from runner.config import Config, ConfigError
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_commands(commands)
     _add_instance_commands(commands)
     _add_data_commands(commands)
+    ui_users.add_commands(commands)
     return parser
 
 
@@ -380,7 +381,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=getattr(args, "workers", None),
         )
         args.handler(config, args)
-    except (ConfigError, CommandError, ListenError, ServeError, cancel.CancelError) as exc:
+    except (
+        ConfigError,
+        CommandError,
+        ListenError,
+        ServeError,
+        cancel.CancelError,
+        ui_users.UsersError,
+    ) as exc:
         print(f"runner: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

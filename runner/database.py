@@ -47,17 +47,32 @@ def foreign_keys_off(connection: Connection) -> Iterator[None]:
         connection.commit()
 
 
-def create_engine_for(url: str) -> Engine:
+def _sqlite_query_only(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA query_only=ON")
+    cursor.close()
+
+
+def create_engine_for(url: str, read_only: bool = False) -> Engine:
+    """An engine for ``url``; with ``read_only``, every connection refuses to write (the status page's).
+
+    Read-only is the database's own refusal, per connection: a bug in the page cannot write through it.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() == "sqlite":
         database = parsed.database
-        if database and database != ":memory:":
+        if database and database != ":memory:" and not read_only:
             Path(database).parent.mkdir(parents=True, exist_ok=True)
         # timeout: how long a writer waits for another process's write lock before giving up.
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        if read_only:
+            # After the pragmas above: journal_mode=WAL is a no-op on a database already in WAL mode.
+            event.listen(engine, "connect", _sqlite_query_only)
         return engine
     connect_args: dict[str, Any] = {}
     if parsed.get_backend_name() == "postgresql":
         connect_args["connect_timeout"] = 5
+        if read_only:
+            connect_args["options"] = "-c default_transaction_read_only=on"
     return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)

@@ -92,6 +92,15 @@ def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> No
         config.main_queue_dir,
         config.workers,
     )
+    users = config.ui_users
+    logger.info(
+        "status page: %s%s, %s",
+        describe(listener),
+        config.ui_path,
+        f"users: {users}"
+        if users.exists()
+        else f"answers 404 until `runner ui-user add NAME` writes {users}",
+    )
     if config.workers == 1:
         _serve_here(config, listener, secret, store, with_worker)
         return
@@ -114,11 +123,14 @@ def _serve_here(
     is gone (even killed with SIGKILL), so that no orphan goes on serving the port.
     """
     from runner.queue import Queue
+    from runner.store import Store
     from runner.web import serve
 
     # Each process opens its own queue: the flock that orders names across processes is held per open
     # file, so a lock file opened before a fork would not keep the children apart.
     queue = Queue(config.main_queue_dir)
+    # The web's own store, read-only: the endpoint and the status page only read the database.
+    web_store = Store(config.database_url, server=config.server_name, read_only=True)
     # Hypercorn owns the socket from here on and closes it when it stops.
     fd = listener.detach()
 
@@ -132,7 +144,7 @@ def _serve_here(
                 stop.set()
 
             loop.add_reader(parent_pipe, parent_gone)
-        web = serve(fd, secret, queue, store, stop)
+        web = serve(fd, config, secret, queue, web_store, stop)
         if not with_worker:
             await web
             return
@@ -149,6 +161,7 @@ def _serve_here(
         run_async(main)
     finally:
         queue.close()
+        web_store.close()
         store.close()
 
 

@@ -33,9 +33,12 @@ class Store(DeliveryRecords):
     """What one server (``server``: its RUNNER_SERVER_NAME, default the host name) keeps in its database:
     its deliveries (runner/delivery_records.py), its runs and their steps."""
 
-    def __init__(self, url: str, *, server: str | None = None) -> None:
+    def __init__(self, url: str, *, server: str | None = None, read_only: bool = False) -> None:
         self.url = url
-        super().__init__(create_engine_for(url), server if server is not None else socket.gethostname()[:64])
+        # The status page's store is read-only: its connections refuse to write (see create_engine_for).
+        self.read_only = read_only
+        engine = create_engine_for(url, read_only)
+        super().__init__(engine, server if server is not None else socket.gethostname()[:64])
 
     def __repr__(self) -> str:
         return f"Store({safe_url(self.url)!r}, server={self.server!r})"

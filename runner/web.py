@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
 
 from runner.body import (
     ACCEPTED_TYPES,
@@ -41,16 +41,19 @@ from runner.body import (
     parse_payload,
 )
 from runner.committer import GroupCommitter
-from runner.config import Secret
+from runner.config import Config, Secret
 from runner.entry import delivery_entry, delivery_head
 from runner.queue import Queue
 from runner.store import Store
+from runner.ui import StatusPage
 
 logger = logging.getLogger(__name__)
 
 SERVE_BACKLOG = 1024
 APP_QUEUE_MESSAGES = 2
 WEBHOOK_PATH = "/github-webhook"
+# The endpoint's own paths, which the status page never serves.
+ENDPOINT_PATHS = (WEBHOOK_PATH, "/healthz")
 # What GitHub sends: event names are lower_snake_case, delivery ids GUIDs, hook ids integers.
 EVENT_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 DELIVERY_ID = re.compile(r"^[A-Za-z0-9-]{1,100}$")
@@ -150,7 +153,7 @@ def _declared_length(headers: Headers) -> int | None:
 class WebhookApp:
     """The ASGI application, with the queue it writes to and the store /healthz checks."""
 
-    def __init__(self, secret: Secret, queue: Queue, store: Store) -> None:
+    def __init__(self, secret: Secret, queue: Queue, store: Store, page: StatusPage | None = None) -> None:
         self.secret = secret
         self.queue = queue
         self.store = store
@@ -167,12 +170,17 @@ class WebhookApp:
             ],
             lifespan=self.lifespan,
         )
+        # The status page, on every other path under its own: the endpoint's paths keep precedence (a GET
+        # of /github-webhook is still a 405), and need no login.
+        self.page = Starlette(routes=[Mount(page.config.ui_path, app=page.app)]) if page is not None else None
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Deliveries skip Starlette: its routing, Request and JSONResponse objects cost the event loop enough
         # per request to take about a tenth off the deliveries/s of a process.
         if scope["type"] == "http" and scope["path"] == WEBHOOK_PATH and scope["method"] == "POST":
             await self.github_webhook(scope, receive, send)
+        elif self.page is not None and scope["type"] == "http" and scope["path"] not in ENDPOINT_PATHS:
+            await self.page(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -299,8 +307,11 @@ def _no_ctrl_c(record: logging.LogRecord) -> bool:
     return True
 
 
-async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: asyncio.Event) -> None:
-    """Serve the webhook app with Hypercorn on the listening socket ``fd`` until ``shutdown`` is set.
+async def serve(
+    fd: int, config: Config, secret: Secret, queue: Queue, store: Store, shutdown: asyncio.Event
+) -> None:
+    """Serve the webhook app and the status page with Hypercorn on the listening socket ``fd`` until
+    ``shutdown`` is set. ``store`` is read-only: the web process only reads the database.
 
     The socket is bound by the caller, so that several server processes can share it; Hypercorn closes it.
     """
@@ -336,4 +347,5 @@ async def serve(fd: int, secret: Secret, queue: Queue, store: Store, shutdown: a
     # Under a flood of connections, hundreds of them are read ahead at once. (With 1, Hypercorn's shutdown
     # waits out its graceful timeout.)
     hc.max_app_queue_size = APP_QUEUE_MESSAGES
-    await hypercorn_serve(WebhookApp(secret, queue, store), hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    app = WebhookApp(secret, queue, store, StatusPage(config, store, queue, secret))
+    await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]

@@ -198,6 +198,24 @@ ALLOWED: dict[str, set[str]] = {
         "runner.entry",
         "runner.queue",
         "runner.store",
+        "runner.ui",
+    },
+    # The status page, which the web serves: its login, its rendering, its read-only queries, its pages.
+    "runner.ui_auth": set(),
+    "runner.ui_render": {"runner.timefmt"},
+    "runner.history": {"runner.models", "runner.store"},
+    "runner.ui_logs": {"runner.models", "runner.timefmt"},
+    "runner.ui": {
+        "runner.config",
+        "runner.history",
+        "runner.models",
+        "runner.notifications",
+        "runner.pipelines",
+        "runner.queue",
+        "runner.store",
+        "runner.ui_auth",
+        "runner.ui_logs",
+        "runner.ui_render",
     },
     "runner.router": {
         "runner.consumer",
@@ -327,6 +345,8 @@ ALLOWED: dict[str, set[str]] = {
         "runner.worker",
     },
     "runner.arguments": {"runner.config"},
+    # The status page's users file, managed by `runner ui-user`.
+    "runner.ui_users": {"runner.arguments", "runner.config", "runner.ui_auth"},
     "runner.cli": {
         "runner.arguments",
         "runner.cancel",
@@ -348,6 +368,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.store",
         "runner.timefmt",
         "runner.trigger",
+        "runner.ui_users",
     },
 }
 

@@ -134,6 +134,9 @@ def test_the_web_unit_gets_no_privilege_and_writes_only_the_main_queue(
     assert families and not families[0].startswith("~"), "an allow-list, not a deny-list"
     assert set(families) <= {"AF_INET", "AF_INET6", "AF_UNIX"}, families
     assert web["Service"]["ReadWritePaths"] == [str(setup.home / "queues" / "main")]
+    # The status page reads the logs and the pipelines, and may not write them.
+    read_only = one(web, "ReadOnlyPaths").split()
+    assert read_only == [f"-{setup.home / 'logs'}", f"-{setup.home / 'pipelines'}"], read_only
 
 
 def test_the_web_unit_runs_as_its_own_user_and_alone_gets_the_secret(rendered: Rendered) -> None:

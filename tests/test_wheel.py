@@ -143,6 +143,12 @@ def test_the_wheel_holds_the_schema_migrations_templates_and_packaging(installed
     assert any(name.startswith("packaging/systemd/") for name in wanted), wanted
     missing = [name for name in wanted if f"runner/_shipped/{name}" not in names]
     assert missing == [], missing
+    # The status page's templates and assets, beside its code.
+    page_files = [
+        name for name in source_files() if name.startswith(("runner/ui_templates/", "runner/ui_static/"))
+    ]
+    assert "runner/ui_templates/base.html" in page_files and "runner/ui_static/style.css" in page_files
+    assert [name for name in page_files if name not in names] == []
     assert not [name for name in names if name.endswith(".pyc")]
 
 
@@ -160,6 +166,26 @@ def test_the_installed_runner_knows_its_version_and_runs_from_the_wheel(
         check=True,
     ).stdout.strip()
     assert Path(where).is_relative_to(installed.venv) and where.endswith("runner/_shipped"), where
+
+
+def test_the_installed_status_page_finds_its_templates_and_assets(installed: Installed, empty: Path) -> None:
+    script = (
+        "from runner.ui_render import STATIC_DIR, Renderer\n"
+        "renderer = Renderer('/', 'x')\n"
+        "for name in ('base.html', 'pipelines.html', 'runs.html', 'run.html', 'deliveries.html'):\n"
+        "    renderer.environment.get_template(name)\n"
+        "print(STATIC_DIR, (STATIC_DIR / 'style.css').is_file())\n"
+    )
+    done = subprocess.run(
+        [installed.venv / "bin" / "python", "-c", script],
+        cwd=empty,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    where, found = done.stdout.split()
+    assert Path(where).is_relative_to(installed.venv) and found == "True", done.stdout
 
 
 def test_validate_uses_the_shipped_templates_after_the_own_ones(installed: Installed, empty: Path) -> None:
