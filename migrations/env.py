@@ -2,8 +2,9 @@
 
 from alembic import context
 from sqlalchemy import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
-from runner.database import create_engine_for
+from runner.database import create_engine_for, foreign_keys_off
 from runner.models import Base
 
 config = context.config
@@ -17,6 +18,13 @@ def run(connection: Connection) -> None:
     )
     with context.begin_transaction():
         context.run_migrations()
+        if connection.dialect.name == "sqlite":
+            # Their keys were off (runner.database.foreign_keys_off): a row left without its parent stops it.
+            broken = connection.exec_driver_sql("PRAGMA foreign_key_check").first()
+            if broken is not None:
+                raise SQLAlchemyError(
+                    f"after the migration, a row of {broken[0]} refers to no row of {broken[2]}"
+                )
 
 
 connection = config.attributes.get("connection")
@@ -25,7 +33,7 @@ if connection is not None:
 else:
     engine = create_engine_for(config.get_main_option("sqlalchemy.url"))
     try:
-        with engine.connect() as connection:
+        with engine.connect() as connection, foreign_keys_off(connection):
             run(connection)
     finally:
         engine.dispose()

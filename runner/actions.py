@@ -88,6 +88,9 @@ class ActionTaker:
         run = self.store.run(action.run_id)
         if run is None:
             return "refused", f"there is no run {action.run_id}", None
+        if run.server != self.store.server:
+            # Its pipeline is that server's: a pipeline of the same name here may deploy something else.
+            return "refused", f"run {run.id} is server {run.server}'s: redeploy it from its own page", None
         if run.commit is None:
             return "refused", f"run {run.id} deployed no known commit: there is nothing to redeploy", None
         try:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     Handler = Callable[[Config, argparse.Namespace], None]
 
 LIMIT_HELP = "how many to list, newest first: a positive number (default: 20)"
+ALL_SERVERS_HELP = "every server's that shares the database, with a server column (default: this server's)"
 
 
 def positive_int(text: str) -> int:

@@ -52,6 +52,12 @@ def request_cancel(config: Config, store: Store, run_id: int, by: str) -> tuple[
     """Record run ``run_id`` as cancelled by hand and tell its lane, without waiting for it: the status it
     had (queued or running) and the request's path, which the lane removes once done. Raises CancelError."""
     run = store.run(run_id)
+    if run is not None and run.server != store.server:
+        # Its lane and queue are on that server: only its runner can stop it.
+        raise CancelError(
+            f"run {run_id} is server {run.server}'s, not this server's ({store.server}): "
+            f"cancel it there (`runner cancel {run_id}` on {run.server})"
+        )
     if run is None or run.status not in claims.OPEN:
         raise _ended(store, run_id)
     directory = config.queues_dir / run.pipeline

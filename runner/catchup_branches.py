@@ -76,12 +76,17 @@ def _branch(item: Any) -> tuple[str | None, str | None]:
 
 
 def _deployed(store: Store, pipeline: str, ref: str) -> list[str]:
-    """The commits the pipeline deployed from ``ref`` (its succeeded runs'), the last one first."""
+    """The commits the pipeline deployed from ``ref`` on this server (its succeeded runs'), the last one
+    first."""
     with Session(store.engine) as session:
         query = (
             select(Run.commit)
             .where(
-                Run.pipeline == pipeline, Run.ref == ref, Run.status == "succeeded", Run.commit.is_not(None)
+                Run.server == store.server,
+                Run.pipeline == pipeline,
+                Run.ref == ref,
+                Run.status == "succeeded",
+                Run.commit.is_not(None),
             )
             .order_by(Run.finished_at.desc(), Run.id.desc())
         )

@@ -40,8 +40,8 @@ LOOKUP_BATCH = 500
 
 
 def hooks(config: Config, store: Store) -> list[GitHubHook]:
-    """The hooks to look at: those configured, then those runner learned from its deliveries (their
-    repository and X-GitHub-Hook-ID), each once."""
+    """The hooks to look at: those configured, then those this server learned from its deliveries (their
+    repository and X-GitHub-Hook-ID), each once: another server's hook (sharing the database) is its own."""
     found = list(config.github_hooks)
     # A hook's id is unique on GitHub: one configured as an organisation's is not listed again as the
     # hook of a repository whose deliveries it made.
@@ -49,7 +49,11 @@ def hooks(config: Config, store: Store) -> list[GitHubHook]:
     with Session(store.engine) as session:
         learned = session.execute(
             select(Delivery.repository, Delivery.hook_id)
-            .where(Delivery.repository.is_not(None), Delivery.hook_id.is_not(None))
+            .where(
+                Delivery.server == store.server,
+                Delivery.repository.is_not(None),
+                Delivery.hook_id.is_not(None),
+            )
             .distinct()
             .order_by(Delivery.repository, Delivery.hook_id)
         ).all()
@@ -129,12 +133,14 @@ def listed(github: GitHub, hook: GitHubHook, since: datetime) -> list[Attempts]:
 
 
 def _recorded(store: Store, guids: list[str]) -> dict[str, bool]:
-    """Those of ``guids`` that runner has recorded, each with whether it was recovered (not received)."""
+    """Those of ``guids`` that this server has recorded, each with whether it was recovered (not received)."""
     found: dict[str, bool] = {}
     with Session(store.engine) as session:
         for start in range(0, len(guids), LOOKUP_BATCH):
             batch = guids[start : start + LOOKUP_BATCH]
-            query = select(Delivery.delivery_id, Delivery.recovered).where(Delivery.delivery_id.in_(batch))
+            query = select(Delivery.delivery_id, Delivery.recovered).where(
+                Delivery.server == store.server, Delivery.delivery_id.in_(batch)
+            )
             found.update((guid, recovered) for guid, recovered in session.execute(query))
     return found
 

@@ -4,6 +4,7 @@ A lane claims a run (queued → running) before it carries out the entry; a run 
 goes on: superseded by a newer entry, or cancelled (by hand, or by a newer entry with cancel-in-progress).
 Each change is one conditional UPDATE, so that of a claim and a cancel that race exactly one wins, whichever
 process makes it; and the entry of a run called off is never carried out, by this worker or by the next.
+Each touches the Store's server's runs only: entry names and pipeline names are a server's own.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def _called_off() -> ColumnElement[bool]:
     return or_(Run.status == "superseded", and_(Run.status == "cancelled", by_request))
 
 
+def _of(store: Store, pipeline: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
+    """The runs of the Store's server's ``pipeline`` (another server may have a pipeline of that name)."""
+    return Run.server == store.server, Run.pipeline == pipeline
+
+
 def claim_run(
     store: Store, pipeline: str, entry: str, run_id: int | None, *, trigger: str, **fields: Any
 ) -> tuple[int | None, list[int]]:
@@ -41,7 +47,7 @@ def claim_run(
     """
     now = datetime.now(UTC)
     with Session(store.engine) as session, session.begin():
-        of_entry = and_(Run.pipeline == pipeline, Run.entry == entry)
+        of_entry = and_(Run.server == store.server, Run.pipeline == pipeline, Run.entry == entry)
         interrupted = list(
             session.scalars(
                 update(Run)
@@ -54,23 +60,25 @@ def claim_run(
         if run_id is not None:
             claimed = session.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.pipeline == pipeline, Run.status == "queued")
+                .where(Run.id == run_id, *_of(store, pipeline), Run.status == "queued")
                 .values(entry=entry, status="running", started_at=now)
                 .execution_options(synchronize_session=False)
             )
             if claimed.rowcount:
                 return run_id, interrupted
         mine = (
-            or_(of_entry, and_(Run.id == run_id, Run.pipeline == pipeline))
-            if run_id is not None
-            else of_entry
+            or_(of_entry, and_(Run.id == run_id, *_of(store, pipeline))) if run_id is not None else of_entry
         )
         if session.scalar(select(Run.id).where(mine, _called_off()).limit(1)) is not None:
             return None, interrupted
-        run = Run(pipeline=pipeline, trigger=trigger, queued_at=now, **fields)
+        # The entry's commit is the earlier runs' commit: so is its subject.
+        subject = session.scalar(select(Run.subject).where(mine, Run.subject.is_not(None)).limit(1))
+        run = Run(
+            server=store.server, pipeline=pipeline, trigger=trigger, queued_at=now, subject=subject, **fields
+        )
         if run.delivery_id is not None:
             # The entry done again: the next attempt of its (delivery, pipeline).
-            run.attempt = next_attempt(session, pipeline, run.delivery_id)
+            run.attempt = next_attempt(session, store.server, pipeline, run.delivery_id)
         run.entry, run.status, run.started_at = entry, "running", now
         session.add(run)
         session.flush()
@@ -83,8 +91,8 @@ def call_off(
     """End the runs of a waiting ``entry`` that have not ended, with ``reason``: its queued run ``run_id`` as
     ``status``, and any that a worker that died left running as cancelled (they had started). Returns each
     run ended, with the status it had."""
-    of_entry = and_(Run.pipeline == pipeline, Run.entry == entry)
-    mine = or_(of_entry, and_(Run.id == run_id, Run.pipeline == pipeline)) if run_id is not None else of_entry
+    of_entry = and_(*_of(store, pipeline), Run.entry == entry)
+    mine = or_(of_entry, and_(Run.id == run_id, *_of(store, pipeline))) if run_id is not None else of_entry
     ended: dict[int, str] = {}
     with Session(store.engine) as session, session.begin():
         for had, becomes in (("queued", status), ("running", "cancelled")):
@@ -100,7 +108,8 @@ def call_off(
 
 
 def cancel_run(store: Store, run_id: int) -> str | None:
-    """Cancel run ``run_id`` by hand; returns the status it had (queued or running), None if it had ended.
+    """Cancel run ``run_id`` by hand; returns the status it had (queued or running), None if it had ended (or
+    is another server's).
 
     Queued first, then running: a run that its lane claims in between is cancelled as running.
     """
@@ -108,7 +117,7 @@ def cancel_run(store: Store, run_id: int) -> str | None:
         with store.engine.begin() as connection:
             done = connection.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.status == had)
+                .where(Run.id == run_id, Run.server == store.server, Run.status == had)
                 .values(status="cancelled", reason=BY_HAND, finished_at=datetime.now(UTC))
             )
         if done.rowcount:

@@ -13,10 +13,11 @@ from typing import TYPE_CHECKING
 
 from runner import cancel, reports, server, shipped, ui_users
 from runner import config as config_module
-from runner.arguments import LIMIT_HELP, Commands, global_options, positive_int, top_parser
+from runner.arguments import ALL_SERVERS_HELP, LIMIT_HELP, Commands, global_options, positive_int, top_parser
 from runner.config import Config, ConfigError
 from runner.listen import ListenError
 from runner.server import ServeError
+from runner.servers import THIS_SERVER
 from runner.timefmt import LogFormatter
 
 if TYPE_CHECKING:
@@ -31,7 +32,7 @@ def _open_store(config: Config, migrate_default: bool = False) -> Store:
     from runner.schema import SchemaError
     from runner.store import Store
 
-    store = Store(config.database_url)
+    store = Store(config.database_url, server=config.server_name)
     try:
         if migrate_default and config.uses_default_database:
             store.upgrade()
@@ -97,17 +98,17 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> None:
 
 def cmd_deliveries(config: Config, args: argparse.Namespace) -> None:
     with contextlib.closing(_open_store(config)) as store:
-        deliveries = store.deliveries(limit=args.limit)
+        deliveries = store.deliveries(limit=args.limit, server=None if args.all_servers else THIS_SERVER)
     with reports.listing():
-        reports.print_deliveries(deliveries, args.json)
+        reports.print_deliveries(deliveries, args.json, args.all_servers)
 
 
 def cmd_runs(config: Config, args: argparse.Namespace) -> None:
     with contextlib.closing(_open_store(config)) as store:
-        runs = store.runs(args.pipeline, limit=args.limit)
+        runs = store.runs(args.pipeline, limit=args.limit, server=None if args.all_servers else THIS_SERVER)
         steps = {run.id: store.steps(run.id) for run in runs} if args.json else {}
     with reports.listing():
-        reports.print_runs(runs, steps, args.json)
+        reports.print_runs(runs, steps, args.json, args.all_servers)
 
 
 def cmd_logs(config: Config, args: argparse.Namespace) -> None:
@@ -115,6 +116,10 @@ def cmd_logs(config: Config, args: argparse.Namespace) -> None:
         run = store.run(args.run)
         if run is None:
             raise CommandError(f"there is no run {args.run}: `runner runs` lists them")
+        if run.server != store.server:
+            raise CommandError(
+                f"run {run.id} is server {run.server}'s: its log is there (`runner logs` on it)"
+            )
         reports.print_log(store, run, config, args.follow)
 
 
@@ -183,7 +188,7 @@ def cmd_db(config: Config, args: argparse.Namespace) -> None:
     from runner.schema import head_revision
     from runner.store import Store
 
-    store = Store(config.database_url)
+    store = Store(config.database_url, server=config.server_name)
     try:
         if args.db_command == "upgrade":
             store.upgrade(args.revision)
@@ -271,11 +276,13 @@ def _add_run_commands(commands: Commands) -> None:
     deliveries = commands.add("deliveries", cmd_deliveries, "recent deliveries and what became of each")
     deliveries.add_argument("--limit", type=positive_int, default=20, help=LIMIT_HELP)
     deliveries.add_argument("--json", action="store_true", help="print JSON")
+    deliveries.add_argument("--all-servers", action="store_true", help=ALL_SERVERS_HELP)
 
     runs = commands.add("runs", cmd_runs, "recent runs and their status")
     runs.add_argument("pipeline", nargs="?", help="only this pipeline's runs")
     runs.add_argument("--limit", type=positive_int, default=20, help=LIMIT_HELP)
     runs.add_argument("--json", action="store_true", help="print JSON, with each run's steps")
+    runs.add_argument("--all-servers", action="store_true", help=ALL_SERVERS_HELP)
 
     logs = commands.add("logs", cmd_logs, "print a run's log, following it while the run goes on")
     logs.add_argument("run", type=int, help="the run's number (see `runner runs`)")

@@ -90,7 +90,7 @@ class Doctor:
         from runner.schema import SchemaError
         from runner.store import Store
 
-        store = Store(self.config.database_url)
+        store = Store(self.config.database_url, server=self.config.server_name)
         where = safe_url(self.config.database_url)
         try:
             store.check_schema()

@@ -1,4 +1,5 @@
-"""What the status page reads of the database: pipelines' last runs, runs and deliveries a page at a time.
+"""What the status page reads of the database: pipelines' last runs, runs and deliveries a page at a time,
+of every server that shares the database (each row names its server).
 
 Read-only queries, paginated in SQL (a page is one LIMIT/OFFSET query, one row more than the page to know
 whether there is a next one): the page never loads the whole history.
@@ -43,6 +44,7 @@ class PipelineSummary:
     """A pipeline as the pipelines page shows it: its last run, the last that deployed, whether it has a
     pipeline file."""
 
+    server: str
     name: str
     last_run: Run | None
     last_deployed: Run | None
@@ -69,37 +71,55 @@ class History:
             rows = list(session.scalars(limited))
         return Page(rows[: self.page_size], number, len(rows) > self.page_size)
 
-    def runs(self, pipeline: str | None = None, status: str | None = None, number: int = 1) -> Page[Run]:
+    def runs(
+        self,
+        pipeline: str | None = None,
+        status: str | None = None,
+        number: int = 1,
+        server: str | None = None,
+    ) -> Page[Run]:
+        """Runs newest first, of every server unless ``server`` is given."""
         query = select(Run).order_by(Run.id.desc())
         if pipeline:
             query = query.where(Run.pipeline == pipeline)
         if status:
             query = query.where(Run.status == status)
+        if server:
+            query = query.where(Run.server == server)
         return self._page(query, number)
 
-    def deliveries(self, number: int = 1) -> Page[Delivery]:
-        query = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.delivery_id)
+    def deliveries(self, number: int = 1, server: str | None = None) -> Page[Delivery]:
+        """Deliveries newest first, of every server unless ``server`` is given."""
+        query = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.server, Delivery.delivery_id)
+        if server:
+            query = query.where(Delivery.server == server)
         return self._page(query, number)
 
     def pipeline_names(self) -> list[str]:
-        """Every pipeline that has runs, by name."""
+        """Every pipeline that has runs (on any server), by name."""
         with Session(self.store.engine) as session:
             return list(session.scalars(select(Run.pipeline).distinct().order_by(Run.pipeline)))
 
+    def servers(self) -> list[str]:
+        """Every server with runs or deliveries in the database, by name."""
+        return self.store.servers()
+
     def pipelines(self, with_files: Iterable[str]) -> list[PipelineSummary]:
-        """Each pipeline that has runs or a file (``with_files``), by name, with its last and last deployed
-        run."""
+        """Each pipeline of each server that has runs, and this server's with a file (``with_files``), by
+        server and name, with its last and last deployed run there."""
         last = self._last_runs()
         deployed = self._last_runs(Run.status == "succeeded")
         verdicts = self._last_runs(Run.status.in_(VERDICTS))
-        files = set(with_files)
+        files = {(self.store.server, name) for name in with_files}
         return [
-            PipelineSummary(name, last.get(name), deployed.get(name), verdicts.get(name), name in files)
-            for name in sorted(files | set(last))
+            PipelineSummary(*key, last.get(key), deployed.get(key), verdicts.get(key), key in files)
+            for key in sorted(files | set(last))
         ]
 
-    def _last_runs(self, *where: ColumnElement[bool]) -> dict[str, Run]:
-        """Each pipeline's last run (of those ``where`` selects): one query, whatever the history's size."""
-        last = select(func.max(Run.id)).where(*where).group_by(Run.pipeline)
+    def _last_runs(self, *where: ColumnElement[bool]) -> dict[tuple[str, str], Run]:
+        """Each server's pipelines' last run (of those ``where`` selects): one query, whatever the history's
+        size. A pipeline's name is its own on each server: the same name elsewhere is another pipeline."""
+        last = select(func.max(Run.id)).where(*where).group_by(Run.server, Run.pipeline)
         with Session(self.store.engine, expire_on_commit=False) as session:
-            return {run.pipeline: run for run in session.scalars(select(Run).where(Run.id.in_(last)))}
+            runs = session.scalars(select(Run).where(Run.id.in_(last)))
+            return {(run.server, run.pipeline): run for run in runs}

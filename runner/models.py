@@ -81,6 +81,9 @@ class Delivery(Base):
 
     __tablename__ = "deliveries"
 
+    # The server that received it (RUNNER_SERVER_NAME): one hook fanned out to several servers is a delivery
+    # on each, a redelivery to the same server a duplicate there.
+    server: Mapped[str] = mapped_column(String(64), primary_key=True)
     delivery_id: Mapped[str] = mapped_column(String(100), primary_key=True)
     event: Mapped[str] = mapped_column(String(64))
     hook_id: Mapped[str | None] = mapped_column(String(32))
@@ -104,10 +107,16 @@ class Run(Base):
 
     __tablename__ = "runs"
     # At most one forwarding of a delivery to a pipeline, across crashes and retries: the router's run is
-    # attempt 1; a run that does its entry again (after an interruption) is the next attempt.
-    __table_args__ = (UniqueConstraint("delivery_id", "pipeline", "attempt"),)
+    # attempt 1; a run that does its entry again (after an interruption) is the next attempt. Per server:
+    # each server carries out its own copy of a delivery; its pipelines are looked up by name within it.
+    __table_args__ = (
+        UniqueConstraint("server", "delivery_id", "pipeline", "attempt"),
+        Index(None, "server", "pipeline"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # The server whose worker carries it out (RUNNER_SERVER_NAME).
+    server: Mapped[str] = mapped_column(String(64))
     pipeline: Mapped[str] = mapped_column(Text, index=True)
     # The pipeline queue entry it carries out; a run interrupted by a crash is followed by another for it.
     entry: Mapped[str | None] = mapped_column(Text)
@@ -116,6 +125,8 @@ class Run(Base):
     trigger: Mapped[str] = mapped_column(String(16))  # "push" or "manual"
     ref: Mapped[str | None] = mapped_column(Text)
     commit: Mapped[str | None] = mapped_column(String(64))
+    # The commit's subject (its message's first line), when the event or the checkout tells it.
+    subject: Mapped[str | None] = mapped_column(Text)
     # queued, running, succeeded, failed, cancelled, superseded, interrupted
     status: Mapped[str] = mapped_column(String(16))
     reason: Mapped[str | None] = mapped_column(Text)

@@ -58,7 +58,12 @@ def event_of(store: Store, run: Run) -> str | None:
     with Session(store.engine) as session:
         previous = session.scalar(
             select(Run.status)
-            .where(Run.pipeline == run.pipeline, Run.id < run.id, Run.status.in_(_ENDED))
+            .where(
+                Run.server == run.server,
+                Run.pipeline == run.pipeline,
+                Run.id < run.id,
+                Run.status.in_(_ENDED),
+            )
             .order_by(Run.id.desc())
             .limit(1)
         )
@@ -98,7 +103,7 @@ def facts_of(
         status=run.status,
         event=event,
         commit=run.commit,
-        subject=subject_of(payload),
+        subject=plain(run.subject) if run.subject else subject_of(payload),
         ref=run.ref,
         step=f"{failed[-1].position} ({failed[-1].name})" if failed else None,
         log_tail=log_tail(Path(run.log_path)) if run.log_path and event == "failure" else [],
@@ -157,7 +162,11 @@ class Notifications:
         query = (
             select(Notification, Run.pipeline)
             .join(Run, Run.id == Notification.run_id)
-            .where(Notification.state == PENDING, Notification.next_attempt_at <= now)
+            .where(
+                Run.server == self.store.server,
+                Notification.state == PENDING,
+                Notification.next_attempt_at <= now,
+            )
             .order_by(Notification.id)
             .limit(100)
         )
@@ -168,7 +177,11 @@ class Notifications:
 
     def next_due(self, busy: Sequence[int] = ()) -> datetime | None:
         """When the next pending row not being sent is due; None: none is."""
-        query = select(func.min(Notification.next_attempt_at)).where(Notification.state == PENDING)
+        query = (
+            select(func.min(Notification.next_attempt_at))
+            .join(Run, Run.id == Notification.run_id)
+            .where(Run.server == self.store.server, Notification.state == PENDING)
+        )
         if busy:
             query = query.where(Notification.id.not_in(busy))
         with Session(self.engine) as session:

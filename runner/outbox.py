@@ -3,7 +3,8 @@
 A lane adds a run's calls (runner/github_reports.py) when the run starts and when it ends: a database
 write, never a network call. The reporter (runner/reporter.py) takes them in order: a row is due once its
 next attempt's time has come and every earlier row of its run is sent or given up; the rows of different
-runs do not wait for each other.
+runs do not wait for each other. A server's reporter takes its own runs' rows only: the database may be
+shared with other servers, which report their runs themselves.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from sqlalchemy.orm import Session, aliased
 from sqlalchemy.sql import Select
 
 from runner.github_reports import DEPLOYMENT, DEPLOYMENT_STATUS, Report
-from runner.models import GitHubReport
+from runner.models import GitHubReport, Run
 from runner.store import Store
 
 PENDING = "pending"
@@ -25,10 +26,11 @@ GIVEN_UP = "given_up"
 
 
 class Outbox:
-    """The rows of ``github_reports``, in the Store's database."""
+    """The rows of ``github_reports``, in the Store's database; those it sends are its server's runs'."""
 
     def __init__(self, store: Store) -> None:
         self.engine = store.engine
+        self.mine = GitHubReport.run_id.in_(select(Run.id).where(Run.server == store.server))
 
     def add(self, run_id: int, repository: str, commit: str, reports: Sequence[Report]) -> None:
         """Record a run's calls, after those it recorded before; a deployment status follows the run's
@@ -70,7 +72,7 @@ class Outbox:
             return session.get(GitHubReport, report_id)
 
     def _heads(self) -> Select[tuple[GitHubReport]]:
-        """The first pending row of each run: the only one of the run that may be sent."""
+        """The first pending row of each of this server's runs: the only one of the run that may be sent."""
         earlier = aliased(GitHubReport)
         waits = (
             select(earlier.id)
@@ -79,7 +81,7 @@ class Outbox:
             )
             .exists()
         )
-        return select(GitHubReport).where(GitHubReport.state == PENDING, ~waits)
+        return select(GitHubReport).where(self.mine, GitHubReport.state == PENDING, ~waits)
 
     def due(self, now: datetime) -> list[GitHubReport]:
         """The rows to send now, oldest first."""
@@ -116,7 +118,7 @@ class Outbox:
         """Give up the pending rows made before ``before``: ``why``, then the last attempt's error."""
         with Session(self.engine, expire_on_commit=False) as session, session.begin():
             query = select(GitHubReport).where(
-                GitHubReport.state == PENDING, GitHubReport.created_at < before
+                self.mine, GitHubReport.state == PENDING, GitHubReport.created_at < before
             )
             rows = list(session.scalars(query.order_by(GitHubReport.id)))
             for row in rows:

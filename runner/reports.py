@@ -52,12 +52,21 @@ def _table(rows: list[list[str]], headers: list[str]) -> None:
         print("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip())
 
 
-def print_deliveries(deliveries: list[Delivery], as_json: bool) -> None:
+def _with_server(rows: list[list[str]], headers: list[str], servers: list[str] | None) -> None:
+    """The table, with a SERVER column first when it lists several servers' rows (``servers``)."""
+    if servers is None:
+        _table(rows, headers)
+    else:
+        _table([[server, *row] for server, row in zip(servers, rows, strict=True)], ["SERVER", *headers])
+
+
+def print_deliveries(deliveries: list[Delivery], as_json: bool, all_servers: bool = False) -> None:
     if as_json:
         print(
             json.dumps(
                 [
                     {
+                        "server": d.server,
                         "delivery": d.delivery_id,
                         "event": d.event,
                         "repository": d.repository,
@@ -88,18 +97,21 @@ def print_deliveries(deliveries: list[Delivery], as_json: bool) -> None:
         ]
         for d in deliveries
     ]
-    _table(rows, ["RECEIVED", "DELIVERY", "EVENT", "REPOSITORY", "REF", "OUTCOME", "DETAIL"])
+    headers = ["RECEIVED", "DELIVERY", "EVENT", "REPOSITORY", "REF", "OUTCOME", "DETAIL"]
+    _with_server(rows, headers, [d.server for d in deliveries] if all_servers else None)
 
 
 def _run_json(run: Run, steps: list[StepResult] | None = None) -> dict[str, Any]:
     data = {
         "id": run.id,
+        "server": run.server,
         "pipeline": run.pipeline,
         "status": run.status,
         "trigger": run.trigger,
         "delivery": run.delivery_id,
         "ref": run.ref,
         "commit": run.commit,
+        "subject": run.subject,
         "reason": run.reason,
         "queued_at": iso(run.queued_at),
         "started_at": iso(run.started_at),
@@ -121,7 +133,9 @@ def _run_json(run: Run, steps: list[StepResult] | None = None) -> dict[str, Any]
     return data
 
 
-def print_runs(runs: list[Run], steps: dict[int, list[StepResult]], as_json: bool) -> None:
+def print_runs(
+    runs: list[Run], steps: dict[int, list[StepResult]], as_json: bool, all_servers: bool = False
+) -> None:
     if as_json:
         print(json.dumps([_run_json(run, steps[run.id]) for run in runs], indent=2))
         return
@@ -146,7 +160,8 @@ def print_runs(runs: list[Run], steps: dict[int, list[StepResult]], as_json: boo
                 run.reason or "",
             ]
         )
-    _table(rows, ["RUN", "PIPELINE", "STATUS", "TRIGGER", "REF", "COMMIT", "STARTED", "TOOK", "REASON"])
+    headers = ["RUN", "PIPELINE", "STATUS", "TRIGGER", "REF", "COMMIT", "STARTED", "TOOK", "REASON"]
+    _with_server(rows, headers, [run.server for run in runs] if all_servers else None)
 
 
 def print_log(store: Store, run: Run, config: Config, follow: bool) -> None:

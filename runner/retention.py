@@ -5,7 +5,9 @@ pipeline's last ``RUNNER_KEEP_RUNS`` runs or its last successful one (the deploy
 changed`` compares against); a run still queued or running never goes. A delivery goes at the same age once
 no run that is kept names it, and never before it is routed. A ``failed/`` entry goes (with its ``.reason``)
 at the same age, counted from when it failed. What runs told GitHub goes with its run, and at the same age
-once it was sent or given up; their notifications go with them.
+once it was sent or given up; their notifications go with them. A server prunes its own rows only (several
+may share the database): its pipelines' runs are counted among themselves, another server's pipeline of the
+same name apart.
 """
 
 from __future__ import annotations
@@ -72,20 +74,24 @@ def _runs_to_prune(store: Store, before: datetime, keep_last: int) -> list[Run]:
     except each pipeline's last ``keep_last`` runs, its last successful run and its last successful run
     with a commit (what ``Store.last_deployed_commit`` gives). A run queued or running is never one of
     them."""
+    mine = Run.server == store.server
     by_pipeline = {"partition_by": Run.pipeline}
-    newest = select(
-        Run.id, func.row_number().over(**by_pipeline, order_by=Run.id.desc()).label("n")
-    ).subquery()
+    newest = (
+        select(Run.id, func.row_number().over(**by_pipeline, order_by=Run.id.desc()).label("n"))
+        .where(mine)
+        .subquery()
+    )
     kept = [select(newest.c.id).where(newest.c.n <= keep_last)]
     for succeeded in (Run.status == "succeeded", (Run.status == "succeeded") & Run.commit.is_not(None)):
         order = (Run.finished_at.desc(), Run.id.desc())
         last = (
             select(Run.id, func.row_number().over(**by_pipeline, order_by=order).label("n"))
-            .where(succeeded)
+            .where(mine, succeeded)
             .subquery()
         )
         kept.append(select(last.c.id).where(last.c.n == 1))
     query = select(Run).where(
+        mine,
         Run.status.not_in(("queued", "running")),
         func.coalesce(Run.finished_at, Run.queued_at) < before,
         *(Run.id.not_in(ids) for ids in kept),
@@ -102,7 +108,11 @@ def _delete_runs(store: Store, run_ids: Sequence[int]) -> None:
             connection.execute(delete(StepResult).where(StepResult.run_id.in_(chunk)))
             connection.execute(delete(GitHubReport).where(GitHubReport.run_id.in_(chunk)))
             connection.execute(delete(Notification).where(Notification.run_id.in_(chunk)))
-            connection.execute(delete(Run).where(Run.id.in_(chunk), Run.status.not_in(("queued", "running"))))
+            connection.execute(
+                delete(Run).where(
+                    Run.id.in_(chunk), Run.server == store.server, Run.status.not_in(("queued", "running"))
+                )
+            )
 
 
 def _deliveries_to_prune(store: Store, before: datetime, dropped_runs: Collection[int]) -> list[Delivery]:
@@ -112,13 +122,17 @@ def _deliveries_to_prune(store: Store, before: datetime, dropped_runs: Collectio
         named = {
             delivery_id
             for run_id, delivery_id in session.execute(
-                select(Run.id, Run.delivery_id).where(Run.delivery_id.is_not(None))
+                select(Run.id, Run.delivery_id).where(
+                    Run.server == store.server, Run.delivery_id.is_not(None)
+                )
             )
             if run_id not in dropped_runs
         }
         query = (
             select(Delivery)
-            .where(Delivery.received_at < before, Delivery.outcome != "received")
+            .where(
+                Delivery.server == store.server, Delivery.received_at < before, Delivery.outcome != "received"
+            )
             .order_by(Delivery.received_at, Delivery.delivery_id)
         )
         return [d for d in session.scalars(query) if d.delivery_id not in named]
@@ -126,13 +140,18 @@ def _deliveries_to_prune(store: Store, before: datetime, dropped_runs: Collectio
 
 def _delete_deliveries(store: Store, delivery_ids: Sequence[str]) -> None:
     """Remove routed deliveries' records; one that a run names (again, by a retry) stays."""
-    named = select(Run.id).where(Run.delivery_id == Delivery.delivery_id).exists()
+    named = (
+        select(Run.id).where(Run.server == Delivery.server, Run.delivery_id == Delivery.delivery_id).exists()
+    )
     with store.engine.begin() as connection:
         for start in range(0, len(delivery_ids), 500):
             chunk = delivery_ids[start : start + 500]
             connection.execute(
                 delete(Delivery).where(
-                    Delivery.delivery_id.in_(chunk), Delivery.outcome != "received", ~named
+                    Delivery.server == store.server,
+                    Delivery.delivery_id.in_(chunk),
+                    Delivery.outcome != "received",
+                    ~named,
                 )
             )
 
@@ -143,7 +162,10 @@ def _reports_to_prune(store: Store, before: datetime, dropped_runs: Collection[i
     ``dropped_runs`` (which go with their run)."""
     waiting = select(GitHubReport.run_id).where(GitHubReport.state == PENDING)
     query = select(GitHubReport.id, GitHubReport.run_id).where(
-        GitHubReport.state != PENDING, GitHubReport.created_at < before, GitHubReport.run_id.not_in(waiting)
+        GitHubReport.run_id.in_(select(Run.id).where(Run.server == store.server)),
+        GitHubReport.state != PENDING,
+        GitHubReport.created_at < before,
+        GitHubReport.run_id.not_in(waiting),
     )
     with store.engine.connect() as connection:
         rows = connection.execute(query.order_by(GitHubReport.id))

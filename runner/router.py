@@ -22,7 +22,7 @@ from pathlib import Path
 from runner.consumer import Consumer, Opened, take_first
 from runner.entry import Action, BadEntry, Delivery, find_run_entry
 from runner.errors import describe, lasting
-from runner.events import pushed_commit, repository_name
+from runner.events import pushed_commit, pushed_subject, repository_name
 from runner.events import ref as event_ref
 from runner.pipeline import Pipeline
 from runner.pipelines import PipelineSet
@@ -213,6 +213,7 @@ class Router:
             delivery_id=entry.delivery,
             ref=ref,
             commit=pushed_commit(entry.payload),
+            subject=pushed_subject(entry.payload),
         )
         if run.status != "queued":
             return  # carried out, or settled, already

@@ -130,7 +130,7 @@ def _serve_here(
     # file, so a lock file opened before a fork would not keep the children apart.
     queue = Queue(config.main_queue_dir)
     # The web's own store, read-only: the endpoint and the status page only read the database.
-    web_store = Store(config.database_url, read_only=True)
+    web_store = Store(config.database_url, server=config.server_name, read_only=True)
     # Hypercorn owns the socket from here on and closes it when it stops.
     fd = listener.detach()
 

@@ -1,38 +1,53 @@
-"""What runner keeps in its database: deliveries, runs and their steps; and its schema's upgrades.
+"""What runner keeps in its database: runs and their steps, deliveries; and its schema's upgrades.
 
 The engine comes from runner/database.py, the revisions from runner/schema.py; what retention selects and
 removes is runner/retention.py's; which run carries out an entry, or is called off, runner/claims.py's.
+
+Several servers may share the database: a Store is one server's (``server``, its RUNNER_SERVER_NAME), and
+reads and changes that server's deliveries and runs only; the read methods a view of every server uses take
+``server=None`` for all of them (their default, THIS_SERVER, is the Store's own).
 """
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, delete, func, insert, select, text, update
+from sqlalchemy import ColumnElement, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from runner.database import create_engine_for, safe_url
+from runner.database import create_engine_for, foreign_keys_off, safe_url
+from runner.delivery_records import DeliveryRecords
 from runner.models import Delivery, Run, StepResult
 from runner.schema import SchemaError, alembic_config, head_revision
+from runner.servers import THIS_SERVER, Servers, where_server
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 
-class Store:
-    """What runner keeps in its database."""
+class Store(DeliveryRecords):
+    """What one server (``server``: its RUNNER_SERVER_NAME, default the host name) keeps in its database:
+    its deliveries (runner/delivery_records.py), its runs and their steps."""
 
-    def __init__(self, url: str, read_only: bool = False) -> None:
+    def __init__(self, url: str, *, server: str | None = None, read_only: bool = False) -> None:
         self.url = url
-        # The status page's store: its connections refuse to write (see create_engine_for).
+        # The status page's store is read-only: its connections refuse to write (see create_engine_for).
         self.read_only = read_only
-        self.engine = create_engine_for(url, read_only)
+        engine = create_engine_for(url, read_only)
+        super().__init__(engine, server if server is not None else socket.gethostname()[:64])
 
     def __repr__(self) -> str:
-        return f"Store({safe_url(self.url)!r})"
+        return f"Store({safe_url(self.url)!r}, server={self.server!r})"
+
+    def servers(self) -> list[str]:
+        """The servers that recorded runs or deliveries in this database, by name."""
+        with self.engine.connect() as connection:
+            found = connection.execute(select(Run.server).union(select(Delivery.server))).scalars()
+            return sorted(found)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -57,8 +72,10 @@ class Store:
 
     def _migrate(self, alembic_command: Callable[[AlembicConfig, str], None], revision: str) -> None:
         cfg = alembic_config(self.url)
-        with self.engine.begin() as connection:
+        with self.engine.connect() as connection, foreign_keys_off(connection), connection.begin():
             cfg.attributes["connection"] = connection
+            # Whose the rows are that a revision gives a server (0007).
+            cfg.attributes["server_name"] = self.server
             alembic_command(cfg, revision)
 
     def check_schema(self) -> None:
@@ -76,121 +93,6 @@ class Store:
         with self.engine.connect() as connection:
             connection.execute(text("SELECT 1"))
 
-    # Deliveries ----------------------------------------------------------------------------------------
-
-    def record_delivery(
-        self,
-        delivery_id: str,
-        event: str,
-        received_at: datetime,
-        *,
-        hook_id: str | None = None,
-        entry: str | None = None,
-        outcome: str = "received",
-        detail: str | None = None,
-        repository: str | None = None,
-        ref: str | None = None,
-        recovered: bool = False,
-    ) -> bool:
-        """Record a delivery; False if its id was recorded before.
-
-        The primary key decides, not a look-up first: of two processes recording the same id at once,
-        exactly one succeeds.
-        """
-        row = {
-            "delivery_id": delivery_id,
-            "event": event,
-            "hook_id": hook_id,
-            "received_at": received_at,
-            "recorded_at": datetime.now(UTC),
-            "entry": entry,
-            "outcome": outcome,
-            "detail": detail,
-            "repository": repository,
-            "ref": ref,
-            "recovered": recovered,
-        }
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(insert(Delivery), row)
-        except IntegrityError:
-            return False
-        return True
-
-    def begin_routing(
-        self,
-        delivery_id: str,
-        event: str,
-        received_at: datetime,
-        *,
-        hook_id: str | None,
-        entry: str,
-        repository: str | None,
-        ref: str | None,
-        recovered: bool = False,
-    ) -> str:
-        """Record a delivery the router is about to route (``recovered``: the catch-up's). Returns what it is:
-
-        ``new``; ``resume`` (this very entry was recorded before a crash and not yet routed); ``routed``
-        (this entry was routed before a crash, only its removal is left); or ``duplicate`` (GitHub delivered
-        the id before, as another entry: counted on the first delivery's record, routed nowhere).
-        """
-        if self.record_delivery(
-            delivery_id,
-            event,
-            received_at,
-            hook_id=hook_id,
-            entry=entry,
-            repository=repository,
-            ref=ref,
-            recovered=recovered,
-        ):
-            return "new"
-        with self.engine.begin() as connection:
-            first = connection.execute(
-                select(Delivery.entry, Delivery.outcome).where(Delivery.delivery_id == delivery_id)
-            ).one()
-            if first.entry == entry:
-                return "resume" if first.outcome == "received" else "routed"
-            connection.execute(
-                update(Delivery)
-                .where(Delivery.delivery_id == delivery_id)
-                .values(duplicates=Delivery.duplicates + 1)
-            )
-        return "duplicate"
-
-    def finish_routing(self, delivery_id: str, outcome: str, detail: str | None) -> None:
-        with self.engine.begin() as connection:
-            connection.execute(
-                update(Delivery)
-                .where(Delivery.delivery_id == delivery_id)
-                .values(outcome=outcome, detail=detail)
-            )
-
-    def fail_routing(
-        self, delivery_id: str, event: str, received_at: datetime, entry: str, reason: str
-    ) -> None:
-        """Record that routing the delivery was given up, whether or not it was recorded before."""
-        if not self.record_delivery(
-            delivery_id, event, received_at, entry=entry, outcome="failed", detail=reason
-        ):
-            # Only this entry's record: a delivery first recorded through another entry keeps its outcome.
-            with self.engine.begin() as connection:
-                connection.execute(
-                    update(Delivery)
-                    .where(Delivery.delivery_id == delivery_id, Delivery.entry == entry)
-                    .values(outcome="failed", detail=reason)
-                )
-
-    def delivery(self, delivery_id: str) -> Delivery | None:
-        with Session(self.engine, expire_on_commit=False) as session:
-            return session.get(Delivery, delivery_id)
-
-    def deliveries(self, limit: int = 20) -> list[Delivery]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            query = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.delivery_id).limit(limit)
-            return list(session.scalars(query))
-
     # Runs ----------------------------------------------------------------------------------------------
 
     def create_run(
@@ -201,6 +103,7 @@ class Store:
         delivery_id: str | None = None,
         ref: str | None = None,
         commit: str | None = None,
+        subject: str | None = None,
         reason: str | None = None,
     ) -> int:
         """Record a queued run. Its id goes into the queue entry, so the run exists before its entry does.
@@ -211,23 +114,32 @@ class Store:
         """
         with Session(self.engine) as session, session.begin():
             run = Run(
+                server=self.server,
                 pipeline=pipeline,
                 trigger=trigger,
                 delivery_id=delivery_id,
                 ref=ref,
                 commit=commit,
+                subject=subject,
                 reason=reason,
                 status="queued",
                 queued_at=datetime.now(UTC),
             )
             if delivery_id is not None:
-                run.attempt = next_attempt(session, pipeline, delivery_id)
+                run.attempt = next_attempt(session, self.server, pipeline, delivery_id)
             session.add(run)
             session.flush()
             return run.id
 
     def forward_run(
-        self, pipeline: str, *, trigger: str, delivery_id: str, ref: str | None, commit: str | None
+        self,
+        pipeline: str,
+        *,
+        trigger: str,
+        delivery_id: str,
+        ref: str | None,
+        commit: str | None,
+        subject: str | None = None,
     ) -> tuple[Run, bool]:
         """The run that a delivery's forwarding to ``pipeline`` carries out, and whether it is new.
 
@@ -235,12 +147,14 @@ class Store:
         routing resumed after a crash or retried after an error finds the run it made before.
         """
         row = {
+            "server": self.server,
             "pipeline": pipeline,
             "trigger": trigger,
             "delivery_id": delivery_id,
             "attempt": 1,
             "ref": ref,
             "commit": commit,
+            "subject": subject,
             "status": "queued",
             "queued_at": datetime.now(UTC),
         }
@@ -252,14 +166,20 @@ class Store:
             created = False
         with Session(self.engine, expire_on_commit=False) as session:
             run = session.scalars(
-                select(Run).where(Run.delivery_id == delivery_id, Run.pipeline == pipeline, Run.attempt == 1)
+                select(Run).where(
+                    Run.server == self.server,
+                    Run.delivery_id == delivery_id,
+                    Run.pipeline == pipeline,
+                    Run.attempt == 1,
+                )
             ).one()
         return run, created
 
     def unfinished_runs(self) -> list[Run]:
         """Runs queued or running, oldest first: what a worker that starts settles."""
         with Session(self.engine, expire_on_commit=False) as session:
-            query = select(Run).where(Run.status.in_(("queued", "running"))).order_by(Run.id)
+            query = select(Run).where(Run.server == self.server, Run.status.in_(("queued", "running")))
+            query = query.order_by(Run.id)
             return list(session.scalars(query))
 
     def end_run(self, run_id: int, status: str, reason: str) -> bool:
@@ -267,7 +187,7 @@ class Store:
         with self.engine.begin() as connection:
             done = connection.execute(
                 update(Run)
-                .where(Run.id == run_id, Run.status.in_(("queued", "running")))
+                .where(Run.id == run_id, Run.server == self.server, Run.status.in_(("queued", "running")))
                 .values(status=status, reason=reason, finished_at=datetime.now(UTC))
             )
         return done.rowcount > 0
@@ -282,7 +202,8 @@ class Store:
 
     def _fail_queued_runs(self, reason: str, *where: ColumnElement[bool]) -> list[int]:
         with Session(self.engine) as session, session.begin():
-            runs = list(session.scalars(select(Run).where(*where, Run.status == "queued")))
+            query = select(Run).where(*where, Run.server == self.server, Run.status == "queued")
+            runs = list(session.scalars(query))
             for run in runs:
                 run.status, run.reason, run.finished_at = "failed", reason, datetime.now(UTC)
             return [run.id for run in runs]
@@ -323,12 +244,21 @@ class Store:
             )
 
     def run(self, run_id: int) -> Run | None:
+        """Run ``run_id``, whichever server's (ids are the database's): its ``server`` says whose."""
         with Session(self.engine, expire_on_commit=False) as session:
             return session.get(Run, run_id)
 
-    def runs(self, pipeline: str | None = None, limit: int = 20) -> list[Run]:
+    def runs(
+        self, pipeline: str | None = None, limit: int = 20, *, server: Servers = THIS_SERVER
+    ) -> list[Run]:
+        """The last runs, newest first: this server's, another's, or (None) every server's."""
         with Session(self.engine, expire_on_commit=False) as session:
-            query = select(Run).order_by(Run.id.desc()).limit(limit)
+            query = (
+                select(Run)
+                .where(*where_server(Run.server, self.server, server))
+                .order_by(Run.id.desc())
+                .limit(limit)
+            )
             if pipeline is not None:
                 query = query.where(Run.pipeline == pipeline)
             return list(session.scalars(query))
@@ -338,32 +268,30 @@ class Store:
             query = select(StepResult).where(StepResult.run_id == run_id).order_by(StepResult.position)
             return list(session.scalars(query))
 
-    def last_deployed_commit(self, pipeline: str) -> str | None:
-        """The commit of the pipeline's last successful run: what is deployed now."""
+    def last_deployed_commit(self, pipeline: str, *, server: str | None = None) -> str | None:
+        """The commit of the pipeline's last successful run on this server (or ``server``): what is deployed
+        there now."""
         with Session(self.engine) as session:
             query = (
                 select(Run.commit)
-                .where(Run.pipeline == pipeline, Run.status == "succeeded", Run.commit.is_not(None))
+                .where(
+                    Run.server == (server or self.server),
+                    Run.pipeline == pipeline,
+                    Run.status == "succeeded",
+                    Run.commit.is_not(None),
+                )
                 .order_by(Run.finished_at.desc(), Run.id.desc())
                 .limit(1)
             )
             return session.scalars(query).first()
 
-    # Retries -------------------------------------------------------------------------------------------
 
-    def forget_delivery(self, delivery_id: str, entry: str) -> bool:
-        """Remove the record of a delivery as the main-queue ``entry``, so that the router records it anew
-        when that entry comes back (``runner failed retry``); False if there is no such record."""
-        with self.engine.begin() as connection:
-            done = connection.execute(
-                delete(Delivery).where(Delivery.delivery_id == delivery_id, Delivery.entry == entry)
-            )
-        return done.rowcount > 0
-
-
-def next_attempt(session: Session, pipeline: str, delivery_id: str) -> int:
-    """The attempt number after the last of the (delivery, pipeline)'s runs (runner/claims.py's too)."""
+def next_attempt(session: Session, server: str, pipeline: str, delivery_id: str) -> int:
+    """The attempt number after the last of the server's (delivery, pipeline)'s runs (runner/claims.py's
+    too)."""
     last = session.scalar(
-        select(func.max(Run.attempt)).where(Run.pipeline == pipeline, Run.delivery_id == delivery_id)
+        select(func.max(Run.attempt)).where(
+            Run.server == server, Run.pipeline == pipeline, Run.delivery_id == delivery_id
+        )
     )
     return (last or 0) + 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from runner.config import Config
 from runner.entry import Manual, put_entry
+from runner.events import SUBJECT_LENGTH
 from runner.lock import NotTheOwner, require_owner
 from runner.pipelines import PipelineSet
 from runner.steps import COMMIT, REF
@@ -66,6 +67,27 @@ def _commit(workdir: Path, given: str) -> str:
     )
 
 
+def _subject(workdir: Path, commit: str) -> str | None:
+    """The commit's subject, from the pipeline's checkout when it has the commit; None otherwise (the run
+    goes on without it)."""
+    if not (workdir / ".git").exists():
+        return None
+    try:
+        found = subprocess.run(
+            ["git", "log", "-1", "--format=%s", commit, "--"],
+            cwd=workdir,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            stdin=subprocess.DEVNULL,
+            timeout=30,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    subject = found.stdout.strip()
+    return subject[:SUBJECT_LENGTH] if found.returncode == 0 and subject else None
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """A run asked for: a pipeline, and a ref, a commit or both; neither redeploys the last run's ref."""
@@ -73,6 +95,8 @@ class RunRequest:
     pipeline: str
     ref: str | None
     commit: str | None
+    # The commit's subject, when its checkout tells it.
+    subject: str | None = None
 
     @classmethod
     def checked(cls, config: Config, pipeline: str, ref: str | None, commit: str | None) -> RunRequest:
@@ -93,7 +117,8 @@ class RunRequest:
         full_ref = _ref(ref) if ref else None
         if full_ref is not None and not REF.match(full_ref):
             raise TriggerError(f"--ref {ref!r} is not a branch or a refs/tags/ ref")
-        return cls(found.name, full_ref, full_commit)
+        subject = _subject(found.workdir, full_commit) if full_commit is not None else None
+        return cls(found.name, full_ref, full_commit, subject)
 
     def queue(self, config: Config, store: Store, reason: str | None = None, by: str | None = None) -> Manual:
         """Queue the run with its entry; returns the entry. ``reason``: why the run was queued, recorded on
@@ -107,7 +132,9 @@ class RunRequest:
                     f"pipeline {self.pipeline} has no run yet to redeploy: give --ref or --commit"
                 )
             ref = last[0].ref
-        run_id = store.create_run(self.pipeline, trigger="manual", ref=ref, commit=self.commit, reason=reason)
+        run_id = store.create_run(
+            self.pipeline, trigger="manual", ref=ref, commit=self.commit, subject=self.subject, reason=reason
+        )
         by = by or getpass.getuser()
         entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), by)
         directory = config.queues_dir / self.pipeline

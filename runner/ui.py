@@ -8,6 +8,7 @@ reads is runner/history.py's.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -19,6 +20,8 @@ from starlette.staticfiles import StaticFiles
 
 from runner.config import Config, Secret
 from runner.history import RUN_STATUSES, History
+from runner.models import Run
+from runner.notifications import attempts
 from runner.pipelines import pipeline_files
 from runner.queue import Queue
 from runner.store import Store
@@ -87,6 +90,7 @@ class StatusPage:
     def runs(self, request: Request) -> Response:
         pipeline = request.query_params.get("pipeline") or None
         status = request.query_params.get("status") or None
+        server = request.query_params.get("server") or None
         if status is not None and status not in RUN_STATUSES:
             return self._error(request, 400, f"there is no run status {status!r}: {', '.join(RUN_STATUSES)}")
         number = _page_number(request)
@@ -95,11 +99,13 @@ class StatusPage:
         return self.render(
             request,
             "runs.html",
-            runs=self.history.runs(pipeline, status, number),
+            runs=self.history.runs(pipeline, status, number, server),
             pipeline=pipeline,
             status=status,
+            server=server,
             pipelines=self.history.pipeline_names(),
             statuses=RUN_STATUSES,
+            servers=self.history.servers(),
         )
 
     def run(self, request: Request) -> Response:
@@ -108,14 +114,30 @@ class StatusPage:
             return self._error(request, 404, f"there is no run {request.path_params['run_id']}")
         steps = self.store.steps(run.id)
         failing = next((step for step in steps if step.status in FAILING_STEPS), None)
-        path = log_file(self.config.logs_dir, run.log_path)
+        path = self._log_file(run)
         log = read_shown(path, steps) if path is not None else None
+        notifications = attempts(self.store, run.id)
         live = self.actions.run_context(request, run)
-        return self.render(request, "run.html", run=run, steps=steps, failing=failing, log=log, **live)
+        return self.render(
+            request,
+            "run.html",
+            run=run,
+            steps=steps,
+            failing=failing,
+            log=log,
+            notifications=notifications,
+            **live,
+        )
+
+    def _log_file(self, run: Run) -> Path | None:
+        """The run's log, if this server has it: another server's run has its log on that server."""
+        if run.server != self.store.server:
+            return None
+        return log_file(self.config.logs_dir, run.log_path)
 
     def run_log(self, request: Request) -> Response:
         run = self.store.run(request.path_params["run_id"])
-        path = log_file(self.config.logs_dir, run.log_path) if run is not None else None
+        path = self._log_file(run) if run is not None else None
         if path is None:
             return PlainTextResponse("no log for this run\n", status_code=404)
         # Streamed from the file, a chunk at a time; text, never a page the browser would run.
@@ -125,7 +147,14 @@ class StatusPage:
         number = _page_number(request)
         if number is None:
             return self._error(request, 400, "the page must be a number from 1")
-        return self.render(request, "deliveries.html", deliveries=self.history.deliveries(number))
+        server = request.query_params.get("server") or None
+        return self.render(
+            request,
+            "deliveries.html",
+            deliveries=self.history.deliveries(number, server),
+            server=server,
+            servers=self.history.servers(),
+        )
 
 
 def _page_number(request: Request) -> int | None:

@@ -144,6 +144,8 @@ class RunActions:
             "actions": [record for record in recorded if record.run_id == run.id],
             "redeployed_by": next((record for record in recorded if record.new_run_id == run.id), None),
             "notice": NOTICES.get(request.query_params.get("asked", "")),
-            "cancellable": run.status in ("queued", "running"),
-            "redeployable": run.commit is not None,
+            # Another server's run is acted on, and followed, on its own page: its log and queues are there.
+            "local": run.server == self.store.server,
+            "cancellable": run.status in ("queued", "running") and run.server == self.store.server,
+            "redeployable": run.commit is not None and run.server == self.store.server,
         }

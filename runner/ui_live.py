@@ -49,9 +49,12 @@ def _lines(batch: list[Line]) -> str:
     return "".join(sse(line.text.decode(errors="replace"), event_id=str(line.end)) for line in batch)
 
 
-def run_log_path(config: Config, run: Run) -> Path | None:
+def run_log_path(config: Config, store: Store, run: Run) -> Path | None:
     """Where the run's log is or will be (its lane's path, logs/PIPELINE/RUN.log, until it records its own),
-    if that is inside logs/: a path the database holds is not followed elsewhere."""
+    if that is inside logs/: a path the database holds is not followed elsewhere. None for another server's
+    run: its log is on that server."""
+    if run.server != store.server:
+        return None
     path = Path(run.log_path) if run.log_path else config.logs_dir / run.pipeline / f"{run.id}.log"
     logs = config.logs_dir.resolve()
     resolved = path.resolve()
@@ -103,7 +106,7 @@ class LiveStreams:
             return PlainTextResponse(
                 "Last-Event-ID (or from) is not a byte offset of the log\n", status_code=400
             )
-        path = run_log_path(self.config, run)
+        path = run_log_path(self.config, self.store, run)
         return StreamingResponse(
             self._beating(self._log_events(run, path, offset)),
             media_type="text/event-stream; charset=utf-8",

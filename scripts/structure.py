@@ -55,7 +55,16 @@ ALLOWED: dict[str, set[str]] = {
     "runner.models": {"runner.timefmt"},
     "runner.database": set(),
     "runner.schema": {"runner.shipped"},
-    "runner.store": {"runner.database", "runner.models", "runner.schema"},
+    # Several servers on one database: whose rows a query selects; one server's records of its deliveries.
+    "runner.servers": set(),
+    "runner.delivery_records": {"runner.models", "runner.servers"},
+    "runner.store": {
+        "runner.database",
+        "runner.delivery_records",
+        "runner.models",
+        "runner.schema",
+        "runner.servers",
+    },
     # Which run carries out an entry, or is called off: decided by the database.
     "runner.claims": {"runner.models", "runner.store"},
     # The pipeline language: templating, the shell rules, the YAML, the model, its checks and loading.
@@ -218,6 +227,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.ui": {
         "runner.config",
         "runner.history",
+        "runner.models",
+        "runner.notifications",
         "runner.pipelines",
         "runner.queue",
         "runner.store",
@@ -323,6 +334,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.trigger": {
         "runner.config",
         "runner.entry",
+        "runner.events",
         "runner.lock",
         "runner.pipelines",
         "runner.steps",
@@ -382,6 +394,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.retention",
         "runner.schema",
         "runner.server",
+        "runner.servers",
         "runner.setup",
         "runner.shipped",
         "runner.store",

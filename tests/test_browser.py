@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from browser import browser, log_in, screenshot
 from support import stop_started
-from ui_site import PASSWORD, SCRIPT_REF, USER, Site
+from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, SERVER, USER, Site
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +52,9 @@ def test_the_pipelines_and_runs_pages_after_logging_in(site: Site, driver: Any) 
     assert "failing" in broken.get_attribute("class") and "its last run failed" in broken.text
     deployed = by_css(driver, "#pipeline-site")
     assert site.commit[:12] in deployed.text and "its last run failed" not in deployed.text
+    assert deployed.text.startswith(f"{SERVER} site")
+    # The commit's subject holds a script: shown as text, and it did not run.
+    assert f"first version {SCRIPT}" in deployed.text and driver.title.startswith("Pipelines")
     # The stylesheet came from runner itself, through the CSP and the login.
     header = by_css(driver, "header")
     assert header.value_of_css_property("background-color") == "rgba(244, 246, 248, 1)"

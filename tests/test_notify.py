@@ -30,6 +30,7 @@ from runner.loading import load
 from runner.models import Notification, Run
 from runner.notifications import attempts
 from runner.notify_messages import Facts, discord, email_subject, slack
+from runner.store import Store
 
 PUBLIC_URL = "https://runner.example.com"
 SERVER_NAME = "test-box"
@@ -140,6 +141,9 @@ def setup(rig: Rig, notify: str, **env: str) -> Path:
     workdir = rig.workdir("app")
     rig.pipeline("app", PIPELINE, WORKDIR=workdir, DEPLOY=json.dumps(DEPLOY), NOTIFY=notify)
     rig.start_worker(RUNNER_SERVER_NAME=SERVER_NAME, RUNNER_PUBLIC_URL=PUBLIC_URL, **env)
+    # The worker's server name is the one its runs carry: the rig looks at that server's rows.
+    rig.store.close()
+    rig.store = Store(rig.database_url, server=SERVER_NAME)
     return workdir
 
 

@@ -106,7 +106,7 @@ def test_upgrade_downgrade_and_upgrade_again(store: Store, database_url: str) ->
         assert {"delivery_id", "event", "received_at", "recorded_at", "outcome"} <= set(columns)
         nullable = {name for name, c in columns.items() if c["nullable"]}
         assert nullable == {c.name for c in model.columns if c.nullable}
-        assert inspector.get_pk_constraint("deliveries")["constrained_columns"] == ["delivery_id"]
+        assert inspector.get_pk_constraint("deliveries")["constrained_columns"] == ["server", "delivery_id"]
         indexes = {ix["name"]: ix["column_names"] for ix in inspector.get_indexes("deliveries")}
         assert indexes["ix_deliveries_received_at"] == ["received_at"]
     finally:

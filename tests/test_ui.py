@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
 from support import ROOT, SECRET, Server, run_cli, runner_env, stop_started, wait_for
-from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, USER, Site, basic, request, write_users
+from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, SERVER, USER, Site, basic, request, write_users
 
 from runner.store import Store
 from runner.ui_render import CONTENT_SECURITY_POLICY
@@ -227,7 +227,10 @@ def test_the_pipelines_page_shows_the_last_deploy_and_the_failing_pipeline(site:
     good = re.search(r'<tr id="pipeline-site"[^>]*>(.*?)</tr>', page, re.S)
     bad = re.search(r'<tr id="pipeline-broken" class="failing">(.*?)</tr>', page, re.S)
     assert good and bad, page
-    assert site.commit[:12] in good[1] and f'href="/runs/{site.runs["site"]}"' in good[1], good[1]
+    assert site.commit[:12] in good[1] and f'href="/runs/{site.runs["site_again"]}"' in good[1], good[1]
+    # The deployed commit's subject, escaped.
+    assert f"first version {ESCAPED_SCRIPT}" in good[1] and "<script>" not in page, good[1]
+    assert f'<td class="server">{SERVER}</td>' in good[1]
     assert "its last run failed" not in good[1]
     assert "its last run failed" in bad[1] and "never deployed" in bad[1], bad[1]
     assert f'href="/runs/{site.runs["script_ref"]}">run {site.runs["script_ref"]}</a>' in bad[1]
@@ -273,12 +276,14 @@ def test_runs_filter_by_pipeline_and_status(site: Site) -> None:
 
     runs = site.runs
     assert shown("") == sorted(runs.values(), reverse=True)
-    assert shown("?pipeline=site") == [runs["site"]]
+    assert shown("?pipeline=site") == [runs["site_again"], runs["site"]]
     assert shown("?pipeline=broken&status=failed") == sorted(
         [runs["broken"], runs["script_ref"]], reverse=True
     )
-    assert shown("?status=succeeded") == [runs["site"]]
+    assert shown("?status=succeeded") == [runs["site_again"], runs["site"]]
     assert shown("?pipeline=nothing") == []
+    assert shown(f"?server={SERVER}") == sorted(runs.values(), reverse=True)
+    assert shown("?server=elsewhere") == []
     bad = site.get("/runs?status=bogus")
     assert bad.status == 400 and "there is no run status &#39;bogus&#39;" in bad.text
     for page in ("0", "x", "-1", "99999999999"):
@@ -313,7 +318,7 @@ def test_deliveries_show_what_became_of_each_escaped(site: Site) -> None:
 def test_runs_are_paginated_in_pages_of_fifty(serve: Serve, tmp_path: Path) -> None:
     server = serve(tmp_path)
     write_users(tmp_path / "ui-users", {USER: PASSWORD})
-    store = Store(f"sqlite:///{tmp_path / 'runner.db'}")
+    store = Store(f"sqlite:///{tmp_path / 'runner.db'}", server="paged")
     try:
         for number in range(1, 121):
             run_id = store.create_run("even" if number % 2 == 0 else "odd", trigger="manual", ref="main")
@@ -441,3 +446,63 @@ def test_a_database_that_cannot_be_read_gets_a_clear_page_not_a_crash(
     assert "the status page cannot read the database: ProgrammingError" in server.output()
     # The webhook endpoint beside it is not touched.
     assert server.deliver("ping", json.dumps({"zen": "z", "hook_id": 1}).encode()).status == 202
+
+
+def test_the_commit_subject_shows_escaped_on_the_runs_and_the_run_page(site: Site) -> None:
+    again = site.runs["site_again"]
+    assert site.run(again).subject == f"first version {SCRIPT}"
+    for path in ("/runs", f"/runs/{again}"):
+        page = site.get(path).text
+        assert "<script>" not in page, path
+        assert f"first version {ESCAPED_SCRIPT}" in page, (path, page)
+    assert f'<dd id="server">{SERVER}</dd>' in site.get(f"/runs/{again}").text
+
+
+def test_the_run_page_shows_its_notifications_attempts(site: Site) -> None:
+    broken = site.runs["broken"]
+
+    def attempted() -> str | None:
+        page = site.get(f"/runs/{broken}").text
+        row = re.search(r'<tr id="notification-\d+">(.*?)</tr>', page, re.S)
+        return row[1] if row and not re.search(r'<td class="num">0</td>', row[1]) else None
+
+    row = wait_for(attempted, "a notification attempt on the run's page", details=site.server.output)
+    assert "127.0.0.1" in row and "failure" in row, row
+    cells = re.findall(r"<td[^>]*>(.*?)</td>", row, re.S)
+    state, error = cells[2], cells[5]
+    assert state in ("pending", "given_up") and error, row
+
+
+def test_runs_and_deliveries_of_every_server_sharing_the_database(
+    serve: Serve, tmp_path: Path, postgres_url: str
+) -> None:
+    server = serve(tmp_path, RUNNER_DATABASE_URL=postgres_url, RUNNER_SERVER_NAME="here")
+    write_users(tmp_path / "ui-users", {USER: PASSWORD})
+    auth = {"Authorization": basic(USER, PASSWORD)}
+    ids = {}
+    for name in ("here", "there"):
+        store = Store(postgres_url, server=name)
+        try:
+            ids[name] = store.create_run("app", trigger="manual", ref="main")
+            store.finish_run(ids[name], "succeeded")
+            store.record_delivery("same-id", "ping", datetime.now(UTC), outcome="ping")
+        finally:
+            store.close()
+    runs = request(server.port, "/runs", auth).text
+    assert re.findall(r'<tr id="run-(\d+)">\s*<td>.*?</td>\s*<td class="server">(\w+)</td>', runs) == [
+        (str(ids["there"]), "there"),
+        (str(ids["here"]), "here"),
+    ], runs
+    assert '<option value="there">there</option>' in runs
+    there = request(server.port, "/runs?server=there", auth).text
+    assert re.findall(r'<tr id="run-(\d+)">', there) == [str(ids["there"])]
+    # Each server's pipeline of the same name is its own, with its own last deploy.
+    pipelines = request(server.port, "/", auth).text
+    assert 'id="pipeline-app"' in pipelines and 'id="pipeline-app@there"' in pipelines
+    # Another server's run: its page, without a log this server does not have.
+    other = request(server.port, f"/runs/{ids['there']}", auth).text
+    assert "No log here: it is on there." in other
+    deliveries = request(server.port, "/deliveries", auth).text
+    assert sorted(re.findall(r'<td class="server">(\w+)</td>', deliveries)) == ["here", "there"]
+    only = request(server.port, "/deliveries?server=here", auth).text
+    assert re.findall(r'<td class="server">(\w+)</td>', only) == ["here"]

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import bcrypt
-from support import GIT_ENV, Server, run_cli, runner_env, wait_for
+from support import GIT_ENV, Server, free_port, run_cli, runner_env, wait_for
 
 from runner.models import Run
 from runner.store import Store
 
 USER = "alice"
+# The server's name on its runs and deliveries (RUNNER_SERVER_NAME).
+SERVER = "alpha"
 PASSWORD = "correct horse battery staple"
 # Each of these shows on a page (a commit subject, a step's output, a ref) and would set the title if it ran.
 SCRIPT = '<script>document.title="pwned"</script>'
@@ -38,6 +40,9 @@ steps:
 FAILS = """\
 on: {repository: acme/broken, branches: [main]}
 workdir: broken-checkout
+# Nothing listens there: each attempt fails, and the run's page shows it.
+notify:
+  - webhook: http://127.0.0.1:NOTIFY_PORT/hook
 steps:
   - git: {remote: REMOTE}
   - name: greet
@@ -98,8 +103,9 @@ class Site:
 
     @classmethod
     def start(cls, home: Path, **env: str) -> Site:
-        """A home with both pipelines and a user, ``runner up`` on it, and its runs done: ``site``
-        (succeeded), ``broken`` (failed at step 3), ``script_ref`` (a ref holding a script: failed at git)."""
+        """A home with both pipelines and a user, ``runner up`` on it, and its runs done: ``site`` and
+        ``site_again`` (succeeded; the second knows the commit's subject, which holds a script), ``broken``
+        (failed at step 3), ``script_ref`` (a ref holding a script: failed at git)."""
         bare, work = home / "repo.git", home / "repo-work"
         git("init", "-q", "--bare", "--initial-branch=main", bare)
         git("init", "-q", "--initial-branch=main", work)
@@ -110,29 +116,30 @@ class Site:
         commit = git("rev-parse", "HEAD", cwd=work)
         (home / "pipelines").mkdir()
         (home / "pipelines" / "site.yaml").write_text(DEPLOYS.replace("REMOTE", str(bare)))
-        (home / "pipelines" / "broken.yaml").write_text(
-            FAILS.replace("REMOTE", str(bare)).replace("SCRIPT", SCRIPT.replace('"', "'"))
-        )
+        failing = FAILS.replace("REMOTE", str(bare)).replace("NOTIFY_PORT", str(free_port()))
+        (home / "pipelines" / "broken.yaml").write_text(failing.replace("SCRIPT", SCRIPT.replace('"', "'")))
         write_users(home / "ui-users", {USER: PASSWORD})
-        environment = runner_env(home, **env)
+        environment = runner_env(home, **{"RUNNER_SERVER_NAME": SERVER, **env})
         site = cls(home, Server(home, environment, command="up"), environment, commit)
-        for name, pipeline, ref in (
-            ("site", "site", "main"),
-            ("broken", "broken", "main"),
-            ("script_ref", "broken", SCRIPT_REF),
-        ):
-            site.runs[name] = site.trigger(pipeline, ref)
+        site.runs["site"] = site.trigger("site", "--ref", "main")
+        site.wait_ended(site.runs["site"])
+        # Its commit again, by hand: the checkout now tells the commit's subject.
+        site.runs["site_again"] = site.trigger("site", "--commit", commit[:12])
+        site.runs["broken"] = site.trigger("broken", "--ref", "main")
+        site.runs["script_ref"] = site.trigger("broken", "--ref", SCRIPT_REF)
         for run_id in site.runs.values():
             site.wait_ended(run_id)
         return site
 
-    def trigger(self, pipeline: str, ref: str) -> int:
-        done = run_cli("trigger", pipeline, "--ref", ref, env=self.env)
+    def trigger(self, pipeline: str, *options: str) -> int:
+        done = run_cli("trigger", pipeline, *options, env=self.env)
         assert done.returncode == 0, done.stderr
         return int(done.stdout.split()[1])
 
     def run(self, run_id: int) -> Run:
-        store = Store(self.env.get("RUNNER_DATABASE_URL") or f"sqlite:///{self.home / 'runner.db'}")
+        store = Store(
+            self.env.get("RUNNER_DATABASE_URL") or f"sqlite:///{self.home / 'runner.db'}", server=SERVER
+        )
         try:
             run = store.run(run_id)
         finally:

@@ -2,7 +2,7 @@
 kept with its attempts until the worker's notifier has sent it or given it up
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-02
 """
 
@@ -13,7 +13,7 @@ from alembic import op
 
 revision: str = "0008"
 # Re-chained by the lead when the parts of issue 15 are merged.
-down_revision: str | None = "0006"
+down_revision: str | None = "0007"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
