@@ -133,13 +133,13 @@ class Router:
             # deploy user owns RUNNER_HOME and could put a directory of its own there.
             writer = own if recovered else self.writer if self.writer is not None else self.main.owner()
             # An action may come from this process's user too, who may trigger and cancel runs anyway.
-            uid, data = queue.read_owned(name, (writer,) if recovered else (writer, own))
+            owners = (writer,) if recovered or writer == own else (writer, own)
+            uid, data = queue.read_owned(name, owners)
         except ForeignEntry as exc:
             if recovered:
                 raise BadEntry(f"not written by runner's catch-up: {exc} (this worker's user)") from None
-            raise BadEntry(
-                f"not written by the webhook endpoint: {exc} ({self._whose()}, or this worker's)"
-            ) from None
+            whose = self._whose() + (", or this worker's" if writer != own else "")
+            raise BadEntry(f"not written by the webhook endpoint: {exc} ({whose})") from None
         except (OSError, ValueError) as exc:
             raise BadEntry(f"unreadable entry: {exc}") from None
         action = Action.read(data)

@@ -111,6 +111,10 @@ class RunWatch:
                     "%s: inotify queue overflowed; some runs' starts and ends are not told", self.logs_dir
                 )
                 continue
+            if event.mask & flags.IGNORED:
+                # Its directory went (retention, by hand): one made again at its path is watched anew.
+                self._watches.pop(event.wd, None)
+                continue
             where = self._watches.get(event.wd)
             if where is None or where == "":
                 # logs/ (or its parent, until logs/ exists): a pipeline's directory may be new.
