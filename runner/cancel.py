@@ -48,8 +48,9 @@ def _handled(request: Path, config: Config) -> bool:
     return True
 
 
-def cancel(config: Config, store: Store, run_id: int) -> str:
-    """Cancel run ``run_id``; returns what became of it, for a person to read. Raises CancelError."""
+def request_cancel(config: Config, store: Store, run_id: int, by: str) -> tuple[str, Path]:
+    """Record run ``run_id`` as cancelled by hand and tell its lane, without waiting for it: the status it
+    had (queued or running) and the request's path, which the lane removes once done. Raises CancelError."""
     run = store.run(run_id)
     if run is not None and run.server != store.server:
         # Its lane and queue are on that server: only its runner can stop it.
@@ -67,7 +68,7 @@ def cancel(config: Config, store: Store, run_id: int) -> str:
     had = claims.cancel_run(store, run_id)
     if had is None:
         raise _ended(store, run_id)
-    request = CancelRequest(run_id, datetime.now(UTC), getpass.getuser())
+    request = CancelRequest(run_id, datetime.now(UTC), by)
     try:
         name = put_entry(directory, request.written())
     except OSError as exc:
@@ -75,7 +76,13 @@ def cancel(config: Config, store: Store, run_id: int) -> str:
             f"run {run_id} is recorded as cancelled, but its lane could not be told ({directory}: {exc}): "
             "a waiting run's entry is removed when the lane takes it; a run going on goes on"
         ) from None
-    if _handled(directory / name, config):
+    return had, directory / name
+
+
+def cancel(config: Config, store: Store, run_id: int) -> str:
+    """Cancel run ``run_id``; returns what became of it, for a person to read. Raises CancelError."""
+    had, request = request_cancel(config, store, run_id, getpass.getuser())
+    if _handled(request, config):
         done = "its entry left the queue" if had == "queued" else "it has stopped"
         return f"run {run_id} cancelled: it was {'waiting' if had == 'queued' else 'running'}; {done}"
     if not worker_alive(config.worker_lock):

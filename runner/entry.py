@@ -6,7 +6,8 @@ into the recovered queue for a delivery it fetched from GitHub's record, with ``
 forwards it to the queue of each pipeline it matches with two keys more, the main queue's entry and the run
 it is for. A manual entry is what ``runner trigger`` puts into a pipeline's queue: the run, its ref and
 commit, who asked, when. A cancel request is what ``runner cancel`` puts there for the pipeline's lane:
-the run to call off.
+the run to call off. An action is what the status page puts into the main queue for the router: a
+redeploy or a cancel of a run, asked by a user of the page.
 """
 
 from __future__ import annotations
@@ -155,6 +156,44 @@ class CancelRequest:
             raise BadEntry("the cancel request names no run")
         by = data.get("requested_by")
         return cls(run_id, _received_at(data.get("requested_at")), by if isinstance(by, str) else "?")
+
+
+# What a user of the status page may ask for.
+ACTIONS = ("redeploy", "cancel")
+
+
+@dataclass(frozen=True)
+class Action:
+    """An action, as the status page writes it into the main queue: redeploy or cancel a run."""
+
+    action: str
+    run_id: int
+    by: str
+    at: datetime
+
+    def written(self) -> dict[str, Any]:
+        # Under "run", not "run_id": this entry is not the run's, and find_run_entry must not find it.
+        return {
+            "kind": "action",
+            "action": self.action,
+            "run": self.run_id,
+            "by": self.by,
+            "at": self.at.isoformat(),
+        }
+
+    @classmethod
+    def read(cls, data: Any) -> Action | None:
+        """The action an entry's JSON holds; None if it is not an action. Raises BadEntry."""
+        if not isinstance(data, dict) or data.get("kind") != "action":
+            return None
+        action, run_id, by = data.get("action"), data.get("run"), data.get("by")
+        if action not in ACTIONS:
+            raise BadEntry(f"the action {action!r} is none of {', '.join(ACTIONS)}")
+        if not isinstance(run_id, int) or isinstance(run_id, bool):
+            raise BadEntry("the action names no run")
+        if not isinstance(by, str) or not by:
+            raise BadEntry("the action names no user")
+        return cls(action, run_id, by, _received_at(data.get("at")))
 
 
 def _text(value: Any) -> str | None:

@@ -217,3 +217,28 @@ class Notification(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime())
     sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class ActionRecord(Base):
+    """An action a user of the status page asked for (redeploy or cancel a run), and what became of it.
+
+    Recorded by the router when it takes the action's main-queue entry, once per entry, whatever happens to
+    the router: an action is done at most once.
+    """
+
+    __tablename__ = "actions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    # When the user asked.
+    at: Mapped[datetime] = mapped_column(UTCDateTime())
+    by: Mapped[str] = mapped_column(Text)
+    # redeploy, cancel
+    action: Mapped[str] = mapped_column(String(16))
+    run_id: Mapped[int] = mapped_column(Integer, index=True)
+    # The run a redeploy queued.
+    new_run_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    # asked (being done), queued, cancelled, refused, interrupted
+    outcome: Mapped[str] = mapped_column(String(16))
+    detail: Mapped[str | None] = mapped_column(Text)
+    # The main-queue entry it came as: taken again after a crash, it is not done again.
+    entry: Mapped[str] = mapped_column(Text, index=True)

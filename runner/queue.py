@@ -23,7 +23,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Sequence
 from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
@@ -194,13 +194,18 @@ class Queue:
 
     def read(self, name: str, owner: int | None = None) -> dict[str, Any]:
         """The entry ``name``; with ``owner``, only if that user id owns the file (not a symlink to one)."""
+        return self.read_owned(name, None if owner is None else (owner,))[1]
+
+    def read_owned(self, name: str, owners: Collection[int] | None) -> tuple[int, Any]:
+        """Who owns the entry ``name``, its JSON; with ``owners``, only if one of them owns it."""
         fd = os.open(self.path(name), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         with os.fdopen(fd, "rb") as file:
             # Checked on the open file: a rename over the name after the check changes nothing.
             uid = os.fstat(file.fileno()).st_uid
-            if owner is not None and uid != owner:
-                raise ForeignEntry(f"the entry is owned by user id {uid}, not by {owner}")
-            return json.loads(file.read())
+            if owners is not None and uid not in owners:
+                allowed = " or ".join(str(owner) for owner in owners)
+                raise ForeignEntry(f"the entry is owned by user id {uid}, not by {allowed}")
+            return uid, json.loads(file.read())
 
     def owner(self) -> int:
         """The user id that owns the queue's directory."""

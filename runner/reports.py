@@ -10,15 +10,19 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner import log_follow
 from runner.config import Config
 from runner.lock import worker_alive
 from runner.timefmt import iso, shown
+
+# How often `runner logs` asks whether the run it follows has ended, while its log does not say so.
+FOLLOW_CHECK = 1.0
 
 if TYPE_CHECKING:
     from runner.catchup import Pass
@@ -163,25 +167,32 @@ def print_runs(
 def print_log(store: Store, run: Run, config: Config, follow: bool) -> None:
     """Print ``run``'s log; with ``follow``, also what is added to it while the run goes on. Then, on stderr,
     how the run ended, or why it is not followed any further."""
-    offset = 0
+    # Where its lane writes it (the run records it only once it starts).
+    path = Path(run.log_path) if run.log_path else config.logs_dir / run.pipeline / f"{run.id}.log"
     orphaned = False
-    while True:
-        path = Path(run.log_path) if run.log_path else None
-        if path is not None and path.exists():
-            with path.open("rb") as log:
-                log.seek(offset)
-                chunk = log.read()
-                offset += len(chunk)
-                sys.stdout.buffer.write(chunk)
-                sys.stdout.flush()
-        if not follow or run.status not in ("queued", "running") or orphaned:
-            break
-        time.sleep(0.25)
+    latest = run
+
+    def ended() -> bool:
+        nonlocal orphaned, latest
         # Checked before the run is read again: a worker that ends the run and then stops is not
         # taken for one that died with the run unfinished.
         orphaned = not worker_alive(config.worker_lock)
-        run = store.run(run.id)
-        assert run is not None
+        found = store.run(run.id)
+        assert found is not None
+        latest = found
+        return orphaned or found.status not in ("queued", "running")
+
+    if follow and run.status in ("queued", "running"):
+        for lines in log_follow.follow(path, 0, ended, idle_check=FOLLOW_CHECK):
+            sys.stdout.buffer.write(b"".join(line.text + b"\n" for line in lines))
+            sys.stdout.flush()
+        # Also when the log went (retention) before the run was seen to end.
+        latest = store.run(run.id) or latest
+    elif path.exists():
+        with path.open("rb") as log:
+            shutil.copyfileobj(log, sys.stdout.buffer)
+        sys.stdout.flush()
+    run = latest
     if run.status not in ("queued", "running"):
         print(f"run {run.id}: {run.status}" + (f" ({run.reason})" if run.reason else ""), file=sys.stderr)
     elif follow:

@@ -1,7 +1,8 @@
 """The main queue's worker: record each delivery, match it against the pipelines, forward it, or void it.
 
 It also takes the recovered queue's entries, the deliveries the catch-up fetched from GitHub's record
-(runner/catchup.py), alike; a delivery id recorded before, received or recovered, is a duplicate.
+(runner/catchup.py), alike; a delivery id recorded before, received or recovered, is a duplicate. And the
+status page's actions (redeploy, cancel), which its ``actions`` does (runner/actions.py), in the main queue.
 An entry leaves its queue only after its delivery's outcome is recorded. A crash in between is
 resumed from the delivery's record: an entry recorded but not routed is routed again, and finds the runs it
 made before (at most one per pipeline); an entry routed but not yet removed is just removed. An entry that
@@ -15,10 +16,11 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from runner.consumer import Consumer, Opened, take_first
-from runner.entry import BadEntry, Delivery, find_run_entry
+from runner.entry import Action, BadEntry, Delivery, find_run_entry
 from runner.errors import describe, lasting
 from runner.events import pushed_commit, pushed_subject, repository_name
 from runner.events import ref as event_ref
@@ -36,6 +38,9 @@ RETRY_DELAYS = (1.0, 2.0)
 # failed), tried again after a wait that grows up to this.
 OUTAGE_MAX_DELAY = 30.0
 
+# Does an action of the status page once (the main queue's entry, the action): its outcome, and why.
+ActionDoer = Callable[[str, Action], tuple[str, str]]
+
 
 class Router:
     def __init__(
@@ -46,8 +51,10 @@ class Router:
         store: Store,
         writer: int | None = None,
         recovered: Queue | None = None,
+        actions: ActionDoer | None = None,
     ) -> None:
         self.main = main
+        self.actions = actions
         # The user id whose entries are deliveries (the web user); None: the main queue directory's owner.
         self.writer = writer
         # The catch-up's queue; its entries are deliveries when this process's user (the deploy user, who
@@ -92,6 +99,8 @@ class Router:
             queue.fail(name, str(exc))
             logger.error("%s queue entry %s moved to failed/: %s", queue.name, name, exc)
             return "failed", str(exc)
+        if isinstance(entry, Action):
+            return self._act(queue, name, entry)
         outcome, detail = self._route(name, entry)
         queue.remove(name)
         logger.info(
@@ -103,27 +112,50 @@ class Router:
         )
         return outcome, detail
 
-    def _read(self, queue: Queue, name: str) -> Delivery:
+    def _act(self, queue: Queue, name: str, action: Action) -> tuple[str, str | None]:
+        if self.actions is None:
+            outcome, detail = "refused", "this worker does not take the status page's actions"
+        else:
+            outcome, detail = self.actions(name, action)
+        queue.remove(name)
+        logger.info(
+            "%s of run %d asked by %s: %s: %s", action.action, action.run_id, action.by, outcome, detail
+        )
+        return outcome, detail
+
+    def _read(self, queue: Queue, name: str) -> Delivery | Action:
         recovered = queue is self.recovered
+        own = os.geteuid()
         try:
-            if recovered:
-                # The catch-up runs as the deploy user, as this process does.
-                writer = os.geteuid()
-            else:
-                # Only the webhook endpoint's user writes verified deliveries; the deploy user may remove
-                # entries there (and so create files), never make one pass as verified. Named by
-                # configuration, not by the directory's owner: the deploy user owns RUNNER_HOME and could
-                # put a directory of its own there.
-                writer = self.writer if self.writer is not None else self.main.owner()
-            data = queue.read(name, owner=writer)
+            # The catch-up runs as the deploy user, as this process does. Only the webhook endpoint's user
+            # writes verified deliveries; the deploy user may remove entries there (and so create files),
+            # never make one pass as verified. Named by configuration, not by the directory's owner: the
+            # deploy user owns RUNNER_HOME and could put a directory of its own there.
+            writer = own if recovered else self.writer if self.writer is not None else self.main.owner()
+            # An action may come from this process's user too, who may trigger and cancel runs anyway.
+            owners = (writer,) if recovered or writer == own else (writer, own)
+            uid, data = queue.read_owned(name, owners)
         except ForeignEntry as exc:
             if recovered:
                 raise BadEntry(f"not written by runner's catch-up: {exc} (this worker's user)") from None
-            whose = "the web user's" if self.writer is not None else f"the owner of {self.main.directory}"
+            whose = self._whose() + (", or this worker's" if writer != own else "")
             raise BadEntry(f"not written by the webhook endpoint: {exc} ({whose})") from None
         except (OSError, ValueError) as exc:
             raise BadEntry(f"unreadable entry: {exc}") from None
+        action = Action.read(data)
+        if action is not None and not recovered:
+            return action
+        if uid != writer:
+            raise BadEntry(
+                f"not written by the webhook endpoint: the entry is owned by user id {uid}, not by {writer} "
+                f"({self._whose()})"
+            )
+        if action is not None:
+            raise BadEntry("an action of the status page in the recovered queue")
         return Delivery.read(data)
+
+    def _whose(self) -> str:
+        return "the web user's" if self.writer is not None else f"the owner of {self.main.directory}"
 
     def _route(self, name: str, entry: Delivery) -> tuple[str, str | None]:
         event, delivery, payload = entry.event, entry.delivery, entry.payload
@@ -253,7 +285,7 @@ class Router:
             entry = self._read(queue, name)
         except BadEntry:
             entry = None
-        if entry is not None:
+        if isinstance(entry, Delivery):
             delivery = entry.delivery
             try:
                 self.store.fail_routing(delivery, entry.event, entry.received_at, name, reason)

@@ -120,9 +120,9 @@ class RunRequest:
         subject = _subject(found.workdir, full_commit) if full_commit is not None else None
         return cls(found.name, full_ref, full_commit, subject)
 
-    def queue(self, config: Config, store: Store, reason: str | None = None) -> Manual:
+    def queue(self, config: Config, store: Store, reason: str | None = None, by: str | None = None) -> Manual:
         """Queue the run with its entry; returns the entry. ``reason``: why the run was queued, recorded on
-        it (the catch-up says so). Raises TriggerError."""
+        it (the catch-up says so); ``by``: who asked (default: this process's user). Raises TriggerError."""
         ref = self.ref
         if ref is None and self.commit is None:
             # A redeploy: the ref of the pipeline's last run.
@@ -135,7 +135,8 @@ class RunRequest:
         run_id = store.create_run(
             self.pipeline, trigger="manual", ref=ref, commit=self.commit, subject=self.subject, reason=reason
         )
-        entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), getpass.getuser())
+        by = by or getpass.getuser()
+        entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), by)
         directory = config.queues_dir / self.pipeline
         try:
             name = put_entry(directory, entry.written())

@@ -25,7 +25,9 @@ from runner.notifications import attempts
 from runner.pipelines import pipeline_files
 from runner.queue import Queue
 from runner.store import Store
+from runner.ui_actions import RunActions
 from runner.ui_auth import BasicAuth, UsersFile
+from runner.ui_live import LiveStreams
 from runner.ui_logs import log_file, read_shown
 from runner.ui_render import STATIC_DIR, Renderer, SecurityHeaders
 
@@ -49,6 +51,9 @@ class StatusPage:
         self.renderer = Renderer(config.ui_path, config.server_name)
         self.history = History(store)
         self.users = UsersFile(config.ui_users)
+        # The live log and run events, and the actions: runner/ui_live.py's and runner/ui_actions.py's.
+        self.live = LiveStreams(config, store)
+        self.actions = RunActions(config, store, queue, secret, self.renderer.prefix)
         pages = Starlette(routes=self.routes(), exception_handlers={SQLAlchemyError: self._database_error})
         self.app: Any = SecurityHeaders(BasicAuth(pages, self.users), static_prefix="/static/")
 
@@ -60,6 +65,8 @@ class StatusPage:
             Route("/runs/{run_id:int}", self.run, methods=["GET"]),
             Route("/runs/{run_id:int}/log", self.run_log, methods=["GET"]),
             Route("/deliveries", self.deliveries, methods=["GET"]),
+            *self.live.routes(),
+            *self.actions.routes(),
             # No directory listing (StaticFiles answers 404 for a directory), no path out of it.
             Mount("/static", app=StaticFiles(directory=STATIC_DIR, follow_symlink=False), name="static"),
         ]
@@ -110,8 +117,16 @@ class StatusPage:
         path = self._log_file(run)
         log = read_shown(path, steps) if path is not None else None
         notifications = attempts(self.store, run.id)
+        live = self.actions.run_context(request, run)
         return self.render(
-            request, "run.html", run=run, steps=steps, failing=failing, log=log, notifications=notifications
+            request,
+            "run.html",
+            run=run,
+            steps=steps,
+            failing=failing,
+            log=log,
+            notifications=notifications,
+            **live,
         )
 
     def _log_file(self, run: Run) -> Path | None:

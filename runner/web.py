@@ -347,5 +347,11 @@ async def serve(
     # Under a flood of connections, hundreds of them are read ahead at once. (With 1, Hypercorn's shutdown
     # waits out its graceful timeout.)
     hc.max_app_queue_size = APP_QUEUE_MESSAGES
-    app = WebhookApp(secret, queue, store, StatusPage(config, store, queue, secret))
-    await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    page = StatusPage(config, store, queue, secret)
+    # The page's live streams end when a stop is asked for: Hypercorn would wait for them otherwise.
+    page.live.stop_with(shutdown)
+    app = WebhookApp(secret, queue, store, page)
+    try:
+        await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    finally:
+        page.live.close()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import catchup, retention
+from runner.actions import ActionTaker
 from runner.config import Config
 from runner.entry import find_run_entry
 from runner.github_auth import github_client
@@ -149,6 +150,7 @@ class Worker:
             self.store,
             writer=self.writer,
             recovered=Queue(self.config.queues_dir / catchup.RECOVERED_QUEUE),
+            actions=ActionTaker(self.config, self.store),
         )
         await self.router.run(stop)
 

@@ -42,6 +42,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.listen": set(),
     "runner.lock": set(),
     "runner.config_values": set(),
+    # Following a growing log file (a run's), for `runner logs` and the status page's live log.
+    "runner.log_follow": set(),
     "runner.config": {"runner.config_values"},
     "runner.shipped": {"runner"},
     "runner.sudo": {"runner.process"},
@@ -203,6 +205,23 @@ ALLOWED: dict[str, set[str]] = {
     # The status page, which the web serves: its login, its rendering, its read-only queries, its pages.
     "runner.ui_auth": set(),
     "runner.ui_render": {"runner.timefmt"},
+    # The page's live parts: runs starting and ending (one watch on logs/), the live log, the actions.
+    "runner.run_events": set(),
+    "runner.ui_live": {
+        "runner.config",
+        "runner.log_follow",
+        "runner.models",
+        "runner.run_events",
+        "runner.store",
+    },
+    "runner.ui_actions": {
+        "runner.actions",
+        "runner.config",
+        "runner.entry",
+        "runner.models",
+        "runner.queue",
+        "runner.store",
+    },
     "runner.history": {"runner.models", "runner.store"},
     "runner.ui_logs": {"runner.models", "runner.timefmt"},
     "runner.ui": {
@@ -213,7 +232,9 @@ ALLOWED: dict[str, set[str]] = {
         "runner.pipelines",
         "runner.queue",
         "runner.store",
+        "runner.ui_actions",
         "runner.ui_auth",
+        "runner.ui_live",
         "runner.ui_logs",
         "runner.ui_render",
     },
@@ -284,7 +305,17 @@ ALLOWED: dict[str, set[str]] = {
         "runner.store",
         "runner.timefmt",
     },
+    # The status page's actions (redeploy, cancel), done for the router as the commands do them, recorded.
+    "runner.actions": {
+        "runner.cancel",
+        "runner.config",
+        "runner.entry",
+        "runner.models",
+        "runner.store",
+        "runner.trigger",
+    },
     "runner.worker": {
+        "runner.actions",
         "runner.catchup",
         "runner.config",
         "runner.entry",
@@ -329,6 +360,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.config",
         "runner.failed",
         "runner.lock",
+        "runner.log_follow",
         "runner.models",
         "runner.retention",
         "runner.store",
