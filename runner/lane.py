@@ -12,16 +12,12 @@ import asyncio
 import contextlib
 import logging
 import time
-import traceback
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from runner import claims, steps
-from runner.cancelling import Cancel, stop_step
 from runner.config import Config
 from runner.consumer import Consumer, QueueGone
-from runner.credentials import mask
 from runner.entry import RunEntry
 from runner.errors import describe
 from runner.events import repository_name
@@ -31,6 +27,7 @@ from runner.pipeline import Concurrency, Pipeline
 from runner.pipelines import PipelineSet, pipeline_file_exists
 from runner.queue import Queue
 from runner.reporter import Reporter
+from runner.run_steps import StepRunner
 from runner.store import Store
 from runner.waiting import Waiting
 
@@ -63,6 +60,7 @@ class Lane:
         # What records what the runs tell GitHub; None when runner has no GitHub credentials.
         self.reporter = reporter
         self.notifier = notifier
+        self.step_runner = StepRunner(store, config.stop_grace)
         self.last_known: Pipeline | None = pipelines.get(name)
         # Entries that made this lane fail, kept by the worker across the lane's restarts.
         self.crashes = crashes if crashes is not None else {}
@@ -252,7 +250,7 @@ class Lane:
                 log.note(f"run {interrupted_id} for the same entry was interrupted; this run does it again")
             # What arrives meanwhile is superseded, or cancels the run, at once.
             async with self.waiting.watching(name, entry, run_id) as cancel:
-                status, reason = await self._run_steps(pipeline, ctx, stop, cancel)
+                status, reason = await self.step_runner.run(pipeline, ctx, stop, cancel)
         except Exception as exc:
             log.note(f"the run could not go on: {describe(exc)}")
             raise
@@ -319,82 +317,3 @@ class Lane:
             on_commit=on_commit,
             group_file=self._run_file(run_id, ".pgid"),
         )
-
-    async def _run_steps(
-        self, pipeline: Pipeline, ctx: steps.RunContext, stop: asyncio.Event, cancel: Cancel
-    ) -> tuple[str, str | None]:
-        for position, spec in enumerate(pipeline.steps, start=1):
-            # What runner records and logs of a step (its name may be its command, its detail the reason
-            # it failed) never holds a URL's credentials.
-            name = mask(spec.name)
-            if cancel.is_set():
-                return "cancelled", cancel.reason
-            if stop.is_set():
-                return "cancelled", f"the worker stopped before step {position} ({name})"
-            if ctx.remaining() <= 0:
-                return (
-                    "failed",
-                    f"the run's time limit ({pipeline.timeout:.0f} s) was reached before step {position}",
-                )
-            ctx.log.note(f"step {position} ({name}) starts")
-            started = steps.now()
-            outcome = await self._run_step(spec, ctx, stop, cancel)
-            finished = steps.now()
-            if outcome.detail:
-                outcome.detail = mask(outcome.detail)
-            ctx.log.note(
-                f"step {position} ({name}) {outcome.status}"
-                + (f": {outcome.detail}" if outcome.detail else "")
-            )
-            await asyncio.to_thread(
-                self.store.record_step,
-                ctx.run_id,
-                position,
-                name,
-                outcome.status,
-                exit_code=outcome.exit_code,
-                detail=outcome.detail,
-                started_at=started,
-                finished_at=finished,
-            )
-            if outcome.status == "cancelled":
-                return "cancelled", cancel.reason or f"the worker stopped during step {position} ({name})"
-            if not outcome.ok:
-                what = "timed out" if outcome.status == "timed_out" else "failed"
-                return "failed", f"step {position} ({name}) {what}: {outcome.detail}"
-        return "succeeded", None
-
-    async def _run_step(
-        self, spec: Any, ctx: steps.RunContext, stop: asyncio.Event, cancel: Cancel
-    ) -> steps.Outcome:
-        """Run a step; once a stop is asked for, it gets the grace period, then it is cancelled. A cancel of
-        the run stops it at once (runner/cancelling.py), unless the step says ``cancel: false``.
-
-        An exception the step did not expect (an OSError from a directory it cannot make, a bug) fails
-        the step with its message; the traceback goes to the run's log.
-        """
-        task = asyncio.ensure_future(steps.run(spec, ctx))
-        stopping = asyncio.ensure_future(stop.wait())
-        cancelling = asyncio.ensure_future(cancel.wait() if spec.cancel else asyncio.Event().wait())
-        try:
-            await asyncio.wait({task, stopping, cancelling}, return_when=asyncio.FIRST_COMPLETED)
-            if not task.done() and not stop.is_set():
-                return await stop_step(task, ctx, self.config.stop_grace, cancel.reason)
-            if not task.done():
-                ctx.log.note(f"stop asked for: the step has {self.config.stop_grace:.0f} s to finish")
-                done, _ = await asyncio.wait({task}, timeout=self.config.stop_grace)
-                if not done:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-                    return steps.Outcome("cancelled", None, "killed: the worker stopped")
-            error = task.exception()
-            if error is None:
-                return task.result()
-            if not isinstance(error, Exception):
-                raise error
-            ctx.log.note("".join(traceback.format_exception(error)).rstrip())
-            return steps.Outcome("failed", None, f"{type(error).__name__}: {error}")
-        finally:
-            stopping.cancel()
-            cancelling.cancel()

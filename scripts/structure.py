@@ -277,9 +277,18 @@ ALLOWED: dict[str, set[str]] = {
         "runner.steps",
         "runner.store",
     },
+    # A run's steps, one after the other, for its lane.
+    "runner.run_steps": {
+        "runner.cancelling",
+        "runner.credentials",
+        "runner.pipeline",
+        "runner.steps",
+        "runner.store",
+    },
     "runner.lane": {
         "runner.github_reports",
         "runner.notifier",
+        "runner.run_steps",
         "runner.cancelling",
         "runner.claims",
         "runner.config",
