@@ -196,6 +196,10 @@ def test_a_failure_then_a_recovery_are_sent_and_a_second_success_sends_nothing(
     tail = failure["log_tail"]
     assert len(tail) == 10 and "log line 15" in tail[-2] and "log line 7" in tail[0], tail
     assert "step 2 (deploy) failed" in tail[-1]
+    # The receiver has the body before the notifier has recorded that it was sent.
+    wait_row(
+        rig, failed, lambda row: row.state == "sent", "the failure's notification to be recorded as sent"
+    )
     assert [(row.event, row.state, row.attempts) for row in rows(rig, failed)] == [("failure", "sent", 1)]
 
     (workdir / "fail").unlink()
@@ -336,8 +340,9 @@ def test_a_failure_is_e_mailed_through_the_smtp_server_with_a_one_line_subject(r
     text = mail.get_payload(decode=True).decode()
     assert "failed step: 2 (deploy)" in text and "log line 15" in text
     assert f"{PUBLIC_URL}/runs/{failed.id}" in text
-    [row] = rows(rig, failed)
-    assert (row.target, row.state) == ("email ops@example.com, dev@example.com", "sent")
+    row = wait_row(rig, failed, lambda row: row.state == "sent", "the e-mail to be recorded as sent")
+    assert [row.id for row in rows(rig, failed)] == [row.id]
+    assert row.target == "email ops@example.com, dev@example.com"
 
 
 # The keys, their checks and warnings ------------------------------------------------------------------------
@@ -525,5 +530,6 @@ def test_e_mail_over_smtps_logs_in_with_the_password_file_s_password(rig: Rig, t
     assert logins == [(b"deployer", b"s3cret-pass")]
     assert envelope.rcpt_tos == ["ops@example.com"]
     assert message_from_bytes(envelope.content)["From"] == f"runner@{socket.gethostname()}"
+    wait_row(rig, failed, lambda row: row.state == "sent", "the e-mail to be recorded as sent")
     assert [row.state for row in rows(rig, failed)] == ["sent"]
     assert "s3cret-pass" not in rig.workers[-1].output()

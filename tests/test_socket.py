@@ -173,8 +173,9 @@ def test_a_restart_on_the_passed_socket_refuses_no_delivery(
             time.sleep(1.0)
             assert server.stop() == 0, server.output()
             logs.append(server.output())
-            # Nothing serves now: what arrives waits in the backlog until the new process accepts it.
-            server = Activated(home, runner_env(home), listener.fileno(), "serve", *args)
+            # Nothing serves now: what arrives waits in the backlog until the new process accepts it. It is
+            # stopped only once it serves (a SIGTERM before its handlers are set ends it as a signal would).
+            server = start(home, listener, *args)
         time.sleep(1.5)
     finally:
         done.set()
