@@ -192,8 +192,9 @@ def _hostport(shown: str) -> str:
     return f"{match[1]}:{match[2]}" if match else shown.strip("'\"")
 
 
-def ssh_problem(stderr: Iterable[str], access: GitAccess) -> str | None:
-    """What ssh's messages say went wrong, with the fix; None when they say nothing runner knows."""
+def refusal(stderr: Iterable[str], access: GitAccess) -> str | None:
+    """What ssh's or git's messages say the remote refused, with the fix; None when they say nothing runner
+    knows of."""
     text = "\n".join(stderr)
     found = _UNKNOWN.search(text)
     if found:
@@ -216,5 +217,10 @@ def ssh_problem(stderr: Iterable[str], access: GitAccess) -> str | None:
         return (
             f"the remote refused the deploy key {access.ssh_key}: add its public key "
             f"(`ssh-keygen -y -f {access.ssh_key}`) to the repository's deploy keys"
+        )
+    if "Authentication failed for" in text and access.token_file is not None:
+        return (
+            f"the remote refused the token in {access.token_file}: it may have expired, or lack read access "
+            "to the repository's contents"
         )
     return None

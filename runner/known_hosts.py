@@ -48,7 +48,7 @@ GITHUB_KEYS = (
     "K2JGhn57K5mj0MNdBXA4/WnwH6XoPWJzK5Nyu2zB3nAZp+S5hpQs+p1vN1/wsjk=",
 )
 # A host name or address as ssh-keyscan takes it: never an option.
-_HOST = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.:-]*$")
+_HOST = re.compile(r"^(?!-)[A-Za-z0-9_.:-]+$")
 SCAN_TIMEOUT = 10
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from runner.config import Config
 from runner.credentials import CredentialsError, mask, split
-from runner.git_access import GitAccess, key_file_problem, others_may_read, ssh_problem, token_file_problem
+from runner.git_access import GitAccess, key_file_problem, others_may_read, refusal, token_file_problem
 from runner.pipeline import Pipeline, StepSpec
 
 LS_REMOTE_TIMEOUT = 60
@@ -103,5 +103,5 @@ def _ls_remote(remote: str, access: GitAccess, environ: Mapping[str, str]) -> st
     if done.returncode == 0:
         return None
     lines = done.stderr.splitlines()
-    said = ssh_problem(lines, access) or "; ".join(line.strip() for line in lines[-SHOWN_LINES:] if line)
+    said = refusal(lines, access) or "; ".join(line.strip() for line in lines[-SHOWN_LINES:] if line)
     return mask(f"git ls-remote {remote} failed: {said or f'exit status {done.returncode}'}")

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from runner.credentials import Credentials, CredentialsError, TokenFile, split
-from runner.git_access import AccessError, GitAccess, ssh_problem
+from runner.git_access import AccessError, GitAccess, refusal
 from runner.pipeline import StepSpec
 from runner.process import DEVNULL, spawn
 from runner.steps.base import COMMIT, REF, Capture, Outcome, RunContext, StepFailed, execute, step_timeout
@@ -73,7 +73,7 @@ async def _git(
         log=output,
         group_file=ctx.group_file,
     )
-    problem = ssh_problem(output.err, access) if access is not None and not outcome.ok else None
+    problem = refusal(output.err, access) if access is not None and not outcome.ok else None
     if problem:
         outcome.detail = problem
     return outcome
