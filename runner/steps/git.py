@@ -64,7 +64,8 @@ async def _git(
         env.update(credentials.git_env())
     via = " (with the remote's credentials, through a credential helper)" if credentials else ""
     ctx.log.note("$ git " + " ".join(shlex.quote(a) for a in args) + via)
-    output = Capture(ctx.log)
+    # A remote's refusal is read from what git (and ssh) said.
+    output = Capture(ctx.log) if access is not None else ctx.log
     outcome = await execute(
         ["git", *options, *args],
         cwd=cwd or ctx.workdir,
@@ -73,7 +74,9 @@ async def _git(
         log=output,
         group_file=ctx.group_file,
     )
-    problem = refusal(output.err, access) if access is not None and not outcome.ok else None
+    problem = None
+    if isinstance(output, Capture) and access is not None and not outcome.ok:
+        problem = refusal(output.err, access)
     if problem:
         outcome.detail = problem
     return outcome
@@ -156,9 +159,9 @@ async def _origin(
     remote = _remote(spec, ctx, access)
     if remote is None and (ctx.workdir / ".git").exists():
         # No remote named (a run triggered by hand): origin's URL, if it holds credentials, for the
-        # set-url below to take them out of .git/config.
+        # set-url below to take them out of .git/config; with a token file, for its token to be given.
         origin = (await _git_output(ctx, "remote", "get-url", "origin") or "").strip()
-        if "@" in origin:
+        if "@" in origin or (origin and access.token_file is not None):
             remote = origin
     if remote is None:
         return None, None
