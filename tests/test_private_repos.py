@@ -534,6 +534,26 @@ def test_a_token_file_clones_and_fetches_over_https_and_the_token_is_written_now
         assert_nowhere(TOKEN, home, run_id, home.path / "app")
         assert TOKEN not in step_detail(home, run_id, 1)
 
+        # A pipeline naming no remote fetches from the checkout's origin, with the token still.
+        home.pipeline(
+            "origin",
+            """
+            on:
+              repository: acme/app
+            workdir: app
+            steps:
+              - git: {token-file: token}
+              - run: cat version.txt
+            """,
+        )
+        third = repos.commit("version three")
+        seen = len(server.seen)
+        run_id = home.trigger("origin")
+        run = home.finished(run_id)
+        assert (run.status, run.commit) == ("succeeded", third), home.details(run_id)
+        assert "right" in server.seen[seen:], server.seen
+        assert_nowhere(TOKEN, home, run_id, home.path / "app")
+
         run_id = home.trigger("wrong")
         run = home.finished(run_id)
         assert run.status == "failed", home.details(run_id)
