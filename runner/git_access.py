@@ -76,13 +76,14 @@ class GitAccess:
     def ssh_command(self) -> str:
         """GIT_SSH_COMMAND: git runs it through a shell, so every word is quoted.
 
-        With a deploy key: that key only (-i, IdentitiesOnly), no agent, no ~/.ssh/config (-F /dev/null).
-        Always: runner's known_hosts only, strict (an unknown or changed host key ends the connection before
-        any key is offered), and never a prompt.
+        With a deploy key: that key only (IdentityFile, IdentitiesOnly), no agent, no ~/.ssh/config
+        (-F /dev/null). Always: runner's known_hosts only, strict (an unknown or changed host key ends the
+        connection before any key is offered), and never a prompt.
         """
         words = ["ssh"]
         if self.ssh_key is not None:
-            words += ["-F", "/dev/null", "-i", _escaped(self.ssh_key)]
+            # IdentityFile rather than -i: -i looks for the file before expanding its % tokens.
+            words += ["-F", "/dev/null", "-o", f"IdentityFile={_ssh_value(self.ssh_key)}"]
             words += ["-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none"]
         words += [
             "-o",
@@ -132,6 +133,7 @@ class GitAccess:
 
     def check_files(self) -> None:
         """Refuse a key or token file that ssh or git could not use, before git runs."""
+        self.ssh_command()  # a path ssh cannot be given raises here, not in the middle of a fetch
         if self.ssh_key is not None:
             problem = key_file_problem(self.ssh_key)
             if problem:

@@ -9,7 +9,14 @@ from pathlib import Path
 
 from runner.config import Config
 from runner.credentials import CredentialsError, mask, split
-from runner.git_access import GitAccess, key_file_problem, others_may_read, refusal, token_file_problem
+from runner.git_access import (
+    AccessError,
+    GitAccess,
+    key_file_problem,
+    others_may_read,
+    refusal,
+    token_file_problem,
+)
 from runner.pipeline import Pipeline, StepSpec
 
 LS_REMOTE_TIMEOUT = 60
@@ -81,7 +88,10 @@ def _ls_remote(remote: str, access: GitAccess, environ: Mapping[str, str]) -> st
         plain, credentials = split(remote)
     except CredentialsError as exc:
         return str(exc)
-    env = access.git_env(environ)
+    try:
+        env = access.git_env(environ)
+    except AccessError as exc:
+        return str(exc)
     options: list[str] = []
     given = access.token(plain, credentials.username if credentials else None) or credentials
     if given is not None:

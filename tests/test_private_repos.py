@@ -192,7 +192,7 @@ class Rig:
     def pipeline(self, name: str, key: str | None, submodules: bool = False) -> None:
         options = f"remote: {self.sshd.url(self.repos.app)}"
         if key:
-            options += f", ssh-key: {key}"
+            options += f', ssh-key: "{key}"'
         if submodules:
             options += ", submodules: true"
         self.home.pipeline(
@@ -297,7 +297,10 @@ def test_githubs_published_keys_are_those_of_its_fingerprints_and_setup_merges_t
 def test_a_deploy_key_clones_and_fetches_with_submodules_and_nothing_of_the_users_ssh(rig: Rig) -> None:
     assert rig.add_host().returncode == 0
     first = rig.repos.commit("version one")
-    rig.pipeline("app", "deploy-key", submodules=True)
+    # A path ssh would read otherwise: a space (a list of files to it) and a token (%h, the host's name).
+    (rig.home.path / "keys dir").mkdir()
+    shutil.copy(rig.home.path / "deploy-key", rig.home.path / "keys dir" / "deploy%h")
+    rig.pipeline("app", "keys dir/deploy%h", submodules=True)
     rig.home.up()
     mark = len(rig.sshd.log_text())
 
