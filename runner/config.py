@@ -151,6 +151,11 @@ class Config:
         return self.ui_users_file or self.home / "ui-users"
 
     @property
+    def known_hosts(self) -> Path:
+        """The ssh host keys git may connect to (runner's own, never the deploy user's ~/.ssh)."""
+        return self.home / "known_hosts"
+
+    @property
     def logs_dir(self) -> Path:
         return self.home / "logs"
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 # The userinfo of any URL in a text: a password may hold an unencoded "@", so up to the last "@" before
@@ -21,6 +22,13 @@ MASK = "***"
 HELPER = (
     '!f() { test "$1" = get || return 0; '
     'printf "username=%s\\npassword=%s\\n" "$RUNNER_GIT_USERNAME" "$RUNNER_GIT_PASSWORD"; }; f'
+)
+# The same, with the password read from a file at git's request (a token file): the token is in no
+# environment, no command line, no URL; only this helper's output, read by git. Its first line, without
+# a carriage return.
+FILE_HELPER = (
+    '!f() { test "$1" = get || return 0; printf "username=%s\\npassword=" "$RUNNER_GIT_USERNAME"; '
+    'head -n 1 -- "$RUNNER_GIT_TOKEN_FILE" | tr -d "\\r\\n"; printf "\\n"; }; f'
 )
 # Only these schemes take a username and password through git's credential helpers; the user of an
 # ssh:// URL is a login name, not a secret, and stays in it.
@@ -50,6 +58,27 @@ class Credentials:
             "RUNNER_GIT_USERNAME": self.username,
             "RUNNER_GIT_PASSWORD": self.password,
             # Wrong credentials fail at once instead of waiting for a terminal that is not there.
+            "GIT_TERMINAL_PROMPT": "0",
+        }
+
+
+@dataclass(frozen=True)
+class TokenFile:
+    """A token kept in a file, given to git for ``scope`` (scheme://host) only, read when git asks."""
+
+    username: str
+    path: Path
+    scope: str
+
+    def git_options(self) -> list[str]:
+        # The empty value drops every helper configured before; the one after it answers for the remote's
+        # host only, so that a submodule or a redirect elsewhere is never sent the token.
+        return ["-c", "credential.helper=", "-c", f"credential.{self.scope}.helper={FILE_HELPER}"]
+
+    def git_env(self) -> dict[str, str]:
+        return {
+            "RUNNER_GIT_USERNAME": self.username,
+            "RUNNER_GIT_TOKEN_FILE": str(self.path),
             "GIT_TERMINAL_PROMPT": "0",
         }
 

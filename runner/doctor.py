@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import sudo
+from runner import repo_checks, sudo
 from runner.config import Config
 from runner.pipeline import Pipeline
 from runner.pipelines import pipeline_files, validate
@@ -48,6 +48,10 @@ class Doctor:
         yield self.check_pipelines()
         yield from self.check_queues()
         yield from self.check_workdirs()
+        yield from (
+            Check(*found)
+            for found in repo_checks.check_repositories(self.config, self.pipelines, self.environ)
+        )
         yield from self.check_tools()
         yield from self.check_sites_dir()
         yield from self.check_sudo_rights()

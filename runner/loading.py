@@ -19,6 +19,7 @@ from yaml.nodes import MappingNode, ScalarNode
 from runner.checks import check_values, name_problem
 from runner.credentials import mask
 from runner.filters import Filter
+from runner.git_checks import check_git_access
 from runner.notify_checks import check_notify, notify_targets
 from runner.pipeline import (
     DEFAULT_EVENTS,
@@ -157,6 +158,7 @@ def load(path: Path, home: Path) -> tuple[list[Problem], Pipeline | None]:
     check_schema(doc)
     check_values(doc, home)
     check_notify(doc)
+    check_git_access(doc)
     if doc.problems:
         unique = dict.fromkeys(doc.problems)
         return sorted(unique, key=lambda p: (p.line, p.column)), None

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner import shipped
+from runner import known_hosts, shipped
 from runner.instance import PACKAGING, Instance, SetupError
 
 TEMPLATES = shipped.path(shipped.NGINX_TEMPLATES)
@@ -50,6 +50,7 @@ class Setup(Instance):
             raise SetupError(f"{self.user!r} is not a user name")
         self.ensure_user()
         self.ensure_directories()
+        self.ensure_known_hosts()
         self.ensure_secret_and_env()
         self.ensure_wrapper()
         self.ensure_sudoers()
@@ -129,6 +130,25 @@ class Setup(Instance):
         self._ensure_dir(self.home / "logs", uid, gid, 0o750)
         # Pipelines are configuration: the deploy user reads them (and may update them through a pipeline).
         self._ensure_dir(self.home / "pipelines", uid, gid, 0o750)
+
+    def ensure_known_hosts(self) -> None:
+        """GitHub's published host keys in runner's known_hosts, the file's other lines kept as they are."""
+        path = self.home / "known_hosts"
+        existing = b""
+        if path.exists():
+            read = _read_plain_file(path)
+            if read is None:
+                raise SetupError(f"{path} is not a plain file: move it away and run setup again")
+            existing = read
+        merged = known_hosts.merge(existing.decode(errors="replace"), known_hosts.GITHUB_KEYS)
+        if merged is None:
+            self._ok(f"{path} holds GitHub's host keys")
+            return
+        uid, gid = self._ids()
+        self._change(
+            f"add GitHub's host keys to {path}",
+            lambda: _write_file(path, merged.encode(), uid, gid, 0o644),
+        )
 
     def _web_uid(self) -> int:
         try:

@@ -35,6 +35,7 @@ from pathlib import Path
 import pytest
 from support import ROOT, Account, require
 
+from runner.known_hosts import GITHUB_KEYS
 from runner.setup import Setup
 
 PACKAGED_WRAPPER = ROOT / "packaging" / "libexec" / "runner-certbot"
@@ -287,6 +288,9 @@ def test_setup_creates_the_user_directories_secret_wrapper_sudoers_acls_and_unit
 
     for path in ("", "queues", "logs", "pipelines"):
         owned(fresh.home / path, (uid, gid), 0o750, stat.S_IFDIR)
+    # The host keys git over ssh may accept: GitHub's published ones, for a start.
+    owned(fresh.home / "known_hosts", (uid, gid), 0o644)
+    assert (fresh.home / "known_hosts").read_text().splitlines() == list(GITHUB_KEYS)
     # The webhook endpoint's own user, and the main queue it writes: setgid, so that the deploy user's
     # group reads and removes the entries.
     web = pwd.getpwnam(f"{fresh.name}-web")

@@ -2,6 +2,8 @@
 
 A remote's credentials (``https://x-access-token:TOKEN@github.com/...``) never reach git's configuration or
 the run's log: git is given the URL without them and asks for them through runner/credentials.py's helper.
+Every git that talks to the remote (clone, fetch, submodules) does so as runner/git_access.py says: a deploy
+key and runner's own known_hosts over ssh, a token file's token over HTTPS.
 """
 
 from __future__ import annotations
@@ -10,14 +12,24 @@ import shlex
 from collections.abc import Mapping
 from pathlib import Path
 
-from runner.credentials import Credentials, CredentialsError, split
+from runner.credentials import Credentials, CredentialsError, TokenFile, split
+from runner.git_access import AccessError, GitAccess, refusal
 from runner.pipeline import StepSpec
 from runner.process import DEVNULL, spawn
-from runner.steps.base import COMMIT, REF, Outcome, RunContext, StepFailed, execute, step_timeout
+from runner.steps.base import COMMIT, REF, Capture, Outcome, RunContext, StepFailed, execute, step_timeout
 from runner.templating import render
 
 
-def _remote(spec: StepSpec, ctx: RunContext) -> str | None:
+def _access(spec: StepSpec, ctx: RunContext) -> GitAccess:
+    access = GitAccess.from_args(spec.args, ctx.home, ctx.config.known_hosts)
+    try:
+        access.check_files()
+    except AccessError as exc:
+        raise StepFailed(str(exc)) from None
+    return access
+
+
+def _remote(spec: StepSpec, ctx: RunContext, access: GitAccess) -> str | None:
     configured = (spec.args or {}).get("remote")
     if configured:
         remote = render(configured, ctx.template_context())
@@ -26,8 +38,10 @@ def _remote(spec: StepSpec, ctx: RunContext) -> str | None:
             remote = str(ctx.home / remote)
         return remote
     repository = ctx.event.get("repository") if isinstance(ctx.event, Mapping) else None
-    if isinstance(repository, Mapping) and isinstance(repository.get("clone_url"), str):
-        return repository["clone_url"]
+    # A deploy key is for the repository's ssh URL (git@github.com:owner/name.git), a token for HTTPS.
+    field = "ssh_url" if access.ssh_key is not None else "clone_url"
+    if isinstance(repository, Mapping) and isinstance(repository.get(field), str):
+        return repository[field]
     return None
 
 
@@ -36,24 +50,36 @@ async def _git(
     spec: StepSpec,
     *args: str,
     cwd: Path | None = None,
-    credentials: Credentials | None = None,
+    credentials: Credentials | TokenFile | None = None,
+    access: GitAccess | None = None,
 ) -> Outcome:
-    """Run ``git ARGS``; with ``credentials``, git may answer the remote's request for them."""
+    """Run ``git ARGS``; with ``access``, as a git that talks to the remote (and, with ``credentials``,
+    may answer its request for them); ssh's refusals become the outcome's detail."""
     env = ctx.env_for(spec)
     options: list[str] = []
+    if access is not None:
+        env = access.git_env(env)
     if credentials is not None:
         options = credentials.git_options()
         env.update(credentials.git_env())
     via = " (with the remote's credentials, through a credential helper)" if credentials else ""
     ctx.log.note("$ git " + " ".join(shlex.quote(a) for a in args) + via)
-    return await execute(
+    # A remote's refusal is read from what git (and ssh) said.
+    output = Capture(ctx.log) if access is not None else ctx.log
+    outcome = await execute(
         ["git", *options, *args],
         cwd=cwd or ctx.workdir,
         env=env,
         timeout=step_timeout(spec, ctx),
-        log=ctx.log,
+        log=output,
         group_file=ctx.group_file,
     )
+    problem = None
+    if isinstance(output, Capture) and access is not None and not outcome.ok:
+        problem = refusal(output.err, access)
+    if problem:
+        outcome.detail = problem
+    return outcome
 
 
 async def _git_output(ctx: RunContext, *args: str) -> str | None:
@@ -69,15 +95,20 @@ async def _git_output(ctx: RunContext, *args: str) -> str | None:
 async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
     """Clone if missing, fetch, and check out exactly the pushed commit (detached)."""
     _check_target(ctx)
-    remote, credentials = await _origin(spec, ctx)
-    failed = await _clone_or_set_url(spec, ctx, remote, credentials)
+    access = _access(spec, ctx)
+    remote, credentials = await _origin(spec, ctx, access)
+    failed = await _clone_or_set_url(spec, ctx, remote, credentials, access)
     if failed is None:
-        failed = await _fetch(spec, ctx, credentials)
+        failed = await _fetch(spec, ctx, credentials, access)
     if failed is not None:
         return failed
     outcome = await _git(ctx, spec, "checkout", "--force", "--detach", ctx.commit)
     if not outcome.ok:
         return outcome
+    if (spec.args or {}).get("submodules"):
+        outcome = await _submodules(spec, ctx, credentials, access)
+        if not outcome.ok:
+            return outcome
     if (spec.args or {}).get("clean"):
         outcome = await _git(ctx, spec, "clean", "-ffdx")
         if not outcome.ok:
@@ -100,26 +131,60 @@ def _check_target(ctx: RunContext) -> None:
         raise StepFailed("nothing to check out: the run has neither a ref nor a commit")
 
 
-async def _origin(spec: StepSpec, ctx: RunContext) -> tuple[str | None, Credentials | None]:
+async def _submodules(
+    spec: StepSpec, ctx: RunContext, credentials: Credentials | TokenFile | None, access: GitAccess
+) -> Outcome:
+    """The checked-out commit's submodules, as it records them, fetched the way origin is."""
+    outcome = await _git(ctx, spec, "submodule", "sync", "--recursive")
+    if not outcome.ok:
+        return outcome
+    return await _git(
+        ctx,
+        spec,
+        "submodule",
+        "update",
+        "--init",
+        "--recursive",
+        "--force",
+        credentials=credentials,
+        access=access,
+    )
+
+
+async def _origin(
+    spec: StepSpec, ctx: RunContext, access: GitAccess
+) -> tuple[str | None, Credentials | TokenFile | None]:
     """The remote to clone from or to set as origin (None: leave origin as it is), without its
-    credentials, and those credentials."""
-    remote = _remote(spec, ctx)
+    credentials, and those credentials (a URL's, or the token file's)."""
+    remote = _remote(spec, ctx, access)
     if remote is None and (ctx.workdir / ".git").exists():
         # No remote named (a run triggered by hand): origin's URL, if it holds credentials, for the
-        # set-url below to take them out of .git/config.
+        # set-url below to take them out of .git/config; with a token file, for its token to be given.
         origin = (await _git_output(ctx, "remote", "get-url", "origin") or "").strip()
-        if "@" in origin:
+        if "@" in origin or (origin and access.token_file is not None):
             remote = origin
     if remote is None:
         return None, None
+    problem = access.remote_problem(remote)
+    if problem:
+        raise StepFailed(problem)
     try:
-        return split(remote)
+        plain, credentials = split(remote)
     except CredentialsError as exc:
         raise StepFailed(str(exc)) from None
+    if access.token_file is None:
+        return plain, credentials
+    if credentials is not None and credentials.password:
+        raise StepFailed("the remote's URL holds a password and the step names a token-file: keep one")
+    return plain, access.token(plain, credentials.username if credentials else None)
 
 
 async def _clone_or_set_url(
-    spec: StepSpec, ctx: RunContext, remote: str | None, credentials: Credentials | None
+    spec: StepSpec,
+    ctx: RunContext,
+    remote: str | None,
+    credentials: Credentials | TokenFile | None,
+    access: GitAccess,
 ) -> Outcome | None:
     """A checkout whose origin is ``remote``, cloned if there is none yet; the failed git's outcome, or
     None."""
@@ -140,6 +205,7 @@ async def _clone_or_set_url(
             str(workdir),
             cwd=workdir.parent,
             credentials=credentials,
+            access=access,
         )
     elif remote is not None:
         # Also takes out of .git/config the credentials a URL put there before they were kept out of it.
@@ -149,7 +215,9 @@ async def _clone_or_set_url(
     return None if outcome.ok else outcome
 
 
-async def _fetch(spec: StepSpec, ctx: RunContext, credentials: Credentials | None) -> Outcome | None:
+async def _fetch(
+    spec: StepSpec, ctx: RunContext, credentials: Credentials | TokenFile | None, access: GitAccess
+) -> Outcome | None:
     """Fetch the run's ref and settle its commit (the ref's, when the run names none); the failed git's
     outcome, or None."""
     if ctx.ref is not None:
@@ -162,6 +230,7 @@ async def _fetch(spec: StepSpec, ctx: RunContext, credentials: Credentials | Non
             "origin",
             f"+{ctx.ref}:{_tracking(ctx.ref)}",
             credentials=credentials,
+            access=access,
         )
         if not outcome.ok:
             return outcome
@@ -176,7 +245,9 @@ async def _fetch(spec: StepSpec, ctx: RunContext, credentials: Credentials | Non
             await ctx.on_commit(ctx.commit)
     if await _git_output(ctx, "cat-file", "-e", f"{ctx.commit}^{{commit}}") is None:
         # Not reachable from the ref (a force-push since?): ask for the commit itself.
-        outcome = await _git(ctx, spec, "fetch", "--no-tags", "origin", ctx.commit, credentials=credentials)
+        outcome = await _git(
+            ctx, spec, "fetch", "--no-tags", "origin", ctx.commit, credentials=credentials, access=access
+        )
         if not outcome.ok:
             raise StepFailed(f"commit {ctx.commit} is not on the remote")
     return None
