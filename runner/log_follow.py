@@ -227,13 +227,18 @@ def follow(
 
 
 async def follow_async(
-    path: Path, offset: int, ended: Callable[[], bool], idle_check: float = IDLE_CHECK
+    path: Path,
+    offset: int,
+    ended: Callable[[], bool],
+    idle_check: float = IDLE_CHECK,
+    follower: LogFollower | None = None,
 ) -> AsyncIterator[list[Line]]:
     """The lines of ``path`` as :func:`follow` finds them, a batch at a time, without blocking the event
     loop: ``ended`` runs in a thread (it asks the database). Closing the iterator (the client went) ends
-    it."""
+    it. ``follower``: one of ``path`` from ``offset`` the caller opened already (to know it could), closed
+    here as one of its own would be."""
     loop = asyncio.get_running_loop()
-    with LogFollower(path, offset) as follower:
+    with follower or LogFollower(path, offset) as follower:
         state = _Follow(follower, idle_check)
         while True:
             found = state.lines()

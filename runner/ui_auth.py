@@ -3,6 +3,11 @@
 The users file (RUNNER_UI_USERS_FILE, default ``$RUNNER_HOME/ui-users``) holds ``NAME:BCRYPT_HASH`` lines
 (see runner/ui_users.py). It is read at request time, so a file created or changed later counts without a
 restart; no file, no page (404). An authenticated request carries ``scope["ui_user"]``.
+
+A client is known by its address: behind nginx on the same host (a loopback peer) that is the address
+nginx appended to X-Forwarded-For, as the README's location sets it; otherwise the peer's own. Its failed
+logins are slowed down, and its checks made one at a time, so that parallel requests guess no faster and
+one client cannot take every bcrypt check of the process from the others.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import ipaddress
 import logging
 import os
 import secrets
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,12 +115,21 @@ class UsersFile:
             self._remembered.clear()
         return True
 
+    def _remember_key(self, name: str, password: str) -> bytes:
+        # The name's length first: no other name and password make the same message.
+        message = f"{len(name)}:{name}:{password}".encode()
+        return hmac.new(self._key, message, hashlib.sha256).digest()
+
+    def remembered(self, name: str, password: str) -> bool:
+        """Whether this name and password were checked good lately (and the file has not changed since)."""
+        until = self._remembered.get(self._remember_key(name, password))
+        return until is not None and until > time.monotonic()
+
     async def check(self, name: str, password: str) -> bool:
-        key = hmac.new(self._key, f"{name}\0{password}".encode(), hashlib.sha256).digest()
-        now = time.monotonic()
-        until = self._remembered.get(key)
-        if until is not None and until > now:
+        if self.remembered(name, password):
             return True
+        key = self._remember_key(name, password)
+        now = time.monotonic()
         hashed = self._users.get(name)
         async with self._checking:
             # In a thread: a bcrypt check would stop every other request of this process meanwhile.
@@ -156,6 +172,55 @@ class Failures:
         self._by_address.pop(address, None)
 
 
+class Turns:
+    """One check (and its failure's delay) at a time per client; the others of that client wait their turn.
+    Only clients with a request waiting are kept."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def of(self, client: str) -> AsyncIterator[None]:
+        lock, waiting = self._locks.get(client, (asyncio.Lock(), 0))
+        self._locks[client] = (lock, waiting + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, waiting = self._locks[client]
+            if waiting == 1:
+                del self._locks[client]
+            else:
+                self._locks[client] = (lock, waiting - 1)
+
+    def __len__(self) -> int:
+        return len(self._locks)
+
+
+def _loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def client_address(scope: Scope) -> str:
+    """The client's address: the peer's, or, when the peer is a proxy on this host (loopback), the last
+    address of X-Forwarded-For, which that proxy appended (nginx's ``$proxy_add_x_forwarded_for``); the
+    ones before it are the client's to say, and not believed."""
+    peer = scope["client"][0] if scope.get("client") else "?"
+    if not _loopback(peer):
+        return peer
+    forwarded = [value for name, value in scope.get("headers", []) if name == b"x-forwarded-for"]
+    if not forwarded:
+        return peer
+    last = forwarded[-1].decode("latin-1").rsplit(",", 1)[-1].strip()
+    try:
+        return str(ipaddress.ip_address(last))
+    except ValueError:
+        return peer
+
+
 def credentials(scope: Scope) -> tuple[str, str] | None:
     """The name and password of the request's Basic Authorization header, or None."""
     for name, value in scope.get("headers", []):
@@ -189,6 +254,7 @@ class BasicAuth:
         self.app = app
         self.users = users
         self.failures = Failures()
+        self.turns = Turns()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -198,22 +264,37 @@ class BasicAuth:
             await _answer(send, 404, b"Not Found", [])
             return
         given = credentials(scope)
-        address = scope["client"][0] if scope.get("client") else "?"
-        if given is not None and await self.users.check(*given):
-            self.failures.forget(address)
-            scope["ui_user"] = given[0]
-            await self.app(scope, receive, send)
+        if given is None:
+            await _answer(send, 401, b"Unauthorized: log in", [(b"www-authenticate", CHALLENGE)])
             return
-        if given is not None:
-            count, delay = self.failures.record(address)
-            # The name is shown as repr: it comes from the client and could hold a line break.
-            logger.warning(
-                "failed login to the status page from %s as %r (failure %d in a row, answered after %.1f s)",
-                address,
-                given[0],
-                count,
-                delay,
-            )
-            # Only this request waits: the others of the process go on meanwhile.
-            await asyncio.sleep(delay)
+        address = client_address(scope)
+        if self.users.remembered(*given):
+            await self._let_in(scope, receive, send, given[0], address)
+            return
+        async with self.turns.of(address):
+            good = await self.users.check(*given)
+            if not good:
+                await self._refuse(send, given[0], address)
+        if good:
+            await self._let_in(scope, receive, send, given[0], address)
+
+    async def _let_in(self, scope: Scope, receive: Receive, send: Send, name: str, address: str) -> None:
+        self.failures.forget(address)
+        scope["ui_user"] = name
+        await self.app(scope, receive, send)
+
+    async def _refuse(self, send: Send, name: str, address: str) -> None:
+        """A failed login's answer, after its delay: within the client's turn, so that its next request
+        is checked only after this one is answered."""
+        count, delay = self.failures.record(address)
+        # The name is shown as repr: it comes from the client and could hold a line break.
+        logger.warning(
+            "failed login to the status page from %s as %r (failure %d in a row, answered after %.1f s)",
+            address,
+            name,
+            count,
+            delay,
+        )
+        # Only this client waits: the other clients of the process go on meanwhile.
+        await asyncio.sleep(delay)
         await _answer(send, 401, b"Unauthorized: log in", [(b"www-authenticate", CHALLENGE)])

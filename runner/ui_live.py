@@ -5,7 +5,8 @@ an event per line whose id is the offset after it, so that a browser that reconn
 then an ``end`` event with how the run ended. ``{ui}/events`` sends a ``run`` event whenever a run of this
 server starts or ends (runner/run_events.py: one watch a process, whatever the number of clients). Both
 send a comment now and then so that proxies keep them open, and end when the server stops: Hypercorn's
-shutdown then waits for no stream.
+shutdown then waits for no stream. A process follows MAX_LOG_STREAMS logs at once at most (each holds an
+inotify instance, of which a user has few); one more is refused (503) before its stream starts.
 """
 
 from __future__ import annotations
@@ -13,18 +14,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator
+import logging
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from runner.config import Config
-from runner.log_follow import Line, follow_async
+from runner.log_follow import Line, LogFollower, follow_async
 from runner.models import Run
 from runner.run_events import RunEvent, RunWatch
 from runner.store import Store
+
+logger = logging.getLogger(__name__)
 
 # A comment this often keeps proxies (nginx's proxy_read_timeout is 60 s by default) from closing a stream.
 HEARTBEAT = 15.0
@@ -32,6 +37,9 @@ OPEN = ("queued", "running")
 STREAM_HEADERS = {"X-Accel-Buffering": "no", "Cache-Control": "no-store"}
 # An offset beyond any log's: a bigger Last-Event-ID is no offset of ours.
 MAX_OFFSET = 2**62
+# Logs a process follows at once. Each follow holds an inotify instance, and a user has 128 by default
+# (fs.inotify.max_user_instances), which the worker's queues need too where web and worker are one user.
+MAX_LOG_STREAMS = 16
 
 
 def sse(data: str, event: str | None = None, event_id: str | None = None) -> str:
@@ -47,6 +55,15 @@ def sse(data: str, event: str | None = None, event_id: str | None = None) -> str
 
 def _lines(batch: list[Line]) -> str:
     return "".join(sse(line.text.decode(errors="replace"), event_id=str(line.end)) for line in batch)
+
+
+def _busy(why: str) -> Response:
+    # EventSource does not reconnect after an answer that is not 200: the page says the log is not followed.
+    return PlainTextResponse(
+        f"{why}: close a page that follows one, or reload in a while\n",
+        status_code=503,
+        headers={"Retry-After": "30"},
+    )
 
 
 def run_log_path(config: Config, store: Store, run: Run) -> Path | None:
@@ -70,6 +87,21 @@ def _offset(request: Request) -> int | None:
     return int(raw)
 
 
+class _Held(StreamingResponse):
+    """A stream that lets go of what it holds (``release``) once it is over, however it ends: also when it
+    never started (the client went before)."""
+
+    def __init__(self, content: AsyncIterator[str], release: Callable[[], None], **options: Any) -> None:
+        super().__init__(content, **options)
+        self.release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
 class LiveStreams:
     """The live routes of the status page, with the run watch they share and the event that ends them."""
 
@@ -79,6 +111,8 @@ class LiveStreams:
         self.watch = RunWatch(config.logs_dir, self._status_of)
         # Set when the server stops: every stream ends then.
         self.stopping = asyncio.Event()
+        # The logs followed now, by their streams.
+        self.following: set[LogFollower] = set()
 
     def stop_with(self, event: asyncio.Event) -> None:
         """End the streams when ``event`` (the server's shutdown) is set."""
@@ -107,15 +141,33 @@ class LiveStreams:
                 "Last-Event-ID (or from) is not a byte offset of the log\n", status_code=400
             )
         path = run_log_path(self.config, self.store, run)
-        return StreamingResponse(
-            self._beating(self._log_events(run, path, offset)),
+        follower = None
+        if path is not None:
+            if len(self.following) >= MAX_LOG_STREAMS:
+                return _busy(f"{MAX_LOG_STREAMS} live logs are followed on this server process already")
+            try:
+                follower = LogFollower(path, offset)
+            except OSError as exc:  # out of inotify instances or watches: the user's, shared
+                logger.warning("cannot follow the log of run %d: %s", run.id, exc.strerror or exc)
+                return _busy(f"the log cannot be followed just now ({exc.strerror or type(exc).__name__})")
+            self.following.add(follower)
+        return _Held(
+            self._beating(self._log_events(run, follower)),
+            lambda: self._let_go(follower),
             media_type="text/event-stream; charset=utf-8",
             headers=STREAM_HEADERS,
         )
 
-    async def _log_events(self, run: Run, path: Path | None, offset: int) -> AsyncGenerator[str, None]:
-        if path is not None:
-            lines = follow_async(path, offset, lambda: self._ended(run.id))
+    def _let_go(self, follower: LogFollower | None) -> None:
+        if follower is not None:
+            follower.close()
+            self.following.discard(follower)
+
+    async def _log_events(self, run: Run, follower: LogFollower | None) -> AsyncGenerator[str, None]:
+        if follower is not None:
+            lines = follow_async(
+                follower.path, follower.offset, lambda: self._ended(run.id), follower=follower
+            )
             try:
                 async for batch in lines:
                     yield _lines(batch)

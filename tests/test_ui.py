@@ -506,3 +506,12 @@ def test_runs_and_deliveries_of_every_server_sharing_the_database(
     assert sorted(re.findall(r'<td class="server">(\w+)</td>', deliveries)) == ["here", "there"]
     only = request(server.port, "/deliveries?server=here", auth).text
     assert re.findall(r'<td class="server">(\w+)</td>', only) == ["here"]
+
+
+def test_behind_nginx_a_failed_login_names_the_forwarded_client(site: Site) -> None:
+    before = len(site.server.output())
+    # As the README's location sends it: the client's address appended to what the client said.
+    answer = site.get("/", auth=(USER, "wrong"), **{"X-Forwarded-For": "10.0.0.1, 198.51.100.23"})
+    assert answer.status == 401
+    logged = site.server.output()[before:]
+    assert "failed login to the status page from 198.51.100.23 as 'alice' (failure 1 in a row" in logged

@@ -43,6 +43,7 @@ from runner.models import ActionRecord
 from runner.queue import Queue
 from runner.store import Store
 from runner.ui_actions import CsrfTokens
+from runner.ui_live import MAX_LOG_STREAMS
 
 USER, PASSWORD = "alice", "correct horse"
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
@@ -345,6 +346,36 @@ def test_the_log_stream_refuses_a_bad_offset_and_an_unknown_run(home: Home) -> N
     connection.request("GET", "/runs/1/log/stream")
     assert connection.getresponse().status == 401
     connection.close()
+
+
+def test_a_process_follows_a_bounded_number_of_logs_and_refuses_one_more_until_they_end(home: Home) -> None:
+    # Each follow holds an inotify instance: a user's 128 would otherwise go to one page's client, and the
+    # worker's queues (the same user under runner up) could no longer be watched.
+    server = Server(home.path, home.env, command="up")
+    run_id = home.trigger("--ref", "main")
+    streams = [EventStream(server, f"/runs/{run_id}/log/stream") for _ in range(MAX_LOG_STREAMS)]
+    for stream in streams:
+        stream.until(lambda e: _out(e) == "first line")
+    connection = server.connection()
+    connection.request("GET", f"/runs/{run_id}/log/stream", headers={"Authorization": AUTH})
+    refused = connection.getresponse()
+    # Not read before it is known to be refused: a stream served instead would never end.
+    assert refused.status == 503, refused.getheaders()
+    assert refused.getheader("Retry-After") == "30"
+    assert f"{MAX_LOG_STREAMS} live logs are followed on this server process".encode() in refused.read()
+    connection.close()
+    # The page itself, and the events, are not refused.
+    events = EventStream(server, "/events")
+    home.open_gate(1)
+    home.open_gate(2)
+    for stream in streams:
+        stream.until(lambda e: e.get("event") == "end")
+        assert stream.next() is None
+        stream.close()
+    events.until(lambda e: e.get("event") == "run" and json.loads(e["data"])["status"] == "succeeded")
+    # Their ends let go of their follows: a new stream is served again.
+    again = EventStream(server, f"/runs/{run_id}/log/stream")
+    assert json.loads(again.until(lambda e: e.get("event") == "end")[-1]["data"])["status"] == "succeeded"
 
 
 def test_events_tell_a_run_starting_and_ending(home: Home) -> None:
