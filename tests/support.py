@@ -45,6 +45,15 @@ GIT_ENV = {
 }
 
 
+def git(*args: str | Path, cwd: Path | None = None) -> str:
+    """``git ARGS`` as the tests' author and committer, with no system or global configuration; its output."""
+    done = subprocess.run(
+        ["git", *map(str, args)], cwd=cwd, env={**os.environ, **GIT_ENV}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, f"git {' '.join(map(str, args))}: {done.stderr}"
+    return done.stdout.strip()
+
+
 def require(condition: bool, reason: str) -> None:
     """A test that needs a real component: under CI its absence is a failure, elsewhere a skip."""
     if condition:

@@ -29,10 +29,10 @@ from typing import Any
 import pytest
 from support import (
     FINISHED,
-    GIT_ENV,
     PAYLOADS,
     Server,
     alive,
+    git,
     postgres_database,
     run_cli,
     runner_env,
@@ -397,14 +397,6 @@ def test_steps_see_the_runs_values_and_none_of_runners_settings(tmp_path: Path) 
 
 
 # 5. Credentials in a remote's URL ----------------------------------------------------------------------
-
-
-def git(*args: str | Path, cwd: Path | None = None) -> str:
-    done = subprocess.run(
-        ["git", *map(str, args)], cwd=cwd, env={**os.environ, **GIT_ENV}, capture_output=True, text=True
-    )
-    assert done.returncode == 0, f"git {' '.join(map(str, args))}: {done.stderr}"
-    return done.stdout.strip()
 
 
 class GitOverHTTP:

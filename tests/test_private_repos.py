@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 from support import GIT_ENV, register, require, run_cli, stop_process, wait_for
+from support import git as support_git
 from test_isolation import Home, assert_nowhere, step_output
 
 from runner import known_hosts
@@ -32,16 +33,8 @@ SSHD = "/usr/sbin/sshd"
 
 
 def git(*args: str | Path, cwd: Path | None = None) -> str:
-    done = subprocess.run(
-        ["git", "-c", "protocol.file.allow=always", *map(str, args)],
-        cwd=cwd,
-        env={**os.environ, **GIT_ENV},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, f"git {' '.join(map(str, args))}: {done.stderr}"
-    return done.stdout.strip()
+    # Submodules over file paths: git refuses the file protocol for them by default.
+    return support_git("-c", "protocol.file.allow=always", *args, cwd=cwd)
 
 
 def keypair(path: Path) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from support import GIT_ENV, ROOT, SECRET, free_port, wait_for
+from support import ROOT, SECRET, free_port, git, wait_for
 
 # The top-level directories the wheel must carry, and where they go in it.
 SHIPPED = ("schema", "migrations", "templates/nginx", "packaging")
@@ -59,14 +59,6 @@ def source_files() -> list[str]:
         check=True,
     )
     return [name for name in listed.stdout.decode().split("\0") if name and (ROOT / name).is_file()]
-
-
-def git(*args: str | Path, cwd: Path | None = None) -> str:
-    done = subprocess.run(
-        ["git", *map(str, args)], cwd=cwd, env={**os.environ, **GIT_ENV}, capture_output=True, text=True
-    )
-    assert done.returncode == 0, f"git {args}: {done.stderr}"
-    return done.stdout.strip()
 
 
 @pytest.fixture(scope="module")

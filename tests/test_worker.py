@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import re
 import shlex
 import signal
@@ -24,12 +23,12 @@ from typing import Any
 import pytest
 from support import (
     FINISHED,
-    GIT_ENV,
     PAYLOADS,
     Server,
     WorkerProcess,
     alive,
     failed_names,
+    git,
     run_cli,
     runner_env,
     wait_for,
@@ -59,19 +58,6 @@ def read_pid(path: Path) -> int | None:
 
 
 # Git -------------------------------------------------------------------------------------------------------
-
-
-def git(*args: str | Path, cwd: Path | None = None) -> str:
-    done = subprocess.run(
-        ["git", *map(str, args)],
-        cwd=cwd,
-        env={**os.environ, **GIT_ENV},
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert done.returncode == 0, f"git {' '.join(map(str, args))}: {done.stderr}"
-    return done.stdout.strip()
 
 
 class GitRepo:

@@ -9,13 +9,11 @@ from __future__ import annotations
 
 import base64
 import http.client
-import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import bcrypt
-from support import GIT_ENV, Server, free_port, run_cli, runner_env, wait_for
+from support import Server, free_port, git, run_cli, runner_env, wait_for
 
 from runner.models import Run
 from runner.store import Store
@@ -52,14 +50,6 @@ steps:
   - name: never
     run: echo never
 """
-
-
-def git(*args: str | Path, cwd: Path | None = None) -> str:
-    done = subprocess.run(
-        ["git", *map(str, args)], cwd=cwd, env={**os.environ, **GIT_ENV}, capture_output=True, text=True
-    )
-    assert done.returncode == 0, f"git {args}: {done.stderr}"
-    return done.stdout.strip()
 
 
 def write_users(path: Path, users: dict[str, str]) -> None:
