@@ -51,12 +51,13 @@ HOLD = "hold"
 
 
 class Receiver:
-    """A webhook: keeps each request's path and JSON body; answers 200, or what ``answers`` says next (a
-    status, or HOLD: keep the request unanswered until ``release``, then answer 500)."""
+    """A webhook: keeps each request's path and JSON body; answers 200, or what ``answers[path]`` says next
+    for that path (a status, or HOLD: keep the request unanswered until ``release``, then answer 500). Per
+    path, since a run's targets are sent side by side and may arrive in either order."""
 
     def __init__(self) -> None:
         self.requests: list[tuple[str, Any]] = []
-        self.answers: list[int | str] = []
+        self.answers: dict[str, list[int | str]] = {}
         self.holding = threading.Event()
         self.released = threading.Event()
         self.lock = threading.Lock()
@@ -67,7 +68,8 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 with receiver.lock:
                     receiver.requests.append((self.path, json.loads(body)))
-                    answer = receiver.answers.pop(0) if receiver.answers else 200
+                    queued = receiver.answers.get(self.path)
+                    answer = queued.pop(0) if queued else 200
                 if answer == HOLD:
                     receiver.holding.set()
                     receiver.released.wait(60)
@@ -262,7 +264,7 @@ def test_on_success_and_the_formats_keep_a_commit_message_inert_and_a_webhook_fi
 def test_a_hanging_receiver_delays_no_run_nor_other_target_and_its_attempt_is_recorded_then_retried(
     rig: Rig, receiver: Receiver
 ) -> None:
-    receiver.answers = [HOLD]
+    receiver.answers = {"/slow": [HOLD]}
     notify = f"  - webhook: {receiver.url('/slow')}\n  - webhook: {receiver.url('/fast')}"
     workdir = setup(rig, notify)
     (workdir / "fail").touch()
@@ -289,7 +291,7 @@ def test_a_hanging_receiver_delays_no_run_nor_other_target_and_its_attempt_is_re
 def test_a_receiver_answering_500_has_the_attempt_recorded_with_its_error_and_retried(
     rig: Rig, receiver: Receiver
 ) -> None:
-    receiver.answers = [500]
+    receiver.answers = {"/hook": [500]}
     workdir = setup(rig, f"  - webhook: {receiver.url('/hook')}")
     (workdir / "fail").touch()
     failed = deploy(rig, 1, "failed")
