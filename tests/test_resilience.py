@@ -368,6 +368,10 @@ def test_a_crash_between_forwarding_and_recording_makes_no_second_run(rig: Rig) 
 
 def test_every_run_is_settled_after_a_kill(rig: Rig) -> None:
     slow = rig.tmp / "slow.runs"
+    # The step waits (30 s at most) while this file is there: the killed run's step, left running, must be
+    # stopped by the next worker before it writes its record, however slow the machine.
+    hold = rig.tmp / "hold"
+    hold.touch()
     rig.pipeline(
         "slow",
         """
@@ -376,10 +380,13 @@ def test_every_run_is_settled_after_a_kill(rig: Rig) -> None:
         # Every entry waits its turn: none is superseded by the one behind it.
         concurrency: {queue: all}
         steps:
-          - run: echo begin; sleep 2; echo {{ run_id }} >> <RECORD>
+          - run: >-
+              echo begin; for i in $(seq 300); do test -e <HOLD> || break; sleep 0.1; done;
+              echo {{ run_id }} >> <RECORD>
         """,
         WORKDIR=rig.workdir("slow"),
         RECORD=slow,
+        HOLD=hold,
     )
     other = echo_pipeline(rig, "other", "acme/other")
     worker = rig.start_worker()
@@ -408,6 +415,8 @@ def test_every_run_is_settled_after_a_kill(rig: Rig) -> None:
     assert len(unfinished(rig)) == 4, rig.details()
 
     rig.start_worker()
+    wait_for(lambda: rig.run(running.id).status == "interrupted", "the cut run settled", 20, rig.details)
+    hold.unlink()
     statuses = rig.runs_of(cut, ["interrupted", "succeeded"])
     assert statuses[0].id == running.id
     wait_for(lambda: unfinished(rig) == [], "every run to end", 20, rig.details)
