@@ -21,6 +21,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from runner import masking
 from runner.config import Config
 from runner.github import Credentials, GitHub, GitHubError
 
@@ -68,7 +69,9 @@ class TokenCredentials:
         return f"TokenCredentials({str(self.path)!r})"
 
     def token(self, repository: str) -> str:
-        return _read_private_file(self.path, "RUNNER_GITHUB_TOKEN_FILE")
+        token = _read_private_file(self.path, "RUNNER_GITHUB_TOKEN_FILE")
+        masking.PROCESS.add(token)  # a step that prints it (it may read the same file) shows ***
+        return token
 
 
 class AppJWT:
@@ -169,6 +172,7 @@ class AppCredentials:
             )
         except (KeyError, TypeError, ValueError):
             raise GitHubError(f"GitHub: POST {path}: the answer has no token and expires_at") from None
+        masking.PROCESS.add(made.token)
         logger.info(
             "GitHub App %s: a new token for installation %s (%s), valid until %s",
             self.app_id,
