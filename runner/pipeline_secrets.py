@@ -17,7 +17,7 @@ from typing import Any
 
 from runner.masking import MIN_LENGTH
 from runner.pipeline import Pipeline
-from runner.validation import Document
+from runner.validation import Document, say
 from runner.yaml_source import Where
 
 CREDENTIALS = "$CREDENTIALS_DIRECTORY"
@@ -55,11 +55,14 @@ def _check_mapping(doc: Document, secrets: Any, where: Where, env: Mapping[str, 
         if not isinstance(name, str):
             continue
         if name.startswith(OWN_PREFIX):
-            doc.check((*where, name), f"{name}: names starting with {OWN_PREFIX} are runner's own variables")
+            problem = f"{name}: names starting with {OWN_PREFIX} are runner's own variables"
         elif name in env:
-            doc.check(
-                (*where, name), f"{name} is also set by env: give the secret, or the variable, another name"
-            )
+            problem = f"{name} is also set by env: give the secret, or the variable, another name"
+        else:
+            problem = None
+        if problem and (*where, name) not in doc.flagged:
+            doc.add((*where, name), say((*where, name), problem), key=True)  # at the name
+            continue
         if isinstance(path, str):
             doc.check((*where, name), _path_problem(path))
 
@@ -198,3 +201,29 @@ def secret_file_problems(
         if problem and (missing or problem != "does not exist"):
             found.append((name, str(file), problem))
     return found
+
+
+def doctor_checks(
+    pipeline: Pipeline, home: Path, environ: Mapping[str, str]
+) -> Iterator[tuple[str, bool, str]]:
+    """(name, ok, message) for each secret file of a pipeline: there, readable, a value long enough to be
+    masked, owned and moded as a secret's file should be. A systemd credential outside the worker's unit
+    (no CREDENTIALS_DIRECTORY) is checked when the unit starts, not here."""
+    problems = {
+        (name, problem) for name, _, problem in secret_file_problems(pipeline, home, environ, missing=True)
+    }
+    for name, path in all_secrets(pipeline):
+        label = f"secret {name} of {pipeline.name}"
+        if path.startswith(CREDENTIALS + "/") and not environ.get("CREDENTIALS_DIRECTORY"):
+            yield label, True, f"{path}: a systemd credential (LoadCredential= in the worker's unit)"
+            continue
+        said = [problem for secret, problem in problems if secret == name]
+        if said:
+            yield label, False, f"{path} {said[0]}"
+            continue
+        try:
+            read_secret(name, path, environ.get("CREDENTIALS_DIRECTORY"))
+        except SecretError as exc:
+            yield label, False, str(exc).removeprefix(f"secret {name}: ")
+            continue
+        yield label, True, f"{path} is readable by the deploy user alone (and root)"
