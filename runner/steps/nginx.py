@@ -50,12 +50,17 @@ def _render_vars(value: Any, context: Mapping[str, Any]) -> Any:
     return value
 
 
-def argv_for(config_nginx: tuple[str, ...], site: str, template: str, reload: bool) -> list[str]:
+def argv_for(
+    config_nginx: tuple[str, ...], site: str, template: str, reload: bool, secret: bool
+) -> list[str]:
     """The wrapper's command line for one site: the vars go on its standard input (``--vars -``), never
-    on a command line, which every user sees (ps): they may hold secrets."""
+    on a command line, which every user sees (ps): they may hold secrets. ``secret``: they may, and the
+    site is written readable by root and the deploy user's group alone."""
     argv = [*config_nginx, "--site", site, "--template", template]
     if not reload:
         argv.append("--no-reload")
+    if secret:
+        argv.append("--secret")
     return [*argv, "--vars", "-"]
 
 
@@ -73,7 +78,8 @@ async def nginx_step(spec: StepSpec, ctx: RunContext) -> Outcome:
     variables = _render_vars(args.get("vars") or {}, ctx.secret_context(spec))
     if not isinstance(variables, dict):
         raise StepFailed("the nginx step's vars must be a mapping")
-    argv = argv_for(ctx.config.nginx, site, template, bool(args.get("reload", True)))
+    secret = bool(ctx.pipeline.step_secrets(spec))
+    argv = argv_for(ctx.config.nginx, site, template, bool(args.get("reload", True)), secret)
     env = ctx.env_for(spec)
     timeout = step_timeout(spec, ctx)
     try:
