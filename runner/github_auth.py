@@ -7,6 +7,7 @@ refused, and no message names more of a file than its path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import stat
 import threading
@@ -188,6 +189,9 @@ def github_client(config: Config) -> GitHub | None:
     credentials: Credentials
     if config.github_token_file is not None:
         credentials = TokenCredentials(config.github_token_file)
+        # Read once now, so that the token is masked in run logs before the first call to GitHub reads it.
+        with contextlib.suppress(CredentialsError):
+            credentials.token("")
     elif config.github_app_id is not None and config.github_app_key_file is not None:
         credentials = AppCredentials(
             config.github_app_id, config.github_app_key_file, api_url=config.github_api_url

@@ -83,6 +83,7 @@ PRINTS = """
           echo "$KEY"
           printf '%s\\n' "$KEY" | tail -n 1
           echo "url $DATABASE_URL"
+          echo "hook <HOOK>"
           printf '%s' "$TOKEN" > seen-top
           printf '%s' "$DATABASE_URL" > seen-url
       - name: overridden
@@ -125,6 +126,7 @@ def test_a_printed_secret_is_masked_in_the_log_the_records_the_page_and_the_noti
         "***",
         "***",
         "url postgres://app:***@db.internal/app",
+        "hook ***",
         "last words ***",
     ], rig.log_of(run)
     kept = everything_of(rig, run)
