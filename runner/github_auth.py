@@ -148,7 +148,11 @@ class AppCredentials:
         with self._lock:
             cached = self._tokens.get(owner)
             if cached is None or self._now() >= cached.expires_at - self.renew_before:
+                old = cached
                 cached = self._tokens[owner] = self._installation_token(repository)
+                if old is not None:
+                    # Expiring: no longer masked, so that a worker running for months masks a few values.
+                    masking.PROCESS.discard(old.token)
             return cached.token
 
     def _installation_token(self, repository: str) -> _InstallationToken:

@@ -39,12 +39,18 @@ class Masker:
     def add(self, *values: str) -> None:
         """Mask ``values`` from now on; each of fewer than MIN_LENGTH characters is ignored (refused
         earlier, where it was a secret)."""
-        new = {part for value in values for part in parts(value)} - self._values
-        if new:
-            with self._lock:
-                self._values |= new
+        found = {part for value in values for part in parts(value)}
+        with self._lock:
+            if found - self._values:
+                self._values |= found
                 # Longest first: a value that holds a shorter one is replaced whole.
                 self._ordered = tuple(sorted(self._values, key=len, reverse=True))
+
+    def discard(self, value: str) -> None:
+        """Mask ``value`` no more (a token that has expired)."""
+        with self._lock:
+            self._values -= set(parts(value))
+            self._ordered = tuple(sorted(self._values, key=len, reverse=True))
 
     def values(self) -> tuple[str, ...]:
         own = self._ordered

@@ -16,6 +16,7 @@ from test_notify import Receiver
 from test_worker import ZERO_COMMIT, Rig, fake_commit, out_lines, push_payload
 from ui_site import PASSWORD, USER, basic, request, write_users
 
+from runner.masking import Masker
 from runner.models import Run
 
 # Values no other text of a run holds: wherever one shows, it leaked.
@@ -280,3 +281,14 @@ def test_validate_and_doctor_warn_of_a_secret_file_others_may_read(rig: Rig) -> 
     ), doctor
     assert any(line.startswith("ok    secret TIGHT of app: ") for line in doctor), doctor
     assert VALUE not in "\n".join(doctor) and OTHER not in "\n".join(doctor)
+
+
+def test_the_masker_replaces_the_longest_value_first_and_ignores_values_too_short_to_mask() -> None:
+    process = Masker(["process-wide-token"])
+    masker = Masker(["abcd1234", "abcd1234-longer", "abc", "two-lines\nok\nthird-line"], parent=process)
+    assert masker.mask("x abcd1234-longer y abcd1234 z") == "x *** y *** z"
+    # A multi-line value whole, and each of its lines of 4 characters or more alone; "abc" masks nothing.
+    assert masker.mask("two-lines\nok\nthird-line / third-line / ok / abc") == "*** / *** / ok / abc"
+    assert masker.mask_bytes(b"token process-wide-token") == b"token ***"
+    process.discard("process-wide-token")
+    assert masker.mask("process-wide-token") == "process-wide-token"
