@@ -75,8 +75,14 @@ def check_secrets(doc: Document) -> None:
     steps = data.get("steps")
     for index, step in enumerate(steps if isinstance(steps, list) else []):
         if isinstance(step, dict):
-            env = {**top_env, **(step["env"] if isinstance(step.get("env"), dict) else {})}
-            _check_mapping(doc, step.get("secrets"), ("steps", index, "secrets"), env)
+            own_env = step["env"] if isinstance(step.get("env"), dict) else {}
+            _check_mapping(doc, step.get("secrets"), ("steps", index, "secrets"), {**top_env, **own_env})
+            top = data.get("secrets") if isinstance(data.get("secrets"), dict) else {}
+            for name in own_env:
+                where = ("steps", index, "env", name)
+                if name in top and name not in (step.get("secrets") or {}) and where not in doc.flagged:
+                    message = f"{name} is one of the pipeline's secrets: give the variable another name"
+                    doc.add(where, say(where, message), key=True)
 
 
 def resolve(path: str, credentials_directory: str | None) -> Path:

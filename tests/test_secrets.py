@@ -223,7 +223,7 @@ steps:
     when: {if: "secrets.TOKEN == 'x'"}
   - git: {remote: "https://x:{{ secrets.TOKEN }}@github.com/acme/app.git"}
   - run: "true"
-    env: {ALSO_FINE: "a {{ secrets.TOKEN }}"}
+    env: {ALSO_FINE: "a {{ secrets.TOKEN }}", TOKEN: "x"}
 """
 
 
@@ -245,6 +245,7 @@ def test_validate_refuses_secrets_outside_env_and_nginx_vars_and_bad_names_or_pa
         f"{path}:15:18: step 2 run item 2: unknown name 'secrets'; {where}",
         f"{path}:17:16: step 3 when.if: unknown name 'secrets'; {where}",
         f"{path}:18:30: step 4 git.remote: unknown name 'secrets'; {where}",
+        f"{path}:20:47: step 5 env.TOKEN: TOKEN is one of the pipeline's secrets",
     ]
     for line in expected:
         assert any(s.startswith(line) for s in said), f"{line!r} not in:\n" + "\n".join(said)
