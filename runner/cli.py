@@ -90,7 +90,7 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> None:
         print(problem)
     for warning in notify_file_warnings(files, config.home, smtp=config.smtp is not None):
         print(warning, file=sys.stderr)
-    for warning in secret_warnings(files, config.home, os.environ):
+    for warning in secret_warnings(files, config.home, config.credentials_directory):
         print(warning, file=sys.stderr)
     if problems:
         files_with_problems = len({p.path for p in problems})

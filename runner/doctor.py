@@ -55,7 +55,9 @@ class Doctor:
         yield from (
             Check(*found)
             for pipeline in self.pipelines
-            for found in pipeline_secrets.doctor_checks(pipeline, self.config.home, self.environ)
+            for found in pipeline_secrets.doctor_checks(
+                pipeline, self.config.home, self.config.credentials_directory
+            )
         )
         yield from self.check_tools()
         yield from self.check_sites_dir()

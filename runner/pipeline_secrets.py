@@ -190,7 +190,7 @@ def deploy_ids(home: Path) -> tuple[int, int]:
 
 
 def secret_file_problems(
-    pipeline: Pipeline, home: Path, environ: Mapping[str, str], *, missing: bool
+    pipeline: Pipeline, home: Path, credentials_directory: str | None, *, missing: bool
 ) -> list[tuple[str, str, str]]:
     """(NAME, file, problem) for each secret file on this machine whose owner or mode is wrong, and with
     ``missing`` each that is not there (runner validate may run where the secrets are not)."""
@@ -198,7 +198,7 @@ def secret_file_problems(
     uid, gid = deploy_ids(home)
     for name, path in all_secrets(pipeline):
         try:
-            file = resolve(path, environ.get("CREDENTIALS_DIRECTORY"))
+            file = resolve(path, credentials_directory)
         except SecretError as exc:
             if missing:
                 found.append((name, path, str(exc).removeprefix(f"{path}: ")))
@@ -210,17 +210,18 @@ def secret_file_problems(
 
 
 def doctor_checks(
-    pipeline: Pipeline, home: Path, environ: Mapping[str, str]
+    pipeline: Pipeline, home: Path, credentials_directory: str | None
 ) -> Iterator[tuple[str, bool, str]]:
     """(name, ok, message) for each secret file of a pipeline: there, readable, a value long enough to be
     masked, owned and moded as a secret's file should be. A systemd credential outside the worker's unit
     (no CREDENTIALS_DIRECTORY) is checked when the unit starts, not here."""
     problems = {
-        (name, problem) for name, _, problem in secret_file_problems(pipeline, home, environ, missing=True)
+        (name, problem)
+        for name, _, problem in secret_file_problems(pipeline, home, credentials_directory, missing=True)
     }
     for name, path in all_secrets(pipeline):
         label = f"secret {name} of {pipeline.name}"
-        if path.startswith(CREDENTIALS + "/") and not environ.get("CREDENTIALS_DIRECTORY"):
+        if path.startswith(CREDENTIALS + "/") and not credentials_directory:
             yield label, True, f"{path}: a systemd credential (LoadCredential= in the worker's unit)"
             continue
         said = [problem for secret, problem in problems if secret == name]
@@ -228,7 +229,7 @@ def doctor_checks(
             yield label, False, f"{path} {said[0]}"
             continue
         try:
-            read_secret(name, path, environ.get("CREDENTIALS_DIRECTORY"))
+            read_secret(name, path, credentials_directory)
         except SecretError as exc:
             yield label, False, str(exc).removeprefix(f"secret {name}: ")
             continue

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from runner.checks import nginx_templates
@@ -75,13 +75,13 @@ def notify_file_warnings(paths: Sequence[Path], home: Path, *, smtp: bool) -> li
     ]
 
 
-def secret_warnings(paths: Sequence[Path], home: Path, environ: Mapping[str, str]) -> list[str]:
+def secret_warnings(paths: Sequence[Path], home: Path, credentials_directory: str | None) -> list[str]:
     """The valid pipelines' secret files on this machine whose owner or mode lets others at them."""
     return [
         f"{path}: warning: secret {name}: {file} {problem}"
         for path in dict.fromkeys(paths)
         if (pipeline := load(path, home)[1]) is not None
-        for name, file, problem in secret_file_problems(pipeline, home, environ, missing=False)
+        for name, file, problem in secret_file_problems(pipeline, home, credentials_directory, missing=False)
     ]
 
 
