@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import posixpath
+import re
 import stat
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -67,17 +68,50 @@ def _check_mapping(doc: Document, secrets: Any, where: Where, env: Mapping[str, 
             doc.check((*where, name), _path_problem(path))
 
 
+# A secret a template names, {{ secrets.NAME }} (or secrets["NAME"]).
+_USED = re.compile(r"""\bsecrets\s*(?:\.\s*([A-Za-z_]\w*)|\[\s*["']([^"']*)["']\s*\])""")
+
+
+def _check_used(doc: Document, values: Any, where: Where, known: Mapping[str, Any], scope: str) -> None:
+    """Each secret the templates in ``values`` name is one of ``known``, else said where it is named."""
+    if isinstance(values, dict):
+        items: Iterator[tuple[Any, Any]] = iter(values.items())
+    elif isinstance(values, list):
+        items = iter(enumerate(values))
+    else:
+        if isinstance(values, str) and "{" in values:
+            for match in _USED.finditer(values):
+                name = match[1] or match[2]
+                if name not in known:
+                    names = ", ".join(known) or "none"
+                    doc.check(where, f"secrets.{name} is not one of {scope}'s secrets ({names})")
+        return
+    for key, item in items:
+        _check_used(doc, item, (*where, key), known, scope)
+
+
 def check_secrets(doc: Document) -> None:
-    """Each ``secrets:`` mapping's names and files, at the top level and in each step."""
+    """Each ``secrets:`` mapping's names and files, at the top level and in each step, and each secret a
+    template names."""
     data = doc.data
     top_env = data.get("env") if isinstance(data.get("env"), dict) else {}
     _check_mapping(doc, data.get("secrets"), ("secrets",), top_env)
+    top = data.get("secrets") if isinstance(data.get("secrets"), dict) else {}
+    # The pipeline's env: is rendered for every step: it may name only the pipeline's own secrets.
+    _check_used(doc, top_env, ("env",), top, "the pipeline")
     steps = data.get("steps")
     for index, step in enumerate(steps if isinstance(steps, list) else []):
         if isinstance(step, dict):
             own_env = step["env"] if isinstance(step.get("env"), dict) else {}
             _check_mapping(doc, step.get("secrets"), ("steps", index, "secrets"), {**top_env, **own_env})
-            top = data.get("secrets") if isinstance(data.get("secrets"), dict) else {}
+            own = step["secrets"] if isinstance(step.get("secrets"), dict) else {}
+            known = {**top, **own}
+            _check_used(doc, own_env, ("steps", index, "env"), known, f"step {index + 1}")
+            nginx = step.get("nginx")
+            if isinstance(nginx, dict):
+                _check_used(
+                    doc, nginx.get("vars"), ("steps", index, "nginx", "vars"), known, f"step {index + 1}"
+                )
             for name in own_env:
                 where = ("steps", index, "env", name)
                 if name in top and name not in (step.get("secrets") or {}) and where not in doc.flagged:

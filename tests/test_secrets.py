@@ -224,6 +224,8 @@ steps:
   - git: {remote: "https://x:{{ secrets.TOKEN }}@github.com/acme/app.git"}
   - run: "true"
     env: {ALSO_FINE: "a {{ secrets.TOKEN }}", TOKEN: "x"}
+  - run: "true"
+    env: {UNKNOWN: "{{ secrets.TOKN }}"}
 """
 
 
@@ -246,6 +248,7 @@ def test_validate_refuses_secrets_outside_env_and_nginx_vars_and_bad_names_or_pa
         f"{path}:17:16: step 3 when.if: unknown name 'secrets'; {where}",
         f"{path}:18:30: step 4 git.remote: unknown name 'secrets'; {where}",
         f"{path}:20:47: step 5 env.TOKEN: TOKEN is one of the pipeline's secrets",
+        f"{path}:22:20: step 6 env.UNKNOWN: secrets.TOKN is not one of step 6's secrets (TOKEN, ",
     ]
     for line in expected:
         assert any(s.startswith(line) for s in said), f"{line!r} not in:\n" + "\n".join(said)
