@@ -15,7 +15,7 @@ from runner.config import nginx_templates_dir
 from runner.filters import compile_glob
 from runner.injection import argv_template_problems, shell_template_problem_at
 from runner.pipeline import NAME, RESERVED_NAMES, parse_duration
-from runner.templating import has_expression, name_problems, syntax_problem
+from runner.templating import SECRETS, has_expression, name_problems, syntax_problem
 from runner.validation import Document, Problem, say
 from runner.yaml_source import Where
 
@@ -87,7 +87,7 @@ def _check_env(doc: Document, env: Any, where: Where) -> None:
         for key, value in env.items():
             if isinstance(value, str):
                 doc.check((*where, key), syntax_problem(value) or _env_problem(key, value))
-                _check_names(doc, (*where, key), value)
+                _check_names(doc, (*where, key), value, secrets=True)
 
 
 def _env_problem(name: str, value: str) -> str | None:
@@ -130,7 +130,8 @@ def _check_step(doc: Document, step: dict[str, Any], where: Where, names: dict[s
         else:
             doc.check(at, syntax_problem(text))
         if at[2] != "env":  # said by _check_env
-            _check_names(doc, at, text)
+            # A secret in an nginx var reaches the wrapper on its standard input, never a log.
+            _check_names(doc, at, text, secrets=at[2:4] == ("nginx", "vars"))
     if isinstance(step.get("run"), list):
         for index, problem in argv_template_problems(step["run"]).items():
             doc.check((*where, "run", index), problem)
@@ -184,12 +185,14 @@ def _place(doc: Document, where: Where, line: int, column: int) -> tuple[int, in
     return doc.position(where)
 
 
-def _check_names(doc: Document, where: Where, text: str, expression: bool = False) -> None:
+def _check_names(
+    doc: Document, where: Where, text: str, expression: bool = False, secrets: bool = False
+) -> None:
     """Every unknown name, filter or test in a template (an expression, with ``expression``), each at its
-    tag; said only where nothing else was."""
+    tag; said only where nothing else was. ``secrets``: the template may use the pipeline's secrets."""
     if where in doc.flagged:
         return
-    found = name_problems("{{ " + text + " }}" if expression else text)
+    found = name_problems("{{ " + text + " }}" if expression else text, (SECRETS,) if secrets else ())
     for problem in found:
         line, column = doc.position(where) if expression else _place(doc, where, problem.line, problem.column)
         doc.problems.append(Problem(doc.path, line, column, say(where, problem.message)))

@@ -77,7 +77,7 @@ def cmd_work(config: Config, _args: argparse.Namespace) -> None:
 
 
 def cmd_validate(config: Config, args: argparse.Namespace) -> None:
-    from runner.pipelines import SUFFIXES, notify_file_warnings, pipeline_files, validate
+    from runner.pipelines import SUFFIXES, notify_file_warnings, pipeline_files, secret_warnings, validate
 
     files = [Path(f) for f in args.files] if args.files else pipeline_files(config.pipelines_dir)
     if not files:
@@ -89,6 +89,8 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> None:
     for problem in problems:
         print(problem)
     for warning in notify_file_warnings(files, config.home, smtp=config.smtp is not None):
+        print(warning, file=sys.stderr)
+    for warning in secret_warnings(files, config.home, config.credentials_directory):
         print(warning, file=sys.stderr)
     if problems:
         files_with_problems = len({p.path for p in problems})

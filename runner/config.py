@@ -92,6 +92,9 @@ class Config:
     workers: int = DEFAULT_WORKERS
     # Directories searched before PATH by every step: the deploy user's node and pnpm live outside PATH.
     tool_path: tuple[str, ...] = ()
+    # Where systemd put the worker unit's LoadCredential= files (CREDENTIALS_DIRECTORY, set by systemd):
+    # a pipeline's secret may be $CREDENTIALS_DIRECTORY/NAME.
+    credentials_directory: str | None = None
     # The nginx step runs this (the root-owned wrapper through sudo): the deploy user may not write nginx's
     # configuration, whose master opens as root whatever files it names. How sites are tested and reloaded
     # is the wrapper's root-owned configuration (/etc/USER/nginx.conf).
@@ -306,6 +309,7 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
         stop_grace=read_seconds(environ, "RUNNER_STOP_GRACE", DEFAULT_STOP_GRACE),
         workers=read_workers(environ, DEFAULT_WORKERS),
         tool_path=tuple(d for d in environ.get("RUNNER_TOOL_PATH", "").split(":") if d),
+        credentials_directory=environ.get("CREDENTIALS_DIRECTORY") or None,
         nginx_sites_dir=Path(environ.get("RUNNER_NGINX_SITES_DIR") or DEFAULT_NGINX_SITES_DIR),
         nginx=read_command(environ, "RUNNER_NGINX", DEFAULT_NGINX),
         nginx_templates=nginx_templates_dir(home, environ),

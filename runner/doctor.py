@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import repo_checks, sudo
+from runner import pipeline_secrets, repo_checks, sudo
 from runner.config import Config
 from runner.pipeline import Pipeline
 from runner.pipelines import pipeline_files, validate
@@ -51,6 +51,13 @@ class Doctor:
         yield from (
             Check(*found)
             for found in repo_checks.check_repositories(self.config, self.pipelines, self.environ)
+        )
+        yield from (
+            Check(*found)
+            for pipeline in self.pipelines
+            for found in pipeline_secrets.doctor_checks(
+                pipeline, self.config.home, self.config.credentials_directory
+            )
         )
         yield from self.check_tools()
         yield from self.check_sites_dir()

@@ -7,6 +7,7 @@ refused, and no message names more of a file than its path.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import stat
 import threading
@@ -21,6 +22,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from runner import masking
 from runner.config import Config
 from runner.github import Credentials, GitHub, GitHubError
 
@@ -68,7 +70,9 @@ class TokenCredentials:
         return f"TokenCredentials({str(self.path)!r})"
 
     def token(self, repository: str) -> str:
-        return _read_private_file(self.path, "RUNNER_GITHUB_TOKEN_FILE")
+        token = _read_private_file(self.path, "RUNNER_GITHUB_TOKEN_FILE")
+        masking.PROCESS.add(token)  # a step that prints it (it may read the same file) shows ***
+        return token
 
 
 class AppJWT:
@@ -144,7 +148,11 @@ class AppCredentials:
         with self._lock:
             cached = self._tokens.get(owner)
             if cached is None or self._now() >= cached.expires_at - self.renew_before:
+                old = cached
                 cached = self._tokens[owner] = self._installation_token(repository)
+                if old is not None:
+                    # Expiring: no longer masked, so that a worker running for months masks a few values.
+                    masking.PROCESS.discard(old.token)
             return cached.token
 
     def _installation_token(self, repository: str) -> _InstallationToken:
@@ -169,6 +177,7 @@ class AppCredentials:
             )
         except (KeyError, TypeError, ValueError):
             raise GitHubError(f"GitHub: POST {path}: the answer has no token and expires_at") from None
+        masking.PROCESS.add(made.token)
         logger.info(
             "GitHub App %s: a new token for installation %s (%s), valid until %s",
             self.app_id,
@@ -184,6 +193,9 @@ def github_client(config: Config) -> GitHub | None:
     credentials: Credentials
     if config.github_token_file is not None:
         credentials = TokenCredentials(config.github_token_file)
+        # Read once now, so that the token is masked in run logs before the first call to GitHub reads it.
+        with contextlib.suppress(CredentialsError):
+            credentials.token("")
     elif config.github_app_id is not None and config.github_app_key_file is not None:
         credentials = AppCredentials(
             config.github_app_id, config.github_app_key_file, api_url=config.github_api_url

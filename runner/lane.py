@@ -316,4 +316,5 @@ class Lane:
             base_env=steps.step_environment(self.environ, self.config.tool_path),
             on_commit=on_commit,
             group_file=self._run_file(run_id, ".pgid"),
+            credentials_directory=self.config.credentials_directory,
         )

@@ -33,6 +33,7 @@ from runner.pipeline import (
     Trigger,
     parse_duration,
 )
+from runner.pipeline_secrets import check_secrets
 from runner.validation import Document, PipelineError, Problem, check_schema
 from runner.yaml_source import Converter, Loader, kind, yaml_error
 
@@ -87,6 +88,7 @@ def _build(doc: Document, name: str, home: Path) -> Pipeline:
                 when=step.get("when"),
                 line=doc.position(("steps", index))[0],
                 cancel=step.get("cancel", True),
+                secrets=dict(step.get("secrets", {})),
             )
         )
     return Pipeline(
@@ -107,6 +109,7 @@ def _build(doc: Document, name: str, home: Path) -> Pipeline:
         github=_github(name, data.get("github") or {}),
         concurrency=_concurrency(data.get("concurrency", {})),
         notify=notify_targets(doc, home),
+        secrets=dict(data.get("secrets", {})),
     )
 
 
@@ -159,6 +162,7 @@ def load(path: Path, home: Path) -> tuple[list[Problem], Pipeline | None]:
     check_values(doc, home)
     check_notify(doc)
     check_git_access(doc)
+    check_secrets(doc)
     if doc.problems:
         unique = dict.fromkeys(doc.problems)
         return sorted(unique, key=lambda p: (p.line, p.column)), None

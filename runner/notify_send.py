@@ -16,7 +16,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any
 
-from runner import __version__
+from runner import __version__, masking
 from runner.config_values import SmtpServer
 from runner.notify_checks import webhook_url_problem
 from runner.notify_messages import plain
@@ -41,8 +41,10 @@ _OPENER = urllib.request.build_opener(_NoRedirect())
 
 
 def webhook_url(target: NotifyTarget) -> str:
-    """The target's URL: the pipeline's, or its file's first line, read now (a rotated URL is used)."""
+    """The target's URL: the pipeline's, or its file's first line, read now (a rotated URL is used); masked
+    in every run's log from now on, as a chat webhook's URL is its credential."""
     if target.file is None:
+        masking.PROCESS.add(target.url or "")
         return target.url or ""
     try:
         url = target.file.read_text().strip()
@@ -53,6 +55,7 @@ def webhook_url(target: NotifyTarget) -> str:
     problem = webhook_url_problem(url)
     if problem:
         raise SendError(f"the URL in {target.file} {problem}")
+    masking.PROCESS.add(url)
     return url
 
 

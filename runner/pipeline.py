@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ RESERVED_NAMES = {"main": "the main queue", "recovered": "the queue of the deliv
 SUPPORTED_EVENTS = ("push",)
 DEFAULT_EVENTS = ("push",)
 DEFAULT_TIMEOUT = 3600.0
-STEP_KEYS = ("name", "timeout", "env", "cwd", "when", "cancel")
+STEP_KEYS = ("name", "timeout", "env", "secrets", "cwd", "when", "cancel")
 # GitHub lists at most 20 commits in a push payload; from 20 on, the changed files are not all known.
 COMMITS_LISTED = 20
 
@@ -76,6 +76,8 @@ class StepSpec:
     line: int
     # False: a cancel (runner cancel, cancel-in-progress) waits for the step, then stops the run after it.
     cancel: bool = True
+    # NAME: the file whose content is the step's variable NAME (over the pipeline's secrets).
+    secrets: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -161,6 +163,12 @@ class Pipeline:
     github: GitHubReporting
     concurrency: Concurrency = Concurrency()
     notify: tuple[NotifyTarget, ...] = ()
+    # NAME: the file whose content is the variable NAME of every step (see runner/pipeline_secrets.py).
+    secrets: dict[str, str] = field(default_factory=dict)
+
+    def step_secrets(self, spec: StepSpec) -> dict[str, str]:
+        """The secrets a step gets, NAME: file: the pipeline's, with the step's own over them."""
+        return {**self.secrets, **spec.secrets}
 
     def match(self, event: str, payload: Mapping[str, Any]) -> Match:
         """Whether a delivery runs this pipeline, and if not, why not, in words for an operator."""

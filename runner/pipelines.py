@@ -11,6 +11,7 @@ from runner.checks import nginx_templates
 from runner.loading import load
 from runner.notify_checks import notify_warnings
 from runner.pipeline import Pipeline
+from runner.pipeline_secrets import secret_file_problems
 from runner.validation import Problem
 
 # Not __name__: every line logged shows the name, and the journal has always had these as runner.pipeline's.
@@ -71,6 +72,16 @@ def notify_file_warnings(paths: Sequence[Path], home: Path, *, smtp: bool) -> li
         for path in dict.fromkeys(paths)
         if (pipeline := load(path, home)[1]) is not None
         for warning in notify_warnings(pipeline, smtp)
+    ]
+
+
+def secret_warnings(paths: Sequence[Path], home: Path, credentials_directory: str | None) -> list[str]:
+    """The valid pipelines' secret files on this machine whose owner or mode lets others at them."""
+    return [
+        f"{path}: warning: secret {name}: {file} {problem}"
+        for path in dict.fromkeys(paths)
+        if (pipeline := load(path, home)[1]) is not None
+        for name, file, problem in secret_file_problems(pipeline, home, credentials_directory, missing=False)
     ]
 
 

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import os
 import subprocess
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,15 @@ async def _nothing() -> bytes:
     return b""
 
 
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    """Write ``data`` to a program's standard input and close it; a program that ended first misses it."""
+    with contextlib.suppress(OSError):
+        try:
+            pipe.write(data)
+        finally:
+            pipe.close()
+
+
 def _reader(pipe: IO[bytes] | None) -> asyncio.StreamReader | None:
     """The program's end of ``pipe`` as a stream reader, fed from the loop by a reader of our own.
 
@@ -125,8 +135,10 @@ async def spawn(
     stdout: int = PIPE,
     stderr: int = PIPE,
     start_new_session: bool = False,
+    stdin: bytes | None = None,
 ) -> Child:
-    """Start ``argv`` (never through a shell) with stdin from /dev/null and no other descriptor of runner's.
+    """Start ``argv`` (never through a shell) with stdin from /dev/null, or a pipe that gives it ``stdin``
+    and closes, and no other descriptor of runner's.
 
     Raises OSError when the program cannot be started.
     """
@@ -134,12 +146,15 @@ async def spawn(
         list(argv),
         cwd=cwd,
         env=dict(env),
-        stdin=DEVNULL,
+        stdin=DEVNULL if stdin is None else PIPE,
         stdout=stdout,
         stderr=stderr,
         close_fds=True,
         start_new_session=start_new_session,
     )
+    if stdin is not None and popen.stdin is not None:
+        # A thread: a program that reads slowly (or not at all) must not hold up the event loop.
+        threading.Thread(target=_feed, args=(popen.stdin, stdin), daemon=True).start()
     try:
         return Child(popen, _reader(popen.stdout), _reader(popen.stderr))
     except BaseException:

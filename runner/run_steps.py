@@ -13,6 +13,7 @@ from runner import steps
 from runner.cancelling import Cancel, stop_step
 from runner.credentials import mask
 from runner.pipeline import Pipeline
+from runner.pipeline_secrets import SecretError, notify_urls, read_secrets
 from runner.store import Store
 
 
@@ -26,6 +27,14 @@ class StepRunner:
     async def run(
         self, pipeline: Pipeline, ctx: steps.RunContext, stop: asyncio.Event, cancel: Cancel
     ) -> tuple[str, str | None]:
+        try:
+            # Read when the run starts, before its first step; masked from the first line on.
+            ctx.secrets = await asyncio.to_thread(read_secrets, pipeline, ctx.credentials_directory)
+        except SecretError as exc:
+            ctx.log.note(f"the run cannot start: {exc}")
+            return "failed", str(exc)
+        urls = await asyncio.to_thread(notify_urls, pipeline)
+        ctx.log.masker.add(*ctx.secrets.values(), *urls)
         for position, spec in enumerate(pipeline.steps, start=1):
             # What runner records and logs of a step (its name may be its command, its detail the reason
             # it failed) never holds a URL's credentials.
@@ -44,7 +53,7 @@ class StepRunner:
             outcome = await self._run_step(spec, ctx, stop, cancel)
             finished = steps.now()
             if outcome.detail:
-                outcome.detail = mask(outcome.detail)
+                outcome.detail = ctx.log.masker.mask(mask(outcome.detail))
             ctx.log.note(
                 f"step {position} ({name}) {outcome.status}"
                 + (f": {outcome.detail}" if outcome.detail else "")

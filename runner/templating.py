@@ -53,6 +53,13 @@ CONTEXT_NAMES = (
     "changed_files",
     "env",
 )
+# The pipeline's secrets' values, as secrets.NAME: a name only where a value cannot reach a log (env: values
+# and nginx vars); RunContext.secret_context adds it there.
+SECRETS = "secrets"
+SECRETS_HINT = (
+    "; secrets may be used only in env: values and nginx vars, where a value cannot reach a log: a step "
+    "reads its secret from its environment ($NAME)"
+)
 
 
 @dataclass(frozen=True)
@@ -114,7 +121,7 @@ def name_problems(source: str, extra: Sequence[str] = ()) -> list[NameProblem]:
         if name in unknown[kind] and (kind, name) not in said:
             said.add((kind, name))
             what = "name" if kind == "variable" else kind
-            hint = _suggestion(name, choices[kind])
+            hint = SECRETS_HINT if (kind, name) == ("variable", SECRETS) else _suggestion(name, choices[kind])
             if not hint and kind == "variable":
                 hint = f"; a template may use {', '.join(CONTEXT_NAMES)}"
             problems.append(NameProblem(f"unknown {what} '{name}'{hint}", line, column))

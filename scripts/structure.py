@@ -27,6 +27,7 @@ _STEP = {
     "runner.sudo",
     "runner.process",
     "runner.credentials",
+    "runner.masking",
 }
 
 ALLOWED: dict[str, set[str]] = {
@@ -39,6 +40,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.timefmt": set(),
     "runner.process": set(),
     "runner.credentials": set(),
+    # Secret values written as ***: a run's masker over the process's (GitHub token, webhook URLs).
+    "runner.masking": set(),
     "runner.listen": set(),
     "runner.lock": set(),
     "runner.config_values": set(),
@@ -96,6 +99,14 @@ ALLOWED: dict[str, set[str]] = {
         "runner.git_checks",
         "runner.notify_checks",
         "runner.pipeline",
+        "runner.pipeline_secrets",
+        "runner.validation",
+        "runner.yaml_source",
+    },
+    # A pipeline's secrets: checked as the file loads, read as a run starts, their files' modes looked at.
+    "runner.pipeline_secrets": {
+        "runner.masking",
+        "runner.pipeline",
         "runner.validation",
         "runner.yaml_source",
     },
@@ -115,13 +126,14 @@ ALLOWED: dict[str, set[str]] = {
         "runner.loading",
         "runner.notify_checks",
         "runner.pipeline",
+        "runner.pipeline_secrets",
         "runner.validation",
     },
     # Which entries supersede which: the pipeline's concurrency, applied to queue entries.
     "runner.concurrency": {"runner.claims", "runner.entry", "runner.pipeline"},
     # GitHub's API.
     "runner.github": {"runner"},
-    "runner.github_auth": {"runner.config", "runner.github"},
+    "runner.github_auth": {"runner.config", "runner.github", "runner.masking"},
     # What runs tell GitHub: the calls (pure), the outbox that keeps them, the reporter that sends them.
     "runner.github_reports": {"runner.models", "runner.pipeline"},
     "runner.outbox": {"runner.github_reports", "runner.models", "runner.store"},
@@ -151,6 +163,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.notify_send": {
         "runner",
         "runner.config_values",
+        "runner.masking",
         "runner.notify_checks",
         "runner.notify_messages",
         "runner.pipeline",
@@ -294,6 +307,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.cancelling",
         "runner.credentials",
         "runner.pipeline",
+        "runner.pipeline_secrets",
         "runner.steps",
         "runner.store",
     },
@@ -369,6 +383,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.database",
         "runner.loading",
         "runner.pipeline",
+        "runner.pipeline_secrets",
         "runner.pipelines",
         "runner.repo_checks",
         "runner.schema",

@@ -106,6 +106,9 @@ class Nginx:
         self.sites.mkdir()
         if user is not None:
             shutil.chown(self.logs, user)
+            # The wrapper writes a site root's and its directory's group's, 0640 (it may hold a secret): so
+            # the non-root master reads it, as a root master would.
+            shutil.chown(self.sites, group=pwd.getpwnam(user).pw_gid)
         temp_paths = "\n".join(
             f"    {kind}_temp_path {self.logs / kind};"
             for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
@@ -776,6 +779,68 @@ def test_a_reload_the_master_refuses_fails_the_step_with_the_masters_reason(
     assert "put the previous tls.localhost.conf back" in detail
     assert site.read_bytes() == before
     assert get(https_port, host="tls.localhost", tls=tls)[:2] == (200, "from upstream https")
+
+
+SECRET_PIPELINE = """
+on: {repository: acme/web, branches: [main]}
+workdir: checkout
+secrets: {ANSWER: <ANSWER>, OPTION: <OPTION>}
+steps:
+  - name: answer
+    nginx:
+      site: answer
+      template: answer.conf.j2
+      vars:
+        port: <PORT>
+        option: "<GZIP>"
+        answer: "the answer is {{ secrets.ANSWER }}"
+"""
+
+
+def test_a_secret_in_an_nginx_var_reaches_the_wrapper_on_stdin_and_is_masked_in_the_diff(rig: Rig) -> None:
+    answer, option = rig.world / "answer-secret", rig.world / "option-secret"
+    answer.write_text("s3cret-Answer-4f1e\n")
+    option.write_text("not-a-gzip-value-7e2\n")
+    for path in (answer, option):
+        path.chmod(0o600)
+    # What the step hands the wrapper, recorded on the way: its command line and its standard input.
+    seen_argv, seen_stdin = rig.world / "argv", rig.world / "stdin"
+    recorder = rig.world / "record-nginx"
+    recorder.write_text(
+        "#!/bin/sh\n"
+        f"printf '%s\\n' \"$@\" > {seen_argv}\n"
+        f'tee {seen_stdin} | exec {rig.env["RUNNER_NGINX"]} "$@"\n'
+    )
+    recorder.chmod(0o755)
+    rig.env["RUNNER_NGINX"] = str(recorder)
+    port = free_port()
+    values = {"ANSWER": answer, "OPTION": option, "PORT": port}
+    write_pipeline(rig.home, "web", SECRET_PIPELINE, GZIP="on", **values)
+    write_pipeline(rig.home, "refused", SECRET_PIPELINE, GZIP="{{ secrets.OPTION }}", **values)
+    rig.start()
+
+    run = rig.trigger("web")
+    assert run.status == "succeeded", rig.details(run)
+    # nginx serves the value; the wrapper got it on its standard input, never on its command line.
+    assert get(port)[:2] == (200, "the answer is s3cret-Answer-4f1e")
+    assert seen_argv.read_text().split("\n")[-3:] == ["--vars", "-", ""], seen_argv.read_text()
+    assert "s3cret" not in seen_argv.read_text()
+    assert json.loads(seen_stdin.read_text())["answer"] == "the answer is s3cret-Answer-4f1e"
+    # The site holds the value: root's, readable by nobody but root and the deploy user's group.
+    site = (rig.nginx.sites / "answer.conf").stat()
+    assert (site.st_uid, site.st_mode & 0o777) == (0, 0o640)
+    log = rig.log_of(run)
+    assert re.search(r'^\S+ diff +\| \+ +return 200 "the answer is \*\*\*";$', log, re.M), log
+    assert "s3cret-Answer-4f1e" not in log
+
+    # A secret nginx -t refuses: its value is *** in the step's detail, the run's reason and the log.
+    run = rig.trigger("refused")
+    assert run.status == "failed", rig.details(run)
+    [step] = rig.store.steps(run.id)
+    assert 'invalid value "***" in "gzip" directive' in (step.detail or ""), step.detail
+    said = "\n".join([rig.log_of(run), run.reason or "", step.detail or ""])
+    assert "not-a-gzip-value-7e2" not in said and "***" in rig.log_of(run)
+    assert get(port)[:2] == (200, "the answer is s3cret-Answer-4f1e")
 
 
 def test_a_pipeline_waiting_for_its_template_is_loaded_once_the_template_appears(tmp_path: Path) -> None:

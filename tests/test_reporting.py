@@ -7,6 +7,7 @@ GitHub App whose key is made here; its links point under RUNNER_PUBLIC_URL.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Iterator
@@ -165,6 +166,16 @@ def test_a_failing_push_gets_failure_naming_the_step(rig: ReportingRig, fake_git
     _, failure = wait_for_states(rig, fake_github, commit, ["pending", "failure"])
     assert failure["description"] == f"Step 2 (build the site) failed (run {run.id})"
     assert failure["target_url"] == f"{PUBLIC_URL}/runs/{run.id}"
+
+
+def test_the_github_token_is_masked_in_a_run_s_log(rig: ReportingRig, fake_github: FakeGitHub) -> None:
+    # A step that reads the token (the deploy user can) prints ***, from the worker's first run on.
+    token = rig.tmp / "github-token"
+    echo_pipeline(rig, "app", run=json.dumps(f"cat {token}; echo token: $(cat {token})"))
+    rig.start_worker()
+    delivery, _ = push(rig, 1)
+    log = rig.log_of(finished(rig, delivery))
+    assert TOKEN not in log and "| ***\n" in log and "| token: ***\n" in log, log
 
 
 def test_without_credentials_nothing_is_sent_and_nothing_fails(

@@ -23,9 +23,10 @@ from typing import Any, BinaryIO, Protocol
 from runner import timefmt
 from runner.config import Config
 from runner.credentials import mask
+from runner.masking import PROCESS, Masker
 from runner.pipeline import Pipeline, StepSpec
 from runner.process import Child, process_stat, spawn
-from runner.templating import render
+from runner.templating import SECRETS, render
 
 COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 REF = re.compile(r"^refs/(heads|tags)/[^\x00-\x20~^:?*\[\\]+$")
@@ -51,10 +52,13 @@ class Outcome:
 
 
 class RunLog:
-    """A run's output: one time-stamped line per line a step printed, and runner's own notes."""
+    """A run's output: one time-stamped line per line a step printed, and runner's own notes; every secret
+    value its masker holds written as ``***``, as each line is written."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, masker: Masker | None = None) -> None:
         self.path = path
+        # The run's secrets, added when the run reads them, over what the whole process masks.
+        self.masker = masker if masker is not None else Masker(parent=PROCESS)
         path.parent.mkdir(parents=True, exist_ok=True)
         self._file: BinaryIO = path.open("ab", buffering=0)
 
@@ -62,7 +66,7 @@ class RunLog:
         if isinstance(data, str):
             data = data.encode()
         stamp = timefmt.stamp(datetime.now(UTC)).encode()
-        lines = data.splitlines() or [b""]
+        lines = [self.masker.mask_bytes(line) for line in data.splitlines()] or [b""]
         self._file.write(b"".join(b"%s %-6s| %s\n" % (stamp, stream.encode(), line) for line in lines))
 
     def note(self, text: str) -> None:
@@ -134,6 +138,10 @@ class RunContext:
     # Where the running step's process group id is kept (see execute).
     group_file: Path | None = None
     variables: dict[str, Any] = field(default_factory=dict)
+    # Each secret file's value, by the path the pipeline names (runner/pipeline_secrets.py), read when the
+    # run starts; CREDENTIALS_DIRECTORY of the worker's environment, for $CREDENTIALS_DIRECTORY/NAME.
+    secrets: dict[str, str] = field(default_factory=dict)
+    credentials_directory: str | None = None
 
     @property
     def home(self) -> Path:
@@ -188,12 +196,22 @@ class RunContext:
         }
         return {key: value for key, value in values.items() if value is not None}
 
+    def step_secrets(self, spec: StepSpec) -> dict[str, str]:
+        """The step's secrets, NAME: value (the run read them before its first step)."""
+        return {name: self.secrets[path] for name, path in self.pipeline.step_secrets(spec).items()}
+
+    def secret_context(self, spec: StepSpec) -> dict[str, Any]:
+        """The template context of the values a secret may reach (env: values, nginx vars): none of them is
+        ever written to a log."""
+        return {**self.template_context(), SECRETS: self.step_secrets(spec)}
+
     def env_for(self, spec: StepSpec) -> dict[str, str]:
-        context = self.template_context()
+        context = self.secret_context(spec)
         env = dict(self.base_env)
         for source in (self.pipeline.env, spec.env):
             for key, value in source.items():
                 env[key] = render(value, context)
+        env.update(self.step_secrets(spec))
         env.update(self.runner_env())
         return env
 
@@ -237,14 +255,16 @@ async def execute(
     timeout: float,
     log: Output,
     group_file: Path | None = None,
+    stdin: bytes | None = None,
 ) -> Outcome:
     """Run a program to its end, or until ``timeout`` seconds, or until cancelled; never through a shell.
+    ``stdin``: what the program reads on its standard input (else /dev/null).
 
     While it runs, its process group id is kept in ``group_file``: if the worker dies, the next worker
     finds there what to stop before it runs the entry again.
     """
     try:
-        process = await spawn(argv, cwd=cwd, env=env, start_new_session=True)
+        process = await spawn(argv, cwd=cwd, env=env, start_new_session=True, stdin=stdin)
     except OSError as exc:
         return Outcome("failed", None, f"cannot start {argv[0]}: {exc.strerror}")
     assert process.stdout is not None and process.stderr is not None

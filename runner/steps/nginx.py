@@ -5,10 +5,11 @@ nginx's master runs as root and opens as root whatever files its configuration n
 create or append to any file as root. So the deploy user has no write access to the sites directory, and
 this step writes nothing itself. It renders the pipeline's ``vars`` (string values may use the run's
 expressions, ``{{ commit }}``, in the sandbox) and runs Config.nginx (RUNNER_NGINX, by default
-``sudo -n /usr/local/libexec/runner-nginx``) with ``--site SITE --template NAME [--no-reload] --vars
-JSON``. The wrapper, from its own root-owned configuration, renders only root-owned templates, prints only
-values that are one nginx word, writes the site atomically under a lock, runs ``nginx -t``, reloads, checks
-that the reload took and puts the previous file back byte for byte on any failure (see
+``sudo -n /usr/local/libexec/runner-nginx``) with ``--site SITE --template NAME [--no-reload] --vars -``,
+the vars as JSON on its standard input (a command line is every user's to read, and vars may hold
+secrets). The wrapper, from its own root-owned configuration, renders only root-owned templates, prints
+only values that are one nginx word, writes the site atomically under a lock, runs ``nginx -t``, reloads,
+checks that the reload took and puts the previous file back byte for byte on any failure (see
 packaging/libexec/runner-nginx).
 
 The step asks ``sudo -n -l`` first, so that a missing right fails with the sudoers line to add; the
@@ -50,13 +51,22 @@ def _render_vars(value: Any, context: Mapping[str, Any]) -> Any:
 
 
 def argv_for(
-    config_nginx: tuple[str, ...], site: str, template: str, reload: bool, variables: Any
+    config_nginx: tuple[str, ...], site: str, template: str, reload: bool, secret: bool
 ) -> list[str]:
-    """The wrapper's command line for one site."""
+    """The wrapper's command line for one site: the vars go on its standard input (``--vars -``), never
+    on a command line, which every user sees (ps): they may hold secrets. ``secret``: they may, and the
+    site is written readable by root and the deploy user's group alone."""
     argv = [*config_nginx, "--site", site, "--template", template]
     if not reload:
         argv.append("--no-reload")
-    return [*argv, "--vars", json.dumps(variables, ensure_ascii=False, separators=(",", ":"))]
+    if secret:
+        argv.append("--secret")
+    return [*argv, "--vars", "-"]
+
+
+def vars_input(variables: Any) -> bytes:
+    """The vars as the wrapper reads them on its standard input: one JSON object."""
+    return json.dumps(variables, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 async def nginx_step(spec: StepSpec, ctx: RunContext) -> Outcome:
@@ -64,10 +74,12 @@ async def nginx_step(spec: StepSpec, ctx: RunContext) -> Outcome:
     site, template = args.get("site"), args.get("template")
     if not isinstance(site, str) or not isinstance(template, str):
         raise StepFailed("the nginx step needs site and template")
-    variables = _render_vars(args.get("vars") or {}, ctx.template_context())
+    # The only template besides env: values that may use secrets: they reach the wrapper on its stdin.
+    variables = _render_vars(args.get("vars") or {}, ctx.secret_context(spec))
     if not isinstance(variables, dict):
         raise StepFailed("the nginx step's vars must be a mapping")
-    argv = argv_for(ctx.config.nginx, site, template, bool(args.get("reload", True)), variables)
+    secret = bool(ctx.pipeline.step_secrets(spec))
+    argv = argv_for(ctx.config.nginx, site, template, bool(args.get("reload", True)), secret)
     env = ctx.env_for(spec)
     timeout = step_timeout(spec, ctx)
     try:
@@ -78,7 +90,13 @@ async def nginx_step(spec: StepSpec, ctx: RunContext) -> Outcome:
     ctx.log.note("$ " + shlex.join(argv))
     capture = Capture(ctx.log, relabel=(DIFF, "diff"))
     outcome = await execute(
-        argv, cwd=ctx.home, env=env, timeout=timeout, log=capture, group_file=ctx.group_file
+        argv,
+        cwd=ctx.home,
+        env=env,
+        timeout=timeout,
+        log=capture,
+        group_file=ctx.group_file,
+        stdin=vars_input(variables),
     )
     said = _outcome_line(capture.out)
     if outcome.status == "succeeded":
