@@ -1,28 +1,38 @@
 """Benchmark the webhook endpoint: how many deliveries/s become durable, and how fast one is answered.
 
-Run it from the project's root, with the project's venv (``wrk`` must be installed: ``apt-get install wrk``)::
+Run it from the project's root, with the project's venv (``wrk`` must be installed: ``apt-get install wrk``;
+for ``--webhook``, adnanh/webhook too: ``apt-get install webhook``)::
 
-    .venv/bin/python bench/ingest.py [--duration S] [--rounds N] [--requests N] [--workers N] [--baseline]
+    .venv/bin/python bench/ingest.py [--duration S] [--rounds N] [--requests N] [--workers 1,2] [--webhook]
+                                     [--baseline]
 
 The goal: at least 2,000 durable deliveries/s with 20 concurrent connections, and a p99 under 5 ms at one
-connection (GitHub sends a hook's deliveries one at a time), on a 2-core machine.
+connection (GitHub sends a hook's deliveries one at a time), on a 2-core machine; in the long run, ahead of
+adnanh/webhook.
 
-Each measurement gets a fresh temporary RUNNER_HOME (``runner db upgrade`` on its default SQLite database)
-and a real ``runner serve --workers N`` (``--workers``, default 1: N server processes sharing the port) on a
-free loopback port, stopped and removed afterwards, also on Ctrl-C or error. The body is the largest real push
+Each round loads every target in turn, so that their figures come from the same minutes of the same machine:
+``runner serve --workers N`` for each N of ``--workers`` (default ``1,2``), then adnanh/webhook
+(``--webhook``), then the no-write app (``--baseline``). Each measurement gets a fresh temporary home (for
+runner, a RUNNER_HOME after ``runner db upgrade`` on its default SQLite database) and a real server on a free
+loopback port, stopped and removed afterwards, also on Ctrl-C or error. The body is the largest real push
 payload in ``../shared/github-payloads/push/`` (the repository's parent directory's ``shared/``), signed with
 ``RUNNER_SECRET``.
 
 - Saturation: ``wrk -t2 -c20 -d<duration>s --latency`` POSTs the payload with a valid signature and a delivery
-  id that differs per request. Afterwards the entries in ``<home>/queues/main/`` are counted and compared with
-  the 2xx answers wrk counted: an acknowledged delivery must be on disk. wrk stops counting at the end of its
-  duration, so the requests then in flight (at most one per connection, plus any that hit a socket error) are
-  stored without being counted: up to that many more entries than 2xx answers is consistent, fewer is a loss.
-- Latency at one connection: after a warm-up, N sequential signed POSTs over one keep-alive connection, each
-  timed with ``time.perf_counter`` from sending the request to having read the answer.
-- ``--baseline``: the same saturation load against a trivial Starlette + Hypercorn app (``bench/baseline.py``,
-  served in-process, as ``runner serve`` does, in a subprocess) that checks the HMAC, parses the JSON and
-  writes nothing, so the ratio "durable / no write" comes from the same run on the same machine.
+  id that differs per request. For runner, the entries in ``<home>/queues/main/`` are then counted and
+  compared with the 2xx answers wrk counted: an acknowledged delivery must be on disk. wrk stops counting at
+  the end of its duration, so the requests then in flight (at most one per connection, plus any that hit a
+  socket error) are stored without being counted: up to that many more entries than 2xx answers is
+  consistent, fewer is a loss.
+- One connection, on a fresh server of its own, after a warm-up: N sequential signed POSTs over one
+  keep-alive connection from Python's ``http.client``, each timed with ``time.perf_counter`` from sending the
+  request to having read the answer; then, on the same server, ``wrk -t1 -c1 -d<duration>s --latency``.
+- ``--webhook``: the same loads against adnanh/webhook (``bench/webhook.py``), checking the same
+  ``X-Hub-Signature-256`` HMAC and forking ``/bin/true`` per delivery, writing nothing. The medians then give
+  runner's figures as ratios of its.
+- ``--baseline``: the same loads against a trivial Starlette + Hypercorn app (``bench/baseline.py``, served
+  in-process, as ``runner serve`` does, in a subprocess) that checks the HMAC, parses the JSON and writes
+  nothing; without ``--webhook``, the ratios are of its figures.
 
 wrk runs on the same machine as the server, so the two share its cores: the figures are for that setting.
 The exit status is 1 if a correctness check failed (a non-2xx answer, fewer entries than 2xx answers, a server
@@ -32,7 +42,6 @@ that died), 0 otherwise; whether the goal is met is printed, not turned into the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import http.client
 import platform
 import shutil
@@ -41,17 +50,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from baseline import baseline_server
 from common import (
     ENDPOINT,
     PAYLOADS,
     BenchError,
-    ServerProcess,
     count_entries,
     filesystem_of,
     load_average,
@@ -61,10 +68,10 @@ from common import (
     positive_int,
     push_headers,
     run_benchmark,
-    runner_server,
     sign,
 )
-from webhook import webhook_binary, webhook_server, webhook_version
+from targets import Target, targets_of
+from webhook import webhook_binary, webhook_version
 from wrk import WrkResult, run_wrk, write_lua, wrk_version
 
 GOAL_RATE = 2000.0  # durable deliveries/s at 20 connections
@@ -112,46 +119,6 @@ def post_sequentially(port: int, body: bytes, signature: str, count: int, label:
     finally:
         connection.close()
     return times
-
-
-# Targets --------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Target:
-    """What a round loads: ``runner serve --workers N``, the no-write baseline app, or adnanh/webhook."""
-
-    kind: str  # "runner", "baseline" or "webhook"
-    workers: int = 1
-
-    @property
-    def label(self) -> str:
-        if self.kind == "runner":
-            return f"runner serve --workers {self.workers}"
-        return {"baseline": "no-write Starlette app", "webhook": "adnanh/webhook"}[self.kind]
-
-    @contextlib.contextmanager
-    def serving(self, args: argparse.Namespace) -> Iterator[tuple[ServerProcess, Path | None]]:
-        """The target's server on a fresh home, and the main queue it writes to (None: it writes nothing)."""
-        if self.kind == "runner":
-            with runner_server(args.tmp_dir, self.workers) as (server, queue_dir):
-                yield server, queue_dir
-        elif self.kind == "baseline":
-            with baseline_server(args.tmp_dir) as server:
-                yield server, None
-        else:
-            with webhook_server(args.tmp_dir) as server:
-                yield server, None
-
-
-def targets_of(args: argparse.Namespace) -> list[Target]:
-    """In the order each round loads them: runner's process counts first, then the yardsticks."""
-    targets = [Target("runner", workers) for workers in args.workers]
-    if args.webhook:
-        targets.append(Target("webhook"))
-    if args.baseline:
-        targets.append(Target("baseline"))
-    return targets
 
 
 # Measurements ----------------------------------------------------------------------------------------------
