@@ -80,7 +80,7 @@ def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> No
     """Serve the webhook endpoint (and work, with ``with_worker``) until SIGTERM or SIGINT: in this process,
     or in ``config.workers`` server processes. ``store``, whose schema is checked, is closed in the end."""
     # Imported before any fork, so that the server processes share these pages with the parent.
-    import hypercorn.asyncio  # noqa: F401
+    import hypercorn.asyncio
     import hypercorn.config  # noqa: F401
 
     import runner.web  # noqa: F401
