@@ -120,11 +120,18 @@ class ServerProcess:
     """A server process on a loopback port; :meth:`stop` sends SIGTERM, then kills."""
 
     def __init__(
-        self, label: str, command: list[str], env: dict[str, str], port: int, log_path: Path
+        self,
+        label: str,
+        command: list[str],
+        env: dict[str, str],
+        port: int,
+        log_path: Path,
+        health_path: str = "/healthz",
     ) -> None:
         self.label = label
         self.port = port
         self.log_path = log_path
+        self.health_path = health_path
         self._log = log_path.open("wb")
         # A session of its own: a Ctrl-C at the terminal reaches the benchmark, which then stops it in order.
         self.process = subprocess.Popen(
@@ -149,13 +156,15 @@ class ServerProcess:
             with contextlib.suppress(OSError, http.client.HTTPException):
                 connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
                 try:
-                    connection.request("GET", "/healthz")
+                    connection.request("GET", self.health_path)
                     if connection.getresponse().status == 200:
                         return
                 finally:
                     connection.close()
             if time.monotonic() > deadline:
-                raise BenchError(f"{self.label} did not answer GET /healthz with 200:\n{self.output()}")
+                raise BenchError(
+                    f"{self.label} did not answer GET {self.health_path} with 200:\n{self.output()}"
+                )
             time.sleep(0.05)
 
     def stop(self) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import uuid
@@ -118,12 +117,12 @@ def parse_wrk(output: str) -> WrkResult:
     )
 
 
-def run_wrk(port: int, lua: Path, args: argparse.Namespace) -> WrkResult:
+def run_wrk(port: int, lua: Path, threads: int, connections: int, duration: int) -> WrkResult:
     command = [
-        "wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.duration}s", "--latency",
+        "wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency",
         "-s", str(lua), f"http://127.0.0.1:{port}{ENDPOINT}",
     ]  # fmt: skip
-    done = subprocess.run(command, capture_output=True, text=True, timeout=args.duration + 60)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
     if done.returncode != 0:
         raise BenchError(f"wrk exited with status {done.returncode}:\n{done.stdout}{done.stderr}")
     return parse_wrk(done.stdout)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -79,6 +80,9 @@ def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> No
     """Serve the webhook endpoint (and work, with ``with_worker``) until SIGTERM or SIGINT: in this process,
     or in ``config.workers`` server processes. ``store``, whose schema is checked, is closed in the end."""
     # Imported before any fork, so that the server processes share these pages with the parent.
+    import hypercorn.asyncio
+    import hypercorn.config  # noqa: F401
+
     import runner.web  # noqa: F401
 
     try:
@@ -101,12 +105,26 @@ def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> No
         if users.exists()
         else f"answers 404 until `runner ui-user add NAME` writes {users}",
     )
+    freeze_startup()
     if config.workers == 1:
         _serve_here(config, listener, secret, store, with_worker)
         return
     # The schema is checked; the children connect afresh, so no connection is shared across the fork.
     store.close()
     _serve_forked(config, listener, secret, store, with_worker)
+
+
+def freeze_startup() -> None:
+    """Leave the objects alive now (the imported modules, their classes and functions) out of every later
+    garbage collection.
+
+    A full collection walks every tracked object: some 74,000 after a server's imports, 55 to 110 ms of CPU
+    on a 2-core machine during which the event loop answers nothing. In a forked server process, its first
+    one also writes to every page it walks, copying about 24 MB the process shared with its parent. Frozen,
+    those objects (which live as long as the process anyway) are never walked again: the same collection
+    takes under a millisecond and copies about 175 pages.
+    """
+    gc.freeze()
 
 
 def _serve_here(
