@@ -1,8 +1,9 @@
-"""Benchmark ack → first step: from a push's 202 answer to its run's first step running, and the idle footprint.
+"""Benchmark ack → first step (a push's 202 answer → its run's first step running) and the idle footprint.
 
 Run it from the project's root, with the project's venv::
 
-    .venv/bin/python bench/latency.py [--deliveries N] [--interval S] [--idle S] [--no-postgres] [--runner PATH]
+    .venv/bin/python bench/latency.py [--deliveries N] [--interval S] [--idle S] [--no-postgres]
+        [--runner PATH]
 
 For SQLite, then PostgreSQL (a fresh database on ``--postgres-url``'s server, dropped afterwards): a fresh
 temporary RUNNER_HOME with one pipeline of one step, ``runner db upgrade``, and a real ``runner up`` on a free
@@ -316,9 +317,7 @@ def print_latency(lat: Latency, count: int) -> None:
 
 def print_setting(args: argparse.Namespace) -> None:
     print(f"runner latency benchmark, {datetime.now().astimezone().isoformat(timespec='seconds')}")
-    print(
-        f"machine: nproc {nproc()}, load average {load_average()} (other work on the machine skews figures)"
-    )
+    print(f"machine: nproc {nproc()}, load average {load_average()} (other work skews the figures)")
     print(f"runner: {' '.join(runner_command(args.runner))}")
     print(
         f"{args.deliveries} deliveries (after {WARMUP} warm-up), {args.interval:g} s apart, each on a new "
@@ -353,7 +352,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--deliveries", type=positive_int, default=200, help="deliveries measured (200)")
     parser.add_argument("--interval", type=float, default=0.15, help="seconds between deliveries (0.15)")
     parser.add_argument(
-        "--idle", type=float, default=60.0, help="seconds counting idle wake-ups (60; 0: skip)"
+        "--idle", type=float, default=60.0, help="seconds counting idle wake-ups (60; 0 skips)"
     )
     parser.add_argument("--settle", type=float, default=10.0, help="seconds idle before measuring (10)")
     parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
