@@ -168,7 +168,8 @@ def stamp_of(home: Home, delivery: str, server: ServerProcess) -> int:
     """The ns at which the delivery's step ran; a BenchError if it did not run exactly once."""
     path = home.stamps / delivery
     deadline = time.monotonic() + STEP_TIMEOUT
-    while not path.exists():
+    # Created by the shell's ``>>`` before its echo has written the line.
+    while not (path.exists() and path.read_text().endswith("\n")):
         server.check_alive()
         if time.monotonic() > deadline:
             raise BenchError(
