@@ -11,7 +11,7 @@ reads and changes that server's deliveries and runs only; the read methods a vie
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -146,18 +146,7 @@ class Store(DeliveryRecords):
         At most one per (delivery, pipeline): the unique attempt 1 decides, not a look-up first, so a
         routing resumed after a crash or retried after an error finds the run it made before.
         """
-        row = {
-            "server": self.server,
-            "pipeline": pipeline,
-            "trigger": trigger,
-            "delivery_id": delivery_id,
-            "attempt": 1,
-            "ref": ref,
-            "commit": commit,
-            "subject": subject,
-            "status": "queued",
-            "queued_at": datetime.now(UTC),
-        }
+        row = self._first_run(pipeline, trigger, delivery_id, ref, commit, subject)
         created = True
         try:
             with self.engine.begin() as connection:
@@ -174,6 +163,79 @@ class Store(DeliveryRecords):
                 )
             ).one()
         return run, created
+
+    def begin_forwarding(
+        self,
+        delivery: dict[str, Any],
+        pipelines: Sequence[str],
+        *,
+        trigger: str,
+        ref: str | None,
+        commit: str | None,
+        subject: str | None,
+    ) -> tuple[str, dict[str, int] | None]:
+        """Record a delivery (its :meth:`delivery_row`) and its queued runs, one per pipeline, in one
+        transaction; what the delivery is (as ``begin_routing`` says), and each pipeline's run id.
+
+        A delivery with no pipeline is recorded with its outcome, which is then final. When the delivery's id
+        or one of the runs was recorded before (a redelivery, a routing resumed after a crash), nothing is,
+        and the delivery is recorded as ``begin_routing`` does it: the run ids are then None, and the caller
+        forwards it one pipeline at a time with :meth:`forward_run`, which finds the runs made before.
+        """
+        delivery_id = delivery["delivery_id"]
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(Delivery), delivery)
+                runs = {
+                    pipeline: connection.execute(
+                        insert(Run).returning(Run.id),
+                        self._first_run(pipeline, trigger, delivery_id, ref, commit, subject),
+                    ).scalar_one()
+                    for pipeline in pipelines
+                }
+            return "new", runs
+        except IntegrityError:
+            pass
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(Delivery), {**delivery, "outcome": "received", "detail": None})
+        except IntegrityError:
+            return self.seen_before(delivery_id, delivery["entry"]), None
+        return "new", None
+
+    def finish_forwarding(
+        self, delivery_id: str, outcome: str, detail: str | None, entries: Mapping[int, str]
+    ) -> None:
+        """Record each run's entry in its pipeline's queue and the delivery's outcome, in one transaction."""
+        with self.engine.begin() as connection:
+            for run_id, entry in entries.items():
+                connection.execute(update(Run).where(Run.id == run_id).values(entry=entry))
+            connection.execute(
+                update(Delivery).where(*self._delivery(delivery_id)).values(outcome=outcome, detail=detail)
+            )
+
+    def _first_run(
+        self,
+        pipeline: str,
+        trigger: str,
+        delivery_id: str,
+        ref: str | None,
+        commit: str | None,
+        subject: str | None,
+    ) -> dict[str, Any]:
+        """The row of a delivery's first run of ``pipeline``: attempt 1, which is unique per pipeline."""
+        return {
+            "server": self.server,
+            "pipeline": pipeline,
+            "trigger": trigger,
+            "delivery_id": delivery_id,
+            "attempt": 1,
+            "ref": ref,
+            "commit": commit,
+            "subject": subject,
+            "status": "queued",
+            "queued_at": datetime.now(UTC),
+        }
 
     def unfinished_runs(self) -> list[Run]:
         """Runs queued or running, oldest first: what a worker that starts settles."""
