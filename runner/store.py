@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -334,18 +334,7 @@ class Store(DeliveryRecords):
         """The commit of the pipeline's last successful run on this server (or ``server``): what is deployed
         there now."""
         with Session(self.engine) as session:
-            query = (
-                select(Run.commit)
-                .where(
-                    Run.server == (server or self.server),
-                    Run.pipeline == pipeline,
-                    Run.status == "succeeded",
-                    Run.commit.is_not(None),
-                )
-                .order_by(Run.finished_at.desc(), Run.id.desc())
-                .limit(1)
-            )
-            return session.scalars(query).first()
+            return session.scalars(deployed_commit(server or self.server, pipeline)).first()
 
 
 def next_attempt(session: Session, server: str, pipeline: str, delivery_id: str) -> int:
@@ -357,3 +346,19 @@ def next_attempt(session: Session, server: str, pipeline: str, delivery_id: str)
         )
     )
     return (last or 0) + 1
+
+
+def deployed_commit(server: str, pipeline: str) -> Select[tuple[str | None]]:
+    """The query of the commit of the pipeline's last successful run on ``server`` (runner/claims.py's
+    too)."""
+    return (
+        select(Run.commit)
+        .where(
+            Run.server == server,
+            Run.pipeline == pipeline,
+            Run.status == "succeeded",
+            Run.commit.is_not(None),
+        )
+        .order_by(Run.finished_at.desc(), Run.id.desc())
+        .limit(1)
+    )
