@@ -8,7 +8,8 @@ Run it from the project's root, with the project's venv::
 For SQLite, then PostgreSQL (a fresh database on ``--postgres-url``'s server, dropped afterwards): a fresh
 temporary RUNNER_HOME with one pipeline of one step, ``runner db upgrade``, and a real ``runner up`` on a free
 loopback port. After a few warm-up deliveries, ``--deliveries`` (200) signed push deliveries, each on a new
-connection as GitHub sends them, ``--interval`` (0.15) seconds apart on a schedule. The ack time is
+connection as GitHub sends them, at least ``--interval`` (0.15) seconds apart; the pipeline has
+``concurrency: {queue: all}``, so that each one's run is carried out, none superseded. The ack time is
 ``time.time_ns()`` once the client has read the 202; the step is ``echo $EPOCHREALTIME >> <dir>/<delivery>``,
 bash's own clock read as its process runs its script (the same wall clock, no fork of ``date``). Printed:
 ack → first step p50/p90/p99/max.
@@ -64,6 +65,8 @@ from common import (
 PIPELINE = """\
 on: {repository: bench/app, events: [push], branches: [main]}
 workdir: work
+# Each delivery's run is carried out, none superseded by the next.
+concurrency: {queue: all}
 steps:
   - name: first
     run: echo $EPOCHREALTIME >> <STAMPS>/{{ delivery }}
@@ -184,13 +187,15 @@ def stamp_of(home: Home, delivery: str, server: ServerProcess) -> int:
 
 
 def send_all(home: Home, server: ServerProcess, count: int, interval: float) -> list[float]:
-    """``count`` deliveries on a schedule, ``interval`` s apart; each one's ack → first step, in ms."""
+    """``count`` deliveries, ``interval`` s apart; each one's ack → first step, in ms."""
     template = json.loads((PAYLOADS / "push" / "with-new-branch.payload.json").read_bytes())
     before = "0" * 40
     acks: dict[str, int] = {}
-    start = time.monotonic()
-    for number in range(count):
-        time.sleep(max(0.0, start + number * interval - time.monotonic()))
+    sent = time.monotonic() - interval
+    for _ in range(count):
+        # At least ``interval`` apart, as pushes come: a slow answer does not bunch the next ones up.
+        time.sleep(max(0.0, sent + interval - time.monotonic()))
+        sent = time.monotonic()
         delivery, after = str(uuid.uuid4()), uuid.uuid4().hex + uuid.uuid4().hex[:8]
         acks[delivery] = deliver(server.port, delivery, push_body(template, before, after))
         before = after
