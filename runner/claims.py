@@ -17,6 +17,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from runner.database import commit_without_waiting
 from runner.models import Run
 from runner.store import Store, deployed_commit, next_attempt
 
@@ -75,6 +76,11 @@ def start_run(
     """:func:`claim_run`, and in the same transaction what the run needs before its first step: its log's
     path (``log_path(run id)``), ref and commit recorded, and the commit the pipeline last deployed."""
     with Session(store.engine) as session, session.begin():
+        if run_id is not None:
+            # Undone by a power cut, the claim of the entry's queued run leaves it queued and the entry in its
+            # queue: the run is carried out again, as a run that a power cut stops is. Its end, which waits
+            # for the disk, makes the claim durable before the entry leaves the queue.
+            commit_without_waiting(session.connection())
         claimed, interrupted = _claim(
             session, store, pipeline, entry, run_id, trigger=trigger, ref=ref, commit=commit, **fields
         )
@@ -88,7 +94,10 @@ def start_run(
             .values(log_path=log_path(claimed), ref=ref, commit=commit)
             .execution_options(synchronize_session=False)
         )
-        return Claim(claimed, interrupted, previous)
+    if claimed != run_id and run_id is not None:
+        # A new run, whose id a power cut could give another run: durable now, by a commit that waits.
+        store.set_run(claimed, log_path=log_path(claimed))
+    return Claim(claimed, interrupted, previous)
 
 
 def _claim(
