@@ -9,14 +9,17 @@ Each touches the Store's server's runs only: entry names and pipeline names are 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, and_, or_, select, update
 from sqlalchemy.orm import Session
 
+from runner.database import commit_without_waiting
 from runner.models import Run
-from runner.store import Store, next_attempt
+from runner.store import Store, deployed_commit, next_attempt
 
 # The statuses of a run that has not ended.
 OPEN = ("queued", "running")
@@ -45,44 +48,104 @@ def claim_run(
     Runs of the entry left ``running`` by a worker that died are marked ``interrupted`` and returned as the
     second item: the entry is done again, by a new run.
     """
-    now = datetime.now(UTC)
     with Session(store.engine) as session, session.begin():
-        of_entry = and_(Run.server == store.server, Run.pipeline == pipeline, Run.entry == entry)
-        interrupted = list(
-            session.scalars(
-                update(Run)
-                .where(of_entry, Run.status == "running")
-                .values(status="interrupted", reason=INTERRUPTED, finished_at=now)
-                .returning(Run.id)
-                .execution_options(synchronize_session=False)
-            )
-        )
+        return _claim(session, store, pipeline, entry, run_id, trigger=trigger, **fields)
+
+
+@dataclass
+class Claim:
+    """A lane's claim (:func:`start_run`): the run, the runs it interrupted, the commit deployed before."""
+
+    run_id: int | None
+    interrupted: list[int]
+    previous_commit: str | None = None
+
+
+def start_run(
+    store: Store,
+    pipeline: str,
+    entry: str,
+    run_id: int | None,
+    *,
+    log_path: Callable[[int], str],
+    trigger: str,
+    ref: str | None,
+    commit: str | None,
+    **fields: Any,
+) -> Claim:
+    """:func:`claim_run`, and in the same transaction what the run needs before its first step: its log's
+    path (``log_path(run id)``), ref and commit recorded, and the commit the pipeline last deployed."""
+    with Session(store.engine) as session, session.begin():
         if run_id is not None:
-            claimed = session.execute(
-                update(Run)
-                .where(Run.id == run_id, *_of(store, pipeline), Run.status == "queued")
-                .values(entry=entry, status="running", started_at=now)
-                .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount:
-                return run_id, interrupted
-        mine = (
-            or_(of_entry, and_(Run.id == run_id, *_of(store, pipeline))) if run_id is not None else of_entry
+            # Undone by a power cut, the claim of the entry's queued run leaves it queued and the entry in its
+            # queue: the run is carried out again, as a run that a power cut stops is. Its end, which waits
+            # for the disk, makes the claim durable before the entry leaves the queue.
+            commit_without_waiting(session.connection())
+        claimed, interrupted = _claim(
+            session, store, pipeline, entry, run_id, trigger=trigger, ref=ref, commit=commit, **fields
         )
-        if session.scalar(select(Run.id).where(mine, _called_off()).limit(1)) is not None:
-            return None, interrupted
-        # The entry's commit is the earlier runs' commit: so is its subject.
-        subject = session.scalar(select(Run.subject).where(mine, Run.subject.is_not(None)).limit(1))
-        run = Run(
-            server=store.server, pipeline=pipeline, trigger=trigger, queued_at=now, subject=subject, **fields
+        if claimed is None:
+            return Claim(None, interrupted)
+        # Read before this run can succeed: what was deployed before it.
+        previous = session.scalars(deployed_commit(store.server, pipeline)).first()
+        session.execute(
+            update(Run)
+            .where(Run.id == claimed)
+            .values(log_path=log_path(claimed), ref=ref, commit=commit)
+            .execution_options(synchronize_session=False)
         )
-        if run.delivery_id is not None:
-            # The entry done again: the next attempt of its (delivery, pipeline).
-            run.attempt = next_attempt(session, store.server, pipeline, run.delivery_id)
-        run.entry, run.status, run.started_at = entry, "running", now
-        session.add(run)
-        session.flush()
-        return run.id, interrupted
+    if claimed != run_id and run_id is not None:
+        # A new run, whose id a power cut could give another run: durable now, by a commit that waits.
+        store.set_run(claimed, log_path=log_path(claimed))
+    return Claim(claimed, interrupted, previous)
+
+
+def _claim(
+    session: Session,
+    store: Store,
+    pipeline: str,
+    entry: str,
+    run_id: int | None,
+    *,
+    trigger: str,
+    **fields: Any,
+) -> tuple[int | None, list[int]]:
+    """:func:`claim_run`'s work, in the caller's transaction."""
+    now = datetime.now(UTC)
+    of_entry = and_(Run.server == store.server, Run.pipeline == pipeline, Run.entry == entry)
+    interrupted = list(
+        session.scalars(
+            update(Run)
+            .where(of_entry, Run.status == "running")
+            .values(status="interrupted", reason=INTERRUPTED, finished_at=now)
+            .returning(Run.id)
+            .execution_options(synchronize_session=False)
+        )
+    )
+    if run_id is not None:
+        claimed = session.execute(
+            update(Run)
+            .where(Run.id == run_id, *_of(store, pipeline), Run.status == "queued")
+            .values(entry=entry, status="running", started_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        if claimed.rowcount:
+            return run_id, interrupted
+    mine = or_(of_entry, and_(Run.id == run_id, *_of(store, pipeline))) if run_id is not None else of_entry
+    if session.scalar(select(Run.id).where(mine, _called_off()).limit(1)) is not None:
+        return None, interrupted
+    # The entry's commit is the earlier runs' commit: so is its subject.
+    subject = session.scalar(select(Run.subject).where(mine, Run.subject.is_not(None)).limit(1))
+    run = Run(
+        server=store.server, pipeline=pipeline, trigger=trigger, queued_at=now, subject=subject, **fields
+    )
+    if run.delivery_id is not None:
+        # The entry done again: the next attempt of its (delivery, pipeline).
+        run.attempt = next_attempt(session, store.server, pipeline, run.delivery_id)
+    run.entry, run.status, run.started_at = entry, "running", now
+    session.add(run)
+    session.flush()
+    return run.id, interrupted
 
 
 def call_off(

@@ -28,6 +28,27 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _durable_again(dbapi_connection: Any, _record: Any) -> None:
+    # Back in the pool, a connection's commits wait for the disk again, whatever its last transaction did.
+    if dbapi_connection is not None:
+        dbapi_connection.execute("PRAGMA synchronous=FULL")
+
+
+def commit_without_waiting(connection: Connection) -> None:
+    """Let the connection's transaction (begun next on SQLite, where this must precede its first write; the
+    current one on PostgreSQL) commit without waiting for the disk.
+
+    Such a commit survives the process's crash, not a power cut or the system's crash, which can undo it,
+    with whatever was committed after it and before the next commit that waits, never half of one: both
+    write-ahead logs are replayed up to their last complete transaction, and a commit that waits makes all
+    before it durable. Which transactions may be undone so: README, "Performance".
+    """
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("PRAGMA synchronous=NORMAL")
+    elif connection.dialect.name == "postgresql":
+        connection.exec_driver_sql("SET LOCAL synchronous_commit TO OFF")
+
+
 @contextlib.contextmanager
 def foreign_keys_off(connection: Connection) -> Iterator[None]:
     """SQLite's foreign keys off while the schema changes (a no-op elsewhere), as SQLite's procedure for
@@ -66,6 +87,7 @@ def create_engine_for(url: str, read_only: bool = False) -> Engine:
         # timeout: how long a writer waits for another process's write lock before giving up.
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
+        event.listen(engine, "checkin", _durable_again)
         if read_only:
             # After the pragmas above: journal_mode=WAL is a no-op on a database already in WAL mode.
             event.listen(engine, "connect", _sqlite_query_only)

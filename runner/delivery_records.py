@@ -6,6 +6,7 @@ Part of the Store (runner/store.py), which is a DeliveryRecords: the engine and 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from typing import Any
 
 from sqlalchemy import ColumnElement, Engine, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -41,7 +42,41 @@ class DeliveryRecords:
         The primary key decides, not a look-up first: of two processes recording the same id at once,
         exactly one succeeds.
         """
-        row = {
+        row = self.delivery_row(
+            delivery_id,
+            event,
+            received_at,
+            hook_id=hook_id,
+            entry=entry,
+            outcome=outcome,
+            detail=detail,
+            repository=repository,
+            ref=ref,
+            recovered=recovered,
+        )
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(Delivery), row)
+        except IntegrityError:
+            return False
+        return True
+
+    def delivery_row(
+        self,
+        delivery_id: str,
+        event: str,
+        received_at: datetime,
+        *,
+        hook_id: str | None,
+        entry: str | None,
+        outcome: str,
+        detail: str | None,
+        repository: str | None,
+        ref: str | None,
+        recovered: bool,
+    ) -> dict[str, Any]:
+        """The ``deliveries`` row that records a delivery (the Store inserts it with the delivery's runs)."""
+        return {
             "server": self.server,
             "delivery_id": delivery_id,
             "event": event,
@@ -55,12 +90,6 @@ class DeliveryRecords:
             "ref": ref,
             "recovered": recovered,
         }
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(insert(Delivery), row)
-        except IntegrityError:
-            return False
-        return True
 
     def begin_routing(
         self,
@@ -91,6 +120,11 @@ class DeliveryRecords:
             recovered=recovered,
         ):
             return "new"
+        return self.seen_before(delivery_id, entry)
+
+    def seen_before(self, delivery_id: str, entry: str) -> str:
+        """What a delivery whose id is recorded already is, as the main-queue ``entry``: ``resume``,
+        ``routed`` or ``duplicate`` (counted), as :meth:`begin_routing` says."""
         with self.engine.begin() as connection:
             first = connection.execute(
                 select(Delivery.entry, Delivery.outcome).where(*self._delivery(delivery_id))

@@ -174,22 +174,25 @@ class Lane:
         pipeline = await self._pipeline(name, stop)
         if pipeline is None:
             return await self._without_pipeline(name, entry, stop)
-        run_id, interrupted = await asyncio.to_thread(
-            claims.claim_run,
+        # The claim, and what the run needs before its first step, in one transaction.
+        claim = await asyncio.to_thread(
+            claims.start_run,
             self.store,
             pipeline.name,
             name,
             entry.run_id,
+            log_path=lambda run_id: str(self._run_file(run_id, ".log")),
             trigger=entry.trigger,
             delivery_id=entry.delivery,
             ref=entry.ref,
             commit=entry.commit,
         )
+        run_id, interrupted = claim.run_id, claim.interrupted
         if run_id is None:
             return await self._called_off(name, entry, interrupted)
         try:
             await self._stop_leftovers(interrupted)
-            return await self._carry_out_run(name, entry, pipeline, run_id, interrupted, stop)
+            return await self._carry_out_run(name, entry, pipeline, claim, stop)
         except Exception as exc:
             # Not a step's doing (those fail their step): the run fails, the lane goes on.
             reason = f"the run could not go on: {describe(exc)}"
@@ -236,14 +239,15 @@ class Lane:
         name: str,
         entry: RunEntry,
         pipeline: Pipeline,
-        run_id: int,
-        interrupted: list[int],
+        claim: claims.Claim,
         stop: asyncio.Event,
     ) -> str:
+        assert claim.run_id is not None
+        run_id, interrupted = claim.run_id, claim.interrupted
         log_path = self._run_file(run_id, ".log")
         log = steps.RunLog(log_path)
         try:
-            ctx = await self._context(entry, pipeline, run_id, log, log_path)
+            ctx = await self._context(entry, pipeline, run_id, log, claim.previous_commit)
             what = f"{entry.trigger} {entry.ref or ''} {entry.commit or ''}"
             log.note(f"run {run_id} of pipeline {pipeline.name}: {what}".rstrip())
             for interrupted_id in interrupted:
@@ -281,14 +285,10 @@ class Lane:
         return "called off" if called_off else status
 
     async def _context(
-        self, entry: RunEntry, pipeline: Pipeline, run_id: int, log: steps.RunLog, log_path: Path
+        self, entry: RunEntry, pipeline: Pipeline, run_id: int, log: steps.RunLog, previous: str | None
     ) -> steps.RunContext:
-        """What the run's steps share, once the run records its log, ref and commit (and, with a commit,
-        what it tells GitHub as it starts)."""
-        previous = await asyncio.to_thread(self.store.last_deployed_commit, pipeline.name)
-        await asyncio.to_thread(
-            self.store.set_run, run_id, log_path=str(log_path), ref=entry.ref, commit=entry.commit
-        )
+        """What the run's steps share (``previous``: the commit deployed before, read with the claim, which
+        recorded the run's log, ref and commit); with a commit, what it tells GitHub as it starts."""
         repository = repository_name(entry.payload) or pipeline.trigger.repository
         if self.reporter is not None and entry.commit is not None:
             await self.reporter.started(run_id, pipeline.github, repository, entry.commit)

@@ -161,7 +161,11 @@ class Router:
         event, delivery, payload = entry.event, entry.delivery, entry.payload
         repository = repository_name(payload)
         ref = event_ref(payload)
-        state = self.store.begin_routing(
+        if event == "ping":
+            outcome, detail, matched = "ping", f"hook {payload.get('hook_id')} says: {payload.get('zen')}", []
+        else:
+            outcome, detail, matched = self._match(entry, repository)
+        record = self.store.delivery_row(
             delivery,
             event,
             entry.received_at,
@@ -170,27 +174,41 @@ class Router:
             repository=repository,
             ref=ref,
             recovered=entry.recovered,
+            # Forwarded nowhere, the outcome is final at once: nothing lies between to resume after a crash.
+            outcome="received" if matched else outcome,
+            detail=None if matched else detail,
+        )
+        # The delivery and its runs in one transaction; each run's entry and the outcome in a second, after
+        # the entries are in their queues (a crash in between is resumed: see _forward_to).
+        state, runs = self.store.begin_forwarding(
+            record,
+            [p.name for p in matched],
+            trigger=event,
+            ref=ref,
+            commit=pushed_commit(payload),
+            subject=pushed_subject(payload),
         )
         if state == "duplicate":
             return "duplicate", "delivered before: not routed again"
         if state == "routed":
             return "routed", "routed before a restart"
-        if event == "ping":
-            outcome, detail = "ping", f"hook {payload.get('hook_id')} says: {payload.get('zen')}"
-        else:
-            outcome, detail = self._forward(name, entry, repository, ref)
-        self.store.finish_routing(delivery, outcome, detail)
+        if runs is None:
+            for pipeline in matched:
+                self._forward_to(pipeline.name, name, entry, ref)
+            self.store.finish_routing(delivery, outcome, detail)
+        elif matched:
+            entries = {run: self.queue_for(p).put(entry.forwarded(name, run)) for p, run in runs.items()}
+            self.store.finish_forwarding(delivery, outcome, detail, entries)
         return outcome, detail
 
-    def _forward(
-        self, name: str, entry: Delivery, repository: str | None, ref: str | None
-    ) -> tuple[str, str]:
+    def _match(self, entry: Delivery, repository: str | None) -> tuple[str, str, list[Pipeline]]:
+        """The pipelines the delivery goes to, and the outcome and detail to record."""
         pipelines = self.pipelines.all()
         if repository is None:
-            return "unmatched", "the payload names no repository"
+            return "unmatched", "the payload names no repository", []
         mine = [p for p in pipelines if p.trigger.repository.lower() == repository.lower()]
         if not mine:
-            return "unmatched", f"no pipeline for repository {repository}"
+            return "unmatched", f"no pipeline for repository {repository}", []
         matched: list[Pipeline] = []
         reasons: list[str] = []
         for pipeline in mine:
@@ -200,10 +218,8 @@ class Router:
             else:
                 reasons.append(match.reason or f"pipeline {pipeline.name} did not match")
         if not matched:
-            return "unmatched", "; ".join(reasons)
-        for pipeline in matched:
-            self._forward_to(pipeline.name, name, entry, ref)
-        return "routed", "forwarded to " + ", ".join(p.name for p in matched)
+            return "unmatched", "; ".join(reasons), []
+        return "routed", "forwarded to " + ", ".join(p.name for p in matched), matched
 
     def _forward_to(self, pipeline: str, name: str, entry: Delivery, ref: str | None) -> None:
         """Put the entry into the pipeline's queue, with its run: once, however often this is called."""

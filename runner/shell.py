@@ -9,11 +9,12 @@ unquoted, closing and reopening single quotes around it), and a gap in it can at
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jinja2 import nodes
+from jinja2 import Template, nodes
 
 from runner.templating import RenderError, sandbox
 
@@ -302,10 +303,20 @@ def read_run_string(
     return [part for part, _ in parts], text, contexts, line_of
 
 
-def _value(expression: nodes.Expr, context: Mapping[str, Any]) -> str:
+def _compiled(expression: nodes.Expr) -> Template:
     template = nodes.Template([nodes.Output([expression])])
     template.set_environment(sandbox)
-    return sandbox.from_string(template).render(context)
+    return sandbox.from_string(template)
+
+
+@functools.lru_cache(maxsize=256)
+def _read_compiled(source: str) -> tuple[tuple[str | Template, ...], tuple[str, ...]]:
+    """A run string's parts, each expression compiled in the sandbox, and the reference written for each:
+    kept, since a pipeline's run strings are the same for each of its runs (compiling one takes about a
+    millisecond)."""
+    parts, _, contexts, _ = read_run_string(source)
+    compiled = tuple(part if isinstance(part, str) else _compiled(part) for part in parts)
+    return compiled, tuple(_REFERENCES[where] for _, where in contexts)
 
 
 def render_shell(source: str, context: Mapping[str, Any]) -> ShellScript:
@@ -313,18 +324,18 @@ def render_shell(source: str, context: Mapping[str, Any]) -> ShellScript:
     if "{" not in source:
         return ShellScript(source, {})
     try:
-        parts, _, contexts, _ = read_run_string(source)
+        parts, references = _read_compiled(source)
         text, env = "", {}
-        expressions = iter(contexts)
+        expressions = iter(references)
         for part in parts:
             if isinstance(part, str):
                 text += part
                 continue
             name = f"{PREFIX}{len(env) + 1}"
-            env[name] = _value(part, context)
+            env[name] = part.render(context)
             if "\0" in env[name]:
                 raise RenderError(f"the value of {name} holds a NUL character, which no variable can hold")
-            text += _REFERENCES[next(expressions)[1]].format(name)
+            text += next(expressions).format(name)
     except RenderError:
         raise
     except Exception as exc:

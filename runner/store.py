@@ -11,11 +11,11 @@ reads and changes that server's deliveries and runs only; the read methods a vie
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -146,18 +146,7 @@ class Store(DeliveryRecords):
         At most one per (delivery, pipeline): the unique attempt 1 decides, not a look-up first, so a
         routing resumed after a crash or retried after an error finds the run it made before.
         """
-        row = {
-            "server": self.server,
-            "pipeline": pipeline,
-            "trigger": trigger,
-            "delivery_id": delivery_id,
-            "attempt": 1,
-            "ref": ref,
-            "commit": commit,
-            "subject": subject,
-            "status": "queued",
-            "queued_at": datetime.now(UTC),
-        }
+        row = self._first_run(pipeline, trigger, delivery_id, ref, commit, subject)
         created = True
         try:
             with self.engine.begin() as connection:
@@ -174,6 +163,79 @@ class Store(DeliveryRecords):
                 )
             ).one()
         return run, created
+
+    def begin_forwarding(
+        self,
+        delivery: dict[str, Any],
+        pipelines: Sequence[str],
+        *,
+        trigger: str,
+        ref: str | None,
+        commit: str | None,
+        subject: str | None,
+    ) -> tuple[str, dict[str, int] | None]:
+        """Record a delivery (its :meth:`delivery_row`) and its queued runs, one per pipeline, in one
+        transaction; what the delivery is (as ``begin_routing`` says), and each pipeline's run id.
+
+        A delivery with no pipeline is recorded with its outcome, which is then final. When the delivery's id
+        or one of the runs was recorded before (a redelivery, a routing resumed after a crash), nothing is,
+        and the delivery is recorded as ``begin_routing`` does it: the run ids are then None, and the caller
+        forwards it one pipeline at a time with :meth:`forward_run`, which finds the runs made before.
+        """
+        delivery_id = delivery["delivery_id"]
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(Delivery), delivery)
+                runs = {
+                    pipeline: connection.execute(
+                        insert(Run).returning(Run.id),
+                        self._first_run(pipeline, trigger, delivery_id, ref, commit, subject),
+                    ).scalar_one()
+                    for pipeline in pipelines
+                }
+            return "new", runs
+        except IntegrityError:
+            pass
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(insert(Delivery), {**delivery, "outcome": "received", "detail": None})
+        except IntegrityError:
+            return self.seen_before(delivery_id, delivery["entry"]), None
+        return "new", None
+
+    def finish_forwarding(
+        self, delivery_id: str, outcome: str, detail: str | None, entries: Mapping[int, str]
+    ) -> None:
+        """Record each run's entry in its pipeline's queue and the delivery's outcome, in one transaction."""
+        with self.engine.begin() as connection:
+            for run_id, entry in entries.items():
+                connection.execute(update(Run).where(Run.id == run_id).values(entry=entry))
+            connection.execute(
+                update(Delivery).where(*self._delivery(delivery_id)).values(outcome=outcome, detail=detail)
+            )
+
+    def _first_run(
+        self,
+        pipeline: str,
+        trigger: str,
+        delivery_id: str,
+        ref: str | None,
+        commit: str | None,
+        subject: str | None,
+    ) -> dict[str, Any]:
+        """The row of a delivery's first run of ``pipeline``: attempt 1, which is unique per pipeline."""
+        return {
+            "server": self.server,
+            "pipeline": pipeline,
+            "trigger": trigger,
+            "delivery_id": delivery_id,
+            "attempt": 1,
+            "ref": ref,
+            "commit": commit,
+            "subject": subject,
+            "status": "queued",
+            "queued_at": datetime.now(UTC),
+        }
 
     def unfinished_runs(self) -> list[Run]:
         """Runs queued or running, oldest first: what a worker that starts settles."""
@@ -272,18 +334,7 @@ class Store(DeliveryRecords):
         """The commit of the pipeline's last successful run on this server (or ``server``): what is deployed
         there now."""
         with Session(self.engine) as session:
-            query = (
-                select(Run.commit)
-                .where(
-                    Run.server == (server or self.server),
-                    Run.pipeline == pipeline,
-                    Run.status == "succeeded",
-                    Run.commit.is_not(None),
-                )
-                .order_by(Run.finished_at.desc(), Run.id.desc())
-                .limit(1)
-            )
-            return session.scalars(query).first()
+            return session.scalars(deployed_commit(server or self.server, pipeline)).first()
 
 
 def next_attempt(session: Session, server: str, pipeline: str, delivery_id: str) -> int:
@@ -295,3 +346,19 @@ def next_attempt(session: Session, server: str, pipeline: str, delivery_id: str)
         )
     )
     return (last or 0) + 1
+
+
+def deployed_commit(server: str, pipeline: str) -> Select[tuple[str | None]]:
+    """The query of the commit of the pipeline's last successful run on ``server`` (runner/claims.py's
+    too)."""
+    return (
+        select(Run.commit)
+        .where(
+            Run.server == server,
+            Run.pipeline == pipeline,
+            Run.status == "succeeded",
+            Run.commit.is_not(None),
+        )
+        .order_by(Run.finished_at.desc(), Run.id.desc())
+        .limit(1)
+    )

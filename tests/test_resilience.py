@@ -251,8 +251,10 @@ def test_a_database_error_in_routing_keeps_the_entry_until_it_is_routed_once(rig
     first_worker.process.wait(timeout=10)
     [entry] = rig.queue("main").entries()
     assert json.loads((rig.queue("main").directory / entry).read_bytes())["delivery"] == killed
+    # Recorded with its runs in one transaction, which failed: not recorded, or (SQLite, whose trigger's error
+    # is a constraint's, as a redelivery's is) recorded alone as received. Never as routed.
     record = rig.store.delivery(killed)
-    assert record is not None and record.outcome == "received", "recorded as routed, yet nothing was run"
+    assert record is None or record.outcome == "received", "recorded as routed, yet nothing was run"
     remove_insert_error(rig.store, "runs")
 
     rig.start_worker()

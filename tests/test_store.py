@@ -236,6 +236,87 @@ def test_record_delivery_keeps_different_ids(migrated: Store) -> None:
     assert count_deliveries(migrated) == 2
 
 
+def forwarding(
+    store: Store, delivery: str, entry: str, pipelines: list[str], outcome: str = "received"
+) -> tuple[str, dict[str, int] | None]:
+    """``begin_forwarding`` of a push to ``pipelines``, as the router calls it."""
+    row = store.delivery_row(
+        delivery,
+        "push",
+        datetime.now(UTC),
+        hook_id=None,
+        entry=entry,
+        outcome=outcome,
+        detail=None if outcome == "received" else "no pipeline",
+        repository="acme/app",
+        ref="refs/heads/main",
+        recovered=False,
+    )
+    return store.begin_forwarding(
+        row, pipelines, trigger="push", ref="refs/heads/main", commit="c1", subject="s"
+    )
+
+
+def test_begin_forwarding_records_a_delivery_with_its_runs_or_says_what_it_was(migrated: Store) -> None:
+    state, runs = forwarding(migrated, "d-1", "e-1", ["app", "docs"])
+    assert state == "new" and runs is not None and sorted(runs) == ["app", "docs"]
+    for pipeline, run_id in runs.items():
+        run = migrated.run(run_id)
+        assert run is not None
+        assert (run.pipeline, run.delivery_id, run.attempt, run.status) == (pipeline, "d-1", 1, "queued")
+        assert (run.commit, run.subject, run.entry) == ("c1", "s", None)
+    record = migrated.delivery("d-1")
+    assert record is not None and (record.entry, record.outcome) == ("e-1", "received")
+
+    # The same entry again (a routing resumed after a crash), then another entry (GitHub's redelivery):
+    # nothing more is recorded, and the caller forwards one pipeline at a time (forward_run finds the runs).
+    assert forwarding(migrated, "d-1", "e-1", ["app", "docs"]) == ("resume", None)
+    assert forwarding(migrated, "d-1", "e-2", ["app", "docs"]) == ("duplicate", None)
+    assert len(migrated.runs()) == 2
+    migrated.finish_forwarding("d-1", "routed", "forwarded to app, docs", {runs["app"]: "x-1"})
+    record = migrated.delivery("d-1")
+    assert record is not None and (record.outcome, record.duplicates) == ("routed", 1)
+    assert forwarding(migrated, "d-1", "e-1", ["app"]) == ("routed", None)
+    app = migrated.run(runs["app"])
+    assert app is not None and app.entry == "x-1"
+
+    # Forwarded nowhere: recorded with its outcome at once.
+    assert forwarding(migrated, "d-2", "e-3", [], outcome="unmatched") == ("new", {})
+    unmatched = migrated.delivery("d-2")
+    assert unmatched is not None and unmatched.outcome == "unmatched"
+
+
+def test_begin_forwarding_with_a_run_recorded_before_records_the_delivery_alone(migrated: Store) -> None:
+    """A delivery forgotten (``runner failed retry``) whose run is still there: recorded as received, its runs
+    left to forward_run, which finds that run."""
+    _, runs = forwarding(migrated, "d-1", "e-1", ["app"])
+    assert runs is not None
+    assert migrated.forget_delivery("d-1", "e-1")
+    assert forwarding(migrated, "d-1", "e-1", ["app"]) == ("new", None)
+    record = migrated.delivery("d-1")
+    assert record is not None and record.outcome == "received"
+    run, created = migrated.forward_run("app", trigger="push", delivery_id="d-1", ref=None, commit=None)
+    assert (run.id, created) == (runs["app"], False)
+
+
+def test_a_commit_without_waiting_is_that_transaction_s_alone(migrated: Store) -> None:
+    """Relaxed for one transaction; the connection, back in the pool, waits for the disk again."""
+    from sqlalchemy.orm import Session
+
+    from runner.database import commit_without_waiting
+
+    sqlite = migrated.engine.dialect.name == "sqlite"
+    setting = "PRAGMA synchronous" if sqlite else "SHOW synchronous_commit"
+    relaxed, durable = (1, 2) if sqlite else ("off", "on")
+    for _ in range(3):
+        with Session(migrated.engine) as session, session.begin():
+            commit_without_waiting(session.connection())
+            assert session.connection().exec_driver_sql(setting).scalar() == relaxed
+            assert migrated.record_delivery("d-inside", "push", datetime.now(UTC)) in (True, False)
+        with migrated.engine.connect() as connection:
+            assert connection.exec_driver_sql(setting).scalar() == durable
+
+
 # Concurrency: the primary key decides ------------------------------------------------------------------
 
 
