@@ -134,6 +134,35 @@ class NotifyTarget:
     line: int = 0
 
 
+# A release's health check, by default: each try's limit, the tries after a failed one, the wait between.
+HEALTH_TIMEOUT = 30.0
+HEALTH_RETRIES = 3
+HEALTH_INTERVAL = 2.0
+DEFAULT_KEEP = 5
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """What must hold once a release is current (``release.health``): a URL's status, or a command's exit."""
+
+    url: str | None
+    run: str | list[str] | None
+    expect: int = 200
+    timeout: float = HEALTH_TIMEOUT
+    retries: int = HEALTH_RETRIES
+    interval: float = HEALTH_INTERVAL
+
+
+@dataclass(frozen=True)
+class Release:
+    """Release directories (``release:``): how many successful ones stay, what persists across them, and
+    the health check after a switch."""
+
+    keep: int = DEFAULT_KEEP
+    shared: tuple[str, ...] = ()
+    health: HealthCheck | None = None
+
+
 @dataclass(frozen=True)
 class Match:
     matched: bool
@@ -161,6 +190,9 @@ class Pipeline:
     github: GitHubReporting
     concurrency: Concurrency = Concurrency()
     notify: tuple[NotifyTarget, ...] = ()
+    # None: the pipeline builds in its workdir. Set: in release directories, with ``activate`` after the switch.
+    release: Release | None = None
+    activate: tuple[StepSpec, ...] = ()
 
     def match(self, event: str, payload: Mapping[str, Any]) -> Match:
         """Whether a delivery runs this pipeline, and if not, why not, in words for an operator."""
