@@ -24,10 +24,10 @@ from runner.notify_checks import check_notify, notify_targets
 from runner.pipeline import (
     DEFAULT_EVENTS,
     DEFAULT_KEEP,
+    DEFAULT_TIMEOUT,
     HEALTH_INTERVAL,
     HEALTH_RETRIES,
     HEALTH_TIMEOUT,
-    DEFAULT_TIMEOUT,
     STEP_TYPES,
     Concurrency,
     GitHubDeployment,

@@ -190,7 +190,7 @@ class Pipeline:
     github: GitHubReporting
     concurrency: Concurrency = Concurrency()
     notify: tuple[NotifyTarget, ...] = ()
-    # None: the pipeline builds in its workdir. Set: in release directories, with ``activate`` after the switch.
+    # None: the pipeline builds in its workdir. Set: in release directories, ``activate`` after the switch.
     release: Release | None = None
     activate: tuple[StepSpec, ...] = ()
 

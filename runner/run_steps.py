@@ -12,7 +12,7 @@ from typing import Any
 from runner import steps
 from runner.cancelling import Cancel, stop_step
 from runner.credentials import mask
-from runner.pipeline import Pipeline
+from runner.pipeline import Pipeline, StepSpec
 from runner.store import Store
 
 
@@ -24,9 +24,17 @@ class StepRunner:
         self.stop_grace = stop_grace
 
     async def run(
-        self, pipeline: Pipeline, ctx: steps.RunContext, stop: asyncio.Event, cancel: Cancel
+        self,
+        pipeline: Pipeline,
+        ctx: steps.RunContext,
+        stop: asyncio.Event,
+        cancel: Cancel,
+        specs: tuple[StepSpec, ...] | None = None,
+        first: int = 1,
     ) -> tuple[str, str | None]:
-        for position, spec in enumerate(pipeline.steps, start=1):
+        """Run ``specs`` (default: the pipeline's steps), numbered from ``first``: a release's activate
+        steps are recorded after its build steps."""
+        for position, spec in enumerate(pipeline.steps if specs is None else specs, start=first):
             # What runner records and logs of a step (its name may be its command, its detail the reason
             # it failed) never holds a URL's credentials.
             name = mask(spec.name)

@@ -202,9 +202,7 @@ def _step_types(doc: Document, steps: list[Any], listed: str = "steps") -> set[W
         unknown = [key for key in step if key not in STEP_TYPES and key not in STEP_KEYS]
         if not types and unknown:
             for key in unknown:
-                doc.add(
-                    (*where, key), f"{label}: unknown step type '{key}' (known: {known})", key=True
-                )
+                doc.add((*where, key), f"{label}: unknown step type '{key}' (known: {known})", key=True)
                 said.add((*where, key))
         elif not types:
             doc.add(where, f"{label}: no step type: a step needs one of {known}")

@@ -134,6 +134,8 @@ class RunContext:
     # Where the running step's process group id is kept (see execute).
     group_file: Path | None = None
     variables: dict[str, Any] = field(default_factory=dict)
+    # With ``release:``, the release directory the run builds or activates: its steps' workdir.
+    release: Path | None = None
 
     @property
     def home(self) -> Path:
@@ -141,7 +143,7 @@ class RunContext:
 
     @property
     def workdir(self) -> Path:
-        return self.pipeline.workdir
+        return self.release or self.pipeline.workdir
 
     @property
     def branch(self) -> str | None:
