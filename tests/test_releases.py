@@ -178,7 +178,7 @@ def test_a_failing_build_leaves_current_serving_and_its_release_goes(rig: Rig, r
 class Health(http.server.BaseHTTPRequestHandler):
     status = 200
 
-    def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+    def do_GET(self) -> None:
         self.send_response(type(self).status)
         self.end_headers()
 
