@@ -112,8 +112,10 @@ class Releases:
 
     def link_shared(self, release: Path, shared: tuple[str, ...]) -> None:
         """Link each shared path into ``release``: ``<workdir>/shared/PATH``, made from the release's own
-        file or directory the first time (a directory if it has none); the release's own one goes."""
-        for relative in shared:
+        file or directory the first time, or (a path ending in /) an empty directory; the release's own one
+        goes. Raises ReleaseError for a file that is in neither place."""
+        for written in shared:
+            relative = written.rstrip("/")
             target = self.workdir / SHARED / relative
             inside = release / relative
             inside.parent.mkdir(parents=True, exist_ok=True)
@@ -121,8 +123,13 @@ class Releases:
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if inside.exists() and not inside.is_symlink():
                     shutil.move(inside, target)
-                else:
+                elif written.endswith("/"):
                     target.mkdir()
+                else:
+                    raise ReleaseError(
+                        f"the shared file {relative} is neither in {target.parent} nor in the checkout: "
+                        f"create {target} (or write {relative}/ for a directory)"
+                    )
             if inside.is_symlink() or inside.is_file():
                 inside.unlink()
             elif inside.is_dir():

@@ -345,13 +345,13 @@ def test_a_worker_killed_during_a_switch_leaves_a_whole_release_and_the_restart_
 
 
 def test_shared_paths_persist_across_releases(rig: Rig, repo: GitRepo) -> None:
-    app = App(rig, repo, "{shared: [uploads, .env]}")
+    app = App(rig, repo, "{shared: [uploads/, .env]}")
     rig.pipeline(
         "app",
         """
         on: {repository: acme/app, events: [push], branches: [main]}
         workdir: <WORKDIR>
-        release: {shared: [uploads, .env]}
+        release: {shared: [uploads/, .env]}
         steps:
           - git: {remote: <REMOTE>}
           - run: echo "$RUNNER_RUN_ID" >> uploads/log && cat .env

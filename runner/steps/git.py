@@ -16,7 +16,7 @@ from runner.credentials import Credentials, CredentialsError, TokenFile, split
 from runner.git_access import AccessError, GitAccess, refusal
 from runner.pipeline import StepSpec
 from runner.process import DEVNULL, spawn
-from runner.release_dirs import REPO, Releases
+from runner.release_dirs import REPO, ReleaseError, Releases
 from runner.steps.base import COMMIT, REF, Capture, Outcome, RunContext, StepFailed, execute, step_timeout
 from runner.templating import render
 
@@ -116,7 +116,10 @@ async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
             return outcome
     if ctx.pipeline.release is not None and ctx.release is not None:
         # After the clean, which would take the links out again.
-        Releases(ctx.pipeline.workdir).link_shared(ctx.release, ctx.pipeline.release.shared)
+        try:
+            Releases(ctx.pipeline.workdir).link_shared(ctx.release, ctx.pipeline.release.shared)
+        except ReleaseError as exc:
+            raise StepFailed(str(exc)) from None
     ctx.changed_files = await _changed_files(ctx)
     if ctx.changed_files is None:
         ctx.log.note("changed files: all (no previously deployed commit to compare with)")
