@@ -22,7 +22,7 @@ def _fail(message: str) -> SystemExit:
     return SystemExit(1)
 
 
-def _release_pipeline(config: Config, name: str, command: str) -> Pipeline:
+def _release_pipeline(config: Config, name: str, command: str | None) -> Pipeline:
     try:
         pipeline = find_pipeline(config, name, command)
     except TriggerError as exc:
@@ -35,7 +35,7 @@ def _release_pipeline(config: Config, name: str, command: str) -> Pipeline:
 
 
 def cmd_releases(config: Config, args: argparse.Namespace) -> None:
-    pipeline = _release_pipeline(config, args.pipeline, "releases")
+    pipeline = _release_pipeline(config, args.pipeline, None)
     releases = Releases(pipeline.workdir).all()
     if args.json:
         print(json.dumps([info.shown() for info in releases], indent=2))
