@@ -119,7 +119,7 @@ class RunContext:
     pipeline: Pipeline
     config: Config
     log: RunLog
-    trigger: str  # "push" or "manual"
+    trigger: str  # "push", "manual" or "rollback"
     ref: str | None
     commit: str | None
     repository: str
