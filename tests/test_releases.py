@@ -302,6 +302,12 @@ def test_a_rollback_switches_and_activates_without_building(rig: Rig, repo: GitR
     current = run_cli("rollback", "app", "--to", str(third.id), env=rig.env)
     assert current.returncode == 1 and "is the current one already" in current.stderr
 
+    # runner trigger --commit finds an abbreviation in the clone the releases share, and builds anew.
+    assert first.commit
+    rebuilt = rig.finished_run(app.queue("trigger", "app", "--commit", first.commit[:8]), timeout=60)
+    assert (rebuilt.status, rebuilt.commit) == ("succeeded", first.commit), rig.details(rebuilt)
+    assert app.current() == release_of(rebuilt) and len(app.lines("builds")) == len(builds) + 1
+
 
 def test_a_worker_killed_during_a_switch_leaves_a_whole_release_and_the_restart_settles_it(
     rig: Rig, repo: GitRepo
@@ -382,3 +388,23 @@ def test_activate_steps_need_release_and_no_git_step(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert f"{path}:6:3: activate: activate steps run after a release's switch" in done.stdout
     assert f"{path}:6:10: activate step 1 git: a git step checks a release out" in done.stdout
+
+
+def test_a_release_section_is_checked_where_it_is_wrong(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "pipelines").mkdir(parents=True)
+    path = home / "pipelines" / "app.yaml"
+    path.write_text(
+        "on: {repository: acme/app}\nworkdir: w\n"
+        "release:\n  keep: 0\n  shared: [../etc, ok/]\n"
+        "  health: {url: 'http://127.0.0.1/', run: 'true', timeout: 0s}\n"
+        "steps:\n  - run: make\n"
+    )
+    done = run_cli("validate", env=runner_env(home))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        f"{path}:4:9: release.keep: must be at least 1 (got the number 0)",
+        f"{path}:5:12: release.shared item 1: must stay inside the release: '..' leads out of it",
+        f"{path}:6:11: release.health: a health check is either `url: http://...` or `run: COMMAND`",
+        f"{path}:6:60: release.health.timeout: bad duration '0s': it must be longer than 0 seconds",
+    ]
