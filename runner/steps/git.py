@@ -1,4 +1,5 @@
-"""The git step: clone if missing, fetch, and check out exactly the pushed commit.
+"""The git step: clone if missing, fetch, and check out exactly the pushed commit; with ``release:``, into
+the one clone the releases share (``<workdir>/repo``), the commit checked out as a new release's worktree.
 
 A remote's credentials (``https://x-access-token:TOKEN@github.com/...``) never reach git's configuration or
 the run's log: git is given the URL without them and asks for them through runner/credentials.py's helper.
