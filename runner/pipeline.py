@@ -194,6 +194,11 @@ class Pipeline:
     release: Release | None = None
     activate: tuple[StepSpec, ...] = ()
 
+    @property
+    def all_steps(self) -> tuple[StepSpec, ...]:
+        """Every step, building and activating: what setup and doctor look at (sudo rules, tools)."""
+        return self.steps + self.activate
+
     def match(self, event: str, payload: Mapping[str, Any]) -> Match:
         """Whether a delivery runs this pipeline, and if not, why not, in words for an operator."""
         trigger = self.trigger
