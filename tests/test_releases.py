@@ -350,6 +350,29 @@ def test_a_worker_killed_during_a_switch_leaves_a_whole_release_and_the_restart_
     assert step is None or not alive(step)
 
 
+def test_a_run_cancelled_during_its_activate_steps_switches_back(rig: Rig, repo: GitRepo) -> None:
+    app = App(rig, repo)
+    rig.start_worker()
+    good = app.deploy()
+    (app.tmp / "hold").touch()
+    app.push({"v": "2\n"})
+    held = app.queue("trigger", "app", "--ref", "main")
+    wait_for(
+        lambda: "begin" in out_lines(rig.log_of(rig.run(held))) if rig.run(held).log_path else False,
+        "the activate step to start",
+        60,
+        rig.details,
+    )
+    (app.tmp / "hold").unlink()
+    rig.cli("cancel", str(held))
+    cancelled = rig.finished_run(held, timeout=60)
+    assert cancelled.status == "cancelled", rig.details(cancelled)
+    assert app.current() == release_of(good)
+    assert app.lines("activations")[-1] == f"{held} {release_of(good)}"
+    assert not (app.workdir / "releases" / ".switch").exists()
+    assert app.releases() == [release_of(good)]
+
+
 def test_shared_paths_persist_across_releases(rig: Rig, repo: GitRepo) -> None:
     app = App(rig, repo, "{shared: [uploads/, .env]}")
     rig.pipeline(
