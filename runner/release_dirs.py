@@ -4,9 +4,10 @@ and the atomic switch of the symlink ``<workdir>/current``.
 
 The switch makes a new symlink under a temporary name and renames it over ``current`` (rename(2)): a reader
 of ``current/`` sees the old tree or the new one, never a mix. Before it, a journal (``releases/.switch``:
-from, to, run) is written, and removed once the run's activate steps and health check are done: a worker
-killed in between leaves it, and the next run of the pipeline undoes the switch (``recover``) before it
-does anything else.
+from, to, run, and whether activation began) is written, and removed once the run's activate steps and
+health check are done: a worker killed in between leaves it, and the next run of the pipeline undoes the
+switch (``recover``) before it does anything else, activating the release it went back to again when the
+killed run's activate steps had begun (an app they restarted would run from a release about to go).
 """
 
 from __future__ import annotations
@@ -143,9 +144,15 @@ class Releases:
         if not self.path(to).is_dir():
             raise ReleaseError(f"release {to} is not in {self.root}")
         previous = self.current()
-        _write_durably(self.journal, {"from": previous, "to": to, "run": run_id})
+        _write_durably(self.journal, {"from": previous, "to": to, "run": run_id, "activating": False})
         self.point(to)
         return previous
+
+    def activating(self) -> None:
+        """Note in the journal that activate steps begin: from now on, undoing the switch means activating
+        the release switched back to again."""
+        journal = json.loads(self.journal.read_text())
+        _write_durably(self.journal, {**journal, "activating": True})
 
     def point(self, name: str) -> None:
         """Point ``current`` at ``name``: a new symlink renamed over the old one, both made durable."""
@@ -164,27 +171,31 @@ class Releases:
             self.journal.unlink()
             _fsync_dir(self.root)
 
-    def recover(self) -> str | None:
+    def recover(self) -> tuple[str | None, str | None]:
         """Undo a switch whose run a dead worker left: ``current`` goes back to the release it was (its
         entry is run again); with none before, the new one, complete since it was built, stays. Returns
-        what was done, for the run's log; None when there was nothing to do."""
+        what was done, for the run's log (None when there was nothing to do), and the release whose
+        activate steps must run again, when the dead run's had begun: the journal stays until the caller
+        has run them and calls ``finish``."""
         try:
             journal = json.loads(self.journal.read_text())
         except FileNotFoundError:
-            return None
+            return None, None
         except (OSError, ValueError) as exc:
             self.finish()
-            return f"an unreadable switch journal was removed ({exc}); current is {self.current()}"
+            return f"an unreadable switch journal was removed ({exc}); current is {self.current()}", None
         before, to = journal.get("from"), journal.get("to")
         cut = f"the switch of run {journal.get('run')} to {to} was cut short"
         if isinstance(before, str) and RELEASE_NAME.match(before) and (self.root / before).is_dir():
             if self.current() != before:
                 self.point(before)
+            if journal.get("activating") is True:
+                return f"{cut} during its activate steps: current is {before} again, activated again", before
             said = f"{cut}: current is {before} again"
         else:
             said = f"{cut}: current stays {self.current()}"
         self.finish()
-        return said
+        return said, None
 
     # Records ---------------------------------------------------------------------------------------------
 
@@ -197,6 +208,9 @@ class Releases:
         except (OSError, ValueError):
             return None
         return data if isinstance(data, dict) else None
+
+    def info(self, name: str) -> ReleaseInfo | None:
+        return next((info for info in self.all() if info.name == name), None)
 
     def all(self) -> list[ReleaseInfo]:
         """Every release directory, oldest run first."""

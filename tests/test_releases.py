@@ -22,6 +22,7 @@ from support import FINISHED, alive, run_cli, runner_env, wait_for
 from test_worker import GitRepo, Rig, out_lines, read_pid
 
 from runner.models import Run
+from runner.release_dirs import Releases
 
 # Each release says its run twice, in two files written one after the other with a pause between: a reader
 # that saw a and b of different runs saw a mixed tree.
@@ -42,6 +43,7 @@ PIPELINE = """
       - name: activate
         run: |
           echo "$RUNNER_RUN_ID $(basename "$PWD")" >> <TMP>/activations
+          echo "$RUNNER_RUN_ID $RUNNER_COMMIT {{ commit }} $RUNNER_WORKDIR {{ workdir }}" >> <TMP>/activated
           if [ -e <TMP>/hold ]; then echo begin; sleep 60; fi
 """
 
@@ -224,6 +226,9 @@ def test_a_failing_health_check_switches_back_and_activates_the_previous_release
         f"{bad.id} {release_of(good)}",
     ]
     assert [s.name for s in rig.steps(bad.id)] == ["git", "build", "activate", "activate"]
+    # The previous release's activate steps see its commit and its directory, not the failed run's.
+    again = app.workdir / "releases" / release_of(good)
+    assert app.lines("activated")[-1].split() == [str(bad.id), *[good.commit or ""] * 2, *[str(again)] * 2]
     assert not (app.workdir / "releases" / release_of(bad)).exists()
     handler.status = 200
     assert app.current() != release_of(app.deploy())
@@ -341,7 +346,23 @@ def test_a_worker_killed_during_a_switch_leaves_a_whole_release_and_the_restart_
     assert [r.status for r in runs] == ["succeeded", "interrupted", "succeeded"], rig.details()
     again = runs[-1]
     log = rig.log_of(again)
-    assert f"the switch of run {held} to {switched} was cut short: current is {release_of(good)} again" in log
+    assert (
+        f"the switch of run {held} to {switched} was cut short during its activate steps: "
+        f"current is {release_of(good)} again, activated again"
+    ) in log
+    # The killed run had restarted the app on its release: the good one is activated again, as it is,
+    # before the entry is built anew.
+    previous = app.workdir / "releases" / release_of(good)
+    assert app.lines("activations")[-2:] == [
+        f"{again.id} {release_of(good)}",
+        f"{again.id} {release_of(again)}",
+    ]
+    assert app.lines("activated")[-2].split() == [
+        str(again.id),
+        *[good.commit or ""] * 2,
+        *[str(previous)] * 2,
+    ]
+    assert [s.name for s in rig.steps(again.id)] == ["activate", "git", "build", "activate"]
     assert app.current() == release_of(again)
     whole = [(app.workdir / "current" / name).read_text().strip() for name in ("a.txt", "b.txt")]
     assert whole == [str(again.id)] * 2
@@ -431,3 +452,24 @@ def test_a_release_section_is_checked_where_it_is_wrong(tmp_path: Path) -> None:
         f"{path}:6:11: release.health: a health check is either `url: http://...` or `run: COMMAND`",
         f"{path}:6:60: release.health.timeout: bad duration '0s': it must be longer than 0 seconds",
     ]
+
+
+def test_a_switch_cut_short_before_its_activate_steps_activates_nothing_again(tmp_path: Path) -> None:
+    releases = Releases(tmp_path)
+    for name in ("1-aaaaaaa", "2-bbbbbbb"):
+        releases.prepare(name)
+    releases.switch("1-aaaaaaa", 1)
+    releases.finish()
+    releases.switch("2-bbbbbbb", 2)
+    # The worker died between the switch and the first activate step: the app never left release 1.
+    assert releases.recover() == (
+        "the switch of run 2 to 2-bbbbbbb was cut short: current is 1-aaaaaaa again",
+        None,
+    )
+    assert releases.current() == "1-aaaaaaa" and not releases.journal.exists()
+    releases.switch("2-bbbbbbb", 3)
+    releases.activating()
+    said, again = releases.recover()
+    assert again == "1-aaaaaaa" and said and said.endswith("activated again")
+    # The journal stays until the caller has activated release 1 again.
+    assert releases.journal.exists()
