@@ -263,7 +263,8 @@ class Lane:
         # False: cancelled by hand meanwhile, by a `runner cancel` whose request the lane had not seen yet.
         called_off = not await asyncio.to_thread(claims.finish_claimed, self.store, run_id, status, reason)
         if called_off:
-            status, reason = "cancelled", claims.BY_HAND
+            status = "cancelled"
+            reason = reason if reason and reason.startswith(claims.BY_HAND) else claims.BY_HAND
         called_off = called_off or (status == "cancelled" and cancel.is_set())
         if self.reporter is not None:
             await self.reporter.ended(run_id, CALLED_OFF if called_off else status, reason)

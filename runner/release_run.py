@@ -160,7 +160,12 @@ class _Doing:
         await asyncio.to_thread(self.releases.point, previous)
         ctx.log.note(f"current: {failed} -> {previous} (switched back); its activate steps run again")
         _, again = await self._activate_again(previous)
-        said = f"rolled back to release {previous}: {reason}"
+        # A cancel's reason comes first: it says who called the run off (runner/claims.py reads it so).
+        said = (
+            f"{reason}; rolled back to release {previous}"
+            if status == "cancelled"
+            else f"rolled back to release {previous}: {reason}"
+        )
         if again is not None:
             said += f"; its activate steps did not succeed again either: {again}"
         return said

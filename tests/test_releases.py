@@ -388,6 +388,7 @@ def test_a_run_cancelled_during_its_activate_steps_switches_back(rig: Rig, repo:
     rig.cli("cancel", str(held))
     cancelled = rig.finished_run(held, timeout=60)
     assert cancelled.status == "cancelled", rig.details(cancelled)
+    assert cancelled.reason == f"cancelled by hand; rolled back to release {release_of(good)}"
     assert app.current() == release_of(good)
     assert app.lines("activations")[-1] == f"{held} {release_of(good)}"
     assert not (app.workdir / "releases" / ".switch").exists()
