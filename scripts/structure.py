@@ -272,7 +272,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.steps.pnpm",
         "runner.steps.systemctl",
     },
-    "runner.steps.base": _STEP | {"runner.config", "runner.timefmt"},
+    "runner.steps.base": _STEP | {"runner.config", "runner.timefmt", "runner.release_dirs"},
     "runner.steps.certbot": _STEP,
     "runner.steps.command": _STEP,
     "runner.steps.git": _STEP | {"runner.git_access", "runner.release_dirs"},

@@ -406,12 +406,15 @@ def test_shared_paths_persist_across_releases(rig: Rig, repo: GitRepo) -> None:
         steps:
           - git: {remote: <REMOTE>}
           - run: echo "$RUNNER_RUN_ID" >> uploads/log && cat .env
+          - {cwd: uploads, run: echo "$RUNNER_RUN_ID" >> from-cwd}
+          - {cwd: <CWD>, run: "true"}
         """,
         WORKDIR=app.workdir,
         REMOTE=repo.bare,
+        CWD="uploads/.",
     )
     app.push({".env": "FROM=checkout\n"})
-    rig.start_worker()
+    worker = rig.start_worker()
     first = app.deploy()
     # The first release's own .env became the shared one; an operator edits it there.
     shared = app.workdir / "shared"
@@ -422,6 +425,19 @@ def test_shared_paths_persist_across_releases(rig: Rig, repo: GitRepo) -> None:
     assert "FROM=operator" in out_lines(rig.log_of(second))
     for name in (release_of(first), release_of(second)):
         assert (app.workdir / "releases" / name / "uploads").resolve() == shared / "uploads"
+    # A cwd through a shared path's symlink is inside the workdir's shared/: allowed; one that leads to the
+    # workdir beside the releases (its clone, the other releases) is not.
+    assert (shared / "uploads" / "from-cwd").read_text().split() == [str(first.id), str(second.id)]
+    worker.process.send_signal(signal.SIGTERM)
+    worker.process.wait()
+    path = rig.home / "pipelines" / "app.yaml"
+    path.write_text(path.read_text().replace("cwd: uploads/.", "cwd: escape"))
+    # A symlink of the checkout's own: it leads to the workdir's clone, outside the release and shared/.
+    (repo.work / "escape").symlink_to("../../repo")
+    app.push()
+    rig.start_worker()
+    refused = app.deploy("failed")
+    assert refused.reason and "cwd 'escape' is outside the workdir" in refused.reason, refused.reason
 
 
 def test_activate_steps_need_release_and_no_git_step(tmp_path: Path) -> None:

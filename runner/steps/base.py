@@ -25,6 +25,7 @@ from runner.config import Config
 from runner.credentials import mask
 from runner.pipeline import Pipeline, StepSpec
 from runner.process import Child, process_stat, spawn
+from runner.release_dirs import SHARED
 from runner.templating import render
 
 COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -342,7 +343,11 @@ def step_timeout(spec: StepSpec, ctx: RunContext) -> float:
 
 def step_cwd(spec: StepSpec, ctx: RunContext) -> Path:
     cwd = (ctx.workdir / spec.cwd).resolve() if spec.cwd else ctx.workdir
-    if not cwd.is_relative_to(ctx.workdir.resolve()) and cwd != ctx.workdir:
+    inside = [ctx.workdir.resolve()]
+    if ctx.release is not None:
+        # A release's shared paths are symlinks to <workdir>/shared/...: a cwd through one stays in it.
+        inside.append((ctx.pipeline.workdir / SHARED).resolve())
+    if cwd != ctx.workdir and not any(cwd.is_relative_to(root) for root in inside):
         raise StepFailed(f"cwd {spec.cwd!r} is outside the workdir")
     if not cwd.is_dir():
         raise StepFailed(f"the working directory {cwd} does not exist")
