@@ -18,7 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import FINISHED, alive, run_cli, runner_env, wait_for
+from support import FINISHED, alive, git, run_cli, runner_env, wait_for
+from test_isolation import Home, assert_nowhere, step_output
+from test_private_repos import TOKEN, Repos, SmartHttp
 from test_worker import GitRepo, Rig, out_lines, read_pid
 
 from runner.models import Run
@@ -490,3 +492,46 @@ def test_a_switch_cut_short_before_its_activate_steps_activates_nothing_again(tm
     assert again == "1-aaaaaaa" and said and said.endswith("activated again")
     # The journal stays until the caller has activated release 1 again.
     assert releases.journal.exists()
+
+
+def test_a_release_pipelines_shared_clone_fetches_with_a_token_file(tmp_path: Path) -> None:
+    repos = Repos(tmp_path / "srv")
+    server = SmartHttp(tmp_path / "srv")
+    home = Home(tmp_path)
+    try:
+        (home.path / "token").write_text(TOKEN + "\n")
+        os.chmod(home.path / "token", 0o600)
+        url = f"http://127.0.0.1:{server.port}/app.git"
+        home.pipeline(
+            "app",
+            """
+            on:
+              repository: acme/app
+            workdir: app
+            release: {keep: 5}
+            steps:
+              - git: {remote: "<URL>", token-file: token}
+              - run: cat version.txt
+            """,
+            URL=url,
+        )
+        home.up()
+        runs = []
+        for version in ("version one", "version two"):
+            commit = repos.commit(version)
+            run_id = home.trigger("app")
+            run = home.finished(run_id)
+            assert (run.status, run.commit) == ("succeeded", commit), home.details(run_id)
+            runs.append(run)
+        workdir = home.path / "app"
+        assert os.readlink(workdir / "current") == f"releases/{runs[-1].id}-{runs[-1].commit[:7]}"
+        assert (workdir / "current" / "version.txt").read_text().strip() == "version two"
+        assert step_output(home.log(runs[-1].id), 2) == ["version two"]
+        # One clone, fetched with the token each time; the token is in neither it nor a release nor a log.
+        assert "right" in server.seen and "wrong" not in server.seen, server.seen
+        assert git("remote", "get-url", "origin", cwd=workdir / "repo") == url
+        for run in runs:
+            assert_nowhere(TOKEN, home, run.id, workdir)
+    finally:
+        home.close()
+        server.close()
