@@ -242,13 +242,42 @@ def check_values(doc: Document, home: Path) -> None:
     if "timeout" in data:
         _check_duration(doc, data["timeout"], ("timeout",))
     _check_env(doc, data.get("env"), ("env",))
-    steps = data.get("steps")
-    if isinstance(steps, list):
-        names: dict[str, int] = {}
+    # One name space: a run records its build and activate steps side by side.
+    names: dict[str, int] = {}
+    for listed in ("steps", "activate"):
+        steps = data.get(listed)
+        if not isinstance(steps, list):
+            continue
         for index, step in enumerate(steps):
             if isinstance(step, dict):
-                _check_step(doc, step, ("steps", index), names)
+                _check_step(doc, step, (listed, index), names)
                 nginx = step.get("nginx")
                 if isinstance(nginx, dict) and isinstance(nginx.get("template"), str):
-                    where: Where = ("steps", index, "nginx", "template")
+                    where: Where = (listed, index, "nginx", "template")
                     doc.check(where, _nginx_template_problem(nginx["template"], home))
+                if listed == "activate" and "git" in step:
+                    doc.check((listed, index, "git"), "a git step checks a release out: it belongs in steps")
+    _check_release(doc, data)
+
+
+def _check_release(doc: Document, data: dict[str, Any]) -> None:
+    """``activate`` needs ``release``; shared paths stay inside the release; the health check's values."""
+    release = data.get("release")
+    if "activate" in data and not isinstance(release, dict):
+        doc.check(("activate",), "activate steps run after a release's switch: add `release: {keep: 5}`")
+    if not isinstance(release, dict):
+        return
+    shared = release.get("shared")
+    for index, path in enumerate(shared if isinstance(shared, list) else ()):
+        if isinstance(path, str):
+            problem = _cwd_problem(path) or (None if posixpath.normpath(path) != "." else "must name a path")
+            doc.check(("release", "shared", index), problem and problem.replace("workdir", "release"))
+    health = release.get("health")
+    if isinstance(health, dict):
+        if ("url" in health) == ("run" in health):
+            doc.check(("release", "health"), "a health check is either `url: http://...` or `run: COMMAND`")
+        for key in ("timeout", "interval"):
+            if key in health:
+                _check_duration(doc, health[key], ("release", "health", key))
+        if isinstance(health.get("run"), str):
+            _check_run(doc, ("release", "health", "run"), health["run"])

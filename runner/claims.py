@@ -190,7 +190,8 @@ def cancel_run(store: Store, run_id: int) -> str | None:
 
 def finish_claimed(store: Store, run_id: int, status: str, reason: str | None) -> bool:
     """Record how a claimed run ended; False if it was cancelled by hand meanwhile, which stays its outcome
-    (only when it ended is recorded then)."""
+    (only when it ended is recorded then, and ``reason`` if it says more of that cancel: it starts with
+    ``cancelled by hand``, as a release run's switch back after one does)."""
     with store.engine.begin() as connection:
         now = datetime.now(UTC)
         done = connection.execute(
@@ -201,4 +202,10 @@ def finish_claimed(store: Store, run_id: int, status: str, reason: str | None) -
         if done.rowcount:
             return True
         connection.execute(update(Run).where(Run.id == run_id).values(finished_at=now))
+        if reason is not None and reason.startswith(BY_HAND):
+            connection.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.status == "cancelled", Run.reason == BY_HAND)
+                .values(reason=reason)
+            )
     return False

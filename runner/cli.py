@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import cancel, known_hosts, reports, server, shipped, ui_users
+from runner import cancel, known_hosts, release_commands, reports, server, shipped, ui_users
 from runner import config as config_module
 from runner.arguments import ALL_SERVERS_HELP, LIMIT_HELP, Commands, global_options, positive_int, top_parser
 from runner.config import Config, ConfigError
@@ -244,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     # In the order `runner --help` lists them.
     _add_process_commands(commands)
     _add_run_commands(commands)
+    release_commands.add_commands(commands)
     _add_instance_commands(commands)
     _add_data_commands(commands)
     ui_users.add_commands(commands)

@@ -51,6 +51,6 @@ def superseded_reason(newer: RunEntry) -> str:
     """What a run superseded (or cancelled) by the ``newer`` entry records: "superseded by run N", and, when N
     is a rollback, to which commit."""
     by = f"run {newer.run_id}" if newer.run_id is not None else "a newer entry"
-    if newer.trigger == "manual" and newer.commit is not None:
+    if newer.trigger in ("manual", "rollback") and newer.commit is not None:
         return f"{SUPERSEDED_BY}{by} (rollback to {newer.commit[:7]})"
     return f"{SUPERSEDED_BY}{by}"

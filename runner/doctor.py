@@ -156,7 +156,7 @@ class Doctor:
                 yield Check(f"workdir of {pipeline.name}", False, f"{problem}: {_own_fix(workdir)}")
 
     def _step_types(self) -> set[str]:
-        return {step.type for pipeline in self.pipelines for step in pipeline.steps}
+        return {step.type for pipeline in self.pipelines for step in pipeline.all_steps}
 
     def check_tools(self) -> Iterator[Check]:
         path = ":".join([*self.config.tool_path, self.environ.get("PATH", os.defpath)])
@@ -229,7 +229,7 @@ class Doctor:
 
         needed: list[list[str]] = []
         for pipeline in self.pipelines:
-            for step in pipeline.steps:
+            for step in pipeline.all_steps:
                 argv: list[str] | None = None
                 if step.type == "systemctl":
                     args = step.args or {}

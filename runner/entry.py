@@ -5,7 +5,8 @@ id, when it was received, and the payload, last, exactly as GitHub sent it. The 
 into the recovered queue for a delivery it fetched from GitHub's record, with ``recovered: true``. The router
 forwards it to the queue of each pipeline it matches with two keys more, the main queue's entry and the run
 it is for. A manual entry is what ``runner trigger`` puts into a pipeline's queue: the run, its ref and
-commit, who asked, when. A cancel request is what ``runner cancel`` puts there for the pipeline's lane:
+commit, who asked, when; ``runner rollback`` puts the same there with the release to switch to. A cancel
+request is what ``runner cancel`` puts there for the pipeline's lane:
 the run to call off. An action is what the status page puts into the main queue for the router: a
 redeploy or a cancel of a run, asked by a user of the page.
 """
@@ -116,10 +117,13 @@ class Manual:
     commit: str | None
     requested_at: datetime
     requested_by: str
+    # A rollback (``runner rollback``): the kept release to switch to, whose activate steps alone run.
+    release: str | None = None
 
     def written(self) -> dict[str, Any]:
         return {
-            "kind": "manual",
+            "kind": "manual" if self.release is None else "rollback",
+            **({} if self.release is None else {"release": self.release}),
             "run_id": self.run_id,
             "pipeline": self.pipeline,
             "ref": self.ref,
@@ -215,6 +219,8 @@ class RunEntry:
     delivery: str | None
     event: str | None
     payload: dict[str, Any]
+    # A rollback's release (its trigger is "rollback").
+    release: str | None = None
 
     @classmethod
     def read(cls, data: Any) -> RunEntry:
@@ -223,15 +229,17 @@ class RunEntry:
             raise BadEntry("the entry is not a JSON object")
         run_id = data.get("run_id")
         payload = data.get("payload") if isinstance(data.get("payload"), dict) else {}
-        manual = data.get("kind", "delivery") == "manual"
+        kind = data.get("kind", "delivery")
+        manual = kind in ("manual", "rollback")
         return cls(
             run_id=run_id if isinstance(run_id, int) else None,
-            trigger="manual" if manual else str(data.get("event")),
+            trigger=kind if manual else str(data.get("event")),
             ref=_text(data.get("ref")) if manual else event_ref(payload),
             commit=_text(data.get("commit")) if manual else pushed_commit(payload),
             delivery=_text(data.get("delivery")),
             event=_text(data.get("event")),
             payload=payload,
+            release=_text(data.get("release")) if kind == "rollback" else None,
         )
 
 

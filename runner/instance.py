@@ -149,7 +149,7 @@ class Instance:
         pipelines.reload()
         commands: list[list[str]] = []
         for pipeline in pipelines.all():
-            for step in pipeline.steps:
+            for step in pipeline.all_steps:
                 if step.type == "systemctl":
                     args = step.args or {}
                     argv = command(args["action"], args["unit"], bool(args.get("no-block")))

@@ -26,6 +26,7 @@ from runner.notifier import Notifier
 from runner.pipeline import Concurrency, Pipeline
 from runner.pipelines import PipelineSet, pipeline_file_exists
 from runner.queue import Queue
+from runner.release_run import run_release
 from runner.reporter import Reporter
 from runner.run_steps import StepRunner
 from runner.store import Store
@@ -254,7 +255,9 @@ class Lane:
                 log.note(f"run {interrupted_id} for the same entry was interrupted; this run does it again")
             # What arrives meanwhile is superseded, or cancels the run, at once.
             async with self.waiting.watching(name, entry, run_id) as cancel:
-                status, reason = await self.step_runner.run(pipeline, ctx, stop, cancel)
+                status, reason = await run_release(
+                    self.step_runner, pipeline, ctx, entry.release, stop, cancel
+                )
         except Exception as exc:
             log.note(f"the run could not go on: {describe(exc)}")
             raise
@@ -264,7 +267,8 @@ class Lane:
         # False: cancelled by hand meanwhile, by a `runner cancel` whose request the lane had not seen yet.
         called_off = not await asyncio.to_thread(claims.finish_claimed, self.store, run_id, status, reason)
         if called_off:
-            status, reason = "cancelled", claims.BY_HAND
+            status = "cancelled"
+            reason = reason if reason and reason.startswith(claims.BY_HAND) else claims.BY_HAND
         called_off = called_off or (status == "cancelled" and cancel.is_set())
         if self.reporter is not None:
             await self.reporter.ended(run_id, CALLED_OFF if called_off else status, reason)

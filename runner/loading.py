@@ -23,12 +23,18 @@ from runner.git_checks import check_git_access
 from runner.notify_checks import check_notify, notify_targets
 from runner.pipeline import (
     DEFAULT_EVENTS,
+    DEFAULT_KEEP,
     DEFAULT_TIMEOUT,
+    HEALTH_INTERVAL,
+    HEALTH_RETRIES,
+    HEALTH_TIMEOUT,
     STEP_TYPES,
     Concurrency,
     GitHubDeployment,
     GitHubReporting,
+    HealthCheck,
     Pipeline,
+    Release,
     StepSpec,
     Trigger,
     parse_duration,
@@ -68,11 +74,9 @@ def _github(name: str, github: Mapping[str, Any]) -> GitHubReporting:
     )
 
 
-def _build(doc: Document, name: str, home: Path) -> Pipeline:
-    data = doc.data
-    on = data["on"]
+def _steps(doc: Document, listed: str) -> tuple[StepSpec, ...]:
     steps = []
-    for index, step in enumerate(data["steps"]):
+    for index, step in enumerate(doc.data.get(listed) or ()):
         (step_type,) = (key for key in step if key in STEP_TYPES)
         args = step[step_type]
         if step_type == "git" and args is None:
@@ -86,11 +90,37 @@ def _build(doc: Document, name: str, home: Path) -> Pipeline:
                 env=dict(step.get("env", {})),
                 cwd=step.get("cwd"),
                 when=step.get("when"),
-                line=doc.position(("steps", index))[0],
+                line=doc.position((listed, index))[0],
                 cancel=step.get("cancel", True),
                 secrets=dict(step.get("secrets", {})),
             )
         )
+    return tuple(steps)
+
+
+def _release(settings: Mapping[str, Any] | None) -> Release | None:
+    if settings is None:
+        return None
+    health = settings.get("health")
+    return Release(
+        keep=settings.get("keep", DEFAULT_KEEP),
+        shared=tuple(settings.get("shared", ())),
+        health=None
+        if health is None
+        else HealthCheck(
+            url=health.get("url"),
+            run=health.get("run"),
+            expect=health.get("expect", 200),
+            timeout=parse_duration(health["timeout"]) if "timeout" in health else HEALTH_TIMEOUT,
+            retries=health.get("retries", HEALTH_RETRIES),
+            interval=parse_duration(health["interval"]) if "interval" in health else HEALTH_INTERVAL,
+        ),
+    )
+
+
+def _build(doc: Document, name: str, home: Path) -> Pipeline:
+    data = doc.data
+    on = data["on"]
     return Pipeline(
         name=name,
         path=doc.path,
@@ -105,11 +135,13 @@ def _build(doc: Document, name: str, home: Path) -> Pipeline:
         workdir=Path(os.path.abspath(home / data["workdir"])),
         env=dict(data.get("env", {})),
         timeout=parse_duration(data["timeout"]) if "timeout" in data else DEFAULT_TIMEOUT,
-        steps=tuple(steps),
+        steps=_steps(doc, "steps"),
         github=_github(name, data.get("github") or {}),
         concurrency=_concurrency(data.get("concurrency", {})),
         notify=notify_targets(doc, home),
         secrets=dict(data.get("secrets", {})),
+        release=_release(data.get("release")),
+        activate=_steps(doc, "activate"),
     )
 
 

@@ -122,7 +122,7 @@ class Run(Base):
     entry: Mapped[str | None] = mapped_column(Text)
     delivery_id: Mapped[str | None] = mapped_column(String(100), index=True)
     attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
-    trigger: Mapped[str] = mapped_column(String(16))  # "push" or "manual"
+    trigger: Mapped[str] = mapped_column(String(16))  # "push", "manual" or "rollback"
     ref: Mapped[str | None] = mapped_column(Text)
     commit: Mapped[str | None] = mapped_column(String(64))
     # The commit's subject (its message's first line), when the event or the checkout tells it.

@@ -136,6 +136,35 @@ class NotifyTarget:
     line: int = 0
 
 
+# A release's health check, by default: each try's limit, the tries after a failed one, the wait between.
+HEALTH_TIMEOUT = 30.0
+HEALTH_RETRIES = 3
+HEALTH_INTERVAL = 2.0
+DEFAULT_KEEP = 5
+
+
+@dataclass(frozen=True)
+class HealthCheck:
+    """What must hold once a release is current (``release.health``): a URL's status, or a command's exit."""
+
+    url: str | None
+    run: str | list[str] | None
+    expect: int = 200
+    timeout: float = HEALTH_TIMEOUT
+    retries: int = HEALTH_RETRIES
+    interval: float = HEALTH_INTERVAL
+
+
+@dataclass(frozen=True)
+class Release:
+    """Release directories (``release:``): how many successful ones stay, what persists across them, and
+    the health check after a switch."""
+
+    keep: int = DEFAULT_KEEP
+    shared: tuple[str, ...] = ()
+    health: HealthCheck | None = None
+
+
 @dataclass(frozen=True)
 class Match:
     matched: bool
@@ -163,8 +192,16 @@ class Pipeline:
     github: GitHubReporting
     concurrency: Concurrency = Concurrency()
     notify: tuple[NotifyTarget, ...] = ()
+    # None: the pipeline builds in its workdir. Set: in release directories, ``activate`` after the switch.
+    release: Release | None = None
+    activate: tuple[StepSpec, ...] = ()
     # NAME: the file whose content is the variable NAME of every step (see runner/pipeline_secrets.py).
     secrets: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def all_steps(self) -> tuple[StepSpec, ...]:
+        """Every step, building and activating: what setup and doctor look at (sudo rules, tools)."""
+        return self.steps + self.activate
 
     def step_secrets(self, spec: StepSpec) -> dict[str, str]:
         """The secrets a step gets, NAME: file: the pipeline's, with the step's own over them."""

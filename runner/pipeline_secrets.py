@@ -99,24 +99,29 @@ def check_secrets(doc: Document) -> None:
     top = data.get("secrets") if isinstance(data.get("secrets"), dict) else {}
     # The pipeline's env: is rendered for every step: it may name only the pipeline's own secrets.
     _check_used(doc, top_env, ("env",), top, "the pipeline")
-    steps = data.get("steps")
-    for index, step in enumerate(steps if isinstance(steps, list) else []):
-        if isinstance(step, dict):
-            own_env = step["env"] if isinstance(step.get("env"), dict) else {}
-            _check_mapping(doc, step.get("secrets"), ("steps", index, "secrets"), {**top_env, **own_env})
-            own = step["secrets"] if isinstance(step.get("secrets"), dict) else {}
-            known = {**top, **own}
-            _check_used(doc, own_env, ("steps", index, "env"), known, f"step {index + 1}")
-            nginx = step.get("nginx")
-            if isinstance(nginx, dict):
-                _check_used(
-                    doc, nginx.get("vars"), ("steps", index, "nginx", "vars"), known, f"step {index + 1}"
-                )
-            for name in own_env:
-                where = ("steps", index, "env", name)
-                if name in top and name not in (step.get("secrets") or {}) and where not in doc.flagged:
-                    message = f"{name} is one of the pipeline's secrets: give the variable another name"
-                    doc.add(where, say(where, message), key=True)
+    for listed, label in (("steps", "step"), ("activate", "activate step")):
+        steps = data.get(listed)
+        for index, step in enumerate(steps if isinstance(steps, list) else []):
+            if isinstance(step, dict):
+                _check_step(doc, step, (listed, index), f"{label} {index + 1}", top_env, top)
+
+
+def _check_step(
+    doc: Document, step: dict[str, Any], at: Where, scope: str, top_env: dict[str, Any], top: dict[str, Any]
+) -> None:
+    own_env = step["env"] if isinstance(step.get("env"), dict) else {}
+    _check_mapping(doc, step.get("secrets"), (*at, "secrets"), {**top_env, **own_env})
+    own = step["secrets"] if isinstance(step.get("secrets"), dict) else {}
+    known = {**top, **own}
+    _check_used(doc, own_env, (*at, "env"), known, scope)
+    nginx = step.get("nginx")
+    if isinstance(nginx, dict):
+        _check_used(doc, nginx.get("vars"), (*at, "nginx", "vars"), known, scope)
+    for name in own_env:
+        where = (*at, "env", name)
+        if name in top and name not in (step.get("secrets") or {}) and where not in doc.flagged:
+            message = f"{name} is one of the pipeline's secrets: give the variable another name"
+            doc.add(where, say(where, message), key=True)
 
 
 def resolve(path: str, credentials_directory: str | None) -> Path:
@@ -132,8 +137,8 @@ def resolve(path: str, credentials_directory: str | None) -> Path:
 
 def all_secrets(pipeline: Pipeline) -> Iterator[tuple[str, str]]:
     """Every (NAME, FILE) the pipeline and its steps name, each once."""
-    seen = dict.fromkeys([*pipeline.secrets.items(), *(i for s in pipeline.steps for i in s.secrets.items())])
-    yield from seen
+    steps = (item for step in pipeline.all_steps for item in step.secrets.items())
+    yield from dict.fromkeys([*pipeline.secrets.items(), *steps])
 
 
 def read_secret(name: str, path: str, credentials_directory: str | None) -> str:

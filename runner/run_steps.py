@@ -12,7 +12,7 @@ from typing import Any
 from runner import steps
 from runner.cancelling import Cancel, stop_step
 from runner.credentials import mask
-from runner.pipeline import Pipeline
+from runner.pipeline import Pipeline, StepSpec
 from runner.pipeline_secrets import SecretError, notify_urls, read_secrets
 from runner.store import Store
 
@@ -24,18 +24,30 @@ class StepRunner:
         self.store = store
         self.stop_grace = stop_grace
 
-    async def run(
-        self, pipeline: Pipeline, ctx: steps.RunContext, stop: asyncio.Event, cancel: Cancel
-    ) -> tuple[str, str | None]:
+    async def load_secrets(self, pipeline: Pipeline, ctx: steps.RunContext) -> tuple[str, str] | None:
+        """Read the run's secrets when it starts, before its first step, and mask them (and the webhook
+        URLs its notifications go to) from the first line on; the run's failure if one cannot be read."""
         try:
-            # Read when the run starts, before its first step; masked from the first line on.
             ctx.secrets = await asyncio.to_thread(read_secrets, pipeline, ctx.credentials_directory)
         except SecretError as exc:
             ctx.log.note(f"the run cannot start: {exc}")
             return "failed", str(exc)
         urls = await asyncio.to_thread(notify_urls, pipeline)
         ctx.log.masker.add(*ctx.secrets.values(), *urls)
-        for position, spec in enumerate(pipeline.steps, start=1):
+        return None
+
+    async def run(
+        self,
+        pipeline: Pipeline,
+        ctx: steps.RunContext,
+        stop: asyncio.Event,
+        cancel: Cancel,
+        specs: tuple[StepSpec, ...] | None = None,
+        first: int = 1,
+    ) -> tuple[str, str | None]:
+        """Run ``specs`` (default: the pipeline's steps), numbered from ``first``: a release's activate
+        steps are recorded after its build steps. The run's secrets are read before (load_secrets)."""
+        for position, spec in enumerate(pipeline.steps if specs is None else specs, start=first):
             # What runner records and logs of a step (its name may be its command, its detail the reason
             # it failed) never holds a URL's credentials.
             name = mask(spec.name)

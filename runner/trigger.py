@@ -1,4 +1,5 @@
-"""A run queued by hand (``runner trigger``): a redeploy, or a ref or commit of a pipeline, with its entry."""
+"""A run queued by hand (``runner trigger``): a redeploy, or a ref or commit of a pipeline, with its entry; or
+a rollback to a kept release (``runner rollback``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,9 @@ from runner.config import Config
 from runner.entry import Manual, put_entry
 from runner.events import SUBJECT_LENGTH
 from runner.lock import NotTheOwner, require_owner
+from runner.pipeline import Pipeline
 from runner.pipelines import PipelineSet
+from runner.release_dirs import REPO
 from runner.steps import COMMIT, REF
 from runner.store import Store
 
@@ -88,6 +91,24 @@ def _subject(workdir: Path, commit: str) -> str | None:
     return subject[:SUBJECT_LENGTH] if found.returncode == 0 and subject else None
 
 
+def find_pipeline(config: Config, name: str, command: str | None) -> Pipeline:
+    """The valid pipeline ``name``; with ``command`` (which writes in its queue), one whose queue this
+    process may write in. Raises TriggerError."""
+    pipelines = PipelineSet(config.pipelines_dir, config.home)
+    problems = pipelines.reload()
+    found = pipelines.get(name)
+    if found is None:
+        known = ", ".join(p.name for p in pipelines.all()) or "none"
+        detail = "".join(f"\n{p}" for p in problems if p.path.stem == name)
+        raise TriggerError(f"no valid pipeline {name!r} (pipelines: {known}){detail}")
+    try:
+        if command is not None:
+            require_owner(config.queues_dir / found.name, command)
+    except NotTheOwner as exc:
+        raise TriggerError(str(exc)) from None
+    return found
+
+
 @dataclass(frozen=True)
 class RunRequest:
     """A run asked for: a pipeline, and a ref, a commit or both; neither redeploys the last run's ref."""
@@ -97,27 +118,21 @@ class RunRequest:
     commit: str | None
     # The commit's subject, when its checkout tells it.
     subject: str | None = None
+    # A rollback's kept release (``runner rollback``): switched to, its activate steps alone run.
+    release: str | None = None
 
     @classmethod
     def checked(cls, config: Config, pipeline: str, ref: str | None, commit: str | None) -> RunRequest:
         """What ``runner trigger`` was given, checked and resolved before any database work. Raises
         TriggerError."""
-        pipelines = PipelineSet(config.pipelines_dir, config.home)
-        problems = pipelines.reload()
-        found = pipelines.get(pipeline)
-        if found is None:
-            known = ", ".join(p.name for p in pipelines.all()) or "none"
-            detail = "".join(f"\n{p}" for p in problems if p.path.stem == pipeline)
-            raise TriggerError(f"no valid pipeline {pipeline!r} (pipelines: {known}){detail}")
-        try:
-            require_owner(config.queues_dir / found.name, "trigger")
-        except NotTheOwner as exc:
-            raise TriggerError(str(exc)) from None
-        full_commit = _commit(found.workdir, commit) if commit is not None else None
+        found = find_pipeline(config, pipeline, "trigger")
+        # A release pipeline's commits are in the clone its releases share.
+        checkout = found.workdir / REPO if found.release is not None else found.workdir
+        full_commit = _commit(checkout, commit) if commit is not None else None
         full_ref = _ref(ref) if ref else None
         if full_ref is not None and not REF.match(full_ref):
             raise TriggerError(f"--ref {ref!r} is not a branch or a refs/tags/ ref")
-        subject = _subject(found.workdir, full_commit) if full_commit is not None else None
+        subject = _subject(checkout, full_commit) if full_commit is not None else None
         return cls(found.name, full_ref, full_commit, subject)
 
     def queue(self, config: Config, store: Store, reason: str | None = None, by: str | None = None) -> Manual:
@@ -132,11 +147,12 @@ class RunRequest:
                     f"pipeline {self.pipeline} has no run yet to redeploy: give --ref or --commit"
                 )
             ref = last[0].ref
+        trigger = "manual" if self.release is None else "rollback"
         run_id = store.create_run(
-            self.pipeline, trigger="manual", ref=ref, commit=self.commit, subject=self.subject, reason=reason
+            self.pipeline, trigger=trigger, ref=ref, commit=self.commit, subject=self.subject, reason=reason
         )
         by = by or getpass.getuser()
-        entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), by)
+        entry = Manual(run_id, self.pipeline, ref, self.commit, datetime.now(UTC), by, self.release)
         directory = config.queues_dir / self.pipeline
         try:
             name = put_entry(directory, entry.written())

@@ -42,8 +42,12 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(json.loads(SCHEMA_PATH.read_text()))
 
 
+# The lists of steps: built before a release's switch, and (with ``release:``) activating after it.
+STEP_LISTS = {"steps": "step", "activate": "activate step"}
+
+
 def _is_step(where: Where) -> bool:
-    return len(where) == 2 and where[0] == "steps" and isinstance(where[1], int)
+    return len(where) == 2 and where[0] in STEP_LISTS and isinstance(where[1], int)
 
 
 def _dotted(where: Where) -> str:
@@ -58,9 +62,9 @@ def _dotted(where: Where) -> str:
 
 def _label(where: Where) -> str:
     """Where a value is, for a message: ``on.branches item 2``, ``step 3 git.clean``, ``env.PORT``."""
-    if len(where) >= 2 and where[0] == "steps" and isinstance(where[1], int):
+    if len(where) >= 2 and where[0] in STEP_LISTS and isinstance(where[1], int):
         rest = _dotted(where[2:])
-        return f"step {where[1] + 1}" + (f" {rest}" if rest else "")
+        return f"{STEP_LISTS[str(where[0])]} {where[1] + 1}" + (f" {rest}" if rest else "")
     return _dotted(where)
 
 
@@ -185,28 +189,27 @@ def _explain(error: ValidationError, skip: set[Where]) -> Iterator[tuple[Where, 
         yield where, False, say(where, error.message)
 
 
-def _step_types(doc: Document, steps: list[Any]) -> set[Where]:
+def _step_types(doc: Document, steps: list[Any], listed: str = "steps") -> set[Where]:
     """Say what is wrong with each step's type before the schema does; returns the keys said to be wrong."""
     said: set[Where] = set()
     known = ", ".join(STEP_TYPES)
     for index, step in enumerate(steps):
         if not isinstance(step, dict):
             continue
-        where: Where = ("steps", index)
+        where: Where = (listed, index)
+        label = _label(where)
         types = [key for key in step if key in STEP_TYPES]
         unknown = [key for key in step if key not in STEP_TYPES and key not in STEP_KEYS]
         if not types and unknown:
             for key in unknown:
-                doc.add(
-                    (*where, key), f"step {index + 1}: unknown step type '{key}' (known: {known})", key=True
-                )
+                doc.add((*where, key), f"{label}: unknown step type '{key}' (known: {known})", key=True)
                 said.add((*where, key))
         elif not types:
-            doc.add(where, f"step {index + 1}: no step type: a step needs one of {known}")
+            doc.add(where, f"{label}: no step type: a step needs one of {known}")
         elif len(types) > 1:
             doc.add(
                 (*where, types[1]),
-                f"step {index + 1}: more than one step type ({', '.join(types)}): "
+                f"{label}: more than one step type ({', '.join(types)}): "
                 "a step has exactly one; make them separate steps",
                 key=True,
             )
@@ -215,7 +218,10 @@ def _step_types(doc: Document, steps: list[Any]) -> set[Where]:
 
 def check_schema(doc: Document) -> None:
     """Say what the schema finds wrong in the document: each step's type first, more plainly than it would."""
-    said = _step_types(doc, doc.data["steps"]) if isinstance(doc.data.get("steps"), list) else set()
+    said: set[Where] = set()
+    for key in STEP_LISTS:
+        if isinstance(doc.data.get(key), list):
+            said |= _step_types(doc, doc.data[key], key)
     explained = [
         explanation for error in _validator().iter_errors(doc.data) for explanation in _explain(error, said)
     ]

@@ -71,7 +71,7 @@ def settle(store: Store, config: Config) -> list[tuple[int, str]]:
                 continue
             queued = run.queued_at if run.queued_at.tzinfo else run.queued_at.replace(tzinfo=UTC)
             age = (datetime.now(UTC) - queued).total_seconds()
-            if run.trigger == "manual" and age < TRIGGER_GRACE:
+            if run.trigger in ("manual", "rollback") and age < TRIGGER_GRACE:
                 continue
             reason = f"its entry never reached {directory}"
         elif is_entry_name(run.entry) and (directory / run.entry).exists():

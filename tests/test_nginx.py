@@ -709,6 +709,50 @@ def test_a_run_renders_checks_and_reloads_and_a_broken_site_is_put_back(rig: Rig
     assert get(port)[:2] == (200, f"deployed {rig.commit} from main")
 
 
+RELEASE_PIPELINE = """
+on: {repository: acme/web, branches: [main]}
+workdir: checkout
+release: {keep: 2}
+steps:
+  - git: {remote: <REMOTE>}
+  - run: test ! -e public/broken
+activate:
+  - name: static site
+    nginx:
+      site: web.example
+      template: static.conf.j2
+      vars:
+        server_name: web.localhost
+        root: <ROOT>
+        tls: false
+        listen_addresses: [127.0.0.1]
+        http_port: <STATIC_PORT>
+"""
+
+
+def test_a_static_site_served_from_current_is_deployed_by_the_switch(rig: Rig) -> None:
+    port = free_port()
+    root = rig.home / "checkout" / "current" / "public"
+    write_pipeline(rig.home, "web", RELEASE_PIPELINE, REMOTE=rig.bare, ROOT=root, STATIC_PORT=port)
+    rig.start()
+    first = rig.trigger("web")
+    assert first.status == "succeeded", rig.details(first)
+    assert f"root {root};" in (rig.nginx.sites / "web.example.conf").read_text()
+    assert get(port, host="web.localhost")[:2] == (200, "version one\n")
+
+    work = rig.world / "app-work"
+    for version, files in (("two", {"index.html": "version two\n"}), ("broken", {"broken": "x"})):
+        for name, text in files.items():
+            (work / "public" / name).write_text(text)
+        rig._git("add", "--all", cwd=work)
+        rig._git("commit", "-q", "-m", version, cwd=work)
+        rig._git("push", "-q", str(rig.bare), "main:refs/heads/main", cwd=work)
+        run = rig.trigger("web")
+        # The new version is served once switched to; a failed build leaves the one served before.
+        assert run.status == ("failed" if version == "broken" else "succeeded"), rig.details(run)
+        assert get(port, host="web.localhost")[:2] == (200, "version two\n")
+
+
 PROXY_PIPELINE = """
 on: {repository: acme/web, branches: [main]}
 workdir: checkout

@@ -182,7 +182,7 @@ class Rig:
         shutil.copy(tmp / "keys" / "deploy", self.home.path / "deploy-key")
         os.chmod(self.home.path / "deploy-key", 0o600)
 
-    def pipeline(self, name: str, key: str | None, submodules: bool = False) -> None:
+    def pipeline(self, name: str, key: str | None, submodules: bool = False, release: bool = False) -> None:
         options = f"remote: {self.sshd.url(self.repos.app)}"
         if key:
             options += f', ssh-key: "{key}"'
@@ -194,12 +194,14 @@ class Rig:
             on:
               repository: acme/app
             workdir: <NAME>
+            <RELEASE>
             steps:
               - git: {<OPTIONS>}
               - run: cat version.txt
             """,
             NAME=name,
             OPTIONS=options,
+            RELEASE="release: {keep: 5}" if release else "",
         )
 
     def run(self, name: str) -> tuple[int, Any]:
@@ -313,6 +315,25 @@ def test_a_deploy_key_clones_and_fetches_with_submodules_and_nothing_of_the_user
     assert rig.deploy_fingerprint in offered, offered
     # Neither the deploy user's own key nor the agent's was ever offered, though the server takes both.
     assert rig.user_fingerprint not in offered and rig.agent_fingerprint not in offered, offered
+
+
+def test_a_release_pipelines_shared_clone_fetches_with_the_deploy_key_and_submodules(rig: Rig) -> None:
+    assert rig.add_host().returncode == 0
+    first = rig.repos.commit("version one")
+    rig.pipeline("app", "deploy-key", submodules=True, release=True)
+    rig.home.up()
+    workdir = rig.home.path / "app"
+    for version, commit in (("one", first), ("two", None)):
+        commit = commit or rig.repos.commit(f"version {version}")
+        run_id, run = rig.run("app")
+        assert (run.status, run.commit) == ("succeeded", commit), rig.home.details(run_id)
+        # Built and served from a worktree of the one clone, with its submodule.
+        current = workdir / "current"
+        assert os.readlink(current) == f"releases/{run_id}-{commit[:7]}"
+        assert (current / "version.txt").read_text() == f"version {version}\n"
+        assert (current / "lib" / "lib.txt").read_text() == "library one\n"
+    assert git("remote", "get-url", "origin", cwd=workdir / "repo") == rig.sshd.url(rig.repos.app)
+    assert len(list((workdir / "releases").glob("*-*"))) == 4  # two releases, each with its record
 
 
 def test_a_wrong_deploy_key_fails_clearly_and_the_users_own_keys_do_not_stand_in(rig: Rig) -> None:

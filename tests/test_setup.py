@@ -692,3 +692,18 @@ def test_the_installed_wrapper_refuses_hooks_and_odd_names(
     assert done.stdout == ""
     assert not certbot_conf.with_name("certbot-ran").exists(), "certbot ran"
     assert not marker.exists()
+
+
+def test_an_activate_steps_unit_gets_its_rule_too(tmp_path: Path) -> None:
+    # A release pipeline restarts its unit after the switch: the sudoers file must allow it all the same.
+    name = unique_name()
+    (tmp_path / "pipelines").mkdir()
+    pipeline = (
+        PIPELINE.split("steps:")[0]
+        + "release: {keep: 2}\nsteps:\n  - run: make\n"
+        + "activate:\n  - systemctl: {action: restart, unit: NAME-api.service}\n"
+    )
+    (tmp_path / "pipelines" / "api.yaml").write_text(pipeline.replace("NAME", name))
+    setup = Setup(user=name, home=tmp_path, sites_dir=tmp_path, stop_grace=60)
+    assert setup.pipeline_units() == [[SYSTEMCTL, "restart", f"{name}-api.service"]]
+    assert f"{SYSTEMCTL} restart {name}-api.service" in sudoers_commands(setup.sudoers().decode())

@@ -26,6 +26,7 @@ from runner.credentials import mask
 from runner.masking import PROCESS, Masker
 from runner.pipeline import Pipeline, StepSpec
 from runner.process import Child, process_stat, spawn
+from runner.release_dirs import SHARED
 from runner.templating import SECRETS, render
 
 COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
@@ -123,7 +124,7 @@ class RunContext:
     pipeline: Pipeline
     config: Config
     log: RunLog
-    trigger: str  # "push" or "manual"
+    trigger: str  # "push", "manual" or "rollback"
     ref: str | None
     commit: str | None
     repository: str
@@ -142,6 +143,8 @@ class RunContext:
     # run starts; CREDENTIALS_DIRECTORY of the worker's environment, for $CREDENTIALS_DIRECTORY/NAME.
     secrets: dict[str, str] = field(default_factory=dict)
     credentials_directory: str | None = None
+    # With ``release:``, the release directory the run builds or activates: its steps' workdir.
+    release: Path | None = None
 
     @property
     def home(self) -> Path:
@@ -149,7 +152,7 @@ class RunContext:
 
     @property
     def workdir(self) -> Path:
-        return self.pipeline.workdir
+        return self.release or self.pipeline.workdir
 
     @property
     def branch(self) -> str | None:
@@ -360,7 +363,11 @@ def step_timeout(spec: StepSpec, ctx: RunContext) -> float:
 
 def step_cwd(spec: StepSpec, ctx: RunContext) -> Path:
     cwd = (ctx.workdir / spec.cwd).resolve() if spec.cwd else ctx.workdir
-    if not cwd.is_relative_to(ctx.workdir.resolve()) and cwd != ctx.workdir:
+    inside = [ctx.workdir.resolve()]
+    if ctx.release is not None:
+        # A release's shared paths are symlinks to <workdir>/shared/...: a cwd through one stays in it.
+        inside.append((ctx.pipeline.workdir / SHARED).resolve())
+    if cwd != ctx.workdir and not any(cwd.is_relative_to(root) for root in inside):
         raise StepFailed(f"cwd {spec.cwd!r} is outside the workdir")
     if not cwd.is_dir():
         raise StepFailed(f"the working directory {cwd} does not exist")

@@ -1,4 +1,5 @@
-"""The git step: clone if missing, fetch, and check out exactly the pushed commit.
+"""The git step: clone if missing, fetch, and check out exactly the pushed commit; with ``release:``, into
+the one clone the releases share (``<workdir>/repo``), the commit checked out as a new release's worktree.
 
 A remote's credentials (``https://x-access-token:TOKEN@github.com/...``) never reach git's configuration or
 the run's log: git is given the URL without them and asks for them through runner/credentials.py's helper.
@@ -16,6 +17,7 @@ from runner.credentials import Credentials, CredentialsError, TokenFile, split
 from runner.git_access import AccessError, GitAccess, refusal
 from runner.pipeline import StepSpec
 from runner.process import DEVNULL, spawn
+from runner.release_dirs import REPO, ReleaseError, Releases
 from runner.steps.base import COMMIT, REF, Capture, Outcome, RunContext, StepFailed, execute, step_timeout
 from runner.templating import render
 
@@ -68,7 +70,7 @@ async def _git(
     output = Capture(ctx.log) if access is not None else ctx.log
     outcome = await execute(
         ["git", *options, *args],
-        cwd=cwd or ctx.workdir,
+        cwd=cwd or checkout_dir(ctx),
         env=env,
         timeout=step_timeout(spec, ctx),
         log=output,
@@ -85,7 +87,7 @@ async def _git(
 async def _git_output(ctx: RunContext, *args: str) -> str | None:
     """A read-only git query's output, or None if it fails."""
     try:
-        process = await spawn(["git", *args], cwd=ctx.workdir, env=ctx.base_env, stderr=DEVNULL)
+        process = await spawn(["git", *args], cwd=checkout_dir(ctx), env=ctx.base_env, stderr=DEVNULL)
     except OSError as exc:
         raise StepFailed(f"cannot start git: {exc.strerror}") from None
     out, _ = await process.communicate()
@@ -102,7 +104,7 @@ async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
         failed = await _fetch(spec, ctx, credentials, access)
     if failed is not None:
         return failed
-    outcome = await _git(ctx, spec, "checkout", "--force", "--detach", ctx.commit)
+    outcome = await _check_out(spec, ctx)
     if not outcome.ok:
         return outcome
     if (spec.args or {}).get("submodules"):
@@ -110,15 +112,41 @@ async def git_step(spec: StepSpec, ctx: RunContext) -> Outcome:
         if not outcome.ok:
             return outcome
     if (spec.args or {}).get("clean"):
-        outcome = await _git(ctx, spec, "clean", "-ffdx")
+        outcome = await _git(ctx, spec, "clean", "-ffdx", cwd=ctx.workdir)
         if not outcome.ok:
             return outcome
+    if ctx.pipeline.release is not None and ctx.release is not None:
+        # After the clean, which would take the links out again.
+        try:
+            Releases(ctx.pipeline.workdir).link_shared(ctx.release, ctx.pipeline.release.shared)
+        except ReleaseError as exc:
+            raise StepFailed(str(exc)) from None
     ctx.changed_files = await _changed_files(ctx)
     if ctx.changed_files is None:
         ctx.log.note("changed files: all (no previously deployed commit to compare with)")
     else:
         ctx.log.note(f"changed files since {ctx.previous_commit}: {len(ctx.changed_files)}")
     return Outcome("succeeded", 0, f"checked out {ctx.commit}")
+
+
+def checkout_dir(ctx: RunContext) -> Path:
+    """The clone git fetches into: the workdir, or with ``release:`` the clone the releases share."""
+    return ctx.pipeline.workdir / REPO if ctx.pipeline.release is not None else ctx.workdir
+
+
+async def _check_out(spec: StepSpec, ctx: RunContext) -> Outcome:
+    """The commit in the workdir; with ``release:``, a new worktree of the shared clone, named after the
+    commit now that it is known."""
+    if ctx.pipeline.release is None or ctx.release is None or ctx.commit is None:
+        return await _git(ctx, spec, "checkout", "--force", "--detach", ctx.commit or "HEAD")
+    releases = Releases(ctx.pipeline.workdir)
+    await _git(ctx, spec, "worktree", "prune")
+    placeholder, ctx.release = ctx.release, releases.path(Releases.name_for(ctx.run_id, ctx.commit))
+    if placeholder.is_dir() and not any(placeholder.iterdir()):
+        placeholder.rmdir()
+    if ctx.release.exists():
+        releases.remove(ctx.release.name)
+    return await _git(ctx, spec, "worktree", "add", "--force", "--detach", str(ctx.release), ctx.commit)
 
 
 def _check_target(ctx: RunContext) -> None:
@@ -135,7 +163,7 @@ async def _submodules(
     spec: StepSpec, ctx: RunContext, credentials: Credentials | TokenFile | None, access: GitAccess
 ) -> Outcome:
     """The checked-out commit's submodules, as it records them, fetched the way origin is."""
-    outcome = await _git(ctx, spec, "submodule", "sync", "--recursive")
+    outcome = await _git(ctx, spec, "submodule", "sync", "--recursive", cwd=ctx.workdir)
     if not outcome.ok:
         return outcome
     return await _git(
@@ -146,6 +174,7 @@ async def _submodules(
         "--init",
         "--recursive",
         "--force",
+        cwd=ctx.workdir,
         credentials=credentials,
         access=access,
     )
@@ -157,7 +186,7 @@ async def _origin(
     """The remote to clone from or to set as origin (None: leave origin as it is), without its
     credentials, and those credentials (a URL's, or the token file's)."""
     remote = _remote(spec, ctx, access)
-    if remote is None and (ctx.workdir / ".git").exists():
+    if remote is None and (checkout_dir(ctx) / ".git").exists():
         # No remote named (a run triggered by hand): origin's URL, if it holds credentials, for the
         # set-url below to take them out of .git/config; with a token file, for its token to be given.
         origin = (await _git_output(ctx, "remote", "get-url", "origin") or "").strip()
@@ -188,7 +217,7 @@ async def _clone_or_set_url(
 ) -> Outcome | None:
     """A checkout whose origin is ``remote``, cloned if there is none yet; the failed git's outcome, or
     None."""
-    workdir = ctx.workdir
+    workdir = checkout_dir(ctx)
     if not (workdir / ".git").exists():
         if workdir.exists() and any(workdir.iterdir()):
             raise StepFailed(f"the workdir {workdir} exists, is not empty and is not a git checkout")

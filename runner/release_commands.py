@@ -1,0 +1,92 @@
+"""``runner releases`` and ``runner rollback``: a release pipeline's kept releases, and a run that switches
+back to one of them and runs its activate steps alone."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+
+from runner.arguments import Commands
+from runner.config import Config
+from runner.pipeline import Pipeline
+from runner.release_dirs import ReleaseError, Releases
+from runner.schema import SchemaError
+from runner.store import Store
+from runner.trigger import RunRequest, TriggerError, find_pipeline
+
+
+def _fail(message: str) -> SystemExit:
+    print(f"runner: {message}", file=sys.stderr)
+    return SystemExit(1)
+
+
+def _release_pipeline(config: Config, name: str, command: str | None) -> Pipeline:
+    try:
+        pipeline = find_pipeline(config, name, command)
+    except TriggerError as exc:
+        raise _fail(str(exc)) from None
+    if pipeline.release is None:
+        raise _fail(
+            f"pipeline {name} has no `release:`: it builds in {pipeline.workdir}, which keeps no releases"
+        )
+    return pipeline
+
+
+def cmd_releases(config: Config, args: argparse.Namespace) -> None:
+    pipeline = _release_pipeline(config, args.pipeline, None)
+    releases = Releases(pipeline.workdir).all()
+    if args.json:
+        print(json.dumps([info.shown() for info in releases], indent=2))
+        return
+    if not releases:
+        print(f"pipeline {pipeline.name} has no releases yet", file=sys.stderr)
+        return
+    print(f"{'':2}{'RELEASE':<20} {'RUN':>6}  {'COMMIT':<12} {'STATE':<10} REF")
+    for info in reversed(releases):
+        state = "succeeded" if info.succeeded else "building"
+        mark = "* " if info.current else "  "
+        commit = (info.commit or "-")[:12]
+        print(f"{mark}{info.name:<20} {info.run_id:>6}  {commit:<12} {state:<10} {info.ref or '-'}")
+    print("* current", file=sys.stderr)
+
+
+def cmd_rollback(config: Config, args: argparse.Namespace) -> None:
+    pipeline = _release_pipeline(config, args.pipeline, "rollback")
+    releases = Releases(pipeline.workdir)
+    try:
+        target = releases.target(args.to)
+    except ReleaseError as exc:
+        raise _fail(str(exc)) from None
+    if target.current:
+        raise _fail(f"release {target.name} is the current one already")
+    request = RunRequest(pipeline.name, target.ref, target.commit, release=target.name)
+    with contextlib.closing(Store(config.database_url, server=config.server_name)) as store:
+        try:
+            store.check_schema()
+            entry = request.queue(config, store)
+        except (TriggerError, SchemaError) as exc:
+            raise _fail(str(exc)) from None
+    print(f"run {entry.run_id} queued: pipeline {pipeline.name}, rollback to release {target.name}")
+    print(f"follow it with: runner logs {entry.run_id}", file=sys.stderr)
+
+
+def add_commands(commands: Commands) -> None:
+    """``runner releases`` and ``runner rollback``."""
+    listed = commands.add(
+        "releases", cmd_releases, "a release pipeline's kept releases, and which is current"
+    )
+    listed.add_argument("pipeline")
+    listed.add_argument("--json", action="store_true", help="print JSON")
+    rollback = commands.add(
+        "rollback",
+        cmd_rollback,
+        "switch a release pipeline back to a kept release and run its activate steps",
+    )
+    rollback.add_argument("pipeline")
+    rollback.add_argument(
+        "--to",
+        metavar="RUN|COMMIT",
+        help="the release of this run, or of this commit (4+ hex digits); default: the one before current",
+    )
