@@ -47,6 +47,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.config": {"runner.config_values"},
     "runner.shipped": {"runner"},
     "runner.sudo": {"runner.process"},
+    # Watching directories with inotify (the worker's pipeline files).
+    "runner.watch": set(),
     # Storage: the queue and the database import nothing of runner's above them.
     "runner.queue": {"runner.files"},
     "runner.committer": {"runner.queue"},
@@ -350,6 +352,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.retention",
         "runner.router",
         "runner.store",
+        "runner.watch",
     },
     # Operating it: the commands around the flow. Nothing below imports them.
     "runner.trigger": {
