@@ -11,8 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import cancel, known_hosts, reports, server, shipped, ui_users
 from runner import config as config_module
+from runner import known_hosts, reports, server, shipped, ui_users
 from runner.arguments import ALL_SERVERS_HELP, LIMIT_HELP, Commands, global_options, positive_int, top_parser
 from runner.config import Config, ConfigError
 from runner.listen import ListenError
@@ -138,8 +138,13 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_cancel(config: Config, args: argparse.Namespace) -> None:
-    with contextlib.closing(_open_store(config)) as store:
-        print(cancel.cancel(config, store, args.run))
+    from runner import cancel
+
+    try:
+        with contextlib.closing(_open_store(config)) as store:
+            print(cancel.cancel(config, store, args.run))
+    except cancel.CancelError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_catch_up(config: Config, args: argparse.Namespace) -> None:
@@ -382,14 +387,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=getattr(args, "workers", None),
         )
         args.handler(config, args)
-    except (
-        ConfigError,
-        CommandError,
-        ListenError,
-        ServeError,
-        cancel.CancelError,
-        ui_users.UsersError,
-    ) as exc:
+    except (ConfigError, CommandError, ListenError, ServeError, ui_users.UsersError) as exc:
         print(f"runner: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

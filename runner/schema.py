@@ -5,6 +5,7 @@ SchemaError is a database that is not at that revision.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 from runner import shipped
@@ -13,6 +14,8 @@ if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS_DIR = shipped.path(shipped.MIGRATIONS)
+# Where Alembic records the database's revision (its default name; migrations/env.py keeps it).
+VERSION_TABLE = "alembic_version"
 
 
 class SchemaError(Exception):
@@ -31,7 +34,34 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
+# A revision file's own lines, as Alembic writes them: `revision: str = "0009"`, `down_revision = None`.
+_LINE = re.compile(
+    r"^(revision|down_revision)\b[^=\n]*=\s*(?:\"([^\"]*)\"|'([^']*)'|(None))\s*$", re.MULTILINE
+)
+
+
+def _head_from_files() -> str | None:
+    """The one revision no other revision comes after, read from the files' text; None when that is not
+    plain (no file, a line not as above, branches or merges): Alembic decides then."""
+    follows: dict[str, str | None] = {}
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        found = {m.group(1): m.group(2) or m.group(3) for m in _LINE.finditer(path.read_text())}
+        if set(found) != {"revision", "down_revision"} or not found["revision"]:
+            return None
+        follows[found["revision"]] = found["down_revision"]
+    heads = set(follows) - set(follows.values())
+    return heads.pop() if len(heads) == 1 else None
+
+
 def head_revision() -> str | None:
+    """The revision this code needs. Read from the migration files where it can be: Alembic's own reading
+    imports about a hundred modules (six MB) into every process that only checks the schema at start."""
+    try:
+        head = _head_from_files()
+    except OSError:
+        head = None
+    if head is not None:
+        return head
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()

@@ -15,14 +15,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, func, insert, select, text, update
+from sqlalchemy import ColumnElement, column, func, insert, inspect, select, table, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from runner.database import create_engine_for, foreign_keys_off, safe_url
 from runner.delivery_records import DeliveryRecords
 from runner.models import Delivery, Run, StepResult
-from runner.schema import SchemaError, alembic_config, head_revision
+from runner.schema import VERSION_TABLE, SchemaError, alembic_config, head_revision
 from runner.servers import THIS_SERVER, Servers, where_server
 
 if TYPE_CHECKING:
@@ -55,10 +55,15 @@ class Store(DeliveryRecords):
     # Schema --------------------------------------------------------------------------------------------
 
     def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
+        """The database's revision (None: not initialised), read where Alembic keeps it, without Alembic."""
+        versions = table(VERSION_TABLE, column("version_num"))
         with self.engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+            if not inspect(connection).has_table(VERSION_TABLE):
+                return None
+            found = list(connection.execute(select(versions.c.version_num)).scalars())
+        if len(found) > 1:
+            raise SchemaError(f"the database {safe_url(self.url)} is at several revisions: {found}")
+        return found[0] if found else None
 
     def upgrade(self, revision: str = "head") -> None:
         from alembic import command

@@ -214,10 +214,11 @@ ALLOWED: dict[str, set[str]] = {
         "runner.entry",
         "runner.queue",
         "runner.store",
-        "runner.ui",
+        "runner.ui_door",
     },
     # The status page, which the web serves: its login, its rendering, its read-only queries, its pages.
     "runner.ui_auth": set(),
+    "runner.ui_headers": set(),
     "runner.ui_render": {"runner.timefmt"},
     # The page's live parts: runs starting and ending (one watch on logs/), the live log, the actions.
     "runner.run_events": set(),
@@ -249,9 +250,12 @@ ALLOWED: dict[str, set[str]] = {
         "runner.ui_actions",
         "runner.ui_auth",
         "runner.ui_live",
+        "runner.ui_headers",
         "runner.ui_logs",
         "runner.ui_render",
     },
+    # The page built on its first request with users: a server without a page imports none of it.
+    "runner.ui_door": {"runner.config", "runner.queue", "runner.store", "runner.ui", "runner.ui_headers"},
     "runner.router": {
         "runner.consumer",
         "runner.entry",
