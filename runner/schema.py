@@ -8,7 +8,10 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Engine, column, inspect, select, table
+
 from runner import shipped
+from runner.database import safe_url
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
@@ -65,3 +68,26 @@ def head_revision() -> str | None:
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's revision (None: not initialised), read where Alembic keeps it, with SQLAlchemy Core."""
+    versions = table(VERSION_TABLE, column("version_num"))
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(VERSION_TABLE):
+            return None
+        found = list(connection.execute(select(versions.c.version_num)).scalars())
+    if len(found) > 1:
+        raise SchemaError(f"the database {safe_url(str(engine.url))} is at several revisions: {found}")
+    return found[0] if found else None
+
+
+def check_schema(engine: Engine, url: str) -> None:
+    """Refuse a database whose schema is not at the latest revision."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        where = f"at revision {current}" if current else "not initialised"
+        raise SchemaError(
+            f"the database {safe_url(url)} is {where}, this runner needs revision {head}: "
+            "run `runner db upgrade` (with the same RUNNER_DATABASE_URL) first"
+        )

@@ -75,16 +75,18 @@ def new_worker(config: Config, store: Store) -> Worker:
     return Worker(PipelineSet(config.pipelines_dir, config.home), store, config, dict(os.environ))
 
 
-def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> None:
+def serve(config: Config, secret: Secret, store: Store | None, with_worker: bool) -> None:
     """Serve the webhook endpoint (and work, with ``with_worker``) until SIGTERM or SIGINT: in this process,
-    or in ``config.workers`` server processes. ``store``, whose schema is checked, is closed in the end."""
+    or in ``config.workers`` server processes. ``store``, whose schema is checked, is closed in the end; the
+    worker's, None without one (a server process only pings the database)."""
     # Imported before any fork, so that the server processes share these pages with the parent.
     import runner.web  # noqa: F401
 
     try:
         listener = listen(config.host, config.port, SERVE_BACKLOG)
     except BaseException:
-        store.close()
+        if store is not None:
+            store.close()
         raise
     logger.info(
         "webhook endpoint: %s/github-webhook, queue: %s, %d server process(es)",
@@ -105,7 +107,8 @@ def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> No
         _serve_here(config, listener, secret, store, with_worker)
         return
     # The schema is checked; the children connect afresh, so no connection is shared across the fork.
-    store.close()
+    if store is not None:
+        store.close()
     _serve_forked(config, listener, secret, store, with_worker)
 
 
@@ -113,7 +116,7 @@ def _serve_here(
     config: Config,
     listener: socket.socket,
     secret: Secret,
-    store: Store,
+    store: Store | None,
     with_worker: bool,
     parent_pipe: int | None = None,
 ) -> None:
@@ -122,15 +125,16 @@ def _serve_here(
     With ``parent_pipe``, the read end of a pipe only the parent writes to, it also stops when the parent
     is gone (even killed with SIGKILL), so that no orphan goes on serving the port.
     """
+    from runner.database import Database
     from runner.queue import Queue
-    from runner.store import Store
     from runner.web import serve
 
     # Each process opens its own queue: the flock that orders names across processes is held per open
     # file, so a lock file opened before a fork would not keep the children apart.
     queue = Queue(config.main_queue_dir)
-    # The web's own store, read-only: the endpoint and the status page only read the database.
-    web_store = Store(config.database_url, server=config.server_name, read_only=True)
+    # The web's own, read-only, through SQLAlchemy Core: the endpoint only pings the database (the status
+    # page opens its own store when it is first used).
+    web_database = Database(config.database_url, read_only=True)
     # Hypercorn owns the socket from here on and closes it when it stops.
     fd = listener.detach()
 
@@ -144,8 +148,8 @@ def _serve_here(
                 stop.set()
 
             loop.add_reader(parent_pipe, parent_gone)
-        web = serve(fd, config, secret, queue, web_store, stop)
-        if not with_worker:
+        web = serve(fd, config, secret, queue, web_database, stop)
+        if store is None or not with_worker:
             await web
             return
         worker = new_worker(config, store).run(stop)
@@ -161,8 +165,9 @@ def _serve_here(
         run_async(main)
     finally:
         queue.close()
-        web_store.close()
-        store.close()
+        web_database.close()
+        if store is not None:
+            store.close()
 
 
 class ServerProcesses:
@@ -199,7 +204,7 @@ class ServerProcesses:
 
 
 def _serve_forked(
-    config: Config, listener: socket.socket, secret: Secret, store: Store, with_worker: bool
+    config: Config, listener: socket.socket, secret: Secret, store: Store | None, with_worker: bool
 ) -> None:
     """Fork ``config.workers`` server processes on one listening socket and wait for them.
 
@@ -245,7 +250,7 @@ def _run_child(
     config: Config,
     listener: socket.socket,
     secret: Secret,
-    store: Store,
+    store: Store | None,
     with_worker: bool,
     parent_pipe: int,
     signal_mask: set[signal.Signals],

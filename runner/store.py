@@ -15,14 +15,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, column, func, insert, inspect, select, table, text, update
+from sqlalchemy import ColumnElement, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from runner import schema
 from runner.database import create_engine_for, foreign_keys_off, safe_url
 from runner.delivery_records import DeliveryRecords
 from runner.models import Delivery, Run, StepResult
-from runner.schema import VERSION_TABLE, SchemaError, alembic_config, head_revision
+from runner.schema import alembic_config
 from runner.servers import THIS_SERVER, Servers, where_server
 
 if TYPE_CHECKING:
@@ -55,15 +56,7 @@ class Store(DeliveryRecords):
     # Schema --------------------------------------------------------------------------------------------
 
     def current_revision(self) -> str | None:
-        """The database's revision (None: not initialised), read where Alembic keeps it, without Alembic."""
-        versions = table(VERSION_TABLE, column("version_num"))
-        with self.engine.connect() as connection:
-            if not inspect(connection).has_table(VERSION_TABLE):
-                return None
-            found = list(connection.execute(select(versions.c.version_num)).scalars())
-        if len(found) > 1:
-            raise SchemaError(f"the database {safe_url(self.url)} is at several revisions: {found}")
-        return found[0] if found else None
+        return schema.current_revision(self.engine)
 
     def upgrade(self, revision: str = "head") -> None:
         from alembic import command
@@ -85,13 +78,7 @@ class Store(DeliveryRecords):
 
     def check_schema(self) -> None:
         """Refuse a database whose schema is not at the latest revision."""
-        current, head = self.current_revision(), head_revision()
-        if current != head:
-            where = f"at revision {current}" if current else "not initialised"
-            raise SchemaError(
-                f"the database {safe_url(self.url)} is {where}, this runner needs revision {head}: "
-                "run `runner db upgrade` (with the same RUNNER_DATABASE_URL) first"
-            )
+        schema.check_schema(self.engine, self.url)
 
     def ping(self) -> None:
         """Raise unless the database answers."""

@@ -56,7 +56,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.entry": {"runner.events", "runner.queue"},
     "runner.models": {"runner.timefmt"},
     "runner.database": set(),
-    "runner.schema": {"runner.shipped"},
+    "runner.schema": {"runner.database", "runner.shipped"},
     # Several servers on one database: whose rows a query selects; one server's records of its deliveries.
     "runner.servers": set(),
     "runner.delivery_records": {"runner.models", "runner.servers"},
@@ -211,9 +211,9 @@ ALLOWED: dict[str, set[str]] = {
         "runner.body",
         "runner.committer",
         "runner.config",
+        "runner.database",
         "runner.entry",
         "runner.queue",
-        "runner.store",
         "runner.ui_door",
     },
     # The status page, which the web serves: its login, its rendering, its read-only queries, its pages.
@@ -397,6 +397,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "runner.server": {
         "runner.config",
+        "runner.database",
         "runner.listen",
         "runner.lock",
         "runner.pipelines",
@@ -408,6 +409,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.arguments": {"runner.config"},
     # The status page's users file, managed by `runner ui-user`.
     "runner.ui_users": {"runner.arguments", "runner.config", "runner.ui_auth"},
+    # Opening the database for a command: the store checked, or (a server alone) only the schema.
+    "runner.opening": {"runner.config", "runner.database", "runner.schema", "runner.store"},
     "runner.cli": {
         "runner.arguments",
         "runner.cancel",
@@ -419,6 +422,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.instance",
         "runner.known_hosts",
         "runner.listen",
+        "runner.opening",
         "runner.pipelines",
         "runner.reports",
         "runner.retention",
