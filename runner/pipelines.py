@@ -105,8 +105,13 @@ class PipelineSet:
         """Where a change can change the set: the directory, the nginx templates' (a pipeline is checked
         against the templates it names), and the directories that symlinked pipeline files point into."""
         directories = [self.directory, nginx_templates(self.home)[0]]
-        for path in pipeline_files(self.directory):
-            if path.is_symlink():
+        try:
+            entries = list(self.directory.iterdir())
+        except OSError:
+            entries = []
+        # Broken links too: a `git pull` replacing the target leaves the link dangling for a moment.
+        for path in entries:
+            if path.suffix in SUFFIXES and path.is_symlink():
                 directories.append(path.resolve().parent)
         return directories
 

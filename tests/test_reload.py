@@ -114,6 +114,16 @@ def test_a_symlinked_file_is_reloaded_when_its_target_changes(rig: Rig) -> None:
     loaded(worker, "linked", seen)
     assert deployed(rig, "linked", 2) == ["as edited"], rig.details()
 
+    # Replaced as a checkout replaces it: removed (the link dangles, and the worker reloads meanwhile),
+    # then written anew. The dangling link's directory stays watched.
+    seen = said_so_far(worker)
+    target.unlink()
+    worker_said = worker.output
+    wait_for(lambda: "linked.yaml was removed" in worker_said()[seen:], "the removal", SOON, worker_said)
+    target.write_text(echo_text(rig, "linked", "checked out again"))
+    loaded(worker, "linked", seen)
+    assert deployed(rig, "linked", 3) == ["checked out again"], rig.details()
+
 
 def test_an_entry_waiting_for_a_valid_file_runs_once_it_is_fixed(rig: Rig) -> None:
     path = rig.pipeline("fixme", ECHO, REPOSITORY="acme/fixme", WORKDIR=rig.workdir("fixme"), WORDS="fixed")
