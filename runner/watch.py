@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from inotify_simple import INotify, flags
+
+# The worker's: its lines keep its name.
+logger = logging.getLogger("runner.worker")
 
 # In a watched directory: what may change a pipeline (or its template, or the set of queues).
 _CONTENT = (
@@ -58,7 +62,11 @@ class DirectoryWatch:
     def watch(self, directories: Iterable[Path]) -> None:
         """Watch ``directories`` from now on, instead of the ones before."""
         self.close()
-        inotify = INotify()
+        try:
+            inotify = INotify()
+        except OSError as exc:
+            logger.warning("cannot watch the pipeline files (%s): they are looked at once a minute", exc)
+            return
         watched: dict[int, _Watched] = {}
         unwatched = []
         for directory in dict.fromkeys(Path(d).absolute() for d in directories):
@@ -70,6 +78,8 @@ class DirectoryWatch:
                 watched.setdefault(wd, _Watched()).everything = True
             if not self._watch_above(inotify, watched, directory):
                 unwatched.append(directory)
+        for directory in set(unwatched) - set(self.unwatched):
+            logger.warning("cannot watch %s (no inotify watch left?): looked at once a minute", directory)
         self._inotify, self._watched, self.unwatched = inotify, watched, unwatched
 
     @staticmethod
