@@ -48,6 +48,8 @@ def _head_from_files() -> str | None:
     plain (no file, a line not as above, branches or merges): Alembic decides then."""
     follows: dict[str, str | None] = {}
     for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        if path.name.startswith(("__init__", ".#")):
+            continue  # not revisions, to Alembic either
         found = {m.group(1): m.group(2) or m.group(3) for m in _LINE.finditer(path.read_text())}
         if set(found) != {"revision", "down_revision"} or not found["revision"]:
             return None
