@@ -76,7 +76,7 @@ def home(tmp_path: Path) -> Iterator[Path]:
 def test_the_worker_imports_no_web_server(home: Path) -> None:
     worker = Imports(home, "work")
     try:
-        wait_for(lambda: "worker started" in worker.output(), "the worker to start", details=worker.output)
+        wait_for(lambda: "worker started" in worker.output(), "the worker to start", 60, worker.output)
         modules = worker.modules()
     finally:
         assert worker.stop() == 0, worker.output()
@@ -88,7 +88,7 @@ def test_the_server_imports_no_worker_orm_or_templates(home: Path) -> None:
     port = free_port()
     server = Imports(home, "serve", "--port", str(port))
     try:
-        wait_for(lambda: "Running on" in server.output(), "the server to listen", details=server.output)
+        wait_for(lambda: "Running on" in server.output(), "the server to listen", 60, server.output)
         modules = server.modules()
     finally:
         assert server.stop() == 0, server.output()
@@ -99,7 +99,7 @@ def test_the_server_imports_no_worker_orm_or_templates(home: Path) -> None:
 def test_up_at_the_latest_revision_imports_no_alembic(home: Path) -> None:
     up = Imports(home, "up", "--port", str(free_port()))
     try:
-        wait_for(lambda: "worker started" in up.output(), "runner up to start", details=up.output)
+        wait_for(lambda: "worker started" in up.output(), "runner up to start", 60, up.output)
         modules = up.modules()
     finally:
         assert up.stop() == 0, up.output()
