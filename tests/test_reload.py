@@ -28,7 +28,7 @@ ECHO = """
       - run: echo <WORDS>
 """
 # Well under UNWATCHED_CHECK: only an inotify event can make the reload come this soon.
-SOON = 15.0
+SOON = 25.0
 assert SOON < UNWATCHED_CHECK / 2
 
 
