@@ -56,7 +56,7 @@ def cmd_work(config: Config, _args: argparse.Namespace) -> None:
     lock = server.worker_lock(config, "work")
     try:
         with contextlib.closing(open_store(config)) as store:
-            server.run_async(server.new_worker(config, store).run)
+            server.run_async(server.new_worker(config, store).run, uvloop=False)
     finally:
         lock.release()
 

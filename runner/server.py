@@ -36,8 +36,13 @@ class ServeError(Exception):
     """A server process or the worker cannot start, or a server process failed; the message says why."""
 
 
-def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main`` on uvloop when it is there; SIGTERM and SIGINT ask it to stop."""
+def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], uvloop: bool = True) -> None:
+    """Run ``main`` on uvloop when it is there (and ``uvloop``), else on asyncio's own loop; SIGTERM and
+    SIGINT ask it to stop.
+
+    A server takes uvloop for its ingest; ``runner work`` alone does not: it does little I/O (inotify, its
+    children's pipes), and uvloop would hold 2 MB of it for the whole of its idle life.
+    """
 
     async def wrapper() -> None:
         stop = asyncio.Event()
@@ -46,12 +51,15 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> Non
             loop.add_signal_handler(signum, stop.set)
         await main(stop)
 
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(wrapper())
-    else:
-        uvloop.run(wrapper())
+    if uvloop:
+        try:
+            import uvloop as fast_loop
+        except ImportError:
+            pass
+        else:
+            fast_loop.run(wrapper())
+            return
+    asyncio.run(wrapper())
 
 
 def worker_lock(config: Config, command: str) -> WorkerLock:

@@ -2,8 +2,9 @@
 it has imported once it is up, read from Python's own account (``-X importtime``), not guessed from files.
 
 A package left out here is memory a process no longer holds (about 5 to 15 MB each for the ORM, Alembic,
-Jinja, Starlette and Hypercorn). A later import (the status page on its first request with users, Alembic
-for a database that needs migrating, PyJWT for a GitHub App) is not startup and not checked here.
+Jinja, Starlette and Hypercorn; 2 MB for uvloop). A later import (the status page on its first request
+with users, Alembic for a database that needs migrating, PyJWT for a GitHub App) is not startup and not
+checked here.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from support import free_port, register, run_cli, runner_env, stop_process, wait
 NEITHER = {"alembic", "mako", "pygments", "jwt", "cryptography", "bcrypt"}
 # The server only verifies, writes, and pings the database; the status page has no users file here.
 NOT_SERVER = NEITHER | {"jinja2", "jsonschema", "yaml", "sqlalchemy.orm", "runner.store", "runner.worker"}
-NOT_WORKER = NEITHER | {"starlette", "hypercorn", "h11", "h2", "runner.web", "runner.ui"}
+# The worker alone runs on asyncio's own loop: uvloop is for a server's ingest.
+NOT_WORKER = NEITHER | {"starlette", "hypercorn", "h11", "h2", "runner.web", "runner.ui", "uvloop"}
 
 
 class Imports:
