@@ -11,46 +11,31 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from runner import cancel, known_hosts, release_commands, reports, server, shipped, ui_users
 from runner import config as config_module
+from runner import known_hosts, release_commands, reports, server, shipped, ui_users
 from runner.arguments import ALL_SERVERS_HELP, LIMIT_HELP, Commands, global_options, positive_int, top_parser
 from runner.config import Config, ConfigError
 from runner.listen import ListenError
+from runner.opening import OpenError, check_database, open_store
 from runner.server import ServeError
 from runner.servers import THIS_SERVER
 from runner.timefmt import LogFormatter
 
 if TYPE_CHECKING:
-    from runner.store import Store
+    pass
 
 
 class CommandError(Exception):
     """Ends the command with this message and exit status 1."""
 
 
-def _open_store(config: Config, migrate_default: bool = False) -> Store:
-    from runner.schema import SchemaError
-    from runner.store import Store
-
-    store = Store(config.database_url, server=config.server_name)
-    try:
-        if migrate_default and config.uses_default_database:
-            store.upgrade()
-        store.check_schema()
-    except SchemaError as exc:
-        store.close()
-        raise CommandError(str(exc)) from None
-    except Exception as exc:
-        from runner.database import safe_url
-
-        store.close()
-        raise CommandError(f"cannot use the database {safe_url(config.database_url)}: {exc}") from None
-    return store
-
-
 def _serve(config: Config, migrate_default: bool, with_worker: bool) -> None:
     secret = config.require_secret()
-    server.serve(config, secret, _open_store(config, migrate_default), with_worker)
+    if with_worker:
+        server.serve(config, secret, open_store(config, migrate_default), with_worker)
+    else:
+        check_database(config)
+        server.serve(config, secret, None, with_worker)
 
 
 def cmd_serve(config: Config, _args: argparse.Namespace) -> None:
@@ -70,8 +55,8 @@ def cmd_up(config: Config, _args: argparse.Namespace) -> None:
 def cmd_work(config: Config, _args: argparse.Namespace) -> None:
     lock = server.worker_lock(config, "work")
     try:
-        with contextlib.closing(_open_store(config)) as store:
-            server.run_async(server.new_worker(config, store).run)
+        with contextlib.closing(open_store(config)) as store:
+            server.run_async(server.new_worker(config, store).run, uvloop=False)
     finally:
         lock.release()
 
@@ -99,14 +84,14 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_deliveries(config: Config, args: argparse.Namespace) -> None:
-    with contextlib.closing(_open_store(config)) as store:
+    with contextlib.closing(open_store(config)) as store:
         deliveries = store.deliveries(limit=args.limit, server=None if args.all_servers else THIS_SERVER)
     with reports.listing():
         reports.print_deliveries(deliveries, args.json, args.all_servers)
 
 
 def cmd_runs(config: Config, args: argparse.Namespace) -> None:
-    with contextlib.closing(_open_store(config)) as store:
+    with contextlib.closing(open_store(config)) as store:
         runs = store.runs(args.pipeline, limit=args.limit, server=None if args.all_servers else THIS_SERVER)
         steps = {run.id: store.steps(run.id) for run in runs} if args.json else {}
     with reports.listing():
@@ -114,7 +99,7 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_logs(config: Config, args: argparse.Namespace) -> None:
-    with contextlib.closing(_open_store(config)) as store:
+    with contextlib.closing(open_store(config)) as store:
         run = store.run(args.run)
         if run is None:
             raise CommandError(f"there is no run {args.run}: `runner runs` lists them")
@@ -130,7 +115,7 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
 
     try:
         request = RunRequest.checked(config, args.pipeline, args.ref, args.commit)
-        with contextlib.closing(_open_store(config)) as store:
+        with contextlib.closing(open_store(config)) as store:
             entry = request.queue(config, store)
     except TriggerError as exc:
         raise CommandError(str(exc)) from None
@@ -140,8 +125,13 @@ def cmd_trigger(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_cancel(config: Config, args: argparse.Namespace) -> None:
-    with contextlib.closing(_open_store(config)) as store:
-        print(cancel.cancel(config, store, args.run))
+    from runner import cancel
+
+    try:
+        with contextlib.closing(open_store(config)) as store:
+            print(cancel.cancel(config, store, args.run))
+    except cancel.CancelError as exc:
+        raise CommandError(str(exc)) from None
 
 
 def cmd_catch_up(config: Config, args: argparse.Namespace) -> None:
@@ -150,7 +140,7 @@ def cmd_catch_up(config: Config, args: argparse.Namespace) -> None:
     since = config_module.read_duration({"--since": args.since}, "--since", GITHUB_KEEPS)
     say = (lambda _finding: None) if args.json else reports.print_finding
     try:
-        with contextlib.closing(_open_store(config)) as store:
+        with contextlib.closing(open_store(config)) as store:
             done = command_pass(config, store, since, say)
     except CatchUpError as exc:
         raise CommandError(str(exc)) from None
@@ -213,7 +203,7 @@ def cmd_db(config: Config, args: argparse.Namespace) -> None:
 def cmd_prune(config: Config, args: argparse.Namespace) -> None:
     from runner import retention
 
-    with contextlib.closing(_open_store(config)) as store:
+    with contextlib.closing(open_store(config)) as store:
         done = retention.prune(config, store, dry_run=args.dry_run)
     reports.print_pruned(done, args.dry_run)
 
@@ -230,7 +220,7 @@ def cmd_failed(config: Config, args: argparse.Namespace) -> None:
                 failed.drop(entry)
                 print(f"dropped {entry.key}")
             else:
-                with contextlib.closing(_open_store(config)) as store:
+                with contextlib.closing(open_store(config)) as store:
                     print(failed.retry(entry, config.queues_dir, store))
             return
     except failed.FailedError as exc:
@@ -385,14 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             workers=getattr(args, "workers", None),
         )
         args.handler(config, args)
-    except (
-        ConfigError,
-        CommandError,
-        ListenError,
-        ServeError,
-        cancel.CancelError,
-        ui_users.UsersError,
-    ) as exc:
+    except (ConfigError, CommandError, OpenError, ListenError, ServeError, ui_users.UsersError) as exc:
         print(f"runner: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

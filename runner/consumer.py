@@ -7,15 +7,11 @@ that its directory is still the one it watches, and says so (QueueGone) when it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from runner.queue import Queue, Reader
-
-# How often a waiting consumer checks that its queue directory is still the one it watches.
-DIRECTORY_CHECK = 2.0
 
 
 class QueueGone(Exception):
@@ -61,6 +57,8 @@ class Consumer:
         except BaseException:
             self.opened.close()
             raise
+        # Replaced before the reader's watches were set: no event would tell.
+        self.reader.moved = self.opened.replaced()
 
     async def take(self, stop: asyncio.Event) -> str | None:
         """The next entry, once there is one; None once ``stop`` is set. Raises QueueGone."""
@@ -73,12 +71,15 @@ class Consumer:
 
     async def _wait(self, stop: asyncio.Event) -> None:
         """Wait until an entry is ready or ``stop`` is set; raise QueueGone if the directory is replaced."""
+        # Told by inotify (the reader's watches), not looked at every few seconds: an idle lane sleeps.
         while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.reader.wait(stop), timeout=DIRECTORY_CHECK)
+            if not await self.reader.wait(stop) or not self.reader.moved:
                 return
+            self.reader.moved = False
             if self.opened.replaced():
                 raise QueueGone(f"{self.reader.queue.directory} was removed or replaced")
+            if self.reader.poll(0):
+                return
 
     def close(self) -> None:
         self.reader.close()

@@ -16,15 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-
-import jwt
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from typing import TYPE_CHECKING
 
 from runner import masking
 from runner.config import Config
 from runner.github import Credentials, GitHub, GitHubError
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
 logger = logging.getLogger(__name__)
 
@@ -88,11 +87,18 @@ class AppJWT:
         return f"AppJWT({self.app_id!r}, {str(self.key_path)!r})"
 
     def token(self, repository: str) -> str:
+        # Imported here: PyJWT and cryptography are about 10 MB, which only a GitHub App's worker needs.
+        import jwt
+
         now = int(self._now())
         claims = {"iat": now - JWT_ISSUED_BEFORE, "exp": now + JWT_LIFETIME, "iss": self.app_id}
         return jwt.encode(claims, self._private_key(), algorithm="RS256")
 
     def _private_key(self) -> rsa.RSAPrivateKey:
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
         text = _read_private_file(self.key_path, "RUNNER_GITHUB_APP_KEY_FILE")
         try:
             key = serialization.load_pem_private_key(text.encode(), password=None)

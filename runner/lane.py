@@ -9,7 +9,6 @@ step fails that run, not the lane. What waits is watched while a run goes on (ru
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Mapping
@@ -35,8 +34,6 @@ from runner.waiting import Waiting
 # The lanes are the worker's: their lines keep its name, which is what the journal is searched by.
 logger = logging.getLogger("runner.worker")
 
-# How often pipeline files are looked at for changes.
-RELOAD_INTERVAL = 1.0
 # How often an entry may make its lane fail (outside its steps) before it moves to failed/.
 ENTRY_CRASHES = 3
 
@@ -161,8 +158,7 @@ class Lane:
                 # Said once: the file's problems are in the log already, each time it changes.
                 logger.error("pipeline %s has no valid definition: entry %s waits for one", self.name, name)
                 self._waiting_said = True
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=RELOAD_INTERVAL)
+            await self.pipelines.next_reload(stop)
         return None
 
     async def carry_out(self, name: str, stop: asyncio.Event) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import Sequence
@@ -108,6 +109,39 @@ class PipelineSet:
         self._problems: dict[Path, list[Problem]] = {}
         self._conflicts: set[Path] = set()
         self._by_name: dict[str, Pipeline] = {}
+        # Set, and replaced, after each reload: what waits for a pipeline file to change waits on it.
+        self._reloaded: asyncio.Event | None = None
+
+    def watched_directories(self) -> list[Path]:
+        """Where a change can change the set: the directory, the nginx templates' (a pipeline is checked
+        against the templates it names), and the directories that symlinked pipeline files point into."""
+        directories = [self.directory, nginx_templates(self.home)[0]]
+        try:
+            entries = list(self.directory.iterdir())
+        except OSError:
+            entries = []
+        # Broken links too: a `git pull` replacing the target leaves the link dangling for a moment.
+        for path in entries:
+            if path.suffix in SUFFIXES and path.is_symlink():
+                directories.append(path.resolve().parent)
+        return directories
+
+    def announce_reload(self) -> None:
+        """Wake what waits in :meth:`next_reload`; called in the event loop, after a reload."""
+        event, self._reloaded = self._reloaded, None
+        if event is not None:
+            event.set()
+
+    async def next_reload(self, stop: asyncio.Event) -> None:
+        """Wait until the next reload is announced, or ``stop`` is set."""
+        if self._reloaded is None:
+            self._reloaded = asyncio.Event()
+        waits = {asyncio.ensure_future(self._reloaded.wait()), asyncio.ensure_future(stop.wait())}
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
 
     def reload(self) -> list[Problem]:
         """Re-read new and changed files, forget removed ones; returns the problems of every invalid file."""

@@ -2,7 +2,7 @@
 
 Every child begins with exactly stdin, stdout and stderr open.
 
-Not ``asyncio.create_subprocess_exec``: under uvloop (what ``runner up`` and ``runner work`` run on) it
+Not ``asyncio.create_subprocess_exec``: under uvloop (what ``runner up`` runs its worker on) it
 ignores ``close_fds``, so every inheritable descriptor of the worker reaches the program (Hypercorn makes
 its listening socket inheritable), and it marks its own copies of the child's stdin, stdout and stderr
 inheritable, so the program holds each twice, under a second number, whatever was marked before the spawn.

@@ -248,6 +248,12 @@ class Queue:
                 self._lock_fd = None
 
 
+# The watched directory itself moved away or removed (for good, once nothing holds it open).
+_SELF = flags.MOVE_SELF | flags.DELETE_SELF
+# In the directory above it: a directory of that name removed, renamed, made or moved in.
+_ABOVE = flags.DELETE | flags.MOVED_FROM | flags.CREATE | flags.MOVED_TO | flags.ONLYDIR | _SELF
+
+
 class Reader:
     """Hands out a queue's entries in name order: those present at start, then each new one.
 
@@ -261,7 +267,14 @@ class Reader:
         self.queue = queue
         self._inotify = INotify()
         # IN_MOVED_TO is a publish; IN_CLOSE_WRITE covers an entry copied in by hand.
-        self._inotify.add_watch(queue.directory, flags.MOVED_TO | flags.CLOSE_WRITE | flags.ONLYDIR)
+        self._watch = self._inotify.add_watch(
+            queue.directory, flags.MOVED_TO | flags.CLOSE_WRITE | flags.ONLYDIR | _SELF
+        )
+        # And the directory above, where the queue's own removal is seen at once (its watch reports that
+        # only when the last descriptor open on it is closed) and where a directory moved in replaces it.
+        self._above = self._inotify.add_watch(queue.directory.parent, _ABOVE)
+        # Whether the directory may have been removed or replaced since this was last cleared.
+        self.moved = False
         self._pending: list[str] = []
         self._known: set[str] = set()
         self._taken: set[str] = set()
@@ -300,6 +313,11 @@ class Reader:
         for event in self._inotify.read(timeout=millis):
             if event.mask & flags.Q_OVERFLOW:
                 overflow = True
+            elif event.wd == self._above:
+                if event.name == self.queue.directory.name or event.mask & _SELF:
+                    self.moved = True
+            elif event.mask & (_SELF | flags.IGNORED):
+                self.moved = True
             elif event.name:
                 self._add(event.name)
         if overflow:
@@ -332,9 +350,10 @@ class Reader:
         self._taken.discard(name)
 
     async def wait(self, stop: asyncio.Event | None = None) -> bool:
-        """Wait until an entry is ready to take (True), or until ``stop`` is set (False)."""
+        """Wait until an entry is ready to take (True), or until ``stop`` is set (False); also returns
+        (True) when the directory may have been removed or replaced (:attr:`moved`)."""
         loop = asyncio.get_running_loop()
-        while not self.poll(0):
+        while not self.poll(0) and not self.moved:
             if stop is not None and stop.is_set():
                 return False
             ready = loop.create_future()

@@ -5,14 +5,20 @@ SchemaError is a database that is not at that revision.
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
+from sqlalchemy import Engine, column, inspect, select, table
+
 from runner import shipped
+from runner.database import safe_url
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
 
 MIGRATIONS_DIR = shipped.path(shipped.MIGRATIONS)
+# Where Alembic records the database's revision (its default name; migrations/env.py keeps it).
+VERSION_TABLE = "alembic_version"
 
 
 class SchemaError(Exception):
@@ -31,7 +37,59 @@ def alembic_config(url: str) -> AlembicConfig:
     return cfg
 
 
+# A revision file's own lines, as Alembic writes them: `revision: str = "0009"`, `down_revision = None`.
+_LINE = re.compile(
+    r"^(revision|down_revision)\b[^=\n]*=\s*(?:\"([^\"]*)\"|'([^']*)'|(None))\s*$", re.MULTILINE
+)
+
+
+def _head_from_files() -> str | None:
+    """The one revision no other revision comes after, read from the files' text; None when that is not
+    plain (no file, a line not as above, branches or merges): Alembic decides then."""
+    follows: dict[str, str | None] = {}
+    for path in sorted((MIGRATIONS_DIR / "versions").glob("*.py")):
+        if path.name.startswith(("__init__", ".#")):
+            continue  # not revisions, to Alembic either
+        found = {m.group(1): m.group(2) or m.group(3) for m in _LINE.finditer(path.read_text())}
+        if set(found) != {"revision", "down_revision"} or not found["revision"]:
+            return None
+        follows[found["revision"]] = found["down_revision"]
+    heads = set(follows) - set(follows.values())
+    return heads.pop() if len(heads) == 1 else None
+
+
 def head_revision() -> str | None:
+    """The revision this code needs. Read from the migration files where it can be: Alembic's own reading
+    imports about a hundred modules (six MB) into every process that only checks the schema at start."""
+    try:
+        head = _head_from_files()
+    except OSError:
+        head = None
+    if head is not None:
+        return head
     from alembic.script import ScriptDirectory
 
     return ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The database's revision (None: not initialised), read where Alembic keeps it, with SQLAlchemy Core."""
+    versions = table(VERSION_TABLE, column("version_num"))
+    with engine.connect() as connection:
+        if not inspect(connection).has_table(VERSION_TABLE):
+            return None
+        found = list(connection.execute(select(versions.c.version_num)).scalars())
+    if len(found) > 1:
+        raise SchemaError(f"the database {safe_url(str(engine.url))} is at several revisions: {found}")
+    return found[0] if found else None
+
+
+def check_schema(engine: Engine, url: str) -> None:
+    """Refuse a database whose schema is not at the latest revision."""
+    current, head = current_revision(engine), head_revision()
+    if current != head:
+        where = f"at revision {current}" if current else "not initialised"
+        raise SchemaError(
+            f"the database {safe_url(url)} is {where}, this runner needs revision {head}: "
+            "run `runner db upgrade` (with the same RUNNER_DATABASE_URL) first"
+        )

@@ -37,8 +37,13 @@ class ServeError(Exception):
     """A server process or the worker cannot start, or a server process failed; the message says why."""
 
 
-def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> None:
-    """Run ``main`` on uvloop when it is there; SIGTERM and SIGINT ask it to stop."""
+def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], uvloop: bool = True) -> None:
+    """Run ``main`` on uvloop when it is there (and ``uvloop``), else on asyncio's own loop; SIGTERM and
+    SIGINT ask it to stop.
+
+    A server takes uvloop for its ingest; ``runner work`` alone does not: it does little I/O (inotify, its
+    children's pipes), and uvloop would hold 2 MB of it for the whole of its idle life.
+    """
 
     async def wrapper() -> None:
         stop = asyncio.Event()
@@ -47,12 +52,15 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> Non
             loop.add_signal_handler(signum, stop.set)
         await main(stop)
 
-    try:
-        import uvloop
-    except ImportError:
-        asyncio.run(wrapper())
-    else:
-        uvloop.run(wrapper())
+    if uvloop:
+        try:
+            import uvloop as fast_loop
+        except ImportError:
+            pass
+        else:
+            fast_loop.run(wrapper())
+            return
+    asyncio.run(wrapper())
 
 
 def worker_lock(config: Config, command: str) -> WorkerLock:
@@ -76,9 +84,10 @@ def new_worker(config: Config, store: Store) -> Worker:
     return Worker(PipelineSet(config.pipelines_dir, config.home), store, config, dict(os.environ))
 
 
-def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> None:
+def serve(config: Config, secret: Secret, store: Store | None, with_worker: bool) -> None:
     """Serve the webhook endpoint (and work, with ``with_worker``) until SIGTERM or SIGINT: in this process,
-    or in ``config.workers`` server processes. ``store``, whose schema is checked, is closed in the end."""
+    or in ``config.workers`` server processes. ``store``, whose schema is checked, is closed in the end; the
+    worker's, None without one (a server process only pings the database)."""
     # Imported before any fork, so that the server processes share these pages with the parent.
     import hypercorn.asyncio
     import hypercorn.config  # noqa: F401
@@ -88,7 +97,8 @@ def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> No
     try:
         listener = listen(config.host, config.port, SERVE_BACKLOG)
     except BaseException:
-        store.close()
+        if store is not None:
+            store.close()
         raise
     logger.info(
         "webhook endpoint: %s/github-webhook, queue: %s, %d server process(es)",
@@ -110,7 +120,8 @@ def serve(config: Config, secret: Secret, store: Store, with_worker: bool) -> No
         _serve_here(config, listener, secret, store, with_worker)
         return
     # The schema is checked; the children connect afresh, so no connection is shared across the fork.
-    store.close()
+    if store is not None:
+        store.close()
     _serve_forked(config, listener, secret, store, with_worker)
 
 
@@ -131,7 +142,7 @@ def _serve_here(
     config: Config,
     listener: socket.socket,
     secret: Secret,
-    store: Store,
+    store: Store | None,
     with_worker: bool,
     parent_pipe: int | None = None,
 ) -> None:
@@ -140,15 +151,16 @@ def _serve_here(
     With ``parent_pipe``, the read end of a pipe only the parent writes to, it also stops when the parent
     is gone (even killed with SIGKILL), so that no orphan goes on serving the port.
     """
+    from runner.database import Database
     from runner.queue import Queue
-    from runner.store import Store
     from runner.web import serve
 
     # Each process opens its own queue: the flock that orders names across processes is held per open
     # file, so a lock file opened before a fork would not keep the children apart.
     queue = Queue(config.main_queue_dir)
-    # The web's own store, read-only: the endpoint and the status page only read the database.
-    web_store = Store(config.database_url, server=config.server_name, read_only=True)
+    # The web's own, read-only, through SQLAlchemy Core: the endpoint only pings the database (the status
+    # page opens its own store when it is first used).
+    web_database = Database(config.database_url, read_only=True)
     # Hypercorn owns the socket from here on and closes it when it stops.
     fd = listener.detach()
 
@@ -162,8 +174,8 @@ def _serve_here(
                 stop.set()
 
             loop.add_reader(parent_pipe, parent_gone)
-        web = serve(fd, config, secret, queue, web_store, stop)
-        if not with_worker:
+        web = serve(fd, config, secret, queue, web_database, stop)
+        if store is None or not with_worker:
             await web
             return
         worker = new_worker(config, store).run(stop)
@@ -179,8 +191,9 @@ def _serve_here(
         run_async(main)
     finally:
         queue.close()
-        web_store.close()
-        store.close()
+        web_database.close()
+        if store is not None:
+            store.close()
 
 
 class ServerProcesses:
@@ -217,7 +230,7 @@ class ServerProcesses:
 
 
 def _serve_forked(
-    config: Config, listener: socket.socket, secret: Secret, store: Store, with_worker: bool
+    config: Config, listener: socket.socket, secret: Secret, store: Store | None, with_worker: bool
 ) -> None:
     """Fork ``config.workers`` server processes on one listening socket and wait for them.
 
@@ -263,7 +276,7 @@ def _run_child(
     config: Config,
     listener: socket.socket,
     secret: Secret,
-    store: Store,
+    store: Store | None,
     with_worker: bool,
     parent_pipe: int,
     signal_mask: set[signal.Signals],

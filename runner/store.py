@@ -19,10 +19,11 @@ from sqlalchemy import ColumnElement, Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from runner import schema
 from runner.database import create_engine_for, foreign_keys_off, safe_url
 from runner.delivery_records import DeliveryRecords
 from runner.models import Delivery, Run, StepResult
-from runner.schema import SchemaError, alembic_config, head_revision
+from runner.schema import alembic_config
 from runner.servers import THIS_SERVER, Servers, where_server
 
 if TYPE_CHECKING:
@@ -55,10 +56,7 @@ class Store(DeliveryRecords):
     # Schema --------------------------------------------------------------------------------------------
 
     def current_revision(self) -> str | None:
-        from alembic.runtime.migration import MigrationContext
-
-        with self.engine.connect() as connection:
-            return MigrationContext.configure(connection).get_current_revision()
+        return schema.current_revision(self.engine)
 
     def upgrade(self, revision: str = "head") -> None:
         from alembic import command
@@ -80,13 +78,7 @@ class Store(DeliveryRecords):
 
     def check_schema(self) -> None:
         """Refuse a database whose schema is not at the latest revision."""
-        current, head = self.current_revision(), head_revision()
-        if current != head:
-            where = f"at revision {current}" if current else "not initialised"
-            raise SchemaError(
-                f"the database {safe_url(self.url)} is {where}, this runner needs revision {head}: "
-                "run `runner db upgrade` (with the same RUNNER_DATABASE_URL) first"
-            )
+        schema.check_schema(self.engine, self.url)
 
     def ping(self) -> None:
         """Raise unless the database answers."""

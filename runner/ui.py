@@ -27,9 +27,10 @@ from runner.queue import Queue
 from runner.store import Store
 from runner.ui_actions import RunActions
 from runner.ui_auth import BasicAuth, UsersFile
+from runner.ui_headers import SecurityHeaders
 from runner.ui_live import LiveStreams
 from runner.ui_logs import log_file, read_shown
-from runner.ui_render import STATIC_DIR, Renderer, SecurityHeaders
+from runner.ui_render import STATIC_DIR, Renderer
 
 logger = logging.getLogger(__name__)
 

@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import bcrypt
-
 logger = logging.getLogger(__name__)
 
 Scope = MutableMapping[str, Any]
@@ -144,6 +142,8 @@ class UsersFile:
 
 
 def _verify(password: bytes, hashed: bytes) -> bool:
+    import bcrypt  # here: every `runner` command reads the users file's format through this module
+
     try:
         return bcrypt.checkpw(password, hashed)
     except ValueError:  # a malformed hash in the file

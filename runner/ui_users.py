@@ -17,8 +17,6 @@ import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
-import bcrypt
-
 from runner.arguments import Commands, global_options
 from runner.config import Config
 from runner.ui_auth import parse_users
@@ -107,6 +105,8 @@ def _name_of(line: str) -> str | None:
 def add_user(path: Path, name: str, password: str, cost: int = BCRYPT_COST) -> bool:
     """Add user ``name``, or give it a new password; True if it was there before."""
     check_name(name)
+    import bcrypt  # here: every command builds the parser that names this module
+
     hashed = bcrypt.hashpw(check_password(password), bcrypt.gensalt(cost)).decode()
     if not path.parent.is_dir():
         raise UsersError(f"cannot write {path}: {path.parent} is not a directory")

@@ -42,10 +42,10 @@ from runner.body import (
 )
 from runner.committer import GroupCommitter
 from runner.config import Config, Secret
+from runner.database import Database
 from runner.entry import delivery_entry, delivery_head
 from runner.queue import Queue
-from runner.store import Store
-from runner.ui import StatusPage
+from runner.ui_door import PageDoor
 
 logger = logging.getLogger(__name__)
 
@@ -151,9 +151,9 @@ def _declared_length(headers: Headers) -> int | None:
 
 
 class WebhookApp:
-    """The ASGI application, with the queue it writes to and the store /healthz checks."""
+    """The ASGI application, with the queue it writes to and the database /healthz checks."""
 
-    def __init__(self, secret: Secret, queue: Queue, store: Store, page: StatusPage | None = None) -> None:
+    def __init__(self, secret: Secret, queue: Queue, store: Database, page: PageDoor | None = None) -> None:
         self.secret = secret
         self.queue = queue
         self.store = store
@@ -308,7 +308,7 @@ def _no_ctrl_c(record: logging.LogRecord) -> bool:
 
 
 async def serve(
-    fd: int, config: Config, secret: Secret, queue: Queue, store: Store, shutdown: asyncio.Event
+    fd: int, config: Config, secret: Secret, queue: Queue, store: Database, shutdown: asyncio.Event
 ) -> None:
     """Serve the webhook app and the status page with Hypercorn on the listening socket ``fd`` until
     ``shutdown`` is set. ``store`` is read-only: the web process only reads the database.
@@ -347,11 +347,9 @@ async def serve(
     # Under a flood of connections, hundreds of them are read ahead at once. (With 1, Hypercorn's shutdown
     # waits out its graceful timeout.)
     hc.max_app_queue_size = APP_QUEUE_MESSAGES
-    page = StatusPage(config, store, queue, secret)
-    # The page's live streams end when a stop is asked for: Hypercorn would wait for them otherwise.
-    page.live.stop_with(shutdown)
+    page = PageDoor(config, queue, secret, shutdown)
     app = WebhookApp(secret, queue, store, page)
     try:
         await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
     finally:
-        page.live.close()
+        page.close()

@@ -21,7 +21,7 @@ from runner.actions import ActionTaker
 from runner.config import Config
 from runner.entry import find_run_entry
 from runner.github_auth import github_client
-from runner.lane import RELOAD_INTERVAL, Lane
+from runner.lane import Lane
 from runner.notifier import Notifier
 from runner.pipeline import RESERVED_NAMES
 from runner.pipelines import PipelineSet
@@ -29,6 +29,7 @@ from runner.queue import FAILED_DIR, Queue, is_entry_name
 from runner.reporter import Reporter
 from runner.router import Router
 from runner.store import Store
+from runner.watch import DirectoryWatch
 
 logger = logging.getLogger(__name__)
 
@@ -202,7 +203,20 @@ class Worker:
         supervised = self._supervise("the reporter", lambda: reporter.run(stop), stop)
         return [asyncio.create_task(supervised, name="reporter")]
 
+    def _watched(self) -> list[Path]:
+        # The queues too: one that appears (a pipeline's, left by its removed file) gets a lane.
+        return [*self.pipelines.watched_directories(), self.config.queues_dir]
+
     async def run(self, stop: asyncio.Event) -> None:
+        # Set before the first reload: a file changed during it is reloaded again.
+        watch = DirectoryWatch()
+        watch.watch(self._watched())
+        try:
+            await self._run(stop, watch)
+        finally:
+            watch.close()
+
+    async def _run(self, stop: asyncio.Event, watch: DirectoryWatch) -> None:
         # reload() logs each invalid file itself.
         await asyncio.to_thread(self.pipelines.reload)
         try:
@@ -225,16 +239,16 @@ class Worker:
             catchup.every(self.config, self.store, self.github, self.pipelines, stop), name="catch-up"
         )
         logger.info("worker started: pipelines %s", ", ".join(sorted(self._tasks)) or "(none)")
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=RELOAD_INTERVAL)
-            if stop.is_set():
-                break
+        # Reloaded when inotify says a file changed, not every second: an idle worker sleeps.
+        while await watch.changed(stop):
             try:
+                watch.watch(await asyncio.to_thread(self._watched))
                 await asyncio.to_thread(self.pipelines.reload)
                 self._start_lanes(stop)
             except Exception:
-                logger.exception("reloading the pipelines failed; tried again in %.0f s", RELOAD_INTERVAL)
+                logger.exception("reloading the pipelines failed; tried again at the next change")
+            finally:
+                self.pipelines.announce_reload()
         await asyncio.gather(
             router, pruning, catching_up, notifying, *reporting, *self._tasks.values(), return_exceptions=True
         )

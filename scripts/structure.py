@@ -52,6 +52,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.config": {"runner.config_values"},
     "runner.shipped": {"runner"},
     "runner.sudo": {"runner.process"},
+    # Watching directories with inotify (the worker's pipeline files).
+    "runner.watch": set(),
     # Storage: the queue and the database import nothing of runner's above them.
     "runner.queue": {"runner.files"},
     "runner.committer": {"runner.queue"},
@@ -59,7 +61,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.entry": {"runner.events", "runner.queue"},
     "runner.models": {"runner.timefmt"},
     "runner.database": set(),
-    "runner.schema": {"runner.shipped"},
+    "runner.schema": {"runner.database", "runner.shipped"},
     # Several servers on one database: whose rows a query selects; one server's records of its deliveries.
     "runner.servers": set(),
     "runner.delivery_records": {"runner.models", "runner.servers"},
@@ -224,13 +226,14 @@ ALLOWED: dict[str, set[str]] = {
         "runner.body",
         "runner.committer",
         "runner.config",
+        "runner.database",
         "runner.entry",
         "runner.queue",
-        "runner.store",
-        "runner.ui",
+        "runner.ui_door",
     },
     # The status page, which the web serves: its login, its rendering, its read-only queries, its pages.
     "runner.ui_auth": set(),
+    "runner.ui_headers": set(),
     "runner.ui_render": {"runner.timefmt"},
     # The page's live parts: runs starting and ending (one watch on logs/), the live log, the actions.
     "runner.run_events": set(),
@@ -262,9 +265,12 @@ ALLOWED: dict[str, set[str]] = {
         "runner.ui_actions",
         "runner.ui_auth",
         "runner.ui_live",
+        "runner.ui_headers",
         "runner.ui_logs",
         "runner.ui_render",
     },
+    # The page built on its first request with users: a server without a page imports none of it.
+    "runner.ui_door": {"runner.config", "runner.queue", "runner.store", "runner.ui", "runner.ui_headers"},
     "runner.router": {
         "runner.consumer",
         "runner.entry",
@@ -377,6 +383,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.retention",
         "runner.router",
         "runner.store",
+        "runner.watch",
     },
     # Operating it: the commands around the flow. Nothing below imports them.
     "runner.trigger": {
@@ -429,6 +436,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "runner.server": {
         "runner.config",
+        "runner.database",
         "runner.listen",
         "runner.lock",
         "runner.pipelines",
@@ -440,6 +448,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.arguments": {"runner.config"},
     # The status page's users file, managed by `runner ui-user`.
     "runner.ui_users": {"runner.arguments", "runner.config", "runner.ui_auth"},
+    # Opening the database for a command: the store checked, or (a server alone) only the schema.
+    "runner.opening": {"runner.config", "runner.database", "runner.schema", "runner.store"},
     "runner.cli": {
         "runner.arguments",
         "runner.cancel",
@@ -451,6 +461,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.instance",
         "runner.known_hosts",
         "runner.listen",
+        "runner.opening",
         "runner.pipelines",
         "runner.release_commands",
         "runner.reports",

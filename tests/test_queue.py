@@ -20,6 +20,7 @@ import pytest
 from inotify_simple import INotify, flags
 from support import PAYLOADS, Server, require, run_cli, runner_env, stop_started, wait_for
 
+from runner.consumer import Consumer, QueueGone
 from runner.queue import ENTRY_NAME, Queue, QueueError, Reader
 
 ENTRY_RE = re.compile(r"^[0-9]{20}\.json$")
@@ -388,3 +389,57 @@ def test_each_entry_is_fsynced_before_its_rename_and_the_directory_after_before_
         assert [s for s, e in fsynced(str(main)) if s > rename_end and e < head], (
             f"{name}: the directory was not fsynced between its rename and the answer"
         )
+
+
+@pytest.mark.parametrize("how", ["removed", "renamed aside", "replaced", "replaced by a move"])
+def test_a_consumer_is_told_at_once_when_its_directory_goes(tmp_path: Path, how: str) -> None:
+    """No periodic look: the reader's watches (the directory's and the one above it) tell the consumer."""
+    directory = tmp_path / "q"
+    queue = Queue(directory)
+
+    def act() -> None:
+        if how == "removed":
+            shutil.rmtree(directory)
+        elif how == "renamed aside":
+            directory.rename(tmp_path / "q.old")
+        elif how == "replaced":
+            shutil.rmtree(directory)
+            Queue(directory).put(b"{}")
+        else:
+            Queue(tmp_path / "q.new").put(b"{}")
+            os.rename(tmp_path / "q.new", tmp_path / "q.tmp")
+            directory.rename(tmp_path / "q.old")
+            os.rename(tmp_path / "q.tmp", directory)
+
+    async def main() -> None:
+        with Consumer(queue) as consumer:
+            # Whatever happens beside it is no reason to stop.
+            (tmp_path / "other").mkdir()
+            (tmp_path / "other").rmdir()
+            threading.Timer(0.2, act).start()
+            await asyncio.wait_for(consumer.take(asyncio.Event()), timeout=5)
+
+    try:
+        with pytest.raises(QueueGone):
+            asyncio.run(main())
+    finally:
+        queue.close()
+
+
+def test_a_consumer_goes_on_when_a_sibling_directory_comes_and_goes(tmp_path: Path) -> None:
+    queue = Queue(tmp_path / "q")
+
+    def act() -> None:
+        (tmp_path / "q2").mkdir()
+        (tmp_path / "q2").rename(tmp_path / "q3")
+        (tmp_path / "q3").rmdir()
+        queue.put(b"{}")
+
+    async def main() -> str | None:
+        with Consumer(queue) as consumer:
+            threading.Timer(0.2, act).start()
+            return await asyncio.wait_for(consumer.take(asyncio.Event()), timeout=5)
+
+    name = asyncio.run(main())
+    assert name is not None and queue.entries() == [name]
+    queue.close()

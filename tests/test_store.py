@@ -90,6 +90,16 @@ def test_head_revision_is_the_newest_migration() -> None:
     assert head_revision() == revisions()[-1]
 
 
+def test_head_revision_read_from_the_files_is_alembics() -> None:
+    """The check at every start reads the head from the files' text, without Alembic: it must agree."""
+    from alembic.script import ScriptDirectory
+
+    from runner.schema import _head_from_files, alembic_config
+
+    alembics = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()
+    assert _head_from_files() == alembics is not None
+
+
 def test_upgrade_downgrade_and_upgrade_again(store: Store, database_url: str) -> None:
     assert store.current_revision() is None
     assert "deliveries" not in table_names(database_url)

@@ -22,7 +22,7 @@ from support import ROOT, SECRET, Server, run_cli, runner_env, stop_started, wai
 from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, SERVER, USER, Site, basic, request, write_users
 
 from runner.store import Store
-from runner.ui_render import CONTENT_SECURITY_POLICY
+from runner.ui_headers import CONTENT_SECURITY_POLICY
 
 CHALLENGE = 'Basic realm="runner", charset="UTF-8"'
 PAGES = ["/", "/runs", "/runs?pipeline=broken&status=failed", "/deliveries"]

@@ -1,0 +1,109 @@
+"""Each long-running command imports what it needs, not what another command does: what a real process of
+it has imported once it is up, read from Python's own account (``-X importtime``), not guessed from files.
+
+A package left out here is memory a process no longer holds (about 5 to 15 MB each for the ORM, Alembic,
+Jinja, Starlette and Hypercorn; 2 MB for uvloop). A later import (the status page on its first request
+with users, Alembic for a database that needs migrating, PyJWT for a GitHub App) is not startup and not
+checked here.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from support import free_port, register, run_cli, runner_env, stop_process, wait_for
+
+# Neither process needs these once it is up (on a database at the latest revision, without a GitHub App).
+NEITHER = {"alembic", "mako", "pygments", "jwt", "cryptography", "bcrypt"}
+# The server only verifies, writes, and pings the database; the status page has no users file here.
+NOT_SERVER = NEITHER | {"jinja2", "jsonschema", "yaml", "sqlalchemy.orm", "runner.store", "runner.worker"}
+# The worker alone runs on asyncio's own loop: uvloop is for a server's ingest.
+NOT_WORKER = NEITHER | {"starlette", "hypercorn", "h11", "h2", "runner.web", "runner.ui", "uvloop"}
+
+
+class Imports:
+    """A ``runner`` command run with ``-X importtime``: the modules it imported are what it printed so."""
+
+    def __init__(self, home: Path, command: str, *args: str) -> None:
+        self.log = home / f"{command}.importtime"
+        self._out = self.log.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-X", "importtime", "-m", "runner", command, *args],
+            env=runner_env(home),
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+        )
+        register(self)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def modules(self) -> set[str]:
+        return {
+            line.rsplit("|", 1)[1].strip()
+            for line in self.output().splitlines()
+            if line.startswith("import time:") and line.count("|") == 2
+        }
+
+    def stop(self) -> int:
+        code = stop_process(self.process)
+        self._out.close()
+        return code
+
+
+def heavy(modules: set[str], names: set[str]) -> set[str]:
+    """Which of ``names`` (packages, or modules) were imported: a package counts by any module of it."""
+    return {name for name in names if any(m == name or m.startswith(name + ".") for m in modules)}
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    home = tmp_path / "home"
+    (home / "pipelines").mkdir(parents=True)
+    # A pipeline, so that the worker loads (and validates) one as it does in use.
+    (home / "pipelines" / "site.yaml").write_text(
+        "on: {repository: acme/site, events: [push], branches: [main]}\n"
+        f"workdir: {tmp_path / 'work'}\n"
+        "steps:\n  - run: echo deployed\n"
+    )
+    upgraded = run_cli("db", "upgrade", env=runner_env(home))
+    assert upgraded.returncode == 0, upgraded.stderr
+    yield home
+
+
+def test_the_worker_imports_no_web_server(home: Path) -> None:
+    worker = Imports(home, "work")
+    try:
+        wait_for(lambda: "worker started" in worker.output(), "the worker to start", 60, worker.output)
+        modules = worker.modules()
+    finally:
+        assert worker.stop() == 0, worker.output()
+    assert {"runner.worker", "sqlalchemy.orm", "jsonschema"} <= modules, "the account of imports is not read"
+    assert heavy(modules, NOT_WORKER) == set()
+
+
+def test_the_server_imports_no_worker_orm_or_templates(home: Path) -> None:
+    port = free_port()
+    server = Imports(home, "serve", "--port", str(port))
+    try:
+        wait_for(lambda: "Running on" in server.output(), "the server to listen", 60, server.output)
+        modules = server.modules()
+    finally:
+        assert server.stop() == 0, server.output()
+    assert {"runner.web", "hypercorn.asyncio", "sqlalchemy"} <= modules, "the account of imports is not read"
+    assert heavy(modules, NOT_SERVER) == set()
+
+
+def test_up_at_the_latest_revision_imports_no_alembic(home: Path) -> None:
+    up = Imports(home, "up", "--port", str(free_port()))
+    try:
+        wait_for(lambda: "worker started" in up.output(), "runner up to start", 60, up.output)
+        modules = up.modules()
+    finally:
+        assert up.stop() == 0, up.output()
+    assert {"runner.web", "runner.worker"} <= modules, "the account of imports is not read"
+    assert heavy(modules, NEITHER | {"runner.ui"}) == set()
