@@ -7,14 +7,13 @@ import argparse
 import contextlib
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from runner.arguments import Commands
 from runner.config import Config
-from runner.pipeline import Pipeline
-from runner.release_dirs import ReleaseError, Releases
-from runner.schema import SchemaError
-from runner.store import Store
-from runner.trigger import RunRequest, TriggerError, find_pipeline
+
+if TYPE_CHECKING:
+    from runner.pipeline import Pipeline
 
 
 def _fail(message: str) -> SystemExit:
@@ -23,6 +22,9 @@ def _fail(message: str) -> SystemExit:
 
 
 def _release_pipeline(config: Config, name: str, command: str | None) -> Pipeline:
+    # The commands' modules are imported when one runs: the CLI's start (and `runner serve`'s) stays small.
+    from runner.trigger import TriggerError, find_pipeline
+
     try:
         pipeline = find_pipeline(config, name, command)
     except TriggerError as exc:
@@ -35,6 +37,8 @@ def _release_pipeline(config: Config, name: str, command: str | None) -> Pipelin
 
 
 def cmd_releases(config: Config, args: argparse.Namespace) -> None:
+    from runner.release_dirs import Releases
+
     pipeline = _release_pipeline(config, args.pipeline, None)
     releases = Releases(pipeline.workdir).all()
     if args.json:
@@ -53,6 +57,11 @@ def cmd_releases(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_rollback(config: Config, args: argparse.Namespace) -> None:
+    from runner.release_dirs import ReleaseError, Releases
+    from runner.schema import SchemaError
+    from runner.store import Store
+    from runner.trigger import RunRequest, TriggerError
+
     pipeline = _release_pipeline(config, args.pipeline, "rollback")
     releases = Releases(pipeline.workdir)
     try:
