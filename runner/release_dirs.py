@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.files import fsync_directory
+
 REPO = "repo"
 RELEASES = "releases"
 CURRENT = "current"
@@ -56,14 +58,6 @@ class ReleaseInfo:
         }
 
 
-def _fsync_dir(path: Path) -> None:
-    descriptor = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(descriptor)
-    finally:
-        os.close(descriptor)
-
-
 def _write_durably(path: Path, data: dict[str, Any]) -> None:
     temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with temp.open("w") as file:
@@ -71,7 +65,7 @@ def _write_durably(path: Path, data: dict[str, Any]) -> None:
         file.flush()
         os.fsync(file.fileno())
     os.replace(temp, path)
-    _fsync_dir(path.parent)
+    fsync_directory(path.parent)
 
 
 class Releases:
@@ -161,15 +155,15 @@ class Releases:
             temp.unlink()
         # Relative: the workdir may be moved or mounted elsewhere, and the link still leads to the release.
         os.symlink(f"{RELEASES}/{name}", temp)
-        _fsync_dir(self.workdir)
+        fsync_directory(self.workdir)
         os.replace(temp, self.link)
-        _fsync_dir(self.workdir)
+        fsync_directory(self.workdir)
 
     def finish(self) -> None:
         """The switch is over (activated, checked, or switched back): its journal goes."""
         with contextlib.suppress(FileNotFoundError):
             self.journal.unlink()
-            _fsync_dir(self.root)
+            fsync_directory(self.root)
 
     def recover(self) -> tuple[str | None, str | None]:
         """Undo a switch whose run a dead worker left: ``current`` goes back to the release it was (its

@@ -46,7 +46,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.lock": set(),
     "runner.config_values": set(),
     # A pipeline's release directories, their records and the atomic switch of `current`.
-    "runner.release_dirs": set(),
+    "runner.release_dirs": {"runner.files"},
     # Following a growing log file (a run's), for `runner logs` and the status page's live log.
     "runner.log_follow": set(),
     "runner.config": {"runner.config_values"},
