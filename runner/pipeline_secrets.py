@@ -148,10 +148,19 @@ def read_secret(name: str, path: str, credentials_directory: str | None) -> str:
     except SecretError as exc:
         raise SecretError(f"secret {name}: {exc}") from None
     try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_SIZE + 1)
+        # O_NONBLOCK: a FIFO (or a device) opens at once instead of holding the run's start until some
+        # writer comes; anything but a regular file is refused before it is read.
+        descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise SecretError(f"secret {name}: cannot read {file}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise SecretError(f"secret {name}: {file} is not a regular file (a FIFO, a device, a directory?)")
+    with os.fdopen(descriptor, "rb") as handle:
+        try:
+            raw = handle.read(MAX_SIZE + 1)
+        except OSError as exc:
+            raise SecretError(f"secret {name}: cannot read {file}: {exc.strerror or exc}") from None
     if len(raw) > MAX_SIZE:
         raise SecretError(f"secret {name}: {file} is larger than {MAX_SIZE} bytes")
     try:
