@@ -8,6 +8,7 @@ and the new commands as the CLI runs them, an HTTP server the health check asks.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -535,3 +536,14 @@ def test_a_release_pipelines_shared_clone_fetches_with_a_token_file(tmp_path: Pa
     finally:
         home.close()
         server.close()
+
+
+def test_a_health_urls_credentials_are_masked_in_what_the_check_says() -> None:
+    from runner.pipeline import HealthCheck
+    from runner.release_health import _try_url
+
+    # Nothing listens on port 1 of loopback: the GET fails, and says which URL it asked.
+    url = "http://monitor:h3alth-Token-77@127.0.0.1:1/up"
+    said = asyncio.run(_try_url(HealthCheck(url=url, run=None, timeout=5), url))
+    assert said is not None and said.startswith("GET http://***@127.0.0.1:1/up failed: "), said
+    assert "h3alth-Token-77" not in said
