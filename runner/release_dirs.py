@@ -114,6 +114,13 @@ class Releases:
             target = self.workdir / SHARED / relative
             inside = release / relative
             inside.parent.mkdir(parents=True, exist_ok=True)
+            # The checkout's own symlink (public -> /somewhere) would have what follows move, delete and
+            # link things outside the release.
+            if not inside.parent.resolve().is_relative_to(release.resolve()):
+                raise ReleaseError(
+                    f"the shared path {relative} leads out of the release through a symlink of the "
+                    f"checkout ({inside.parent} is {inside.parent.resolve()}): nothing was linked"
+                )
             if not target.exists() and not target.is_symlink():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if inside.exists() and not inside.is_symlink():

@@ -547,3 +547,21 @@ def test_a_health_urls_credentials_are_masked_in_what_the_check_says() -> None:
     said = asyncio.run(_try_url(HealthCheck(url=url, run=None, timeout=5), url))
     assert said is not None and said.startswith("GET http://***@127.0.0.1:1/up failed: "), said
     assert "h3alth-Token-77" not in said
+
+
+def test_a_shared_path_through_a_symlink_of_the_checkout_is_refused_and_touches_nothing_outside(
+    tmp_path: Path,
+) -> None:
+    from runner.release_dirs import ReleaseError, Releases
+
+    releases = Releases(tmp_path / "workdir")
+    release = releases.prepare("7-abcdef1")
+    outside = tmp_path / "deploy-data"
+    (outside / "uploads").mkdir(parents=True)
+    (outside / "uploads" / "keep").write_text("mine\n")
+    # A commit's symlink: public -> the deploy user's own directory.
+    (release / "public").symlink_to(outside)
+    with pytest.raises(ReleaseError, match="leads out of the release through a symlink of the checkout"):
+        releases.link_shared(release, ("public/uploads/",))
+    assert (outside / "uploads" / "keep").read_text() == "mine\n"
+    assert not (outside / "uploads").is_symlink()
