@@ -244,7 +244,16 @@ class Releases:
         names removed. Failed releases go whatever came between: the good ones stay."""
         releases = self.all()
         good = [info.name for info in releases if info.succeeded][-keep:]
-        removed = [info.name for info in releases if not info.current and info.name not in good]
+        # A switch a stop left in its journal is undone by the next run: the release it goes back to stays.
+        try:
+            pending = json.loads(self.journal.read_text()).get("from")
+        except (OSError, ValueError, AttributeError):
+            pending = None
+        removed = [
+            info.name
+            for info in releases
+            if not info.current and info.name not in good and info.name != pending
+        ]
         for name in removed:
             self.remove(name)
         if removed and (self.repo / ".git").exists():

@@ -565,3 +565,20 @@ def test_a_shared_path_through_a_symlink_of_the_checkout_is_refused_and_touches_
         releases.link_shared(release, ("public/uploads/",))
     assert (outside / "uploads" / "keep").read_text() == "mine\n"
     assert not (outside / "uploads").is_symlink()
+
+
+def test_keep_spares_the_release_a_switch_left_in_its_journal_goes_back_to(tmp_path: Path) -> None:
+    from runner.release_dirs import Releases
+
+    releases = Releases(tmp_path / "workdir")
+    for run in (1, 2):
+        releases.prepare(f"{run}-abcdef{run}")
+        releases.succeeded(f"{run}-abcdef{run}", run, f"abcdef{run}" + "0" * 33, "refs/heads/main")
+    releases.point("1-abcdef1")  # rolled back to run 1's release
+    releases.prepare("3-abcdef3")
+    # Run 3's worker was stopped during its activate steps: the journal stays, and keep: 1 runs after.
+    assert releases.switch("3-abcdef3", 3) == "1-abcdef1"
+    releases.activating()
+    assert releases.prune(1) == []
+    said, again = releases.recover()
+    assert releases.current() == "1-abcdef1" and again == "1-abcdef1", said
