@@ -170,7 +170,7 @@ def read_secret(name: str, path: str, credentials_directory: str | None) -> str:
     value = value.removesuffix("\n").removesuffix("\r")
     if "\0" in value:
         raise SecretError(f"secret {name}: {file} holds a NUL byte, which no environment variable can")
-    if len(value) < MIN_LENGTH:
+    if len(value.strip()) < MIN_LENGTH:
         raise SecretError(
             f"secret {name}: the value in {file} is shorter than {MIN_LENGTH} characters, too short to be "
             "masked in logs without masking everything: use a longer secret"

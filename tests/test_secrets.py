@@ -325,3 +325,13 @@ def test_a_secret_file_that_is_a_fifo_or_a_directory_is_refused_at_once(tmp_path
     assert said == [f"secret TOKEN: {fifo} is not a regular file (a FIFO, a device, a directory?)"]
     read(directory)
     assert said[1] == f"secret TOKEN: {directory} is not a regular file (a FIFO, a device, a directory?)"
+
+
+def test_a_secret_of_blanks_is_refused_as_too_short(tmp_path: Path) -> None:
+    from runner.pipeline_secrets import SecretError, read_secret
+
+    # Four spaces would mask every indentation of every log line: no more a secret than "abc".
+    blanks = tmp_path / "blanks"
+    blanks.write_text("    \n")
+    with pytest.raises(SecretError, match="shorter than 4 characters"):
+        read_secret("BLANK", str(blanks), None)
