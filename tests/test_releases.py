@@ -582,3 +582,28 @@ def test_keep_spares_the_release_a_switch_left_in_its_journal_goes_back_to(tmp_p
     assert releases.prune(1) == []
     said, again = releases.recover()
     assert releases.current() == "1-abcdef1" and again == "1-abcdef1", said
+
+
+def test_a_run_cancelled_during_its_health_check_switches_back(rig: Rig, repo: GitRepo) -> None:
+    app = App(rig, repo, "{keep: 5, health: {run: sleep 4, retries: 0}}")
+    rig.start_worker()
+    good = app.deploy()
+    app.push({"v": "2\n"})
+    held = app.queue("trigger", "app", "--ref", "main")
+    wait_for(
+        lambda: (
+            f"{held} {release_of(rig.run(held))}" in app.lines("activations")
+            if rig.run(held).commit
+            else False
+        ),
+        "the activate step to end and the health check to begin",
+        60,
+        rig.details,
+    )
+    rig.cli("cancel", str(held))
+    cancelled = rig.finished_run(held, timeout=60)
+    # Recorded as cancelled: the release it built must not be the one serving.
+    assert cancelled.status == "cancelled", rig.details(cancelled)
+    assert cancelled.reason == f"cancelled by hand; rolled back to release {release_of(good)}"
+    assert app.current() == release_of(good)
+    assert app.releases() == [release_of(good)]
