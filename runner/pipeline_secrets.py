@@ -148,10 +148,19 @@ def read_secret(name: str, path: str, credentials_directory: str | None) -> str:
     except SecretError as exc:
         raise SecretError(f"secret {name}: {exc}") from None
     try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_SIZE + 1)
+        # O_NONBLOCK: a FIFO (or a device) opens at once instead of holding the run's start until some
+        # writer comes; anything but a regular file is refused before it is read.
+        descriptor = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
         raise SecretError(f"secret {name}: cannot read {file}: {exc.strerror or exc}") from None
+    if not stat.S_ISREG(os.fstat(descriptor).st_mode):
+        os.close(descriptor)
+        raise SecretError(f"secret {name}: {file} is not a regular file (a FIFO, a device, a directory?)")
+    with os.fdopen(descriptor, "rb") as handle:
+        try:
+            raw = handle.read(MAX_SIZE + 1)
+        except OSError as exc:
+            raise SecretError(f"secret {name}: cannot read {file}: {exc.strerror or exc}") from None
     if len(raw) > MAX_SIZE:
         raise SecretError(f"secret {name}: {file} is larger than {MAX_SIZE} bytes")
     try:
@@ -161,7 +170,7 @@ def read_secret(name: str, path: str, credentials_directory: str | None) -> str:
     value = value.removesuffix("\n").removesuffix("\r")
     if "\0" in value:
         raise SecretError(f"secret {name}: {file} holds a NUL byte, which no environment variable can")
-    if len(value) < MIN_LENGTH:
+    if len(value.strip()) < MIN_LENGTH:
         raise SecretError(
             f"secret {name}: the value in {file} is shorter than {MIN_LENGTH} characters, too short to be "
             "masked in logs without masking everything: use a longer secret"

@@ -114,6 +114,13 @@ class Releases:
             target = self.workdir / SHARED / relative
             inside = release / relative
             inside.parent.mkdir(parents=True, exist_ok=True)
+            # The checkout's own symlink (public -> /somewhere) would have what follows move, delete and
+            # link things outside the release.
+            if not inside.parent.resolve().is_relative_to(release.resolve()):
+                raise ReleaseError(
+                    f"the shared path {relative} leads out of the release through a symlink of the "
+                    f"checkout ({inside.parent} is {inside.parent.resolve()}): nothing was linked"
+                )
             if not target.exists() and not target.is_symlink():
                 target.parent.mkdir(parents=True, exist_ok=True)
                 if inside.exists() and not inside.is_symlink():
@@ -237,7 +244,16 @@ class Releases:
         names removed. Failed releases go whatever came between: the good ones stay."""
         releases = self.all()
         good = [info.name for info in releases if info.succeeded][-keep:]
-        removed = [info.name for info in releases if not info.current and info.name not in good]
+        # A switch a stop left in its journal is undone by the next run: the release it goes back to stays.
+        try:
+            pending = json.loads(self.journal.read_text()).get("from")
+        except (OSError, ValueError, AttributeError):
+            pending = None
+        removed = [
+            info.name
+            for info in releases
+            if not info.current and info.name not in good and info.name != pending
+        ]
         for name in removed:
             self.remove(name)
         if removed and (self.repo / ".git").exists():

@@ -8,6 +8,7 @@ import urllib.error
 import urllib.request
 
 from runner import steps
+from runner.credentials import mask
 from runner.pipeline import HealthCheck, StepSpec
 
 # Not the environment's proxies: a health check asks the service itself, usually on loopback.
@@ -25,12 +26,15 @@ def _status(url: str, timeout: float) -> int:
 
 
 async def _try_url(health: HealthCheck, url: str) -> str | None:
+    # What it says becomes the run's reason (its record, the status page, GitHub, notifications), which
+    # the log's masking never sees: a URL's credentials are masked here.
+    shown = mask(url)
     try:
         status = await asyncio.to_thread(_status, url, health.timeout)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
-        return f"GET {url} failed: {reason}"
-    return None if status == health.expect else f"GET {url} answered {status}, not {health.expect}"
+        return mask(f"GET {shown} failed: {reason}")
+    return None if status == health.expect else f"GET {shown} answered {status}, not {health.expect}"
 
 
 async def _try_run(health: HealthCheck, ctx: steps.RunContext) -> str | None:

@@ -147,6 +147,9 @@ class _Doing:
             problem = await release_health.check(self.release.health, ctx)
             if problem is not None:
                 status, reason = "failed", f"health check failed: {problem}"
+            elif self.cancel.is_set():
+                # A cancel that came during the check (which does not stop it): the release does not stay.
+                status, reason = "cancelled", self.cancel.reason
         if self.stop.is_set() and status != "succeeded":
             # The entry is run again: its next run undoes the switch first (the journal stays).
             return status, reason

@@ -320,7 +320,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.store",
     },
     # A release pipeline's run: build, switch, activate, check, switch back; or a rollback.
-    "runner.release_health": {"runner.pipeline", "runner.steps"},
+    "runner.release_health": {"runner.credentials", "runner.pipeline", "runner.steps"},
     "runner.release_run": {
         "runner.cancelling",
         "runner.pipeline",

@@ -1338,6 +1338,30 @@ def test_finalize_prints_only_typed_values_that_stay_one_word(wrapper: Any) -> N
         wrapper.nginx_quote("a\ue001b")
 
 
+def test_a_secret_is_masked_as_the_wrapper_quotes_it_and_never_shown_in_its_refusals(wrapper: Any) -> None:
+    from jinja2 import TemplateRuntimeError
+
+    from runner.masking import Masker
+    from runner.steps.nginx import quoted
+
+    # The diff shows a value as nginx_quote wrote it: a secret's " and \\ escaped must be masked too.
+    secret = 'pa"ss\\word-91'
+    line = f"return 200 {wrapper.nginx_quote('the answer is ' + secret)};"
+    assert Masker([secret, quoted(secret)]).mask(line) == 'return 200 "the answer is ***";'
+    # A refusal shows a value's repr, cut after 77 characters: with --secret, no value at all.
+    long = "token-" + "a1b2" * 30
+    with pytest.raises(TemplateRuntimeError) as shown:
+        wrapper.port(long)
+    assert long[:40] in str(shown.value)
+    wrapper.SHOW_VALUES = False
+    try:
+        with pytest.raises(TemplateRuntimeError) as hidden:
+            wrapper.port(long)
+    finally:
+        wrapper.SHOW_VALUES = True
+    assert long[:10] not in str(hidden.value) and "not shown: the vars hold a secret" in str(hidden.value)
+
+
 RENDERED_REFUSALS = {
     "access_log": ("access_log {{ p | path }};", "in access_log: it is made from a value"),
     "error_log": ("error_log {{ p | path }} info;", "in error_log: it is made from a value"),

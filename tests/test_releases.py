@@ -8,6 +8,7 @@ and the new commands as the CLI runs them, an HTTP server the health check asks.
 
 from __future__ import annotations
 
+import asyncio
 import http.server
 import json
 import os
@@ -535,3 +536,74 @@ def test_a_release_pipelines_shared_clone_fetches_with_a_token_file(tmp_path: Pa
     finally:
         home.close()
         server.close()
+
+
+def test_a_health_urls_credentials_are_masked_in_what_the_check_says() -> None:
+    from runner.pipeline import HealthCheck
+    from runner.release_health import _try_url
+
+    # Nothing listens on port 1 of loopback: the GET fails, and says which URL it asked.
+    url = "http://monitor:h3alth-Token-77@127.0.0.1:1/up"
+    said = asyncio.run(_try_url(HealthCheck(url=url, run=None, timeout=5), url))
+    assert said is not None and said.startswith("GET http://***@127.0.0.1:1/up failed: "), said
+    assert "h3alth-Token-77" not in said
+
+
+def test_a_shared_path_through_a_symlink_of_the_checkout_is_refused_and_touches_nothing_outside(
+    tmp_path: Path,
+) -> None:
+    from runner.release_dirs import ReleaseError, Releases
+
+    releases = Releases(tmp_path / "workdir")
+    release = releases.prepare("7-abcdef1")
+    outside = tmp_path / "deploy-data"
+    (outside / "uploads").mkdir(parents=True)
+    (outside / "uploads" / "keep").write_text("mine\n")
+    # A commit's symlink: public -> the deploy user's own directory.
+    (release / "public").symlink_to(outside)
+    with pytest.raises(ReleaseError, match="leads out of the release through a symlink of the checkout"):
+        releases.link_shared(release, ("public/uploads/",))
+    assert (outside / "uploads" / "keep").read_text() == "mine\n"
+    assert not (outside / "uploads").is_symlink()
+
+
+def test_keep_spares_the_release_a_switch_left_in_its_journal_goes_back_to(tmp_path: Path) -> None:
+    from runner.release_dirs import Releases
+
+    releases = Releases(tmp_path / "workdir")
+    for run in (1, 2):
+        releases.prepare(f"{run}-abcdef{run}")
+        releases.succeeded(f"{run}-abcdef{run}", run, f"abcdef{run}" + "0" * 33, "refs/heads/main")
+    releases.point("1-abcdef1")  # rolled back to run 1's release
+    releases.prepare("3-abcdef3")
+    # Run 3's worker was stopped during its activate steps: the journal stays, and keep: 1 runs after.
+    assert releases.switch("3-abcdef3", 3) == "1-abcdef1"
+    releases.activating()
+    assert releases.prune(1) == []
+    said, again = releases.recover()
+    assert releases.current() == "1-abcdef1" and again == "1-abcdef1", said
+
+
+def test_a_run_cancelled_during_its_health_check_switches_back(rig: Rig, repo: GitRepo) -> None:
+    app = App(rig, repo, "{keep: 5, health: {run: sleep 4, retries: 0}}")
+    rig.start_worker()
+    good = app.deploy()
+    app.push({"v": "2\n"})
+    held = app.queue("trigger", "app", "--ref", "main")
+    wait_for(
+        lambda: (
+            f"{held} {release_of(rig.run(held))}" in app.lines("activations")
+            if rig.run(held).commit
+            else False
+        ),
+        "the activate step to end and the health check to begin",
+        60,
+        rig.details,
+    )
+    rig.cli("cancel", str(held))
+    cancelled = rig.finished_run(held, timeout=60)
+    # Recorded as cancelled: the release it built must not be the one serving.
+    assert cancelled.status == "cancelled", rig.details(cancelled)
+    assert cancelled.reason == f"cancelled by hand; rolled back to release {release_of(good)}"
+    assert app.current() == release_of(good)
+    assert app.releases() == [release_of(good)]

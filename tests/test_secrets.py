@@ -296,3 +296,42 @@ def test_the_masker_replaces_the_longest_value_first_and_ignores_values_too_shor
     assert masker.mask_bytes(b"token process-wide-token") == b"token ***"
     process.discard("process-wide-token")
     assert masker.mask("process-wide-token") == "process-wide-token"
+
+
+def test_a_secret_file_that_is_a_fifo_or_a_directory_is_refused_at_once(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    from runner.pipeline_secrets import SecretError, read_secret
+
+    fifo, directory = tmp_path / "fifo", tmp_path / "directory"
+    os.mkfifo(fifo)
+    directory.mkdir()
+    said: list[str] = []
+
+    def read(path: Path) -> None:
+        try:
+            read_secret("TOKEN", str(path), None)
+        except SecretError as exc:
+            said.append(str(exc))
+
+    # A FIFO with no writer would hold open(2), and with it the run's start (and runner doctor), forever.
+    reader = threading.Thread(target=read, args=(fifo,), daemon=True)
+    reader.start()
+    reader.join(5)
+    if reader.is_alive():
+        with open(fifo, "wb"):  # lets the stuck reader go
+            pass
+    assert said == [f"secret TOKEN: {fifo} is not a regular file (a FIFO, a device, a directory?)"]
+    read(directory)
+    assert said[1] == f"secret TOKEN: {directory} is not a regular file (a FIFO, a device, a directory?)"
+
+
+def test_a_secret_of_blanks_is_refused_as_too_short(tmp_path: Path) -> None:
+    from runner.pipeline_secrets import SecretError, read_secret
+
+    # Four spaces would mask every indentation of every log line: no more a secret than "abc".
+    blanks = tmp_path / "blanks"
+    blanks.write_text("    \n")
+    with pytest.raises(SecretError, match="shorter than 4 characters"):
+        read_secret("BLANK", str(blanks), None)

@@ -50,6 +50,11 @@ def _render_vars(value: Any, context: Mapping[str, Any]) -> Any:
     return value
 
 
+def quoted(value: str) -> str:
+    """``value`` as the wrapper's nginx_quote writes it into a site, without the quotes around it."""
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def argv_for(
     config_nginx: tuple[str, ...], site: str, template: str, reload: bool, secret: bool
 ) -> list[str]:
@@ -79,6 +84,8 @@ async def nginx_step(spec: StepSpec, ctx: RunContext) -> Outcome:
     if not isinstance(variables, dict):
         raise StepFailed("the nginx step's vars must be a mapping")
     secret = bool(ctx.pipeline.step_secrets(spec))
+    # The wrapper's diff shows a value as nginx_quote wrote it: a secret's " and \ escaped, unlike the value.
+    ctx.log.masker.add(*(quoted(value) for value in ctx.step_secrets(spec).values()))
     argv = argv_for(ctx.config.nginx, site, template, bool(args.get("reload", True)), secret)
     env = ctx.env_for(spec)
     timeout = step_timeout(spec, ctx)
