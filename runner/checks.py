@@ -6,6 +6,7 @@ import posixpath
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from yaml.nodes import ScalarNode
 
@@ -281,3 +282,8 @@ def _check_release(doc: Document, data: dict[str, Any]) -> None:
                 _check_duration(doc, health[key], ("release", "health", key))
         if isinstance(health.get("run"), str):
             _check_run(doc, ("release", "health", "run"), health["run"])
+        url = health.get("url")
+        if isinstance(url, str) and "@" in urlsplit(url).netloc:
+            # urllib would take user:password@ for part of the host name, and the check would always fail.
+            message = "a health URL holds no credentials: check an address that needs no login"
+            doc.check(("release", "health", "url"), message)

@@ -472,6 +472,16 @@ def test_a_release_section_is_checked_where_it_is_wrong(tmp_path: Path) -> None:
         f"{path}:6:11: release.health: a health check is either `url: http://...` or `run: COMMAND`",
         f"{path}:6:60: release.health.timeout: bad duration '0s': it must be longer than 0 seconds",
     ]
+    path.write_text(
+        "on: {repository: acme/app}\nworkdir: w\n"
+        "release:\n  health: {url: 'https://ops:hunter22@127.0.0.1/health'}\nsteps:\n  - run: make\n"
+    )
+    done = run_cli("validate", env=runner_env(home))
+    assert done.returncode == 1
+    assert done.stdout.splitlines() == [
+        f"{path}:4:17: release.health.url: a health URL holds no credentials: check an address that needs "
+        "no login"
+    ]
 
 
 def test_a_switch_cut_short_before_its_activate_steps_activates_nothing_again(tmp_path: Path) -> None:
