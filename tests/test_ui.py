@@ -355,10 +355,22 @@ def test_the_page_under_runner_ui_path_beside_the_webhook_endpoint(serve: Serve,
     assert request(server.port, "/runner/runs", auth).status == 200
     assert request(server.port, "/runner/static/style.css", auth).status == 200
     assert request(server.port, "/runner/runs").status == 401
-    # Nothing of the page outside its path.
-    assert request(server.port, "/", auth).status == 404
-    assert request(server.port, "/runs", auth).status == 404
-    assert request(server.port, "/runnerx/runs", auth).status == 404
+    # Nothing of the page outside its path; those answers, and the redirect to the path with its slash,
+    # carry the page's security headers as its own do.
+    answers = {path: request(server.port, path, auth) for path in ("/", "/runs", "/runnerx/runs", "/runner")}
+    assert {path: answer.status for path, answer in answers.items()} == {
+        "/": 404,
+        "/runs": 404,
+        "/runnerx/runs": 404,
+        "/runner": 307,
+    }
+    assert answers["/runner"].headers["Location"].endswith("/runner/")
+    for path, answer in [*answers.items(), ("/runner/", page)]:
+        assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY, path
+        assert answer.headers["X-Content-Type-Options"] == "nosniff", path
+        assert answer.headers["Referrer-Policy"] == "same-origin", path
+        assert answer.headers["Cache-Control"] == "no-store", path
+        assert answer.headers.get_all("Content-Security-Policy") == [CONTENT_SECURITY_POLICY], path
     assert request(server.port, "/healthz").status == 200
     body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
     delivered = server.deliver("ping", body)

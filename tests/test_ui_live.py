@@ -42,7 +42,7 @@ from runner.log_follow import Line, follow, follow_async
 from runner.models import ActionRecord
 from runner.queue import Queue
 from runner.store import Store
-from runner.ui_actions import CsrfTokens
+from runner.ui_actions import TOKEN_LIFETIME, CsrfTokens
 from runner.ui_live import MAX_LOG_STREAMS
 
 USER, PASSWORD = "alice", "correct horse"
@@ -499,9 +499,13 @@ def test_an_action_without_a_valid_token_or_from_another_site_is_refused_and_not
     ]:
         answer = _post(server, f"/runs/{run_id}/redeploy", body, **headers)
         assert answer.status == 403, (body, headers)
+    # Another user's token, and this user's once 12 hours old, are refused too.
+    expired = CsrfTokens(Secret(SECRET)).token(USER, now=time.time() - TOKEN_LIFETIME - 60)
+    for other in (_token_for(home, "bob"), expired):
+        assert other != token
+        answer = _post(server, f"/runs/{run_id}/redeploy", "csrf=" + other)
+        assert answer.status == 403, other
     assert _main_entries(home) == []
-    # Another user's token is not this user's.
-    assert token != _token_for(home, "bob")
     answer = _post(
         server, f"/runs/{run_id}/cancel", "csrf=" + token, Origin=f"http://127.0.0.1:{server.port}"
     )
@@ -512,6 +516,22 @@ def test_an_action_without_a_valid_token_or_from_another_site_is_refused_and_not
 
 def _token_for(home: Home, user: str) -> str:
     return CsrfTokens(Secret(SECRET)).token(user)
+
+
+def test_a_csrf_token_is_its_user_s_for_12_hours_and_its_time_cannot_be_changed() -> None:
+    tokens, now = CsrfTokens(Secret(SECRET)), 1_800_000_000.0
+    token = tokens.token(USER, now)
+    assert tokens.valid(USER, token, now) and tokens.valid(USER, token, now + TOKEN_LIFETIME - 1)
+    assert TOKEN_LIFETIME == 12 * 3600
+    assert not tokens.valid(USER, token, now + TOKEN_LIFETIME + 1)
+    assert not tokens.valid("bob", token, now)
+    # Made "later" by rewriting its time: the HMAC covers the time.
+    redated = tokens.token(USER, now + 3600)[:10] + token[10:]
+    assert not tokens.valid(USER, redated, now + TOKEN_LIFETIME + 1)
+    # Another secret's token (another runner's) is not this one's; nor one dated well ahead.
+    assert not CsrfTokens(Secret("another secret")).valid(USER, token, now)
+    assert not tokens.valid(USER, tokens.token(USER, now + 3600), now)
+    assert not tokens.valid(USER, "", now) and not tokens.valid(USER, "zz" * 37, now)
 
 
 def test_redeploy_queues_the_same_commit_again_recorded_with_the_user(home: Home) -> None:
