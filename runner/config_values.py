@@ -22,13 +22,14 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class SmtpServer:
     """Where notification e-mail goes (RUNNER_SMTP_URL): ``smtp://`` is STARTTLS, ``smtps://`` TLS from the
-    start; plain SMTP only on a loopback address (a local relay, a test's server)."""
+    start; plain SMTP only on a loopback address and without a login (a local relay, a test's server)."""
 
     scheme: Literal["smtp", "smtps"]
     host: str
     port: int
     username: str | None
-    # STARTTLS: always for smtp:// off the loopback address; a loopback relay may not offer it.
+    # STARTTLS, required: always for smtp:// with a user (the password never crosses in clear) or off the
+    # loopback address; a loopback relay taking mail without a login may not offer it.
     starttls: bool
 
 
@@ -164,7 +165,7 @@ def read_smtp_url(environ: Mapping[str, str]) -> SmtpServer | None:
         raise ConfigError(f"RUNNER_SMTP_URL={raw!r} {problem}")
     scheme: Literal["smtp", "smtps"] = "smtps" if url.scheme == "smtps" else "smtp"
     port = port or (465 if scheme == "smtps" else 587)
-    starttls = scheme == "smtp" and not _loopback(url.hostname)
+    starttls = scheme == "smtp" and (bool(url.username) or not _loopback(url.hostname))
     return SmtpServer(scheme, url.hostname or "", port, url.username or None, starttls)
 
 
