@@ -701,7 +701,12 @@ def test_in_a_browser_the_log_grows_line_by_line_and_the_pipeline_list_follows(h
             driver, lambda: f"run {run_id}" in driver.find_element(By.ID, "pipeline-live").text, "the list"
         )
         screenshot(driver, "live-pipelines")
+        listing = driver.current_window_handle
+        assert "running" in driver.find_element(By.ID, "pipeline-live").text
 
+        # The run's page in a tab of its own: the list stays open in the first, to see the run's end.
+        driver.switch_to.new_window("tab")
+        log_in(driver, USER, PASSWORD)  # the login's header is set per tab
         driver.get(f"{base}/runs/{run_id}")
         state = driver.find_element(By.ID, "live-state")
         _wait_in(driver, lambda: state.text == "live", "the log to be followed")
@@ -721,6 +726,16 @@ def test_in_a_browser_the_log_grows_line_by_line_and_the_pipeline_list_follows(h
         _wait_in(driver, lambda: state.text == "ended: succeeded", "the end of the run")
         assert printed() == ["first line", "second line", "third line"]
         screenshot(driver, "live-log-ended")
+
+        # The list, loaded before the run started and never reloaded, now has it ended.
+        driver.switch_to.window(listing)
+        _wait_in(
+            driver,
+            lambda: f"run {run_id}: succeeded" in driver.find_element(By.ID, "pipeline-live").text,
+            "the list to show the run's end",
+        )
+        assert "never deployed" not in driver.find_element(By.ID, "pipeline-live").text
+        screenshot(driver, "live-pipelines-ended")
 
 
 def test_in_a_browser_redeploy_from_the_page_and_see_the_new_run(home: Home) -> None:
