@@ -5,6 +5,8 @@ store."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
 import stat
 import subprocess
@@ -15,6 +17,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import bcrypt
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
@@ -131,6 +134,49 @@ def test_ui_user_add_refuses_a_name_the_file_or_http_basic_cannot_carry(
     done = cli("ui-user", "add", name, "--password-stdin", env=runner_env(tmp_path), input="pw\n")
     assert done.returncode == 1 and problem in done.stderr, done
     assert not (tmp_path / "ui-users").exists()
+
+
+def prompted(env: dict[str, str], *answers: str) -> tuple[int, str]:
+    """``runner ui-user add demo`` on a terminal of its own (a pty), typing ``answers`` at its prompts; its
+    exit status and what the terminal showed."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: its terminal is the pty; nothing of pytest's runs here
+        try:
+            # No shell: the argument list as it is.
+            os.execve(sys.executable, [sys.executable, "-m", "runner", "ui-user", "add", "demo"], env)  # noqa: S606
+        finally:
+            os._exit(127)
+    shown, answered = b"", 0
+    try:
+        while True:
+            try:
+                chunk = os.read(terminal, 1024)
+            except OSError:
+                break  # the child ended: the pty is closed
+            if not chunk:
+                break
+            shown += chunk
+            # Each prompt shown gets its answer, typed as a user would.
+            while answered < min(shown.count(b"Password"), len(answers)):
+                os.write(terminal, answers[answered].encode() + b"\n")
+                answered += 1
+    finally:
+        os.close(terminal)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_ui_user_add_asks_for_the_password_twice_on_a_terminal_without_echoing_it(tmp_path: Path) -> None:
+    env = runner_env(tmp_path)
+    code, shown = prompted(env, "typed password", "another one")
+    assert code == 1 and "the two passwords differ" in shown, shown
+    assert "typed password" not in shown and "another one" not in shown, shown
+    assert not (tmp_path / "ui-users").exists()
+    code, shown = prompted(env, "typed password", "typed password")
+    assert code == 0 and shown.count("Password") == 2 and "typed password" not in shown, shown
+    [line] = (tmp_path / "ui-users").read_text().splitlines()
+    name, hashed = line.split(":", 1)
+    assert name == "demo" and bcrypt.checkpw(b"typed password", hashed.encode())
 
 
 def test_ui_user_refuses_an_empty_password_and_removing_a_user_that_is_not_there(tmp_path: Path) -> None:
