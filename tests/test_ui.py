@@ -8,6 +8,7 @@ import json
 import os
 import pty
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -21,7 +22,7 @@ import bcrypt
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
-from support import ROOT, SECRET, Server, run_cli, runner_env, stop_started, wait_for
+from support import ROOT, SECRET, Server, free_port, run_cli, runner_env, stop_process, stop_started, wait_for
 from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, SERVER, USER, Site, basic, request, write_users
 
 from runner.store import Store
@@ -573,3 +574,58 @@ def test_behind_nginx_a_failed_login_names_the_forwarded_client(site: Site) -> N
     assert answer.status == 401
     logged = site.server.output()[before:]
     assert "failed login to the status page from 198.51.100.23 as 'alice' (failure 1 in a row" in logged
+
+
+def test_scripts_up_creates_the_demo_user_once_with_a_random_password_and_prints_it(tmp_path: Path) -> None:
+    # scripts/up in a tree of its own: its install and demo repository steps stubbed (they install packages
+    # and make the demo's repository, not what is tested), its .venv this one's.
+    tree, home = tmp_path / "tree", tmp_path / "home"
+    (tree / "scripts").mkdir(parents=True)
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "up", tree / "scripts" / "up")
+    stubs = {
+        "scripts/install": "#!/bin/sh\n",
+        "scripts/demo-repository": "#!/bin/sh\n",
+        ".venv/bin/python": f'#!/bin/sh\nexec {sys.executable} "$@"\n',
+        ".venv/bin/runner": f'#!/bin/sh\nexec {sys.executable} -m runner "$@"\n',
+    }
+    for name, text in stubs.items():
+        (tree / name).write_text(text)
+        (tree / name).chmod(0o755)
+    port = free_port()
+    env = runner_env(home, RUNNER_PORT=str(port))
+    up = subprocess.Popen(
+        [str(tree / "scripts" / "up")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert up.stdout is not None
+        said = up.stdout.readline()  # printed before runner up starts
+        found = re.search(r"login is demo / (\S+) \(shown once", said)
+        assert found, said
+        password = found.group(1)
+        assert len(password) >= 16 and password not in (home / "ui-users").read_text()
+        auth = {"Authorization": basic("demo", password)}
+        wait_for(
+            lambda: _answers(port, auth) == 200, "runner up's status page with the demo login", details=said
+        )
+        assert request(port, "/", {"Authorization": basic("demo", "not it")}).status == 401
+    finally:
+        stop_process(up)
+    users = (home / "ui-users").read_text()
+    # Started again: the user is there, nothing new is made or printed (runner up refuses the option).
+    again = subprocess.run(
+        [str(tree / "scripts" / "up"), "--no-such-option"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode != 0 and "login is" not in again.stdout + again.stderr, again
+    assert (home / "ui-users").read_text() == users
+
+
+def _answers(port: int, headers: dict[str, str]) -> int | None:
+    try:
+        return request(port, "/", headers).status
+    except OSError:
+        return None  # not listening yet
