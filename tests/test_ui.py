@@ -26,6 +26,7 @@ from support import ROOT, SECRET, Server, free_port, run_cli, runner_env, stop_p
 from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, SERVER, USER, Site, basic, request, write_users
 
 from runner.store import Store
+from runner.timefmt import shown
 from runner.ui_headers import CONTENT_SECURITY_POLICY
 
 CHALLENGE = 'Basic realm="runner", charset="UTF-8"'
@@ -275,6 +276,10 @@ def test_the_pipelines_page_shows_the_last_deploy_and_the_failing_pipeline(site:
     bad = re.search(r'<tr id="pipeline-broken" class="failing">(.*?)</tr>', page, re.S)
     assert good and bad, page
     assert site.commit[:12] in good[1] and f'href="/runs/{site.runs["site_again"]}"' in good[1], good[1]
+    # When: the deploying run's end, to the second.
+    deployed = site.run(site.runs["site_again"])
+    assert deployed.finished_at is not None
+    assert f"<td>{shown(deployed.finished_at)}</td>" in good[1], good[1]
     # The deployed commit's subject, escaped.
     assert f"first version {ESCAPED_SCRIPT}" in good[1] and "<script>" not in page, good[1]
     assert f'<td class="server">{SERVER}</td>' in good[1]
@@ -291,6 +296,12 @@ def test_the_run_page_shows_its_steps_the_failing_one_and_its_log_escaped(site: 
     assert re.search(r'<tr id="step-3" class="failing">.*?id="failing-step".*?breaks.*?>3<', page, re.S), page
     assert 'id="step-2" class' not in page and 'id="step-4"' not in page  # it passed; it never ran
     assert "step 3 (breaks) failed: exited with status 3" in page
+    # Each step's status, exit code and duration.
+    steps = dict(re.findall(r'<tr id="step-(\d)"[^>]*>(.*?)</tr>', page, re.S))
+    assert sorted(steps) == ["1", "2", "3"], steps
+    for position, status, code in (("1", "succeeded", "0"), ("2", "succeeded", "0"), ("3", "failed", "3")):
+        assert status in steps[position] and f'<td class="num">{code}</td>' in steps[position], steps
+        assert re.search(r'<td class="num">\d+\.\d s</td>', steps[position]), steps
     # The failing step's log lines are marked, from its first line on.
     failing_lines = re.findall(r'<span class="line stream-(\w+) failing"[^>]*>.*?</span> (.*?)</span>', page)
     assert ("out", "about to fail") in failing_lines and ("err", "it broke") in failing_lines, failing_lines
