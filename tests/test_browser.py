@@ -151,3 +151,30 @@ def test_a_redeploy_posted_without_its_csrf_token_is_refused(site: Site, driver:
     assert Queue(site.home / "queues" / "main").entries() == []
     time.sleep(1)
     assert site.get("/runs").text.count('<tr id="run-') == runs_before
+
+
+def test_every_page_reads_fine_without_javascript(site: Site) -> None:
+    broken = site.runs["broken"]
+    with browser(javascript=False) as chromium:
+        log_in(chromium, USER, PASSWORD)
+        # JavaScript is off indeed: a page's script does not run.
+        chromium.get("data:text/html,<title>off</title><script>document.title='on'</script>")
+        assert chromium.title == "off"
+        chromium.get(url(site, "/"))
+        assert "its last run failed" in by_css(chromium, "#pipeline-broken").text
+        assert site.commit[:12] in by_css(chromium, "#pipeline-site").text
+        screenshot(chromium, "no-javascript-pipelines")
+        by_css(chromium, "nav a[href='/runs']").click()
+        assert f"run-{broken}" in [row.get_attribute("id") for row in all_css(chromium, "#runs tbody tr")]
+        # Filtered: the server's doing, no script's.
+        chromium.get(url(site, "/runs?pipeline=broken&status=failed"))
+        shown = [row.get_attribute("id") for row in all_css(chromium, "#runs tbody tr")]
+        assert f"run-{broken}" in shown and f"run-{site.runs['site']}" not in shown, shown
+        by_css(chromium, f"#run-{broken} a").click()
+        assert by_css(chromium, "#failing-step").text == "breaks"
+        assert "exited with status 3" in by_css(chromium, "tr.failing").text
+        assert "it broke" in by_css(chromium, "#log").text
+        screenshot(chromium, "no-javascript-run")
+        chromium.get(url(site, "/deliveries"))
+        assert by_css(chromium, "h1").text == "Deliveries"
+        screenshot(chromium, "no-javascript-deliveries")
