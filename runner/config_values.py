@@ -174,7 +174,8 @@ _SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 def read_server_name(environ: Mapping[str, str]) -> str:
     """This server's name in a database several servers share (RUNNER_SERVER_NAME, default the host name)."""
-    raw = environ.get("RUNNER_SERVER_NAME") or socket.gethostname()
+    # The host name cut as the store and the migration cut it: a long FQDN still names this server.
+    raw = environ.get("RUNNER_SERVER_NAME") or socket.gethostname()[:64]
     if not _SERVER_NAME.fullmatch(raw):
         raise ConfigError(
             f"RUNNER_SERVER_NAME={raw!r} is not a server name: 1-64 letters, digits, '.', '_' or '-', "

@@ -449,3 +449,14 @@ def test_the_migration_run_by_alembic_on_its_own_gives_the_rows_the_host_name(tm
         assert servers == [socket.gethostname()[:64]]
     finally:
         store.close()
+
+
+def test_a_host_name_longer_than_a_server_name_is_cut_as_the_store_cuts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    long_name = "build-" + "x" * 70 + ".example.com"
+    assert config_module.read_server_name({}) == socket.gethostname()[:64]
+    monkeypatch.setattr(socket, "gethostname", lambda: long_name)
+    # Refused before: the default of a setting stopped runner on a host whose name is long.
+    assert config_module.read_server_name({}) == long_name[:64]
+    assert config_module.read_server_name({"RUNNER_SERVER_NAME": "alpha"}) == "alpha"
