@@ -158,11 +158,14 @@ def post_webhook(url: str, body: Mapping[str, Any], timeout: float = TIMEOUT) ->
     late = SendError(f"no answer from the webhook within {timeout:.0f} s")
     with Deadline(timeout) as deadline:
         try:
-            with _watched_opener(deadline).open(request, timeout=timeout) as answer:
+            # Opened: a 2xx, the message was taken. Its body is read (the receiver is not cut off
+            # mid-answer), but not past the deadline, and how it ends does not undo the 2xx: a retry would
+            # be a second message.
+            opened = _watched_opener(deadline).open(request, timeout=timeout)
+            with opened as answer, contextlib.suppress(OSError, HTTPException):
                 answer.read(ANSWER_LIMIT)
         except urllib.error.HTTPError as exc:
-            if deadline.expired:
-                raise late from None
+            exc.close()  # its answer's connection
             raise SendError(f"the webhook answered HTTP {exc.code} {plain(str(exc.reason))[:100]}") from None
         except urllib.error.URLError as exc:
             reason = exc.reason
@@ -176,8 +179,6 @@ def post_webhook(url: str, body: Mapping[str, Any], timeout: float = TIMEOUT) ->
             if deadline.expired:
                 raise late from None
             raise SendError(f"the webhook's answer failed: {type(exc).__name__}") from None
-        if deadline.expired:
-            raise late  # the answer was cut short: it may have been a 2xx's, or not
 
 
 def send_email(
@@ -216,8 +217,6 @@ def send_email(
                 raise late from None
             said = exc.strerror or type(exc).__name__
             raise SendError(f"SMTP {server.host}:{server.port}: {said}") from None
-        if deadline.expired:
-            raise late  # cut short after the message was taken: it may have gone, or not
 
 
 def _smtp_classes(deadline: Deadline) -> tuple[type[smtplib.SMTP], type[smtplib.SMTP_SSL]]:
