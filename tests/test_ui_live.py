@@ -770,3 +770,26 @@ def test_in_a_browser_redeploy_from_the_page_and_see_the_new_run(home: Home) -> 
         assert driver.find_element(By.ID, "commit").text == COMMIT
         screenshot(driver, "redeploy-new-run")
     assert home.finished(new_run) == "succeeded"
+
+
+def test_under_runner_ui_path_the_forms_streams_and_the_redirect_after_a_post_keep_the_path(
+    home: Home,
+) -> None:
+    env = {**home.env, "RUNNER_UI_PATH": "/runner"}
+    run_id = home.trigger("--ref", "main", "--commit", COMMIT)
+    server = Server(home.path, env, command="serve")
+    page = _page(server, f"/runner/runs/{run_id}")
+    assert (
+        f'action="/runner/runs/{run_id}/redeploy"' in page
+        and f'action="/runner/runs/{run_id}/cancel"' in page
+    )
+    assert f'data-log-stream="/runner/runs/{run_id}/log/stream"' in page, page
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert token, page
+    answer = _post(server, f"/runner/runs/{run_id}/cancel", "csrf=" + token.group(1))
+    assert (answer.status, answer.getheader("location")) == (303, f"/runner/runs/{run_id}?asked=cancel")
+    assert len(_main_entries(home)) == 1
+    assert 'data-events="/runner/events"' in _page(server, "/runner/")
+    # The streams answer under the path (EventStream checks the status and the type).
+    EventStream(server, f"/runner/runs/{run_id}/log/stream").close()
+    EventStream(server, "/runner/events").close()
