@@ -237,6 +237,11 @@ def test_every_page_has_the_security_headers(site: Site) -> None:
         assert answer.headers["Cache-Control"] == expected_cache, path
     css = site.get("/static/style.css")
     assert css.headers["Content-Type"].startswith("text/css") and b".log" in css.body
+    assert b"url(" not in css.body and b"@import" not in css.body
+    # Nothing from another origin (no CDN): every link, script and stylesheet is the page's own.
+    for path in page_paths(site):
+        for link in re.findall(r'(?:src|href|action)="([^"]*)"', site.get(path).text):
+            assert link.startswith(("/", "#", "?")) and not link.startswith("//"), (path, link)
     page = site.get("/").text
     # No inline script or style: the CSP would refuse them. Scripts are runner's own files.
     assert re.findall(r"<script[^>]*>", page) == ['<script src="/static/live.js" defer>']
