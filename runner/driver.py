@@ -56,6 +56,7 @@ class Url:
 
 
 def parse(url: str) -> Url:
+    """The parts of ``url``, as SQLAlchemy reads them, whatever its scheme."""
     match = _URL.match(url)
     if match is None:
         raise UrlError("not a database URL: it does not start with SCHEME://")
@@ -112,11 +113,28 @@ def _sqlite_connect(path: str, read_only: bool) -> sqlite3.Connection:
     return connection
 
 
-def _postgresql_connect(url: str, read_only: bool) -> Any:
+def libpq_uri(parts: Url) -> str:
+    """The URI libpq reads (it knows no "+psycopg2"), of the parts as SQLAlchemy read them: each quoted again,
+    so that libpq, which reads a URI's options (sslmode, ...) itself, reads the same user, password, host."""
+    uri = "postgresql://"
+    if parts.username is not None:
+        uri += quote(parts.username, safe="")
+        uri += (":" + quote(parts.password, safe="") if parts.password is not None else "") + "@"
+    if parts.host is not None:
+        uri += f"[{parts.host}]" if ":" in parts.host else quote(parts.host, safe="")
+    if parts.port is not None:
+        uri += ":" + quote(parts.port, safe="")
+    if parts.database is not None:
+        uri += "/" + quote(parts.database, safe="")
+    if parts.query:
+        uri += "?" + "&".join(f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in parts.query)
+    return uri
+
+
+def _postgresql_connect(parts: Url, read_only: bool) -> Any:
     import psycopg2
 
-    # libpq reads the URI itself, its query options (sslmode, ...) too; it knows no "+psycopg2".
-    uri = "postgresql://" + url.split("://", 1)[1]
+    uri = libpq_uri(parts)
     options = {"options": "-c default_transaction_read_only=on"} if read_only else {}
     connection = psycopg2.connect(uri, connect_timeout=CONNECT_TIMEOUT, **options)
     # Each query its own transaction: nothing is left open between pings.
@@ -134,7 +152,7 @@ class Database:
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
         self.read_only = read_only
-        parts = parse(url)
+        self.parts = parts = parse(url)
         if parts.scheme in SQLITE_SCHEMES:
             self.sqlite_path: str | None = _sqlite_path(parts)
         elif parts.scheme in POSTGRESQL_SCHEMES:
@@ -148,32 +166,35 @@ class Database:
     def _connect(self) -> Any:
         if self.sqlite_path is not None:
             return _sqlite_connect(self.sqlite_path, self.read_only)
-        return _postgresql_connect(self.url, self.read_only)
+        return _postgresql_connect(self.parts, self.read_only)
 
     def _query(self, sql: str, *parameters: str) -> list[tuple[Any, ...]]:
-        """The rows of ``sql``, on the kept connection; when that fails, once more on a new one (the server
-        may have closed the old one since: a restart), as SQLAlchemy's pre-ping would."""
+        """The rows of ``sql`` (a read), on the kept connection; when that fails, once more on a new one (the
+        server may have closed the old one since: a restart), as SQLAlchemy's pre-ping would."""
         if not self._lock.acquire(timeout=PING_WAIT):
             raise TimeoutError("the database's connection is still busy with an earlier query")
         try:
-            for attempt in (1, 2):
-                fresh = self._connection is None
-                if fresh:
-                    self._connection = self._connect()
+            if self._connection is not None:
                 try:
-                    cursor = self._connection.cursor()
-                    try:
-                        cursor.execute(sql, parameters)
-                        return list(cursor.fetchall())
-                    finally:
-                        cursor.close()
+                    return self._rows(sql, parameters)
                 except Exception:
                     self._drop()
-                    if fresh or attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+            self._connection = self._connect()
+            try:
+                return self._rows(sql, parameters)
+            except Exception:
+                self._drop()
+                raise
         finally:
             self._lock.release()
+
+    def _rows(self, sql: str, parameters: tuple[str, ...]) -> list[tuple[Any, ...]]:
+        cursor = self._connection.cursor()
+        try:
+            cursor.execute(sql, parameters)
+            return list(cursor.fetchall())
+        finally:
+            cursor.close()
 
     def ping(self) -> None:
         """Raise unless the database answers."""

@@ -17,7 +17,7 @@ from support import SECRET
 from runner import config as config_module
 from runner import driver
 from runner.config import Config
-from runner.driver import Database, UrlError, safe_url
+from runner.driver import Database, UrlError, libpq_uri, parse, safe_url
 from runner.opening import OpenError, check_database
 from runner.schema import SchemaError
 from runner.store import Store
@@ -35,6 +35,7 @@ SHOWN_AS_SQLALCHEMY_SHOWS = [
     "postgresql+psycopg2://runner@/runner?host=/run/postgresql",
     "postgresql+psycopg2:///runner",
     f"postgresql+psycopg2://r%40x:{PASSWORD}%2F%40@[::1]:6432/d%2Fb",
+    f"postgresql+psycopg2://runner:{PASSWORD}/@db.example:5433/runner?connect_timeout=3",
     f"mysql://root:{PASSWORD}@localhost/runner",
 ]
 
@@ -43,6 +44,18 @@ SHOWN_AS_SQLALCHEMY_SHOWS = [
 def test_a_url_is_shown_as_sqlalchemy_shows_it_without_the_password(url: str) -> None:
     assert safe_url(url) == sa.engine.make_url(url).render_as_string(hide_password=True)
     assert PASSWORD not in safe_url(url)
+
+
+@pytest.mark.parametrize("url", [u for u in SHOWN_AS_SQLALCHEMY_SHOWS if u.startswith("postgresql")])
+def test_libpq_reads_a_url_as_sqlalchemys_psycopg2_dialect_connects_with_it(url: str) -> None:
+    from psycopg2.extensions import parse_dsn
+
+    engine = sa.create_engine(url.replace("postgresql://", "postgresql+psycopg2://"))
+    try:
+        _, sqlalchemys = engine.dialect.create_connect_args(engine.url)
+    finally:
+        engine.dispose()
+    assert parse_dsn(libpq_uri(parse(url))) == {k: str(v) for k, v in sqlalchemys.items()}
 
 
 @pytest.mark.parametrize(
