@@ -116,6 +116,15 @@ def runner_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "runner"]
 
 
+def checkout_runner(path: str) -> list[str]:
+    """Another checkout's runner (its ``.venv/bin/runner``), or a runner executable: for "before" figures."""
+    given = Path(path).resolve()
+    executable = given / ".venv" / "bin" / "runner" if given.is_dir() else given
+    if not os.access(executable, os.X_OK):
+        raise BenchError(f"--runner {path}: no runner executable at {executable}")
+    return [str(executable)]
+
+
 class ServerProcess:
     """A server process on a loopback port; :meth:`stop` sends SIGTERM, then kills."""
 
@@ -197,17 +206,22 @@ def running(server: ServerProcess) -> Iterator[ServerProcess]:
 
 
 @contextlib.contextmanager
-def runner_server(parent: str | None, workers: int) -> Iterator[tuple[ServerProcess, Path]]:
-    """A fresh RUNNER_HOME, migrated, and ``runner serve`` on it; yields the server and the main queue."""
+def runner_server(
+    parent: str | None, workers: int, runner: list[str] | None = None
+) -> Iterator[tuple[ServerProcess, Path]]:
+    """A fresh RUNNER_HOME, migrated, and ``runner serve`` on it; yields the server and the main queue.
+
+    ``runner`` is the command to run (default: this checkout's)."""
+    runner = runner or runner_command()
     with temporary_home(parent) as home:
         env = base_env(home)
         upgrade = subprocess.run(
-            [*runner_command(), "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120
+            [*runner, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120
         )
         if upgrade.returncode != 0:
             raise BenchError(f"runner db upgrade failed ({upgrade.returncode}):\n{upgrade.stderr}")
         port = free_port()
-        command = [*runner_command(), "serve", "--port", str(port), "--workers", str(workers)]
+        command = [*runner, "serve", "--port", str(port), "--workers", str(workers)]
         server = ServerProcess("runner serve", command, env, port, home / "serve.log")
         with running(server):
             yield server, home / "queues" / "main"

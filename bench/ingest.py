@@ -4,7 +4,7 @@ Run it from the project's root, with the project's venv (``wrk`` must be install
 for ``--webhook``, adnanh/webhook too: ``apt-get install webhook``)::
 
     .venv/bin/python bench/ingest.py [--duration S] [--rounds N] [--requests N] [--workers 1,2] [--webhook]
-                                     [--baseline]
+                                     [--baseline] [--before PATH]
 
 The goal: at least 2,000 durable deliveries/s with 20 concurrent connections, and a p99 under 5 ms at one
 connection (GitHub sends a hook's deliveries one at a time), on a 2-core machine; in the long run, ahead of
@@ -26,7 +26,10 @@ payload in ``../shared/github-payloads/push/`` (the repository's parent director
   consistent, fewer is a loss.
 - One connection, on a fresh server of its own, after a warm-up: N sequential signed POSTs over one
   keep-alive connection from Python's ``http.client``, each timed with ``time.perf_counter`` from sending the
-  request to having read the answer; then, on the same server, ``wrk -t1 -c1 -d<duration>s --latency``.
+  request to having read the answer; then N more, each on a new connection (as GitHub sends them; timed from
+  connecting); then, on the same server, ``wrk -t1 -c1 -d<duration>s --latency``.
+- ``--before PATH``: each ``runner serve --workers N`` is followed in every round by the same command of
+  another checkout (its ``.venv/bin/runner``), so that old and new code are measured in the same minutes.
 - ``--webhook``: the same loads against adnanh/webhook (``bench/webhook.py``), checking the same
   ``X-Hub-Signature-256`` HMAC and forking ``/bin/true`` per delivery, writing nothing. The medians then give
   runner's figures as ratios of its.
@@ -99,14 +102,20 @@ def settled_count(directory: Path, timeout: float = 10.0) -> tuple[int, int]:
 # Load ------------------------------------------------------------------------------------------------------
 
 
-def post_sequentially(port: int, body: bytes, signature: str, count: int, label: str) -> list[float]:
-    """``count`` signed POSTs one after another over one keep-alive connection; their times in ms."""
+def post_sequentially(
+    port: int, body: bytes, signature: str, count: int, label: str, fresh: bool = False
+) -> list[float]:
+    """``count`` signed POSTs one after another, over one keep-alive connection or (``fresh``) each on a
+    new one, as GitHub sends them; their times in ms, from connecting (``fresh``) or sending to the answer."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
     run = uuid.uuid4().hex[:12]
     times: list[float] = []
     try:
         for i in range(count):
             start = time.perf_counter()
+            if fresh:
+                connection.close()
+                connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
             connection.request(
                 "POST", ENDPOINT, body=body, headers=push_headers(f"{label}-{run}-{i}", signature)
             )
@@ -143,9 +152,11 @@ class Latency:
 
 @dataclass
 class OneConnection:
-    """The two clients at one connection: Python's sequential one, then ``wrk -t1 -c1 --latency``."""
+    """The clients one delivery at a time: Python's sequential one over one connection, then on a new
+    connection each, then ``wrk -t1 -c1 --latency``."""
 
     sequential: Latency
+    fresh: Latency
     wrk: WrkResult
 
 
@@ -185,10 +196,14 @@ def measure_one_connection(target: Target, body: bytes, lua: Path, args: argpars
     with target.serving(args) as (server, _queue_dir):
         post_sequentially(server.port, body, signature, WARMUP_REQUESTS, "warmup")
         times = sorted(post_sequentially(server.port, body, signature, args.requests, "latency"))
+        fresh = sorted(post_sequentially(server.port, body, signature, args.requests, "fresh", fresh=True))
         result = run_wrk(server.port, lua, 1, 1, args.duration)
         server.check_alive()
-    sequential = Latency(percentile(times, 50), percentile(times, 90), percentile(times, 99), times[-1])
-    return OneConnection(sequential, result)
+    return OneConnection(latency_of(times), latency_of(fresh), result)
+
+
+def latency_of(times: list[float]) -> Latency:
+    return Latency(percentile(times, 50), percentile(times, 90), percentile(times, 99), times[-1])
 
 
 # Report ----------------------------------------------------------------------------------------------------
@@ -211,10 +226,14 @@ def print_saturation(label: str, s: Saturation) -> None:
 
 
 def print_one_connection(one: OneConnection) -> None:
-    lat, w = one.sequential, one.wrk
+    lat, fresh, w = one.sequential, one.fresh, one.wrk
     print(
         f"    one connection, sequential client: p50 {fmt_ms(lat.p50)}, p90 {fmt_ms(lat.p90)}, "
         f"p99 {fmt_ms(lat.p99)}, max {fmt_ms(lat.max)}"
+    )
+    print(
+        f"    a new connection each, sequential client: p50 {fmt_ms(fresh.p50)}, p90 {fmt_ms(fresh.p90)}, "
+        f"p99 {fmt_ms(fresh.p99)}, max {fmt_ms(fresh.max)}"
     )
     wrk_lat = ", ".join(f"p{p} {fmt_ms(v)}" for p, v in w.latency_ms.items())
     print(f"    one connection, wrk -t1 -c1: {w.rate:,.0f} requests/s, {wrk_lat}, {w.non_2xx} non-2xx")
@@ -245,8 +264,9 @@ def print_setting(args: argparse.Namespace, payload: Path, body: bytes) -> None:
     print(f"payload: {payload.relative_to(PAYLOADS)}, {len(body)} bytes")
     print(
         f"saturation: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency; "
-        f"one connection: {args.requests} sequential POSTs after {WARMUP_REQUESTS} warm-up, then "
-        f"wrk -t1 -c1 -d{args.duration}s --latency on the same server"
+        f"one at a time: {args.requests} sequential POSTs after {WARMUP_REQUESTS} warm-up over one "
+        f"connection, {args.requests} on a new connection each, then wrk -t1 -c1 -d{args.duration}s "
+        "--latency on the same server"
     )
     print(f"targets, in each round's order: {', '.join(t.label for t in targets_of(args))}")
     print(f"temporary homes under {tmp_parent}, on {filesystem_of(tmp_parent)}")
@@ -280,19 +300,25 @@ def measure_rounds(args: argparse.Namespace, payload: Path, body: bytes) -> Roun
 class Medians:
     rate: float
     sequential: Latency
+    fresh: Latency
     wrk_p50: float
     wrk_p99: float
 
 
 def medians_of(rounds: Rounds, target: Target) -> Medians:
     ones = rounds.connections[target]
-    seq = [one.sequential for one in ones]
     return Medians(
         statistics.median(s.wrk.rate for s in rounds.saturations[target]),
-        Latency(*(statistics.median(getattr(x, f) for x in seq) for f in ("p50", "p90", "p99", "max"))),
+        median_latency([one.sequential for one in ones]),
+        median_latency([one.fresh for one in ones]),
         statistics.median(one.wrk.latency_ms.get("50", float("nan")) for one in ones),
         statistics.median(one.wrk.latency_ms.get("99", float("nan")) for one in ones),
     )
+
+
+def median_latency(latencies: list[Latency]) -> Latency:
+    fields = ("p50", "p90", "p99", "max")
+    return Latency(*(statistics.median(getattr(x, f) for x in latencies) for f in fields))
 
 
 def print_medians(args: argparse.Namespace, rounds: Rounds) -> None:
@@ -311,7 +337,8 @@ def print_medians(args: argparse.Namespace, rounds: Rounds) -> None:
         print(f"  {target.label}: {m.rate:,.0f} {durable}requests/s at {args.connections} connections{ratio}")
         print(
             f"    one connection: sequential p50 {fmt_ms(m.sequential.p50)} / "
-            f"p99 {fmt_ms(m.sequential.p99)}; wrk p50 {fmt_ms(m.wrk_p50)} / p99 {fmt_ms(m.wrk_p99)}"
+            f"p99 {fmt_ms(m.sequential.p99)}; a new connection each p50 {fmt_ms(m.fresh.p50)} / "
+            f"p99 {fmt_ms(m.fresh.p99)}; wrk p50 {fmt_ms(m.wrk_p50)} / p99 {fmt_ms(m.wrk_p99)}"
         )
     if yardstick is not None:
         print(f"  (yardstick: {'adnanh/webhook' if Target('webhook') in medians else 'the no-write app'})")
@@ -371,6 +398,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline",
         action="store_true",
         help="also load a no-write Starlette+Hypercorn app (one process), for the ratio",
+    )
+    parser.add_argument(
+        "--before",
+        metavar="PATH",
+        help="also load another checkout's runner serve (its .venv/bin/runner), right after this one's",
     )
     parser.add_argument(
         "--tmp-dir", help="where the temporary RUNNER_HOMEs go (default: the system's temporary directory)"

@@ -32,7 +32,6 @@ import contextlib
 import copy
 import http.client
 import json
-import os
 import subprocess
 import sys
 import time
@@ -78,13 +77,7 @@ GOAL_P50_MS, GOAL_P99_MS = 20.0, 50.0
 
 
 def runner_command(path: str | None) -> list[str]:
-    if path is None:
-        return common.runner_command()
-    given = Path(path).resolve()
-    executable = given / ".venv" / "bin" / "runner" if given.is_dir() else given
-    if not os.access(executable, os.X_OK):
-        raise BenchError(f"--runner {path}: no runner executable at {executable}")
-    return [str(executable)]
+    return common.runner_command() if path is None else common.checkout_runner(path)
 
 
 # A home and its processes ----------------------------------------------------------------------------------

@@ -208,6 +208,15 @@ def default_database_url(home: Path) -> str:
     return f"sqlite:///{home / DATABASE_FILE}"
 
 
+def read_database_url(environ: Mapping[str, str], home: Path) -> str:
+    """RUNNER_DATABASE_URL, with ``postgresql://`` taken as psycopg2's: SQLAlchemy 2.1 would pick psycopg 3
+    for it, which runner does not install, and fail only once the worker first connects."""
+    url = environ.get("RUNNER_DATABASE_URL") or default_database_url(home)
+    if url.startswith("postgresql://"):
+        return "postgresql+psycopg2://" + url.removeprefix("postgresql://")
+    return url
+
+
 def nginx_templates_dir(home: Path, environ: Mapping[str, str] | None = None) -> Path:
     """Where the nginx wrapper's templates are: RUNNER_NGINX_TEMPLATES, else the root-owned directory
     ``runner setup`` installs for this user (/etc/USER/templates/nginx) when there is one, else the home's
@@ -301,7 +310,7 @@ def load(environ: Mapping[str, str] | None = None, *, home: Path | None = None) 
     token_file, app_id, key_file = _read_github_credentials(environ)
     return Config(
         home=home,
-        database_url=environ.get("RUNNER_DATABASE_URL") or default_database_url(home),
+        database_url=read_database_url(environ, home),
         host=environ.get("RUNNER_HOST") or DEFAULT_HOST,
         port=read_port(environ, DEFAULT_PORT),
         secret=secret,

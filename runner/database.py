@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Connection, Engine, create_engine, event, text
+from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
 
 
@@ -98,20 +98,3 @@ def create_engine_for(url: str, read_only: bool = False) -> Engine:
         if read_only:
             connect_args["options"] = "-c default_transaction_read_only=on"
     return create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
-
-
-class Database:
-    """The database through SQLAlchemy Core alone, for a server process: /healthz's ping, nothing more.
-    Without the ORM and the models (runner/store.py's), which are about 6 MB of every process."""
-
-    def __init__(self, url: str, *, read_only: bool = False) -> None:
-        self.url = url
-        self.engine = create_engine_for(url, read_only)
-
-    def ping(self) -> None:
-        """Raise unless the database answers."""
-        with self.engine.connect() as connection:
-            connection.execute(text("SELECT 1"))
-
-    def close(self) -> None:
-        self.engine.dispose()

@@ -8,13 +8,12 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, column, inspect, select, table
-
 from runner import shipped
-from runner.database import safe_url
+from runner.driver import safe_url
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from sqlalchemy import Engine
 
 MIGRATIONS_DIR = shipped.path(shipped.MIGRATIONS)
 # Where Alembic records the database's revision (its default name; migrations/env.py keeps it).
@@ -74,22 +73,35 @@ def head_revision() -> str | None:
 
 def current_revision(engine: Engine) -> str | None:
     """The database's revision (None: not initialised), read where Alembic keeps it, with SQLAlchemy Core."""
+    # Here, not at the top: a server checks the schema through runner/driver.py, without SQLAlchemy.
+    from sqlalchemy import column, inspect, select, table
+
     versions = table(VERSION_TABLE, column("version_num"))
     with engine.connect() as connection:
         if not inspect(connection).has_table(VERSION_TABLE):
             return None
         found = list(connection.execute(select(versions.c.version_num)).scalars())
-    if len(found) > 1:
-        raise SchemaError(f"the database {safe_url(str(engine.url))} is at several revisions: {found}")
+    return one_revision(found, str(engine.url))
+
+
+def one_revision(found: list[str] | None, url: str) -> str | None:
+    """The revision of the version table's rows ``found`` (None: no such table, so not initialised)."""
+    if found is not None and len(found) > 1:
+        raise SchemaError(f"the database {safe_url(url)} is at several revisions: {found}")
     return found[0] if found else None
 
 
-def check_schema(engine: Engine, url: str) -> None:
-    """Refuse a database whose schema is not at the latest revision."""
-    current, head = current_revision(engine), head_revision()
+def check_revision(current: str | None, url: str) -> None:
+    """Refuse a database at ``current`` (None: not initialised) unless that is the latest revision."""
+    head = head_revision()
     if current != head:
         where = f"at revision {current}" if current else "not initialised"
         raise SchemaError(
             f"the database {safe_url(url)} is {where}, this runner needs revision {head}: "
             "run `runner db upgrade` (with the same RUNNER_DATABASE_URL) first"
         )
+
+
+def check_schema(engine: Engine, url: str) -> None:
+    """Refuse a database whose schema is not at the latest revision."""
+    check_revision(current_revision(engine), url)

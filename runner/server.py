@@ -151,15 +151,15 @@ def _serve_here(
     With ``parent_pipe``, the read end of a pipe only the parent writes to, it also stops when the parent
     is gone (even killed with SIGKILL), so that no orphan goes on serving the port.
     """
-    from runner.database import Database
+    from runner.driver import Database
     from runner.queue import Queue
     from runner.web import serve
 
     # Each process opens its own queue: the flock that orders names across processes is held per open
     # file, so a lock file opened before a fork would not keep the children apart.
     queue = Queue(config.main_queue_dir)
-    # The web's own, read-only, through SQLAlchemy Core: the endpoint only pings the database (the status
-    # page opens its own store when it is first used).
+    # The web's own, read-only, through the DB-API driver alone: the endpoint only pings the database (the
+    # status page opens its own store when it is first used).
     web_database = Database(config.database_url, read_only=True)
     # Hypercorn owns the socket from here on and closes it when it stops.
     fd = listener.detach()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from enum import Enum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement
+if TYPE_CHECKING:
+    # Only a type: `runner serve` imports THIS_SERVER (through runner/cli.py) and no SQLAlchemy.
+    from sqlalchemy import ColumnElement
 
 
 class Scope(Enum):

@@ -42,7 +42,7 @@ from runner.body import (
 )
 from runner.committer import GroupCommitter
 from runner.config import Config, Secret
-from runner.database import Database
+from runner.driver import Database
 from runner.entry import delivery_entry, delivery_head
 from runner.queue import Queue
 from runner.ui_door import PageDoor

@@ -61,7 +61,9 @@ ALLOWED: dict[str, set[str]] = {
     "runner.entry": {"runner.events", "runner.queue"},
     "runner.models": {"runner.timefmt"},
     "runner.database": set(),
-    "runner.schema": {"runner.database", "runner.shipped"},
+    # The database through its DB-API driver alone, for a server (no SQLAlchemy).
+    "runner.driver": set(),
+    "runner.schema": {"runner.driver", "runner.shipped"},
     # Several servers on one database: whose rows a query selects; one server's records of its deliveries.
     "runner.servers": set(),
     "runner.delivery_records": {"runner.models", "runner.servers"},
@@ -226,7 +228,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.body",
         "runner.committer",
         "runner.config",
-        "runner.database",
+        "runner.driver",
         "runner.entry",
         "runner.queue",
         "runner.ui_door",
@@ -437,7 +439,7 @@ ALLOWED: dict[str, set[str]] = {
     },
     "runner.server": {
         "runner.config",
-        "runner.database",
+        "runner.driver",
         "runner.listen",
         "runner.lock",
         "runner.pipelines",
@@ -450,7 +452,7 @@ ALLOWED: dict[str, set[str]] = {
     # The status page's users file, managed by `runner ui-user`.
     "runner.ui_users": {"runner.arguments", "runner.config", "runner.ui_auth"},
     # Opening the database for a command: the store checked, or (a server alone) only the schema.
-    "runner.opening": {"runner.config", "runner.database", "runner.schema", "runner.store"},
+    "runner.opening": {"runner.config", "runner.driver", "runner.schema", "runner.store"},
     "runner.cli": {
         "runner.arguments",
         "runner.cancel",

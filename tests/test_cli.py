@@ -179,3 +179,15 @@ def test_setup_dry_run_lists_each_directory_once(tmp_path: Path) -> None:
     assert str(tmp_path / "root" / "etc" / "runner") in created
     assert str(tmp_path / "root" / "usr" / "local" / "libexec") in created
     assert len(created) == len(set(created)), result.stdout
+
+
+def test_a_plain_postgresql_url_is_psycopg2s(tmp_path: Path, postgres_url: str) -> None:
+    """``postgresql://`` names no driver: SQLAlchemy 2.1 would take psycopg 3, which runner does not install,
+    so every command takes it as psycopg2's, the server's driver and the worker's alike."""
+    plain = "postgresql://" + postgres_url.split("://", 1)[1]
+    env = {**runner_env(tmp_path), "RUNNER_DATABASE_URL": plain}
+    upgraded = run_cli("db", "upgrade", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    current = run_cli("db", "current", env=env)
+    assert current.returncode == 0, current.stderr
+    assert "psycopg" not in current.stderr

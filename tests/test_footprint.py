@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from support import free_port, register, run_cli, runner_env, stop_process, wait
 
 # Neither process needs these once it is up (on a database at the latest revision, without a GitHub App).
 NEITHER = {"alembic", "mako", "pygments", "jwt", "cryptography", "bcrypt"}
-# The server only verifies, writes, and pings the database; the status page has no users file here.
-NOT_SERVER = NEITHER | {"jinja2", "jsonschema", "yaml", "sqlalchemy.orm", "runner.store", "runner.worker"}
+# The server only verifies, writes, and pings the database (through its driver, runner/driver.py); the
+# status page has no users file here.
+NOT_SERVER = NEITHER | {"jinja2", "jsonschema", "yaml", "sqlalchemy", "runner.store", "runner.worker"}
 # The worker alone runs on asyncio's own loop: uvloop is for a server's ingest.
 NOT_WORKER = NEITHER | {"starlette", "hypercorn", "h11", "h2", "runner.web", "runner.ui", "uvloop"}
 
@@ -28,12 +30,12 @@ NOT_WORKER = NEITHER | {"starlette", "hypercorn", "h11", "h2", "runner.web", "ru
 class Imports:
     """A ``runner`` command run with ``-X importtime``: the modules it imported are what it printed so."""
 
-    def __init__(self, home: Path, command: str, *args: str) -> None:
+    def __init__(self, home: Path, command: str, *args: str, database_url: str | None = None) -> None:
         self.log = home / f"{command}.importtime"
         self._out = self.log.open("wb")
         self.process = subprocess.Popen(
             [sys.executable, "-X", "importtime", "-m", "runner", command, *args],
-            env=runner_env(home),
+            env=runner_env(home, database_url),
             stdout=self._out,
             stderr=subprocess.STDOUT,
         )
@@ -60,8 +62,7 @@ def heavy(modules: set[str], names: set[str]) -> set[str]:
     return {name for name in names if any(m == name or m.startswith(name + ".") for m in modules)}
 
 
-@pytest.fixture
-def home(tmp_path: Path) -> Iterator[Path]:
+def new_home(tmp_path: Path, database_url: str | None = None) -> Path:
     home = tmp_path / "home"
     (home / "pipelines").mkdir(parents=True)
     # A pipeline, so that the worker loads (and validates) one as it does in use.
@@ -70,9 +71,14 @@ def home(tmp_path: Path) -> Iterator[Path]:
         f"workdir: {tmp_path / 'work'}\n"
         "steps:\n  - run: echo deployed\n"
     )
-    upgraded = run_cli("db", "upgrade", env=runner_env(home))
+    upgraded = run_cli("db", "upgrade", env=runner_env(home, database_url))
     assert upgraded.returncode == 0, upgraded.stderr
-    yield home
+    return home
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Iterator[Path]:
+    yield new_home(tmp_path)
 
 
 def test_the_worker_imports_no_web_server(home: Path) -> None:
@@ -86,15 +92,31 @@ def test_the_worker_imports_no_web_server(home: Path) -> None:
     assert heavy(modules, NOT_WORKER) == set()
 
 
-def test_the_server_imports_no_worker_orm_or_templates(home: Path) -> None:
+def server_modules(home: Path, database_url: str | None = None) -> set[str]:
+    """What a real `runner serve` has imported once it listens (and has answered /healthz)."""
     port = free_port()
-    server = Imports(home, "serve", "--port", str(port))
+    server = Imports(home, "serve", "--port", str(port), database_url=database_url)
     try:
         wait_for(lambda: "Running on" in server.output(), "the server to listen", 60, server.output)
-        modules = server.modules()
+        # The ping too: /healthz is answered without SQLAlchemy.
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10) as answer:
+            assert answer.status == 200
+        return server.modules()
     finally:
         assert server.stop() == 0, server.output()
-    assert {"runner.web", "hypercorn.asyncio", "sqlalchemy"} <= modules, "the account of imports is not read"
+
+
+def test_the_server_imports_no_sqlalchemy_worker_or_templates(home: Path) -> None:
+    modules = server_modules(home)
+    assert {"runner.web", "hypercorn.asyncio", "runner.driver", "sqlite3"} <= modules, (
+        "the account is not read"
+    )
+    assert heavy(modules, NOT_SERVER) == set()
+
+
+def test_the_server_on_postgresql_imports_no_sqlalchemy(tmp_path: Path, postgres_url: str) -> None:
+    modules = server_modules(new_home(tmp_path, postgres_url), postgres_url)
+    assert {"runner.web", "runner.driver", "psycopg2"} <= modules, "the account of imports is not read"
     assert heavy(modules, NOT_SERVER) == set()
 
 
