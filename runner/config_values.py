@@ -22,13 +22,14 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class SmtpServer:
     """Where notification e-mail goes (RUNNER_SMTP_URL): ``smtp://`` is STARTTLS, ``smtps://`` TLS from the
-    start; plain SMTP only on a loopback address (a local relay, a test's server)."""
+    start; plain SMTP only on a loopback address and without a login (a local relay, a test's server)."""
 
     scheme: Literal["smtp", "smtps"]
     host: str
     port: int
     username: str | None
-    # STARTTLS: always for smtp:// off the loopback address; a loopback relay may not offer it.
+    # STARTTLS, required: always for smtp:// with a user (the password never crosses in clear) or off the
+    # loopback address; a loopback relay taking mail without a login may not offer it.
     starttls: bool
 
 
@@ -164,7 +165,7 @@ def read_smtp_url(environ: Mapping[str, str]) -> SmtpServer | None:
         raise ConfigError(f"RUNNER_SMTP_URL={raw!r} {problem}")
     scheme: Literal["smtp", "smtps"] = "smtps" if url.scheme == "smtps" else "smtp"
     port = port or (465 if scheme == "smtps" else 587)
-    starttls = scheme == "smtp" and not _loopback(url.hostname)
+    starttls = scheme == "smtp" and (bool(url.username) or not _loopback(url.hostname))
     return SmtpServer(scheme, url.hostname or "", port, url.username or None, starttls)
 
 
@@ -173,7 +174,8 @@ _SERVER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 def read_server_name(environ: Mapping[str, str]) -> str:
     """This server's name in a database several servers share (RUNNER_SERVER_NAME, default the host name)."""
-    raw = environ.get("RUNNER_SERVER_NAME") or socket.gethostname()
+    # The host name cut as the store and the migration cut it: a long FQDN still names this server.
+    raw = environ.get("RUNNER_SERVER_NAME") or socket.gethostname()[:64]
     if not _SERVER_NAME.fullmatch(raw):
         raise ConfigError(
             f"RUNNER_SERVER_NAME={raw!r} is not a server name: 1-64 letters, digits, '.', '_' or '-', "

@@ -1,9 +1,10 @@
 """The status page's actions: redeploy a run's commit, cancel a run, as POST forms with a CSRF token.
 
 The web process writes an action into the main queue and nothing else: the router does it
-(runner/actions.py) and records it. A form carries a token, an HMAC of the user's name under a key derived
-from the webhook secret, compared in constant time; a POST whose token is missing or wrong, or whose Origin
-(or Referer) names another site, is refused (403) and nothing is written. After a POST the browser is sent
+(runner/actions.py) and records it. A form carries a token: when it was made, and an HMAC of that time and the
+user's name under a key derived from the webhook secret, compared in constant time. A POST whose token is
+missing, wrong, another user's or older than TOKEN_LIFETIME, or whose Origin (or Referer) names another
+site, is refused (403) and nothing is written. After a POST the browser is sent
 back to the run's page (303), which says the action was asked for: the new run's id is the router's to give.
 """
 
@@ -13,6 +14,7 @@ import asyncio
 import hashlib
 import hmac
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +37,13 @@ logger = logging.getLogger(__name__)
 MAX_FORM_BYTES = 4096
 FORM_FIELD = "csrf"
 _KEY_LABEL = b"runner status page: CSRF tokens"
+# A token leaked from a page (a proxy's log, a shared screenshot) is of use for this long at most; a page
+# left open longer is reloaded before its form is posted.
+TOKEN_LIFETIME = 12 * 3600
+# A token made by a server whose clock is a little ahead (two servers behind one name) is still taken.
+_CLOCK_SKEW = 300
+# The token's time: 10 hex digits of Unix seconds, then the HMAC's 64.
+_TIME_DIGITS = 10
 # What the run page says after a POST, by the action asked (the query string names one of these, no text).
 NOTICES = {
     "redeploy": "Redeploy asked for: the worker queues the new run in a moment; it shows under Actions.",
@@ -43,16 +52,27 @@ NOTICES = {
 
 
 class CsrfTokens:
-    """Each user's token: an HMAC of the name, under a key derived from the webhook secret."""
+    """Each user's tokens: the time made, and an HMAC of it and the name, under a key derived from the
+    webhook secret; valid for TOKEN_LIFETIME seconds, for that user only."""
 
     def __init__(self, secret: Secret) -> None:
         self._key = hmac.new(secret.reveal(), _KEY_LABEL, hashlib.sha256).digest()
 
-    def token(self, user: str) -> str:
-        return hmac.new(self._key, user.encode(), hashlib.sha256).hexdigest()
+    def _mac(self, user: str, made: str) -> str:
+        return hmac.new(self._key, f"{made}:{user}".encode(), hashlib.sha256).hexdigest()
 
-    def valid(self, user: str, token: str) -> bool:
-        return hmac.compare_digest(self.token(user).encode(), token.encode())
+    def token(self, user: str, now: float | None = None) -> str:
+        made = f"{int(time.time() if now is None else now):0{_TIME_DIGITS}x}"
+        return made + self._mac(user, made)
+
+    def valid(self, user: str, token: str, now: float | None = None) -> bool:
+        made, mac = token[:_TIME_DIGITS], token[_TIME_DIGITS:]
+        if len(made) != _TIME_DIGITS or not all(c in "0123456789abcdef" for c in made):
+            return False
+        if not hmac.compare_digest(self._mac(user, made).encode(), mac.encode()):
+            return False
+        age = (time.time() if now is None else now) - int(made, 16)
+        return -_CLOCK_SKEW <= age <= TOKEN_LIFETIME
 
 
 def _same_origin(request: Request, public_url: str | None) -> bool:
@@ -117,7 +137,7 @@ class RunActions:
         if not user or not token or not self.tokens.valid(user, token):
             logger.warning("refused a %s of run %d by %s: no valid CSRF token", action, run_id, user)
             return PlainTextResponse(
-                "refused: the form's token is missing or wrong; reload the run's page and try again\n",
+                "refused: the form's token is missing, wrong or expired; reload the run's page, try again\n",
                 status_code=403,
             )
         if not _same_origin(request, self.config.public_url):

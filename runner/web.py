@@ -46,6 +46,7 @@ from runner.driver import Database
 from runner.entry import delivery_entry, delivery_head
 from runner.queue import Queue
 from runner.ui_door import PageDoor
+from runner.ui_headers import SecurityHeaders
 
 logger = logging.getLogger(__name__)
 
@@ -172,7 +173,12 @@ class WebhookApp:
         )
         # The status page, on every other path under its own: the endpoint's paths keep precedence (a GET
         # of /github-webhook is still a 405), and need no login.
-        self.page = Starlette(routes=[Mount(page.config.ui_path, app=page.app)]) if page is not None else None
+        self.page: Any = None
+        if page is not None:
+            # Its own answers too (a 404 beside RUNNER_UI_PATH, the redirect to the path with its slash)
+            # carry the page's security headers.
+            outer = Starlette(routes=[Mount(page.config.ui_path, app=page.app)])
+            self.page = SecurityHeaders(outer, static_prefix=page.config.ui_path.rstrip("/") + "/static/")
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         # Deliveries skip Starlette: its routing, Request and JSONResponse objects cost the event loop enough

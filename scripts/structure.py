@@ -232,6 +232,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.entry",
         "runner.queue",
         "runner.ui_door",
+        "runner.ui_headers",
     },
     # The status page, which the web serves: its login, its rendering, its read-only queries, its pages.
     "runner.ui_auth": set(),

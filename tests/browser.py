@@ -41,8 +41,9 @@ def artefacts_dir() -> Path:
 
 
 @contextlib.contextmanager
-def browser() -> Iterator[Any]:
-    """A Selenium driver of a headless Chromium with a profile of its own, quit on the way out."""
+def browser(javascript: bool = True) -> Iterator[Any]:
+    """A Selenium driver of a headless Chromium with a profile of its own (JavaScript off if asked), quit on
+    the way out."""
     require(CHROMIUM.exists() and CHROMEDRIVER.exists(), "needs Debian's chromium and chromium-driver")
     try:
         from selenium import webdriver
@@ -55,6 +56,8 @@ def browser() -> Iterator[Any]:
     options.binary_location = str(CHROMIUM)
     for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    if not javascript:
+        options.add_experimental_option("prefs", {"profile.managed_default_content_settings.javascript": 2})
     driver = None
     try:
         driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)

@@ -1,9 +1,11 @@
 """The status page in a real headless Chromium against a real ``runner up`` with real runs: log in, see the
 pipelines and runs, open a failed run and find its failing step and log lines; a script from outside shows
-as text and does not run. A screenshot of each page goes to test-artefacts/."""
+as text and does not run; no login or a wrong password gets 401 (the failure logged), a form posted
+without its CSRF token is refused. A screenshot of each page goes to test-artefacts/."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +13,8 @@ import pytest
 from browser import browser, log_in, screenshot
 from support import stop_started
 from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, SERVER, USER, Site
+
+from runner.queue import Queue
 
 
 @pytest.fixture(scope="module")
@@ -105,3 +109,72 @@ def test_the_deliveries_page(site: Site, driver: Any) -> None:
     assert driver.title.startswith("Deliveries")
     assert by_css(driver, "h1").text == "Deliveries"
     screenshot(driver, "deliveries")
+
+
+def status_of_page(driver: Any) -> int:
+    """The HTTP status of the page the browser shows (its navigation's, as the browser saw it)."""
+    return int(driver.execute_script("return performance.getEntriesByType('navigation')[0].responseStatus"))
+
+
+def test_without_credentials_or_with_a_wrong_password_the_browser_gets_401_and_the_failure_is_logged(
+    site: Site,
+) -> None:
+    with browser() as chromium:
+        chromium.get(url(site, "/"))
+        assert status_of_page(chromium) == 401
+        assert "Pipelines" not in chromium.page_source and site.commit[:12] not in chromium.page_source
+        screenshot(chromium, "no-login")
+        before = len(site.server.output())
+        log_in(chromium, USER, "not the password")
+        chromium.get(url(site, "/runs"))
+        assert status_of_page(chromium) == 401
+        assert "#runs" not in chromium.page_source and "run-" not in chromium.page_source
+        logged = site.server.output()[before:]
+        assert f"failed login to the status page from 127.0.0.1 as '{USER}'" in logged, logged
+        assert "not the password" not in site.server.output()
+
+
+def test_a_redeploy_posted_without_its_csrf_token_is_refused(site: Site, driver: Any) -> None:
+    run_id = site.runs["site"]
+    driver.get(url(site, f"/runs/{run_id}"))
+    runs_before = site.get("/runs").text.count('<tr id="run-')
+    before = len(site.server.output())
+    # The form as a forged page would post it: without the token (the browser still sends the login).
+    driver.execute_script("document.querySelector('#redeploy input[name=csrf]').remove()")
+    by_css(driver, "#redeploy button").click()
+    assert status_of_page(driver) == 403
+    assert "refused: the form's token is missing" in by_css(driver, "body").text
+    screenshot(driver, "redeploy-without-token")
+    logged = site.server.output()[before:]
+    assert f"refused a redeploy of run {run_id} by {USER}: no valid CSRF token" in logged, logged
+    # Nothing was queued: had it been, the worker would have made a run of it by now.
+    assert Queue(site.home / "queues" / "main").entries() == []
+    time.sleep(1)
+    assert site.get("/runs").text.count('<tr id="run-') == runs_before
+
+
+def test_every_page_reads_fine_without_javascript(site: Site) -> None:
+    broken = site.runs["broken"]
+    with browser(javascript=False) as chromium:
+        log_in(chromium, USER, PASSWORD)
+        # JavaScript is off indeed: a page's script does not run.
+        chromium.get("data:text/html,<title>off</title><script>document.title='on'</script>")
+        assert chromium.title == "off"
+        chromium.get(url(site, "/"))
+        assert "its last run failed" in by_css(chromium, "#pipeline-broken").text
+        assert site.commit[:12] in by_css(chromium, "#pipeline-site").text
+        screenshot(chromium, "no-javascript-pipelines")
+        by_css(chromium, "nav a[href='/runs']").click()
+        assert f"run-{broken}" in [row.get_attribute("id") for row in all_css(chromium, "#runs tbody tr")]
+        # Filtered: the server's doing, no script's.
+        chromium.get(url(site, "/runs?pipeline=broken&status=failed"))
+        shown = [row.get_attribute("id") for row in all_css(chromium, "#runs tbody tr")]
+        assert f"run-{broken}" in shown and f"run-{site.runs['site']}" not in shown, shown
+        by_css(chromium, f"#run-{broken} a").click()
+        assert by_css(chromium, "#failing-step").text == "breaks"
+        assert "exited with status 3" in by_css(chromium, "tr.failing").text
+        assert "it broke" in by_css(chromium, "#log").text
+        screenshot(chromium, "no-javascript-run")
+        chromium.get(url(site, "/deliveries"))
+        assert by_css(chromium, "h1").text == "Deliveries"
+        screenshot(chromium, "no-javascript-deliveries")

@@ -39,6 +39,7 @@ from support import (
     FINISHED,
     GIT_ENV,
     ROOT,
+    Server,
     alive,
     free_port,
     require,
@@ -1464,3 +1465,74 @@ def test_a_log_path_from_a_value_is_refused_where_template_text_is_not(world: Pa
     )
     assert f"$ {NGINX}" not in done.stderr and not chosen.exists()
     assert (nginx.sites / "a.conf").read_bytes() == before
+
+
+# The README's nginx location for the status page --------------------------------------------------------
+
+
+def readme_nginx_locations(port: int) -> str:
+    """The nginx block of the README's install steps, pointed at ``port``."""
+    readme = (ROOT / "README.md").read_text()
+    block = re.search(r"```nginx\n(.*?location /runner/ \{.*?)```", readme, re.S)
+    assert block, "the README's nginx example with the status page's location"
+    assert "http://127.0.0.1:3400" in block.group(1)
+    return block.group(1).replace("http://127.0.0.1:3400", f"http://127.0.0.1:{port}")
+
+
+def test_the_readmes_nginx_locations_serve_the_endpoint_and_the_status_page_with_its_live_events(
+    world: Path, nginx: Nginx
+) -> None:
+    from ui_site import PASSWORD, USER, basic, write_users
+
+    home = world / "home"
+    env = runner_env(home, RUNNER_UI_PATH="/runner")
+    upgraded = run_cli("db", "upgrade", env=env)
+    assert upgraded.returncode == 0, upgraded.stderr
+    write_users(home / "ui-users", {USER: PASSWORD})
+    server = Server(home, env, command="serve")
+    try:
+        front = free_port()
+        (nginx.sites / "runner.conf").write_text(
+            f"server {{\n    listen 127.0.0.1:{front};\n{readme_nginx_locations(server.port)}}}\n"
+        )
+        reloaded = subprocess.run(
+            ["runuser", "-u", NGINX_USER, "--", *nginx.argv, "-s", "reload"], capture_output=True, text=True
+        )
+        assert reloaded.returncode == 0, reloaded.stderr
+
+        def through(path: str, method: str = "GET", **headers: str) -> http.client.HTTPResponse:
+            connection = http.client.HTTPConnection("127.0.0.1", front, timeout=10)
+            connection.request(method, path, headers=headers)
+            return connection.getresponse()
+
+        def page_status() -> int | None:
+            with contextlib.suppress(OSError):
+                return through("/runner/", Authorization=basic(USER, PASSWORD)).status
+            return None
+
+        wait_for(lambda: page_status() == 200, "the page through nginx", details=lambda: server.output())
+        page = through("/runner/runs", Authorization=basic(USER, PASSWORD))
+        assert page.status == 200 and 'href="/runner/static/style.css"' in page.read().decode()
+        assert page.getheader("Content-Security-Policy", "").startswith("default-src 'none'")
+        assert through("/runner/").status == 401
+        assert through("/github-webhook", method="POST").status == 401  # the endpoint's: no signature
+        # The client's address is the one nginx saw, whatever X-Forwarded-For it sent.
+        before = len(server.output())
+        wrong = through("/runner/", Authorization=basic(USER, "wrong"), **{"X-Forwarded-For": "198.51.100.7"})
+        assert wrong.status == 401
+        logged = server.output()[before:]
+        assert f"failed login to the status page from 127.0.0.1 as '{USER}'" in logged, logged
+        assert "198.51.100.7" not in logged
+
+        # The live events pass through as they come: a run's log appearing is told at once.
+        events = through("/runner/events", Authorization=basic(USER, PASSWORD))
+        assert events.status == 200 and events.getheader("Content-Type", "").startswith("text/event-stream")
+        assert events.readline() == b": listening\n"
+        (home / "logs" / "app").mkdir(parents=True, exist_ok=True)
+        (home / "logs" / "app" / "7.log").write_text("")
+        started = time.monotonic()
+        lines = [events.readline() for _ in range(3)]
+        assert b"event: run\n" in lines and time.monotonic() - started < 5, lines
+        events.close()
+    finally:
+        server.stop()

@@ -12,6 +12,7 @@ import socket
 import ssl
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email import message_from_bytes
@@ -26,10 +27,12 @@ from sqlalchemy.orm import Session
 from support import free_port, require, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, Rig, fake_commit, push_payload
 
+from runner.config_values import read_smtp_url
 from runner.loading import load
 from runner.models import Notification, Run
 from runner.notifications import attempts
 from runner.notify_messages import Facts, discord, email_subject, slack
+from runner.notify_send import SendError, post_webhook, send_email
 from runner.store import Store
 
 PUBLIC_URL = "https://runner.example.com"
@@ -473,7 +476,9 @@ def test_a_run_s_notifications_are_pruned_with_it(rig: Rig) -> None:
     assert (attempts(store, old), [row.run_id for row in attempts(store, kept)]) == ([], [kept])
 
 
-def test_e_mail_over_smtps_logs_in_with_the_password_file_s_password(rig: Rig, tmp_path: Path) -> None:
+def certificate(tmp_path: Path) -> tuple[Path, ssl.SSLContext]:
+    """A self-signed certificate for 127.0.0.1 (the worker is told to trust it with SSL_CERT_FILE, which
+    OpenSSL's default trust store honours), and a server's TLS context holding it."""
     require(shutil.which("openssl") is not None, "openssl (to make the SMTP server's certificate)")
     cert, key = tmp_path / "smtp.crt", tmp_path / "smtp.key"
     request = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1"]
@@ -494,6 +499,18 @@ def test_e_mail_over_smtps_logs_in_with_the_password_file_s_password(rig: Rig, t
     assert made.returncode == 0, made.stderr
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
+    return cert, context
+
+
+def password_file(tmp_path: Path) -> Path:
+    password = tmp_path / "smtp-password"
+    password.write_text("s3cret-pass\n")
+    password.chmod(0o600)
+    return password
+
+
+def test_e_mail_over_smtps_logs_in_with_the_password_file_s_password(rig: Rig, tmp_path: Path) -> None:
+    cert, context = certificate(tmp_path)
     logins: list[tuple[bytes, bytes]] = []
 
     def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
@@ -511,9 +528,7 @@ def test_e_mail_over_smtps_logs_in_with_the_password_file_s_password(rig: Rig, t
         auth_require_tls=False,
     )
     controller.start()
-    password = tmp_path / "smtp-password"
-    password.write_text("s3cret-pass\n")
-    password.chmod(0o600)
+    password = password_file(tmp_path)
     try:
         smtp = {
             "RUNNER_SMTP_URL": f"smtps://deployer@127.0.0.1:{controller.port}",
@@ -535,3 +550,164 @@ def test_e_mail_over_smtps_logs_in_with_the_password_file_s_password(rig: Rig, t
     wait_row(rig, failed, lambda row: row.state == "sent", "the e-mail to be recorded as sent")
     assert [row.state for row in rows(rig, failed)] == ["sent"]
     assert "s3cret-pass" not in rig.workers[-1].output()
+
+
+def test_smtp_with_a_user_logs_in_only_after_starttls_and_trusts_the_certificate_authority_it_is_told(
+    rig: Rig, tmp_path: Path
+) -> None:
+    cert, context = certificate(tmp_path)
+    # (user, password, whether the connection was TLS when AUTH came). The server takes AUTH before
+    # STARTTLS too, so that a client sending the password in clear would show here.
+    logins: list[tuple[bytes, bytes, bool]] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        logins.append((data.login, data.password, session.ssl is not None))
+        return AuthResult(success=data.password == b"s3cret-pass")
+
+    mailbox = Mailbox()
+    controller = Controller(
+        mailbox,
+        hostname="127.0.0.1",
+        port=free_port(),
+        tls_context=context,
+        authenticator=authenticator,
+        auth_require_tls=False,
+    )
+    controller.start()
+    try:
+        smtp = {
+            "RUNNER_SMTP_URL": f"smtp://deployer@127.0.0.1:{controller.port}",
+            "RUNNER_SMTP_PASSWORD_FILE": str(password_file(tmp_path)),
+            "SSL_CERT_FILE": str(cert),
+        }
+        workdir = setup(rig, "  - email: ops@example.com", **smtp)
+        (workdir / "fail").touch()
+        failed = deploy(rig, 1, "failed")
+        [envelope] = wait_for(
+            lambda: mailbox.envelopes, "the e-mail", details=lambda: rig.workers[-1].output()
+        )
+    finally:
+        controller.stop()
+    assert logins == [(b"deployer", b"s3cret-pass", True)]
+    assert envelope.rcpt_tos == ["ops@example.com"]
+    assert "failed step: 2 (deploy)" in message_from_bytes(envelope.content).get_payload(decode=True).decode()
+    wait_row(rig, failed, lambda row: row.state == "sent", "the e-mail to be recorded as sent")
+    assert "s3cret-pass" not in rig.workers[-1].output()
+
+
+def test_smtp_with_a_user_refuses_a_server_offering_no_starttls_before_sending_the_password(
+    tmp_path: Path,
+) -> None:
+    logins: list[Any] = []
+
+    def authenticator(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        logins.append(data.password)
+        return AuthResult(success=True)
+
+    mailbox = Mailbox()
+    # No TLS context: no STARTTLS offered; AUTH offered in clear, which a careless client would use.
+    controller = Controller(
+        mailbox, hostname="127.0.0.1", port=free_port(), authenticator=authenticator, auth_require_tls=False
+    )
+    controller.start()
+    try:
+        server = read_smtp_url({"RUNNER_SMTP_URL": f"smtp://deployer@127.0.0.1:{controller.port}"})
+        assert server is not None and server.starttls
+        with pytest.raises(SendError, match="does not offer STARTTLS") as refused:
+            send_email(server, password_file(tmp_path), "runner@example.com", ["ops@example.com"], MAIL)
+        # Without a password file, nothing is tried at all: the error says what to set.
+        with pytest.raises(SendError, match="set RUNNER_SMTP_PASSWORD_FILE"):
+            send_email(server, None, "runner@example.com", ["ops@example.com"], MAIL)
+    finally:
+        controller.stop()
+    assert logins == [] and mailbox.envelopes == []
+    assert "s3cret-pass" not in str(refused.value) and "nothing was sent" in str(refused.value)
+    # A loopback relay taking mail without a login needs no STARTTLS (the test above's first e-mail).
+    relay = read_smtp_url({"RUNNER_SMTP_URL": "smtp://127.0.0.1:2525"})
+    assert relay is not None and not relay.starttls
+    remote = read_smtp_url({"RUNNER_SMTP_URL": "smtp://mail.example.com"})
+    assert remote is not None and remote.starttls and remote.port == 587
+
+
+# Each attempt's time is bounded as a whole -----------------------------------------------------------------
+
+MAIL = {"subject": "[runner] app failed", "text": "failed step: 1 (deploy)"}
+
+
+class Trickler:
+    """A TCP server on loopback that sends ``answer`` a byte every ``pause`` seconds to each client, never
+    reaching its end within a test (a socket's per-read timeout never fires)."""
+
+    def __init__(self, answer: bytes, pause: float = 0.25) -> None:
+        self.answer, self.pause = answer, pause
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.sent = 0
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.listener.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            threading.Thread(target=self._trickle, args=(client,), daemon=True).start()
+
+    def _trickle(self, client: socket.socket) -> None:
+        with client:
+            for byte in self.answer * 100:
+                if self.stop.wait(self.pause):
+                    return
+                try:
+                    client.sendall(bytes([byte]))
+                except OSError:
+                    return  # the client gave up, as it should
+                self.sent += 1
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        self.listener.close()
+
+
+def test_a_webhook_trickling_its_answer_a_byte_at_a_time_is_given_up_at_the_attempt_s_deadline() -> None:
+    trickler = Trickler(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
+    try:
+        started = time.monotonic()
+        with pytest.raises(SendError, match="no answer from the webhook within 2 s"):
+            post_webhook(f"http://127.0.0.1:{trickler.port}/hook", {"text": "failed"}, timeout=2.0)
+        took = time.monotonic() - started
+    finally:
+        trickler.close()
+    assert 1.9 <= took < 3.5, took
+    assert trickler.sent > 5  # it was answering all along: each read got a byte in time
+
+
+def test_a_webhook_that_answered_2xx_then_trickles_its_body_is_sent_within_the_deadline() -> None:
+    # The 2xx says the message was taken: a retry would be a second message. The body is not waited for.
+    trickler = Trickler(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 1000, pause=0.01)
+    try:
+        started = time.monotonic()
+        post_webhook(f"http://127.0.0.1:{trickler.port}/hook", {"text": "failed"}, timeout=2.0)
+        took = time.monotonic() - started
+    finally:
+        trickler.close()
+    assert 1.9 <= took < 3.5, took
+
+
+def test_an_smtp_server_trickling_its_greeting_is_given_up_at_the_attempt_s_deadline() -> None:
+    trickler = Trickler(b"220 mail.example.com ESMTP " + b"." * 1000)
+    try:
+        server = read_smtp_url({"RUNNER_SMTP_URL": f"smtp://127.0.0.1:{trickler.port}"})
+        assert server is not None
+        started = time.monotonic()
+        with pytest.raises(SendError, match=f"no answer from 127.0.0.1:{trickler.port} within 2 s"):
+            send_email(server, None, "runner@example.com", ["ops@example.com"], MAIL, timeout=2.0)
+        took = time.monotonic() - started
+    finally:
+        trickler.close()
+    assert 1.9 <= took < 3.5, took
+    assert trickler.sent > 5

@@ -23,6 +23,7 @@ import pytest
 import sqlalchemy as sa
 from support import FINISHED, Server, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, GitRepo, fake_commit, push_payload
+from ui_site import PASSWORD, USER, basic, request, write_users
 
 from runner import catchup_deliveries
 from runner import config as config_module
@@ -171,6 +172,25 @@ def test_two_servers_each_deploy_their_own_pipeline_of_the_same_name_and_list_ev
     assert alpha.store.last_deployed_commit("app") == first
     assert beta.store.last_deployed_commit("app") == second
     assert alpha.store.last_deployed_commit("app", server="beta") == second
+
+    # On either's status page: both runs with their server (and the filter), each server's "app" with its
+    # own last deployed commit.
+    for host in hosts:
+        write_users(host.home / "ui-users", {USER: PASSWORD})
+        assert host.server is not None
+        port, auth = host.server.port, {"Authorization": basic(USER, PASSWORD)}
+        runs = request(port, "/runs", auth).text
+        shown = re.findall(r'<tr id="run-(\d+)">\s*<td>.*?</td>\s*<td class="server">(\w+)</td>', runs)
+        assert shown == [(str(ran_beta.id), "beta"), (str(ran_alpha.id), "alpha")], runs
+        assert re.findall(r'<tr id="run-(\d+)">', request(port, "/runs?server=beta", auth).text) == [
+            str(ran_beta.id)
+        ]
+        page = request(port, "/", auth).text
+        rows = dict(re.findall(r'<tr id="pipeline-(app(?:@\w+)?)"[^>]*>(.*?)</tr>', page, re.S))
+        other = "beta" if host is alpha else "alpha"
+        deployed = {host.name: rows["app"], other: rows[f"app@{other}"]}
+        assert first[:12] in deployed["alpha"] and second[:12] not in deployed["alpha"], page
+        assert second[:12] in deployed["beta"] and first[:12] not in deployed["beta"], page
 
     # Without --all-servers: this server's runs, and no server column.
     mine = alpha.cli("runs").stdout
@@ -429,3 +449,14 @@ def test_the_migration_run_by_alembic_on_its_own_gives_the_rows_the_host_name(tm
         assert servers == [socket.gethostname()[:64]]
     finally:
         store.close()
+
+
+def test_a_host_name_longer_than_a_server_name_is_cut_as_the_store_cuts_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    long_name = "build-" + "x" * 70 + ".example.com"
+    assert config_module.read_server_name({}) == socket.gethostname()[:64]
+    monkeypatch.setattr(socket, "gethostname", lambda: long_name)
+    # Refused before: the default of a setting stopped runner on a host whose name is long.
+    assert config_module.read_server_name({}) == long_name[:64]
+    assert config_module.read_server_name({"RUNNER_SERVER_NAME": "alpha"}) == "alpha"

@@ -5,7 +5,10 @@ store."""
 from __future__ import annotations
 
 import json
+import os
+import pty
 import re
+import shutil
 import stat
 import subprocess
 import sys
@@ -15,13 +18,15 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
+import bcrypt
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import DBAPIError
-from support import ROOT, SECRET, Server, run_cli, runner_env, stop_started, wait_for
+from support import ROOT, SECRET, Server, free_port, run_cli, runner_env, stop_process, stop_started, wait_for
 from ui_site import PASSWORD, SCRIPT, SCRIPT_REF, SERVER, USER, Site, basic, request, write_users
 
 from runner.store import Store
+from runner.timefmt import shown
 from runner.ui_headers import CONTENT_SECURITY_POLICY
 
 CHALLENGE = 'Basic realm="runner", charset="UTF-8"'
@@ -133,6 +138,49 @@ def test_ui_user_add_refuses_a_name_the_file_or_http_basic_cannot_carry(
     assert not (tmp_path / "ui-users").exists()
 
 
+def prompted(env: dict[str, str], *answers: str) -> tuple[int, str]:
+    """``runner ui-user add demo`` on a terminal of its own (a pty), typing ``answers`` at its prompts; its
+    exit status and what the terminal showed."""
+    pid, terminal = pty.fork()
+    if pid == 0:  # the child: its terminal is the pty; nothing of pytest's runs here
+        try:
+            # No shell: the argument list as it is.
+            os.execve(sys.executable, [sys.executable, "-m", "runner", "ui-user", "add", "demo"], env)  # noqa: S606
+        finally:
+            os._exit(127)
+    shown, answered = b"", 0
+    try:
+        while True:
+            try:
+                chunk = os.read(terminal, 1024)
+            except OSError:
+                break  # the child ended: the pty is closed
+            if not chunk:
+                break
+            shown += chunk
+            # Each prompt shown gets its answer, typed as a user would.
+            while answered < min(shown.count(b"Password"), len(answers)):
+                os.write(terminal, answers[answered].encode() + b"\n")
+                answered += 1
+    finally:
+        os.close(terminal)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), shown.decode(errors="replace")
+
+
+def test_ui_user_add_asks_for_the_password_twice_on_a_terminal_without_echoing_it(tmp_path: Path) -> None:
+    env = runner_env(tmp_path)
+    code, shown = prompted(env, "typed password", "another one")
+    assert code == 1 and "the two passwords differ" in shown, shown
+    assert "typed password" not in shown and "another one" not in shown, shown
+    assert not (tmp_path / "ui-users").exists()
+    code, shown = prompted(env, "typed password", "typed password")
+    assert code == 0 and shown.count("Password") == 2 and "typed password" not in shown, shown
+    [line] = (tmp_path / "ui-users").read_text().splitlines()
+    name, hashed = line.split(":", 1)
+    assert name == "demo" and bcrypt.checkpw(b"typed password", hashed.encode())
+
+
 def test_ui_user_refuses_an_empty_password_and_removing_a_user_that_is_not_there(tmp_path: Path) -> None:
     env = runner_env(tmp_path)
     empty = cli("ui-user", "add", "demo", "--password-stdin", env=env, input="\n")
@@ -189,6 +237,11 @@ def test_every_page_has_the_security_headers(site: Site) -> None:
         assert answer.headers["Cache-Control"] == expected_cache, path
     css = site.get("/static/style.css")
     assert css.headers["Content-Type"].startswith("text/css") and b".log" in css.body
+    assert b"url(" not in css.body and b"@import" not in css.body
+    # Nothing from another origin (no CDN): every link, script and stylesheet is the page's own.
+    for path in page_paths(site):
+        for link in re.findall(r'(?:src|href|action)="([^"]*)"', site.get(path).text):
+            assert link.startswith(("/", "#", "?")) and not link.startswith("//"), (path, link)
     page = site.get("/").text
     # No inline script or style: the CSP would refuse them. Scripts are runner's own files.
     assert re.findall(r"<script[^>]*>", page) == ['<script src="/static/live.js" defer>']
@@ -228,6 +281,10 @@ def test_the_pipelines_page_shows_the_last_deploy_and_the_failing_pipeline(site:
     bad = re.search(r'<tr id="pipeline-broken" class="failing">(.*?)</tr>', page, re.S)
     assert good and bad, page
     assert site.commit[:12] in good[1] and f'href="/runs/{site.runs["site_again"]}"' in good[1], good[1]
+    # When: the deploying run's end, to the second.
+    deployed = site.run(site.runs["site_again"])
+    assert deployed.finished_at is not None
+    assert f"<td>{shown(deployed.finished_at)}</td>" in good[1], good[1]
     # The deployed commit's subject, escaped.
     assert f"first version {ESCAPED_SCRIPT}" in good[1] and "<script>" not in page, good[1]
     assert f'<td class="server">{SERVER}</td>' in good[1]
@@ -244,6 +301,12 @@ def test_the_run_page_shows_its_steps_the_failing_one_and_its_log_escaped(site: 
     assert re.search(r'<tr id="step-3" class="failing">.*?id="failing-step".*?breaks.*?>3<', page, re.S), page
     assert 'id="step-2" class' not in page and 'id="step-4"' not in page  # it passed; it never ran
     assert "step 3 (breaks) failed: exited with status 3" in page
+    # Each step's status, exit code and duration.
+    steps = dict(re.findall(r'<tr id="step-(\d)"[^>]*>(.*?)</tr>', page, re.S))
+    assert sorted(steps) == ["1", "2", "3"], steps
+    for position, status, code in (("1", "succeeded", "0"), ("2", "succeeded", "0"), ("3", "failed", "3")):
+        assert status in steps[position] and f'<td class="num">{code}</td>' in steps[position], steps
+        assert re.search(r'<td class="num">\d+\.\d s</td>', steps[position]), steps
     # The failing step's log lines are marked, from its first line on.
     failing_lines = re.findall(r'<span class="line stream-(\w+) failing"[^>]*>.*?</span> (.*?)</span>', page)
     assert ("out", "about to fail") in failing_lines and ("err", "it broke") in failing_lines, failing_lines
@@ -355,10 +418,22 @@ def test_the_page_under_runner_ui_path_beside_the_webhook_endpoint(serve: Serve,
     assert request(server.port, "/runner/runs", auth).status == 200
     assert request(server.port, "/runner/static/style.css", auth).status == 200
     assert request(server.port, "/runner/runs").status == 401
-    # Nothing of the page outside its path.
-    assert request(server.port, "/", auth).status == 404
-    assert request(server.port, "/runs", auth).status == 404
-    assert request(server.port, "/runnerx/runs", auth).status == 404
+    # Nothing of the page outside its path; those answers, and the redirect to the path with its slash,
+    # carry the page's security headers as its own do.
+    answers = {path: request(server.port, path, auth) for path in ("/", "/runs", "/runnerx/runs", "/runner")}
+    assert {path: answer.status for path, answer in answers.items()} == {
+        "/": 404,
+        "/runs": 404,
+        "/runnerx/runs": 404,
+        "/runner": 307,
+    }
+    assert answers["/runner"].headers["Location"].endswith("/runner/")
+    for path, answer in [*answers.items(), ("/runner/", page)]:
+        assert answer.headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY, path
+        assert answer.headers["X-Content-Type-Options"] == "nosniff", path
+        assert answer.headers["Referrer-Policy"] == "same-origin", path
+        assert answer.headers["Cache-Control"] == "no-store", path
+        assert answer.headers.get_all("Content-Security-Policy") == [CONTENT_SECURITY_POLICY], path
     assert request(server.port, "/healthz").status == 200
     body = json.dumps({"zen": "Keep it logically awesome.", "hook_id": 1}).encode()
     delivered = server.deliver("ping", body)
@@ -515,3 +590,58 @@ def test_behind_nginx_a_failed_login_names_the_forwarded_client(site: Site) -> N
     assert answer.status == 401
     logged = site.server.output()[before:]
     assert "failed login to the status page from 198.51.100.23 as 'alice' (failure 1 in a row" in logged
+
+
+def test_scripts_up_creates_the_demo_user_once_with_a_random_password_and_prints_it(tmp_path: Path) -> None:
+    # scripts/up in a tree of its own: its install and demo repository steps stubbed (they install packages
+    # and make the demo's repository, not what is tested), its .venv this one's.
+    tree, home = tmp_path / "tree", tmp_path / "home"
+    (tree / "scripts").mkdir(parents=True)
+    (tree / ".venv" / "bin").mkdir(parents=True)
+    shutil.copy(ROOT / "scripts" / "up", tree / "scripts" / "up")
+    stubs = {
+        "scripts/install": "#!/bin/sh\n",
+        "scripts/demo-repository": "#!/bin/sh\n",
+        ".venv/bin/python": f'#!/bin/sh\nexec {sys.executable} "$@"\n',
+        ".venv/bin/runner": f'#!/bin/sh\nexec {sys.executable} -m runner "$@"\n',
+    }
+    for name, text in stubs.items():
+        (tree / name).write_text(text)
+        (tree / name).chmod(0o755)
+    port = free_port()
+    env = runner_env(home, RUNNER_PORT=str(port))
+    up = subprocess.Popen(
+        [str(tree / "scripts" / "up")], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        assert up.stdout is not None
+        said = up.stdout.readline()  # printed before runner up starts
+        found = re.search(r"login is demo / (\S+) \(shown once", said)
+        assert found, said
+        password = found.group(1)
+        assert len(password) >= 16 and password not in (home / "ui-users").read_text()
+        auth = {"Authorization": basic("demo", password)}
+        wait_for(
+            lambda: _answers(port, auth) == 200, "runner up's status page with the demo login", details=said
+        )
+        assert request(port, "/", {"Authorization": basic("demo", "not it")}).status == 401
+    finally:
+        stop_process(up)
+    users = (home / "ui-users").read_text()
+    # Started again: the user is there, nothing new is made or printed (runner up refuses the option).
+    again = subprocess.run(
+        [str(tree / "scripts" / "up"), "--no-such-option"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert again.returncode != 0 and "login is" not in again.stdout + again.stderr, again
+    assert (home / "ui-users").read_text() == users
+
+
+def _answers(port: int, headers: dict[str, str]) -> int | None:
+    try:
+        return request(port, "/", headers).status
+    except OSError:
+        return None  # not listening yet

@@ -42,7 +42,7 @@ from runner.log_follow import Line, follow, follow_async
 from runner.models import ActionRecord
 from runner.queue import Queue
 from runner.store import Store
-from runner.ui_actions import CsrfTokens
+from runner.ui_actions import TOKEN_LIFETIME, CsrfTokens
 from runner.ui_live import MAX_LOG_STREAMS
 
 USER, PASSWORD = "alice", "correct horse"
@@ -499,9 +499,13 @@ def test_an_action_without_a_valid_token_or_from_another_site_is_refused_and_not
     ]:
         answer = _post(server, f"/runs/{run_id}/redeploy", body, **headers)
         assert answer.status == 403, (body, headers)
+    # Another user's token, and this user's once 12 hours old, are refused too.
+    expired = CsrfTokens(Secret(SECRET)).token(USER, now=time.time() - TOKEN_LIFETIME - 60)
+    for other in (_token_for(home, "bob"), expired):
+        assert other != token
+        answer = _post(server, f"/runs/{run_id}/redeploy", "csrf=" + other)
+        assert answer.status == 403, other
     assert _main_entries(home) == []
-    # Another user's token is not this user's.
-    assert token != _token_for(home, "bob")
     answer = _post(
         server, f"/runs/{run_id}/cancel", "csrf=" + token, Origin=f"http://127.0.0.1:{server.port}"
     )
@@ -512,6 +516,22 @@ def test_an_action_without_a_valid_token_or_from_another_site_is_refused_and_not
 
 def _token_for(home: Home, user: str) -> str:
     return CsrfTokens(Secret(SECRET)).token(user)
+
+
+def test_a_csrf_token_is_its_user_s_for_12_hours_and_its_time_cannot_be_changed() -> None:
+    tokens, now = CsrfTokens(Secret(SECRET)), 1_800_000_000.0
+    token = tokens.token(USER, now)
+    assert tokens.valid(USER, token, now) and tokens.valid(USER, token, now + TOKEN_LIFETIME - 1)
+    assert TOKEN_LIFETIME == 12 * 3600
+    assert not tokens.valid(USER, token, now + TOKEN_LIFETIME + 1)
+    assert not tokens.valid("bob", token, now)
+    # Made "later" by rewriting its time: the HMAC covers the time.
+    redated = tokens.token(USER, now + 3600)[:10] + token[10:]
+    assert not tokens.valid(USER, redated, now + TOKEN_LIFETIME + 1)
+    # Another secret's token (another runner's) is not this one's; nor one dated well ahead.
+    assert not CsrfTokens(Secret("another secret")).valid(USER, token, now)
+    assert not tokens.valid(USER, tokens.token(USER, now + 3600), now)
+    assert not tokens.valid(USER, "", now) and not tokens.valid(USER, "zz" * 37, now)
 
 
 def test_redeploy_queues_the_same_commit_again_recorded_with_the_user(home: Home) -> None:
@@ -681,7 +701,12 @@ def test_in_a_browser_the_log_grows_line_by_line_and_the_pipeline_list_follows(h
             driver, lambda: f"run {run_id}" in driver.find_element(By.ID, "pipeline-live").text, "the list"
         )
         screenshot(driver, "live-pipelines")
+        listing = driver.current_window_handle
+        assert "running" in driver.find_element(By.ID, "pipeline-live").text
 
+        # The run's page in a tab of its own: the list stays open in the first, to see the run's end.
+        driver.switch_to.new_window("tab")
+        log_in(driver, USER, PASSWORD)  # the login's header is set per tab
         driver.get(f"{base}/runs/{run_id}")
         state = driver.find_element(By.ID, "live-state")
         _wait_in(driver, lambda: state.text == "live", "the log to be followed")
@@ -701,6 +726,16 @@ def test_in_a_browser_the_log_grows_line_by_line_and_the_pipeline_list_follows(h
         _wait_in(driver, lambda: state.text == "ended: succeeded", "the end of the run")
         assert printed() == ["first line", "second line", "third line"]
         screenshot(driver, "live-log-ended")
+
+        # The list, loaded before the run started and never reloaded, now has it ended.
+        driver.switch_to.window(listing)
+        _wait_in(
+            driver,
+            lambda: f"run {run_id}: succeeded" in driver.find_element(By.ID, "pipeline-live").text,
+            "the list to show the run's end",
+        )
+        assert "never deployed" not in driver.find_element(By.ID, "pipeline-live").text
+        screenshot(driver, "live-pipelines-ended")
 
 
 def test_in_a_browser_redeploy_from_the_page_and_see_the_new_run(home: Home) -> None:
@@ -735,3 +770,26 @@ def test_in_a_browser_redeploy_from_the_page_and_see_the_new_run(home: Home) -> 
         assert driver.find_element(By.ID, "commit").text == COMMIT
         screenshot(driver, "redeploy-new-run")
     assert home.finished(new_run) == "succeeded"
+
+
+def test_under_runner_ui_path_the_forms_streams_and_the_redirect_after_a_post_keep_the_path(
+    home: Home,
+) -> None:
+    env = {**home.env, "RUNNER_UI_PATH": "/runner"}
+    run_id = home.trigger("--ref", "main", "--commit", COMMIT)
+    server = Server(home.path, env, command="serve")
+    page = _page(server, f"/runner/runs/{run_id}")
+    assert (
+        f'action="/runner/runs/{run_id}/redeploy"' in page
+        and f'action="/runner/runs/{run_id}/cancel"' in page
+    )
+    assert f'data-log-stream="/runner/runs/{run_id}/log/stream"' in page, page
+    token = re.search(r'name="csrf" value="([0-9a-f]+)"', page)
+    assert token, page
+    answer = _post(server, f"/runner/runs/{run_id}/cancel", "csrf=" + token.group(1))
+    assert (answer.status, answer.getheader("location")) == (303, f"/runner/runs/{run_id}?asked=cancel")
+    assert len(_main_entries(home)) == 1
+    assert 'data-events="/runner/events"' in _page(server, "/runner/")
+    # The streams answer under the path (EventStream checks the status and the type).
+    EventStream(server, f"/runner/runs/{run_id}/log/stream").close()
+    EventStream(server, "/runner/events").close()

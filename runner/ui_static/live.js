@@ -66,21 +66,30 @@ function followLog(live) {
 
 function followPipelines(list) {
   const source = new EventSource(new URL(list.dataset.events, window.location.href));
+  // One fetch at a time; an event during it fetches once more after it (a run that ends while its start
+  // is being fetched must still show as ended).
   let fetching = false;
+  let again = false;
   source.addEventListener("run", async () => {
-    if (fetching) return;
+    if (fetching) {
+      again = true;
+      return;
+    }
     fetching = true;
     try {
-      const answer = await fetch(window.location.href, { credentials: "same-origin" });
-      if (!answer.ok) return;
-      // The page as the server rendered it (escaped there), parsed inert: its scripts never run.
-      const page = new DOMParser().parseFromString(await answer.text(), "text/html");
-      const fresh = page.getElementById(list.id);
-      if (fresh) {
-        fresh.dataset.events = list.dataset.events;
-        list.replaceWith(document.importNode(fresh, true));
-        list = document.getElementById(fresh.id);
-      }
+      do {
+        again = false;
+        const answer = await fetch(window.location.href, { credentials: "same-origin" });
+        if (!answer.ok) return;
+        // The page as the server rendered it (escaped there), parsed inert: its scripts never run.
+        const page = new DOMParser().parseFromString(await answer.text(), "text/html");
+        const fresh = page.getElementById(list.id);
+        if (fresh) {
+          fresh.dataset.events = list.dataset.events;
+          list.replaceWith(document.importNode(fresh, true));
+          list = document.getElementById(fresh.id);
+        }
+      } while (again);
     } finally {
       fetching = false;
     }
