@@ -52,15 +52,11 @@ def run_async(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]], uvloop
             loop.add_signal_handler(signum, stop.set)
         await main(stop)
 
-    if uvloop:
-        try:
-            import uvloop as fast_loop
-        except ImportError:
-            pass
-        else:
-            fast_loop.run(wrapper())
-            return
-    asyncio.run(wrapper())
+    from runner.accepting import SelectorLoop, uvloop_factory
+
+    factory = (uvloop_factory() if uvloop else None) or SelectorLoop
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(wrapper())
 
 
 def worker_lock(config: Config, command: str) -> WorkerLock:

@@ -325,6 +325,8 @@ async def serve(
     from hypercorn.config import Config as HypercornConfig
     from hypercorn.config import Sockets
 
+    from runner.accepting import stop_accepting
+
     class HypercornConfigOwnSockets(HypercornConfig):
         def create_sockets(self) -> Sockets:
             sockets = super().create_sockets()
@@ -353,9 +355,14 @@ async def serve(
     # Under a flood of connections, hundreds of them are read ahead at once. (With 1, Hypercorn's shutdown
     # waits out its graceful timeout.)
     hc.max_app_queue_size = APP_QUEUE_MESSAGES
+
+    async def stopped() -> None:
+        await shutdown.wait()
+        await stop_accepting()
+
     page = PageDoor(config, queue, secret, shutdown)
     app = WebhookApp(secret, queue, store, page)
     try:
-        await hypercorn_serve(app, hc, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+        await hypercorn_serve(app, hc, shutdown_trigger=stopped)  # type: ignore[arg-type]
     finally:
         page.close()

@@ -43,6 +43,7 @@ ALLOWED: dict[str, set[str]] = {
     # Secret values written as ***: a run's masker over the process's (GitHub token, webhook URLs).
     "runner.masking": set(),
     "runner.listen": set(),
+    "runner.accepting": set(),
     "runner.lock": set(),
     "runner.config_values": set(),
     # A pipeline's release directories, their records and the atomic switch of `current`.
@@ -225,6 +226,7 @@ ALLOWED: dict[str, set[str]] = {
     # The flow: web → main queue → router → pipeline queues → lanes → steps; the worker runs router and lanes.
     "runner.body": {"runner.entry", "runner.queue"},
     "runner.web": {
+        "runner.accepting",
         "runner.body",
         "runner.committer",
         "runner.config",
@@ -438,6 +440,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.timefmt",
     },
     "runner.server": {
+        "runner.accepting",
         "runner.config",
         "runner.driver",
         "runner.listen",

@@ -173,8 +173,10 @@ def test_a_restart_on_the_passed_socket_refuses_no_delivery(
             time.sleep(1.0)
             assert server.stop() == 0, server.output()
             logs.append(server.output())
-            # Nothing serves now: what arrives waits in the backlog until the new process accepts it. It is
+            # Nothing serves now: what arrives waits in the backlog until the new process accepts it. The gap
+            # is held open, whatever a start takes, so that connections surely wait in it. The new process is
             # stopped only once it serves (a SIGTERM before its handlers are set ends it as a signal would).
+            time.sleep(0.5)
             server = start(home, listener, *args)
         time.sleep(1.5)
     finally:
@@ -185,7 +187,7 @@ def test_a_restart_on_the_passed_socket_refuses_no_delivery(
         logs.append(server.output())
     assert failures == [], failures[:5]
     assert len(acknowledged) > 20, f"only {len(acknowledged)} deliveries went through"
-    # Some connections were made while no runner served (its start takes longer than this): they waited.
+    # Some connections were made while no runner served: they waited.
     assert max(waits) > 0.3, "no delivery was sent during a restart: this test proves nothing"
     assert queued_deliveries(home) == sorted(acknowledged)
     for log in logs:
