@@ -27,7 +27,6 @@ from runner.queue import Queue
 from runner.store import Store
 from runner.ui_actions import RunActions
 from runner.ui_auth import BasicAuth, UsersFile
-from runner.ui_headers import SecurityHeaders
 from runner.ui_live import LiveStreams
 from runner.ui_logs import log_file, read_shown
 from runner.ui_render import STATIC_DIR, Renderer
@@ -56,7 +55,8 @@ class StatusPage:
         self.live = LiveStreams(config, store)
         self.actions = RunActions(config, store, queue, secret, self.renderer.prefix)
         pages = Starlette(routes=self.routes(), exception_handlers={SQLAlchemyError: self._database_error})
-        self.app: Any = SecurityHeaders(BasicAuth(pages, self.users), static_prefix="/static/")
+        # The security headers are the server's (runner/web.py), around this page and its door.
+        self.app: Any = BasicAuth(pages, self.users)
 
     def routes(self) -> list[BaseRoute]:
         # Sync endpoints: Starlette runs them in its threads, where the database's calls may block.

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from runner.config import Config, Secret
 from runner.queue import Queue
-from runner.ui_headers import Receive, Scope, SecurityHeaders, Send
+from runner.ui_headers import Receive, Scope, Send
 
 if TYPE_CHECKING:
     from runner.store import Store
@@ -41,12 +41,11 @@ class PageDoor:
         self._shutdown = shutdown
         self.page: StatusPage | None = None
         self._store: Store | None = None
-        self._closed = SecurityHeaders(_not_found, static_prefix="/static/")
 
     async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.page is None:
             if not self.config.ui_users.exists():
-                await self._closed(scope, receive, send)
+                await _not_found(scope, receive, send)
                 return
             self.page = self._build()
         await self.page.app(scope, receive, send)

@@ -46,10 +46,7 @@ class SecurityHeaders:
         cache = b"private, no-cache" if static else b"no-store"
 
         async def send_with_headers(message: Message) -> None:
-            # A response that has them already (the page's, inside the server's own wrapping) keeps its own.
-            if message["type"] == "http.response.start" and not any(
-                k.lower() == b"content-security-policy" for k, _ in message.get("headers", [])
-            ):
+            if message["type"] == "http.response.start":
                 headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"]
                 own_cache = [v for k, v in message.get("headers", []) if k.lower() == b"cache-control"]
                 headers += [*SECURITY_HEADERS, (b"cache-control", own_cache[0] if own_cache else cache)]

@@ -175,8 +175,8 @@ class WebhookApp:
         # of /github-webhook is still a 405), and need no login.
         self.page: Any = None
         if page is not None:
-            # Its own answers too (a 404 beside RUNNER_UI_PATH, the redirect to the path with its slash)
-            # carry the page's security headers.
+            # One wrapping for all the page's answers: its pages, its door's 404 while it has no users, and
+            # the Mount's own (a 404 beside RUNNER_UI_PATH, the redirect to the path with its slash).
             outer = Starlette(routes=[Mount(page.config.ui_path, app=page.app)])
             self.page = SecurityHeaders(outer, static_prefix=page.config.ui_path.rstrip("/") + "/static/")
 

@@ -270,7 +270,6 @@ ALLOWED: dict[str, set[str]] = {
         "runner.ui_actions",
         "runner.ui_auth",
         "runner.ui_live",
-        "runner.ui_headers",
         "runner.ui_logs",
         "runner.ui_render",
     },

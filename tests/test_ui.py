@@ -410,13 +410,20 @@ def test_runs_are_paginated_in_pages_of_fifty(serve: Serve, tmp_path: Path) -> N
 
 def test_the_page_under_runner_ui_path_beside_the_webhook_endpoint(serve: Serve, tmp_path: Path) -> None:
     server = serve(tmp_path, RUNNER_UI_PATH="/runner")
-    write_users(tmp_path / "ui-users", {USER: PASSWORD})
     auth = {"Authorization": basic(USER, PASSWORD)}
+    # Without users, no page: the door's 404 carries the headers too, once.
+    closed = request(server.port, "/runner/", auth)
+    assert closed.status == 404 and closed.text == "Not Found", closed.text
+    assert closed.headers.get_all("Content-Security-Policy") == [CONTENT_SECURITY_POLICY]
+    assert closed.headers["Cache-Control"] == "no-store"
+    write_users(tmp_path / "ui-users", {USER: PASSWORD})
     page = request(server.port, "/runner/", auth)
     assert page.status == 200, page.text
     assert 'href="/runner/runs"' in page.text and 'href="/runner/static/style.css"' in page.text
     assert request(server.port, "/runner/runs", auth).status == 200
-    assert request(server.port, "/runner/static/style.css", auth).status == 200
+    style = request(server.port, "/runner/static/style.css", auth)
+    assert style.status == 200 and style.headers["Cache-Control"] == "private, no-cache"
+    assert style.headers.get_all("Content-Security-Policy") == [CONTENT_SECURITY_POLICY]
     assert request(server.port, "/runner/runs").status == 401
     # Nothing of the page outside its path; those answers, and the redirect to the path with its slash,
     # carry the page's security headers as its own do.
