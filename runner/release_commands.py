@@ -14,6 +14,7 @@ from runner.config import Config
 
 if TYPE_CHECKING:
     from runner.pipeline import Pipeline
+    from runner.release_dirs import ReleaseInfo
 
 
 def _fail(message: str) -> SystemExit:
@@ -36,23 +37,49 @@ def _release_pipeline(config: Config, name: str, command: str | None) -> Pipelin
     return pipeline
 
 
+def _states(config: Config, releases: list[ReleaseInfo]) -> dict[str, str]:
+    """Each release's state: ``succeeded`` from its record; one without is its run's (``building`` while
+    the run is queued or running; ``interrupted``, ``failed``, ... for what a killed worker or a failed
+    clean-up left), or ``unknown`` when the database has no such run or cannot be read (said on stderr)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from runner.schema import SchemaError
+    from runner.store import Store
+
+    states = {info.name: "succeeded" for info in releases if info.succeeded}
+    unrecorded = [info for info in releases if not info.succeeded]
+    if not unrecorded:
+        return states
+    try:
+        with contextlib.closing(Store(config.database_url, server=config.server_name)) as store:
+            store.check_schema()
+            for info in unrecorded:
+                run = store.run(info.run_id)
+                status = run.status if run is not None else "unknown"
+                states[info.name] = "building" if status in ("queued", "running") else status
+    except (SchemaError, SQLAlchemyError) as exc:
+        print(f"runner: cannot read the runs of unrecorded releases: {exc}", file=sys.stderr)
+    return {info.name: states.get(info.name, "unknown") for info in releases}
+
+
 def cmd_releases(config: Config, args: argparse.Namespace) -> None:
     from runner.release_dirs import Releases
 
     pipeline = _release_pipeline(config, args.pipeline, None)
     releases = Releases(pipeline.workdir).all()
+    states = _states(config, releases)
     if args.json:
-        print(json.dumps([info.shown() for info in releases], indent=2))
+        print(json.dumps([{**info.shown(), "state": states[info.name]} for info in releases], indent=2))
         return
     if not releases:
         print(f"pipeline {pipeline.name} has no releases yet", file=sys.stderr)
         return
-    print(f"{'':2}{'RELEASE':<20} {'RUN':>6}  {'COMMIT':<12} {'STATE':<10} REF")
+    print(f"{'':2}{'RELEASE':<20} {'RUN':>6}  {'COMMIT':<12} {'STATE':<11} REF")
     for info in reversed(releases):
-        state = "succeeded" if info.succeeded else "building"
         mark = "* " if info.current else "  "
         commit = (info.commit or "-")[:12]
-        print(f"{mark}{info.name:<20} {info.run_id:>6}  {commit:<12} {state:<10} {info.ref or '-'}")
+        state = states[info.name]
+        print(f"{mark}{info.name:<20} {info.run_id:>6}  {commit:<12} {state:<11} {info.ref or '-'}")
     print("* current", file=sys.stderr)
 
 

@@ -178,6 +178,18 @@ def test_a_failing_build_leaves_current_serving_and_its_release_goes(rig: Rig, r
     assert app.releases() == [release_of(good)]
     assert Path(bad.log_path or "").exists()
     assert [line.split()[0] for line in app.lines("activations")] == [str(good.id)]
+    # What a clean-up cut short would leave, and a directory of no run this database knows: each is listed
+    # with what its run became, not as building.
+    (app.workdir / "releases" / release_of(bad)).mkdir()
+    (app.workdir / "releases" / "999999-abcdef0").mkdir()
+    states = {(r["release"], r["succeeded"], r["state"]) for r in app.listed()}
+    assert states == {
+        (release_of(good), True, "succeeded"),
+        (release_of(bad), False, "failed"),
+        ("999999-abcdef0", False, "unknown"),
+    }
+    table = rig.cli("releases", "app").stdout
+    assert re.search(rf"^  {release_of(bad)} +{bad.id} +\S+ +failed ", table, re.MULTILINE), table
 
 
 class Health(http.server.BaseHTTPRequestHandler):
@@ -333,6 +345,9 @@ def test_a_worker_killed_during_a_switch_leaves_a_whole_release_and_the_restart_
 
     wait_for(activating, "the activate step to start", 60, rig.details)
     switched = app.current()
+    # Its run is still going: its release is building, the one before it succeeded.
+    states = [(r["release"], r["state"], r["current"]) for r in app.listed()]
+    assert states == [(release_of(good), "succeeded", False), (switched, "building", True)], states
     assert switched == release_of(rig.run(held)) and (app.workdir / "releases" / ".switch").exists()
     step = read_pid(rig.home / "logs" / "app" / f"{held}.pgid")
     worker.process.send_signal(signal.SIGKILL)
