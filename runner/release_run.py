@@ -74,6 +74,10 @@ class _Doing:
         first, self.position = self.position, self.position + len(specs)
         return await self.runner.run(self.pipeline, self.ctx, self.stop, cancel, specs, first)
 
+    async def _health_step(self, spec: StepSpec) -> steps.Outcome:
+        # Not recorded as a step of the run: its tries are in the log, its verdict in the run's reason.
+        return await self.runner.run_step(spec, self.ctx, self.stop, self.cancel)
+
     async def _activate_again(self, name: str) -> tuple[str, str | None]:
         """Run the activate steps for release ``name``, which ``current`` points at again: they see its
         directory as their workdir and its commit and ref, not this run's. A fresh Cancel: a cancel of the
@@ -144,12 +148,17 @@ class _Doing:
         await asyncio.to_thread(self.releases.activating)
         status, reason = await self._steps(pipeline.activate, self.cancel)
         if status == "succeeded" and self.release.health is not None:
-            problem = await release_health.check(self.release.health, ctx)
-            if problem is not None:
-                status, reason = "failed", f"health check failed: {problem}"
-            elif self.cancel.is_set():
-                # A cancel that came during the check (which does not stop it): the release does not stay.
+            problem = await release_health.check(
+                self.release.health, ctx, self._health_step, self.stop, self.cancel
+            )
+            if self.cancel.is_set():
+                # A cancel that came during the check (which it ends): the release does not stay.
                 status, reason = "cancelled", self.cancel.reason
+            elif self.stop.is_set() and problem is not None:
+                # Cut short as a step is by a stop: the entry stays for the next start.
+                status, reason = "cancelled", f"the worker stopped during the health check: {problem}"
+            elif problem is not None:
+                status, reason = "failed", f"health check failed: {problem}"
         if self.stop.is_set() and status != "succeeded":
             # The entry is run again: its next run undoes the switch first (the journal stays).
             return status, reason

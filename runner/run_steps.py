@@ -62,7 +62,7 @@ class StepRunner:
                 )
             ctx.log.note(f"step {position} ({name}) starts")
             started = steps.now()
-            outcome = await self._run_step(spec, ctx, stop, cancel)
+            outcome = await self.run_step(spec, ctx, stop, cancel)
             finished = steps.now()
             if outcome.detail:
                 outcome.detail = ctx.log.masker.mask(mask(outcome.detail))
@@ -88,7 +88,7 @@ class StepRunner:
                 return "failed", f"step {position} ({name}) {what}: {outcome.detail}"
         return "succeeded", None
 
-    async def _run_step(
+    async def run_step(
         self, spec: Any, ctx: steps.RunContext, stop: asyncio.Event, cancel: Cancel
     ) -> steps.Outcome:
         """Run a step; once a stop is asked for, it gets the grace period, then it is cancelled. A cancel of

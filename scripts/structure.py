@@ -324,7 +324,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.store",
     },
     # A release pipeline's run: build, switch, activate, check, switch back; or a rollback.
-    "runner.release_health": {"runner.credentials", "runner.pipeline", "runner.steps"},
+    "runner.release_health": {"runner.cancelling", "runner.credentials", "runner.pipeline", "runner.steps"},
     "runner.release_run": {
         "runner.cancelling",
         "runner.pipeline",

@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -564,12 +565,16 @@ def test_a_release_pipelines_shared_clone_fetches_with_a_token_file(tmp_path: Pa
 
 
 def test_a_health_urls_credentials_are_masked_in_what_the_check_says() -> None:
+    from runner.cancelling import Cancel
     from runner.pipeline import HealthCheck
     from runner.release_health import _try_url
 
+    async def tried(url: str) -> str | None:
+        return await _try_url(HealthCheck(url=url, run=None, timeout=5), url, asyncio.Event(), Cancel())
+
     # Nothing listens on port 1 of loopback: the GET fails, and says which URL it asked.
     url = "http://monitor:h3alth-Token-77@127.0.0.1:1/up"
-    said = asyncio.run(_try_url(HealthCheck(url=url, run=None, timeout=5), url))
+    said = asyncio.run(tried(url))
     assert said is not None and said.startswith("GET http://***@127.0.0.1:1/up failed: "), said
     assert "h3alth-Token-77" not in said
 
@@ -632,3 +637,47 @@ def test_a_run_cancelled_during_its_health_check_switches_back(rig: Rig, repo: G
     assert cancelled.reason == f"cancelled by hand; rolled back to release {release_of(good)}"
     assert app.current() == release_of(good)
     assert app.releases() == [release_of(good)]
+
+
+def test_a_worker_stop_during_a_health_check_ends_the_check_and_the_entry_is_deployed_again(
+    rig: Rig, repo: GitRepo, health: tuple[type[Health], int]
+) -> None:
+    handler, port = health
+    # Twenty tries half a minute apart: ten minutes, far beyond any stop's patience, unless a stop ends it.
+    app = App(
+        rig,
+        repo,
+        f"{{keep: 5, health: {{url: 'http://127.0.0.1:{port}/up', retries: 20, interval: 30, timeout: 2}}}}",
+    )
+    worker = rig.start_worker()
+    good = app.deploy()
+    handler.status = 503
+    app.push({"v": "2\n"})
+    held = app.queue("trigger", "app", "--ref", "main")
+
+    def first_try_failed() -> bool:
+        run = rig.run(held)
+        return bool(run.log_path) and "health check try 1 of 21: " in rig.log_of(run)
+
+    wait_for(first_try_failed, "the health check's first try to fail", 60, rig.details)
+    started = time.monotonic()
+    worker.process.send_signal(signal.SIGTERM)
+    assert worker.process.wait(timeout=30) == 0, worker.output()
+    assert time.monotonic() - started < 15, "the stop waited for the health check's tries"
+    stopped = rig.run(held)
+    assert "health check called off: the worker stopped (after try 1 of 21)" in rig.log_of(stopped)
+    assert stopped.status == "cancelled" and stopped.reason == (
+        f"the worker stopped during the health check: GET http://127.0.0.1:{port}/up answered 503, not 200 "
+        "(called off after try 1 of 21)"
+    ), rig.details(stopped)
+    # The switch is left in the journal: the next worker undoes it and deploys the entry again.
+    handler.status = 200
+    rig.start_worker()
+
+    def deployed_again() -> Run | None:
+        runs = rig.runs(pipeline="app")
+        return runs[-1] if len(runs) == 3 and runs[-1].status in FINISHED else None
+
+    again = wait_for(deployed_again, "the stopped entry to be deployed again", 60, rig.details)
+    assert again.status == "succeeded", rig.details(again)
+    assert app.current() == release_of(again) and release_of(again) != release_of(good)
