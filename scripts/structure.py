@@ -88,6 +88,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.yaml_source": set(),
     "runner.pipeline": {"runner.filters"},
     "runner.validation": {"runner.pipeline", "runner.shipped", "runner.yaml_source"},
+    # The schema's findings in words (jsonschema): only where files are checked, never in the worker.
+    "runner.schema_check": {"runner.pipeline", "runner.validation", "runner.yaml_source"},
     "runner.checks": {
         "runner.code_variables",
         "runner.config",
@@ -99,14 +101,25 @@ ALLOWED: dict[str, set[str]] = {
         "runner.validation",
         "runner.yaml_source",
     },
-    "runner.loading": {
+    # Every problem in a file's text; the same checks in a child process, for the worker (both sides).
+    "runner.file_checks": {
         "runner.checks",
-        "runner.credentials",
-        "runner.filters",
         "runner.git_checks",
         "runner.notify_checks",
         "runner.pipeline",
         "runner.pipeline_secrets",
+        "runner.schema_check",
+        "runner.validation",
+        "runner.yaml_source",
+    },
+    "runner.check_process": {"runner.file_checks", "runner.validation"},
+    "runner.loading": {
+        "runner.check_process",
+        "runner.credentials",
+        "runner.file_checks",
+        "runner.filters",
+        "runner.notify_checks",
+        "runner.pipeline",
         "runner.validation",
         "runner.yaml_source",
     },
@@ -129,7 +142,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.known_hosts": {"runner.arguments", "runner.config"},
     "runner.repo_checks": {"runner.config", "runner.credentials", "runner.git_access", "runner.pipeline"},
     "runner.pipelines": {
-        "runner.checks",
+        "runner.config",
         "runner.loading",
         "runner.notify_checks",
         "runner.pipeline",
