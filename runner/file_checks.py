@@ -23,6 +23,11 @@ from runner.yaml_source import Converter, Loader, kind, yaml_error
 
 def file_problems(path: Path, text: str, home: Path) -> list[Problem]:
     """Every problem in ``text``, read from ``path``: none when the file describes a pipeline."""
+    return check_file(path, text, home)[0]
+
+
+def check_file(path: Path, text: str, home: Path) -> tuple[list[Problem], Document | None]:
+    """Every problem in ``text``, read from ``path``; and, when there is none, the loaded document."""
     problems: list[Problem] = []
     problem = name_problem(path.stem)
     if problem:
@@ -30,13 +35,16 @@ def file_problems(path: Path, text: str, home: Path) -> list[Problem]:
     try:
         root = yaml.compose(text, Loader=Loader)
     except yaml.YAMLError as exc:
-        return [*problems, Problem(path, *yaml_error(text, exc))]
+        return [*problems, Problem(path, *yaml_error(text, exc))], None
     if root is None or (isinstance(root, ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
-        return [*problems, Problem(path, 1, 1, "the file is empty: a pipeline needs on, workdir and steps")]
+        return [
+            *problems,
+            Problem(path, 1, 1, "the file is empty: a pipeline needs on, workdir and steps"),
+        ], None
     if not isinstance(root, MappingNode):
         mark = root.start_mark
         message = f"the top level must be a mapping of on, workdir, steps, ..., not {kind(root)}"
-        return [*problems, Problem(path, mark.line + 1, mark.column + 1, message)]
+        return [*problems, Problem(path, mark.line + 1, mark.column + 1, message)], None
 
     converter = Converter()
     doc = Document(path, converter.convert(root), converter.nodes)
@@ -48,5 +56,7 @@ def file_problems(path: Path, text: str, home: Path) -> list[Problem]:
     check_notify(doc)
     check_git_access(doc)
     check_secrets(doc)
-    unique = dict.fromkeys(doc.problems)
-    return sorted(unique, key=lambda p: (p.line, p.column))
+    if doc.problems:
+        unique = dict.fromkeys(doc.problems)
+        return sorted(unique, key=lambda p: (p.line, p.column)), None
+    return [], doc

@@ -5,9 +5,9 @@ of the key or value concerned, all at once, so that a pipeline can be fixed in o
 a template: it only checks that each would parse, so that a mistake shows when the file is validated rather
 than in the middle of a deployment.
 
-Checking a file (runner/file_checks.py) and building its pipeline are apart: the checks import jsonschema and
-Jinja, which the worker runs in a child process, one for all the files a reload reads, so that it holds
-neither; building the pipeline of a file found valid needs only the YAML.
+Checking a file (runner/file_checks.py) and building its pipeline are apart: the checks import YAML,
+jsonschema and Jinja, which the worker runs in a child process, one for all the files a reload reads, so that
+it holds none of them; the child answers a valid file's data, which the worker builds the pipeline from.
 """
 
 from __future__ import annotations
@@ -16,8 +16,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-import yaml
 
 from runner import check_process
 from runner.credentials import mask
@@ -42,8 +40,7 @@ from runner.pipeline import (
     name_problem,
     parse_duration,
 )
-from runner.validation import Document, PipelineError, Problem
-from runner.yaml_source import Converter, Loader
+from runner.validation import Checked, Document, PipelineError, Problem
 
 DEFAULT_NAME_LENGTH = 40
 
@@ -76,7 +73,7 @@ def _github(name: str, github: Mapping[str, Any]) -> GitHubReporting:
     )
 
 
-def _steps(doc: Document, listed: str) -> tuple[StepSpec, ...]:
+def _steps(doc: Document | Checked, listed: str) -> tuple[StepSpec, ...]:
     steps = []
     for index, step in enumerate(doc.data.get(listed) or ()):
         (step_type,) = (key for key in step if key in STEP_TYPES)
@@ -120,7 +117,7 @@ def _release(settings: Mapping[str, Any] | None) -> Release | None:
     )
 
 
-def _build(doc: Document, name: str, home: Path) -> Pipeline:
+def _build(doc: Document | Checked, name: str, home: Path) -> Pipeline:
     data = doc.data
     on = data["on"]
     return Pipeline(
@@ -174,7 +171,13 @@ def read(path: Path) -> tuple[list[Problem], str | None]:
 
 
 def build(path: Path, text: str, home: Path) -> Pipeline:
-    """The pipeline of a file whose checks found no problem in ``text``."""
+    """The pipeline of a file whose checks found no problem in ``text``, read again from its YAML: for data
+    that JSON cannot carry from the checking child (a date, say, where the schema allows any value)."""
+    # Here, not at the top: the worker builds from the child's data and otherwise holds no YAML (0.9 MB).
+    import yaml
+
+    from runner.yaml_source import Converter, Loader
+
     converter = Converter()
     data = converter.convert(yaml.compose(text, Loader=Loader))
     return _build(Document(path, data, converter.nodes), path.stem, home)
@@ -193,15 +196,22 @@ def load_files(
             results[path] = (problems, None)
         else:
             texts[path] = text
+    found: dict[Path, tuple[list[Problem], Document | Checked | None]]
     if in_child:
-        found = check_process.check_in_child(texts, home)
+        found = dict(check_process.check_in_child(texts, home))
     else:
         # Here, not at the top: the worker, which imports this module, checks in a child.
-        from runner.file_checks import file_problems
+        from runner.file_checks import check_file
 
-        found = {path: file_problems(path, text, home) for path, text in texts.items()}
+        found = {path: check_file(path, text, home) for path, text in texts.items()}
     for path, text in texts.items():
-        results[path] = (found[path], None) if found[path] else ([], build(path, text, home))
+        problems, checked = found[path]
+        if problems:
+            results[path] = (problems, None)
+        elif checked is None:
+            results[path] = ([], build(path, text, home))
+        else:
+            results[path] = ([], _build(checked, path.stem, home))
     return {path: results[path] for path in paths}
 
 

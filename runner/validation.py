@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-from yaml.nodes import Node
+from typing import TYPE_CHECKING, Any
 
 from runner import shipped
-from runner.yaml_source import Where
+
+if TYPE_CHECKING:
+    # Types only: the worker builds pipelines from checked data (Checked) and imports no YAML.
+    from yaml.nodes import Node
+
+    from runner.yaml_source import Where
 
 SCHEMA_PATH = shipped.path(shipped.SCHEMA)
 
@@ -90,3 +93,31 @@ class Document:
         """A problem found after the schema's: said only if the schema had nothing to say there."""
         if problem and where not in self.flagged:
             self.add(where, say(where, problem))
+
+
+# The lists whose items' lines a pipeline keeps (steps, notify targets), for what the worker logs and says.
+LISTS_WITH_LINES = ("steps", "activate", "notify")
+
+
+class Checked:
+    """A file its checks found valid, as the worker builds its pipeline: its data, and the line of each item
+    of its lists of steps and notify targets (the worker reads no YAML: the checking child read it)."""
+
+    def __init__(self, path: Path, data: dict[str, Any], lines: Mapping[str, Sequence[int]]) -> None:
+        self.path = path
+        self.data = data
+        self.lines = lines
+
+    def position(self, where: Where, key: bool = False) -> tuple[int, int]:
+        """The line of a list's item (``("steps", 2)``), column 1: all that building a pipeline asks."""
+        listed, index = where
+        return self.lines[str(listed)][int(index)], 1
+
+
+def lines_of(doc: Document) -> dict[str, list[int]]:
+    """The line of each item of the document's lists of steps and notify targets, for a Checked."""
+    return {
+        key: [doc.position((key, index))[0] for index in range(len(doc.data[key]))]
+        for key in LISTS_WITH_LINES
+        if isinstance(doc.data.get(key), list)
+    }
