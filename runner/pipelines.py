@@ -12,7 +12,6 @@ from runner.config import nginx_templates_dir
 from runner.loading import load, load_files
 from runner.notify_checks import notify_warnings
 from runner.pipeline import Pipeline
-from runner.pipeline_secrets import secret_file_problems
 from runner.validation import Problem
 
 # Not __name__: every line logged shows the name, and the journal has always had these as runner.pipeline's.
@@ -78,6 +77,8 @@ def notify_file_warnings(paths: Sequence[Path], home: Path, *, smtp: bool) -> li
 
 def secret_warnings(paths: Sequence[Path], home: Path, credentials_directory: str | None) -> list[str]:
     """The valid pipelines' secret files on this machine whose owner or mode lets others at them."""
+    from runner.pipeline_secrets import secret_file_problems  # for runner validate: not in the worker
+
     return [
         f"{path}: warning: secret {name}: {file} {problem}"
         for path in dict.fromkeys(paths)

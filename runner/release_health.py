@@ -4,22 +4,34 @@ that must exit with 0, tried again after a failure, each try under its own time 
 from __future__ import annotations
 
 import asyncio
-import urllib.error
-import urllib.request
+import functools
+from typing import TYPE_CHECKING
 
 from runner import steps
 from runner.credentials import mask
 from runner.pipeline import HealthCheck, StepSpec
 
-# Not the environment's proxies: a health check asks the service itself, usually on loopback.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+if TYPE_CHECKING:
+    import urllib.request
+
+
+@functools.cache
+def _opener() -> urllib.request.OpenerDirector:
+    # Made at the first check, not at import: urllib imports ssl (4 MB) and the worker imports this module.
+    import urllib.request
+
+    # Not the environment's proxies: a health check asks the service itself, usually on loopback.
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def _status(url: str, timeout: float) -> int:
     """The status a GET of ``url`` answers with (an error status too); raises OSError when none comes."""
+    import urllib.error
+    import urllib.request
+
     try:
         # The schema allows http:// and https:// URLs only.
-        with _OPENER.open(urllib.request.Request(url, method="GET"), timeout=timeout) as answer:  # noqa: S310
+        with _opener().open(urllib.request.Request(url, method="GET"), timeout=timeout) as answer:  # noqa: S310
             return int(answer.status)
     except urllib.error.HTTPError as error:
         return int(error.code)
