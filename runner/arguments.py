@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runner.config import Config
@@ -32,13 +32,30 @@ def global_options(parser: argparse.ArgumentParser, top: bool = False) -> None:
     parser.add_argument("-v", "--verbose", action="store_true", default=verbose, help="log debugging detail")
 
 
-def top_parser(version: str) -> tuple[argparse.ArgumentParser, Commands]:
+class _Version(argparse.Action):
+    """``--version``: the version read when asked for, not each time the parser is built (see shipped)."""
+
+    def __init__(
+        self, option_strings: list[str], dest: str, version: Callable[[], str], **kwargs: Any
+    ) -> None:
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+        self.version = version
+
+    def __call__(self, parser: argparse.ArgumentParser, *_args: Any) -> None:
+        # On stdout, as argparse's own version action prints it.
+        print(self.version())
+        parser.exit()
+
+
+def top_parser(version: Callable[[], str]) -> tuple[argparse.ArgumentParser, Commands]:
     """The ``runner`` parser, with the global options and ``--version``; and what its commands go into."""
     parser = argparse.ArgumentParser(
         prog="runner", description="A declarative deployment runner driven by GitHub webhooks."
     )
     global_options(parser, top=True)
-    parser.add_argument("--version", action="version", version=version)
+    parser.add_argument(
+        "--version", action=_Version, version=version, help="show program's version number and exit"
+    )
     return parser, Commands(parser)
 
 

@@ -15,7 +15,7 @@ from runner.code_variables import code_variable
 from runner.config import nginx_templates_dir
 from runner.filters import compile_glob
 from runner.injection import argv_template_problems, shell_template_problem_at
-from runner.pipeline import NAME, RESERVED_NAMES, parse_duration
+from runner.pipeline import parse_duration
 from runner.templating import SECRETS, has_expression, name_problems, syntax_problem
 from runner.validation import Document, Problem, say
 from runner.yaml_source import Where
@@ -23,19 +23,6 @@ from runner.yaml_source import Where
 # Where the nginx step's templates are on a development machine, under RUNNER_HOME; in production, the
 # root-owned copy runner setup installs (RUNNER_NGINX_TEMPLATES, see config.nginx_templates_dir).
 NGINX_TEMPLATES = "templates/nginx"
-
-
-def name_problem(name: str) -> str | None:
-    if name in RESERVED_NAMES:
-        return (
-            f"'{name}' cannot be a pipeline's name: queues/{name}/ is {RESERVED_NAMES[name]}; rename the file"
-        )
-    if not NAME.match(name):
-        return (
-            f"'{name}' is not a valid pipeline name (the file's name without .yaml, which also names its "
-            "queue directory): use lowercase letters, digits and '-', starting with a letter or digit"
-        )
-    return None
 
 
 def _expression_problem(source: str) -> str | None:

@@ -11,8 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+# Not reports (what the listing commands print, with log_follow): the commands that print import it; the
+# worker prints none of it.
 from runner import config as config_module
-from runner import known_hosts, release_commands, reports, server, shipped, ui_users
+from runner import known_hosts, release_commands, server, shipped, ui_users
 from runner.arguments import ALL_SERVERS_HELP, LIMIT_HELP, Commands, global_options, positive_int, top_parser
 from runner.config import Config, ConfigError
 from runner.listen import ListenError
@@ -84,6 +86,8 @@ def cmd_validate(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_deliveries(config: Config, args: argparse.Namespace) -> None:
+    from runner import reports
+
     with contextlib.closing(open_store(config)) as store:
         deliveries = store.deliveries(limit=args.limit, server=None if args.all_servers else THIS_SERVER)
     with reports.listing():
@@ -91,6 +95,8 @@ def cmd_deliveries(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_runs(config: Config, args: argparse.Namespace) -> None:
+    from runner import reports
+
     with contextlib.closing(open_store(config)) as store:
         runs = store.runs(args.pipeline, limit=args.limit, server=None if args.all_servers else THIS_SERVER)
         steps = {run.id: store.steps(run.id) for run in runs} if args.json else {}
@@ -99,6 +105,8 @@ def cmd_runs(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_logs(config: Config, args: argparse.Namespace) -> None:
+    from runner import reports
+
     with contextlib.closing(open_store(config)) as store:
         run = store.run(args.run)
         if run is None:
@@ -135,6 +143,7 @@ def cmd_cancel(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_catch_up(config: Config, args: argparse.Namespace) -> None:
+    from runner import reports
     from runner.catchup import GITHUB_KEEPS, CatchUpError, command_pass
 
     since = config_module.read_duration({"--since": args.since}, "--since", GITHUB_KEEPS)
@@ -201,7 +210,7 @@ def cmd_db(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_prune(config: Config, args: argparse.Namespace) -> None:
-    from runner import retention
+    from runner import reports, retention
 
     with contextlib.closing(open_store(config)) as store:
         done = retention.prune(config, store, dry_run=args.dry_run)
@@ -209,7 +218,7 @@ def cmd_prune(config: Config, args: argparse.Namespace) -> None:
 
 
 def cmd_failed(config: Config, args: argparse.Namespace) -> None:
-    from runner import failed
+    from runner import failed, reports
 
     try:
         if args.failed_command is None:
@@ -230,7 +239,7 @@ def cmd_failed(config: Config, args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser, commands = top_parser(f"runner {shipped.version()}")
+    parser, commands = top_parser(lambda: f"runner {shipped.version()}")
     # In the order `runner --help` lists them.
     _add_process_commands(commands)
     _add_run_commands(commands)

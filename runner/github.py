@@ -8,18 +8,19 @@ into an exception's message, a log line or a repr.
 
 from __future__ import annotations
 
-import http.client
 import json as jsonlib
 import logging
 import re
-import ssl
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlencode, urljoin, urlsplit
 
 from runner import __version__
+
+if TYPE_CHECKING:
+    import ssl
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +92,8 @@ class GitHub:
         self.attempts = attempts
         self.max_wait = max_wait
         self.sleep = sleep
-        self._ssl = ssl.create_default_context()
+        # Made on the first HTTPS call: ssl and http.client are imported then (see _exchange).
+        self._ssl: ssl.SSLContext | None = None
 
     def __repr__(self) -> str:
         return f"GitHub({self.api_url!r})"
@@ -152,6 +154,8 @@ class GitHub:
         return None
 
     def _call(self, method: str, url: str, repository: str, body: Any) -> Response:
+        import http.client
+
         what = f"{method} {_shown(url)}"
         for attempt in range(1, self.attempts + 1):
             token = self.credentials.token(repository)
@@ -195,9 +199,16 @@ class GitHub:
         )
 
     def _exchange(self, method: str, url: str, token: str, body: Any) -> Response:
+        # Here, not at the top: they import ssl (OpenSSL's libraries, 4 MB), which a worker without GitHub
+        # credentials would hold for nothing, since it never calls GitHub (runner/start.py).
+        import http.client
+        import ssl
+
         parts = urlsplit(url)
         connection: http.client.HTTPConnection
         if parts.scheme == "https":
+            if self._ssl is None:
+                self._ssl = ssl.create_default_context()
             connection = http.client.HTTPSConnection(
                 parts.hostname or "", parts.port, timeout=self.timeout, context=self._ssl
             )
@@ -240,6 +251,8 @@ def _decode(raw: bytes) -> Any:
 
 
 def _describe(exc: BaseException, timeout: float) -> str:
+    import http.client
+
     if isinstance(exc, TimeoutError):
         return f"no answer within {timeout:g} s"
     if isinstance(exc, http.client.RemoteDisconnected):
@@ -261,6 +274,8 @@ def _github_message(response: Response) -> str:
         return data["message"] + (f" ({'; '.join(errors)})" if errors else "")
     if isinstance(data, str):
         return data.strip().splitlines()[0][:200]
+    import http.client
+
     return http.client.responses.get(response.status, "")
 
 

@@ -4,6 +4,10 @@ A pipeline is ``pipelines/<name>.yaml``. Every problem found in one is reported 
 of the key or value concerned, all at once, so that a pipeline can be fixed in one pass. Loading never renders
 a template: it only checks that each would parse, so that a mistake shows when the file is validated rather
 than in the middle of a deployment.
+
+Checking a file (runner/file_checks.py) and building its pipeline are apart: the checks import YAML,
+jsonschema and Jinja, which the worker runs in a child process, one for all the files a reload reads, so that
+it holds none of them; the child answers a valid file's data, which the worker builds the pipeline from.
 """
 
 from __future__ import annotations
@@ -13,14 +17,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import yaml
-from yaml.nodes import MappingNode, ScalarNode
-
-from runner.checks import check_values, name_problem
+from runner import check_process
 from runner.credentials import mask
 from runner.filters import Filter
-from runner.git_checks import check_git_access
-from runner.notify_checks import check_notify, notify_targets
+from runner.notify_checks import notify_targets
 from runner.pipeline import (
     DEFAULT_EVENTS,
     DEFAULT_KEEP,
@@ -37,11 +37,10 @@ from runner.pipeline import (
     Release,
     StepSpec,
     Trigger,
+    name_problem,
     parse_duration,
 )
-from runner.pipeline_secrets import check_secrets
-from runner.validation import Document, PipelineError, Problem, check_schema
-from runner.yaml_source import Converter, Loader, kind, yaml_error
+from runner.validation import Checked, Document, PipelineError, Problem
 
 DEFAULT_NAME_LENGTH = 40
 
@@ -74,7 +73,7 @@ def _github(name: str, github: Mapping[str, Any]) -> GitHubReporting:
     )
 
 
-def _steps(doc: Document, listed: str) -> tuple[StepSpec, ...]:
+def _steps(doc: Document | Checked, listed: str) -> tuple[StepSpec, ...]:
     steps = []
     for index, step in enumerate(doc.data.get(listed) or ()):
         (step_type,) = (key for key in step if key in STEP_TYPES)
@@ -118,7 +117,7 @@ def _release(settings: Mapping[str, Any] | None) -> Release | None:
     )
 
 
-def _build(doc: Document, name: str, home: Path) -> Pipeline:
+def _build(doc: Document | Checked, name: str, home: Path) -> Pipeline:
     data = doc.data
     on = data["on"]
     return Pipeline(
@@ -154,51 +153,71 @@ def _concurrency(settings: Mapping[str, Any]) -> Concurrency:
     )
 
 
-def load(path: Path, home: Path) -> tuple[list[Problem], Pipeline | None]:
-    """Every problem in one file, and the pipeline when there are none."""
-    problems: list[Problem] = []
-    name = path.stem
-    problem = name_problem(name)
-    if problem:
-        problems.append(Problem(path, 1, 1, problem))
+def read(path: Path) -> tuple[list[Problem], str | None]:
+    """A file's text; or, when it cannot be read as text, why (and what is wrong with its name)."""
     try:
         raw = path.read_bytes()
     except OSError as exc:
-        return [*problems, Problem(path, 1, 1, f"cannot read the file: {exc.strerror or exc}")], None
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
-        column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-        return [*problems, Problem(path, line, column, f"the file is not UTF-8 text: {exc.reason}")], None
-    try:
-        root = yaml.compose(text, Loader=Loader)
-    except yaml.YAMLError as exc:
-        return [*problems, Problem(path, *yaml_error(text, exc))], None
-    if root is None or (isinstance(root, ScalarNode) and root.tag == "tag:yaml.org,2002:null"):
-        return [
-            *problems,
-            Problem(path, 1, 1, "the file is empty: a pipeline needs on, workdir and steps"),
-        ], None
-    if not isinstance(root, MappingNode):
-        mark = root.start_mark
-        message = f"the top level must be a mapping of on, workdir, steps, ..., not {kind(root)}"
-        return [*problems, Problem(path, mark.line + 1, mark.column + 1, message)], None
+        problem = Problem(path, 1, 1, f"cannot read the file: {exc.strerror or exc}")
+    else:
+        try:
+            return [], raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            problem = Problem(path, line, column, f"the file is not UTF-8 text: {exc.reason}")
+    named = name_problem(path.stem)
+    return [*([Problem(path, 1, 1, named)] if named else []), problem], None
+
+
+def build(path: Path, text: str, home: Path) -> Pipeline:
+    """The pipeline of a file whose checks found no problem in ``text``, read again from its YAML: for data
+    that JSON cannot carry from the checking child (a date, say, where the schema allows any value)."""
+    # Here, not at the top: the worker builds from the child's data and otherwise holds no YAML (0.9 MB).
+    import yaml
+
+    from runner.yaml_source import Converter, Loader
 
     converter = Converter()
-    doc = Document(path, converter.convert(root), converter.nodes)
-    doc.problems.extend(problems)
-    for node, message in converter.problems:
-        doc.problems.append(Problem(path, node.start_mark.line + 1, node.start_mark.column + 1, message))
-    check_schema(doc)
-    check_values(doc, home)
-    check_notify(doc)
-    check_git_access(doc)
-    check_secrets(doc)
-    if doc.problems:
-        unique = dict.fromkeys(doc.problems)
-        return sorted(unique, key=lambda p: (p.line, p.column)), None
-    return [], _build(doc, name, home)
+    data = converter.convert(yaml.compose(text, Loader=Loader))
+    return _build(Document(path, data, converter.nodes), path.stem, home)
+
+
+def load_files(
+    paths: list[Path], home: Path, *, in_child: bool
+) -> dict[Path, tuple[list[Problem], Pipeline | None]]:
+    """Every problem in each file, and its pipeline when there are none; the files checked in this process,
+    or (``in_child``) all in one child process."""
+    results: dict[Path, tuple[list[Problem], Pipeline | None]] = {}
+    texts: dict[Path, str] = {}
+    for path in paths:
+        problems, text = read(path)
+        if text is None:
+            results[path] = (problems, None)
+        else:
+            texts[path] = text
+    found: dict[Path, tuple[list[Problem], Document | Checked | None]]
+    if in_child:
+        found = dict(check_process.check_in_child(texts, home))
+    else:
+        # Here, not at the top: the worker, which imports this module, checks in a child.
+        from runner.file_checks import check_file
+
+        found = {path: check_file(path, text, home) for path, text in texts.items()}
+    for path, text in texts.items():
+        problems, checked = found[path]
+        if problems:
+            results[path] = (problems, None)
+        elif checked is None:
+            results[path] = ([], build(path, text, home))
+        else:
+            results[path] = ([], _build(checked, path.stem, home))
+    return {path: results[path] for path in paths}
+
+
+def load(path: Path, home: Path) -> tuple[list[Problem], Pipeline | None]:
+    """Every problem in one file, and the pipeline when there are none (checked in this process)."""
+    return load_files([path], home, in_child=False)[path]
 
 
 def load_pipeline(path: Path, home: Path) -> Pipeline:

@@ -22,7 +22,6 @@ from typing import Any
 from runner.config import Config
 from runner.models import Notification
 from runner.notifications import Notifications, describe
-from runner.notify_send import SendError, post_webhook, send_email, webhook_url
 from runner.pipeline import NotifyTarget, Pipeline
 from runner.pipelines import PipelineSet
 from runner.store import Store
@@ -107,24 +106,30 @@ class Notifier:
         return targets[row.target_index]
 
     def _attempt(self, target: NotifyTarget, message: Mapping[str, Any]) -> None:
+        from runner import notify_send
+
         config = self.config
         if target.kind != "email":
-            post_webhook(webhook_url(target), message)
+            notify_send.post_webhook(notify_send.webhook_url(target), message)
         elif config.smtp is None:
-            raise SendError("no SMTP server: set RUNNER_SMTP_URL")
+            raise notify_send.SendError("no SMTP server: set RUNNER_SMTP_URL")
         else:
             sender = config.smtp_from or f"runner@{socket.gethostname()}"
-            send_email(config.smtp, config.smtp_password_file, sender, target.addresses, message)
+            notify_send.send_email(config.smtp, config.smtp_password_file, sender, target.addresses, message)
 
     def _send(self, row: Notification, pipeline_name: str) -> None:
         """One attempt at ``row``, in a thread of the pool; its outcome recorded on the row."""
+        # Here, at the first message, not at the top: sending imports urllib, http.client, smtplib, email
+        # and ssl (OpenSSL's libraries, 4 MB), which a worker that sends nothing would hold for nothing.
+        from runner import notify_send
+
         try:
             try:
                 self._attempt(self._target(row, pipeline_name), row.message)
             except GiveUp as exc:
                 logger.error("%s given up: %s", _what(row), exc)
                 self.notifications.give_up(row.id, str(exc), attempted=False)
-            except SendError as exc:
+            except notify_send.SendError as exc:
                 self._failed(row, str(exc))
             except Exception as exc:
                 # A bug, not the target's answer: said without its message, which may hold the URL.

@@ -11,7 +11,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from runner.pipeline import DEFAULT_NOTIFY_ON, NotifyTarget, Pipeline
-from runner.validation import Document
+from runner.validation import Checked, Document
 
 KINDS = ("webhook", "webhook-file", "email")
 
@@ -63,7 +63,7 @@ def check_notify(doc: Document) -> None:
             doc.check((*where, "webhook"), webhook_url_problem(url))
 
 
-def notify_targets(doc: Document, home: Path) -> tuple[NotifyTarget, ...]:
+def notify_targets(doc: Document | Checked, home: Path) -> tuple[NotifyTarget, ...]:
     """The model's targets of a checked document; a relative webhook file is under RUNNER_HOME."""
     targets = []
     for index, target in enumerate(doc.data.get("notify") or []):

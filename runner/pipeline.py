@@ -55,6 +55,19 @@ def parse_duration(value: str | int) -> float:
     return float(seconds)
 
 
+def name_problem(name: str) -> str | None:
+    if name in RESERVED_NAMES:
+        return (
+            f"'{name}' cannot be a pipeline's name: queues/{name}/ is {RESERVED_NAMES[name]}; rename the file"
+        )
+    if not NAME.match(name):
+        return (
+            f"'{name}' is not a valid pipeline name (the file's name without .yaml, which also names its "
+            "queue directory): use lowercase letters, digits and '-', starting with a letter or digit"
+        )
+    return None
+
+
 @dataclass(frozen=True)
 class Trigger:
     repository: str

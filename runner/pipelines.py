@@ -8,11 +8,10 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner.checks import nginx_templates
-from runner.loading import load
+from runner.config import nginx_templates_dir
+from runner.loading import load, load_files
 from runner.notify_checks import notify_warnings
 from runner.pipeline import Pipeline
-from runner.pipeline_secrets import secret_file_problems
 from runner.validation import Problem
 
 # Not __name__: every line logged shows the name, and the journal has always had these as runner.pipeline's.
@@ -78,6 +77,8 @@ def notify_file_warnings(paths: Sequence[Path], home: Path, *, smtp: bool) -> li
 
 def secret_warnings(paths: Sequence[Path], home: Path, credentials_directory: str | None) -> list[str]:
     """The valid pipelines' secret files on this machine whose owner or mode lets others at them."""
+    from runner.pipeline_secrets import secret_file_problems  # for runner validate: not in the worker
+
     return [
         f"{path}: warning: secret {name}: {file} {problem}"
         for path in dict.fromkeys(paths)
@@ -115,7 +116,7 @@ class PipelineSet:
     def watched_directories(self) -> list[Path]:
         """Where a change can change the set: the directory, the nginx templates' (a pipeline is checked
         against the templates it names), and the directories that symlinked pipeline files point into."""
-        directories = [self.directory, nginx_templates(self.home)[0]]
+        directories = [self.directory, nginx_templates_dir(self.home)]
         try:
             entries = list(self.directory.iterdir())
         except OSError:
@@ -149,7 +150,7 @@ class PipelineSet:
             signatures: dict[Path, tuple[int, ...]] = {}
             # A pipeline is also checked against the templates it names: one refused because its template
             # was missing is read again when templates are added (or renamed, as editors save them).
-            templates = _mtime(nginx_templates(self.home)[0])
+            templates = _mtime(nginx_templates_dir(self.home))
             for path in pipeline_files(self.directory):
                 try:
                     st = path.stat()
@@ -167,10 +168,11 @@ class PipelineSet:
                 if valid.pop(path, None) is not None:
                     logger.info("%s was removed: its pipeline is no longer loaded", path)
                 problems.pop(path, None)
-            for path, signature in signatures.items():
-                if self._signatures.get(path) == signature:
-                    continue
-                found, pipeline = load(path, self.home)
+            changed = [
+                path for path, signature in signatures.items() if self._signatures.get(path) != signature
+            ]
+            # In a child process: the checks' jsonschema and Jinja stay out of the worker.
+            for path, (found, pipeline) in load_files(changed, self.home, in_child=True).items():
                 if pipeline is not None:
                     valid[path] = pipeline
                     problems.pop(path, None)

@@ -13,7 +13,6 @@ from runner import steps
 from runner.cancelling import Cancel, stop_step
 from runner.credentials import mask
 from runner.pipeline import Pipeline, StepSpec
-from runner.pipeline_secrets import SecretError, notify_urls, read_secrets
 from runner.store import Store
 
 
@@ -27,6 +26,10 @@ class StepRunner:
     async def load_secrets(self, pipeline: Pipeline, ctx: steps.RunContext) -> tuple[str, str] | None:
         """Read the run's secrets when it starts, before its first step, and mask them (and the webhook
         URLs its notifications go to) from the first line on; the run's failure if one cannot be read."""
+        # Here, at a run, not at the top: the module is mostly the checks of a file's secrets (runner
+        # validate's and the checking child's), which a waiting worker has no use for.
+        from runner.pipeline_secrets import SecretError, notify_urls, read_secrets
+
         try:
             ctx.secrets = await asyncio.to_thread(read_secrets, pipeline, ctx.credentials_directory)
         except SecretError as exc:

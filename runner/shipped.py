@@ -8,7 +8,7 @@ through importlib.resources, so an editable install, a checkout and an installed
 from __future__ import annotations
 
 import functools
-from importlib import metadata, resources
+from importlib import resources
 from pathlib import Path
 
 import runner
@@ -41,6 +41,9 @@ def path(name: str) -> Path:
 
 def version() -> str:
     """The installed distribution's version, else the package's own (a checkout run without installing)."""
+    # Here, not at the top: it reads the distribution's METADATA with the email package, for --version only.
+    from importlib import metadata
+
     try:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:

@@ -19,7 +19,6 @@ from pathlib import Path
 
 from runner.arguments import Commands, global_options
 from runner.config import Config
-from runner.ui_auth import parse_users
 
 BCRYPT_COST = 12
 # bcrypt reads no further: a longer password would be cut without a word.
@@ -127,6 +126,10 @@ def remove_user(path: Path, name: str) -> None:
 
 
 def list_users(path: Path) -> list[str]:
+    # Here, not at the top: every command's parser imports this module, and the worker has no use for
+    # ui_auth's hashing and rate limits (hashlib links OpenSSL's libcrypto).
+    from runner.ui_auth import parse_users
+
     return list(parse_users("\n".join(read_lines(path))))
 
 

@@ -32,7 +32,9 @@ _STEP = {
 
 ALLOWED: dict[str, set[str]] = {
     "runner": set(),
-    "runner.__main__": {"runner.cli"},
+    "runner.__main__": {"runner.start"},
+    # The entry point: asyncio imported without ssl for `runner work`, then the command.
+    "runner.start": {"runner.cli"},
     # The bottom: plain helpers that import nothing of runner's (shipped and github read runner.__version__).
     "runner.files": set(),
     "runner.events": set(),
@@ -88,6 +90,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.yaml_source": set(),
     "runner.pipeline": {"runner.filters"},
     "runner.validation": {"runner.pipeline", "runner.shipped", "runner.yaml_source"},
+    # The schema's findings in words (jsonschema): only where files are checked, never in the worker.
+    "runner.schema_check": {"runner.pipeline", "runner.validation", "runner.yaml_source"},
     "runner.checks": {
         "runner.code_variables",
         "runner.config",
@@ -99,14 +103,25 @@ ALLOWED: dict[str, set[str]] = {
         "runner.validation",
         "runner.yaml_source",
     },
-    "runner.loading": {
+    # Every problem in a file's text; the same checks in a child process, for the worker (both sides).
+    "runner.file_checks": {
         "runner.checks",
-        "runner.credentials",
-        "runner.filters",
         "runner.git_checks",
         "runner.notify_checks",
         "runner.pipeline",
         "runner.pipeline_secrets",
+        "runner.schema_check",
+        "runner.validation",
+        "runner.yaml_source",
+    },
+    "runner.check_process": {"runner.file_checks", "runner.validation"},
+    "runner.loading": {
+        "runner.check_process",
+        "runner.credentials",
+        "runner.file_checks",
+        "runner.filters",
+        "runner.notify_checks",
+        "runner.pipeline",
         "runner.validation",
         "runner.yaml_source",
     },
@@ -129,7 +144,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.known_hosts": {"runner.arguments", "runner.config"},
     "runner.repo_checks": {"runner.config", "runner.credentials", "runner.git_access", "runner.pipeline"},
     "runner.pipelines": {
-        "runner.checks",
+        "runner.config",
         "runner.loading",
         "runner.notify_checks",
         "runner.pipeline",

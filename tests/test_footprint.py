@@ -23,8 +23,36 @@ NEITHER = {"alembic", "mako", "pygments", "jwt", "cryptography", "bcrypt"}
 # The server only verifies, writes, and pings the database (through its driver, runner/driver.py); the
 # status page has no users file here.
 NOT_SERVER = NEITHER | {"jinja2", "jsonschema", "yaml", "sqlalchemy", "runner.store", "runner.worker"}
-# The worker alone runs on asyncio's own loop: uvloop is for a server's ingest.
-NOT_WORKER = NEITHER | {"starlette", "hypercorn", "h11", "h2", "runner.web", "runner.ui", "uvloop"}
+# The worker alone runs on asyncio's own loop: uvloop is for a server's ingest. It checks pipeline files in a
+# child (jsonschema, Jinja and the checks), imports asyncio without ssl (_ssl: ssl's import is tried, and
+# fails, so that "ssl" itself is in the account), and the modules that send (GitHub's client imports
+# http.client only as it calls) or print only as they do.
+NOT_WORKER = NEITHER | {
+    "starlette",
+    "hypercorn",
+    "h11",
+    "h2",
+    "runner.web",
+    "runner.ui",
+    "uvloop",
+    "jsonschema",
+    "referencing",
+    "rpds",
+    "jinja2",
+    "runner.schema_check",
+    "runner.file_checks",
+    "runner.checks",
+    "runner.templating",
+    "runner.pipeline_secrets",
+    "_ssl",
+    "http.client",
+    "urllib.request",
+    "smtplib",
+    "runner.notify_send",
+    "runner.ui_auth",
+    "runner.reports",
+    "runner.log_follow",
+}
 
 
 class Imports:
@@ -88,8 +116,26 @@ def test_the_worker_imports_no_web_server(home: Path) -> None:
         modules = worker.modules()
     finally:
         assert worker.stop() == 0, worker.output()
-    assert {"runner.worker", "sqlalchemy.orm", "jsonschema"} <= modules, "the account of imports is not read"
+    assert {"runner.worker", "runner.check_process", "ssl"} <= modules, "the account of imports is not read"
     assert heavy(modules, NOT_WORKER) == set()
+
+
+def test_asyncio_without_ssl_leaves_ssl_importable() -> None:
+    """What runner work does before its imports: asyncio has no TLS, and a later ``import ssl`` (GitHub's
+    HTTPS, SMTP's STARTTLS) works, as does an HTTPS connection's set-up."""
+    code = (
+        "import sys\n"
+        "from runner import start\n"
+        "start.import_asyncio_without_ssl()\n"
+        "import asyncio.base_events, asyncio.sslproto\n"
+        "assert asyncio.sslproto.ssl is None and asyncio.base_events.ssl is None\n"
+        "import http.client, smtplib, ssl, urllib.request\n"
+        "http.client.HTTPSConnection('github.com', context=ssl.create_default_context())\n"
+        "assert smtplib._have_ssl and urllib.request.HTTPSHandler\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
 
 
 def server_modules(home: Path, database_url: str | None = None) -> set[str]:
@@ -128,4 +174,6 @@ def test_up_at_the_latest_revision_imports_no_alembic(home: Path) -> None:
     finally:
         assert up.stop() == 0, up.output()
     assert {"runner.web", "runner.worker"} <= modules, "the account of imports is not read"
-    assert heavy(modules, NEITHER | {"runner.ui"}) == set()
+    assert heavy(modules, NEITHER | {"runner.ui", "jsonschema", "runner.file_checks"}) == set()
+    # Only runner work leaves ssl out of asyncio: Hypercorn, in runner up, imports it.
+    assert "_ssl" in modules

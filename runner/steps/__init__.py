@@ -28,7 +28,6 @@ from runner.steps.nginx import nginx_step
 from runner.steps.pnpm import pnpm_step
 from runner.steps.systemctl import systemctl_step
 from runner.sudo import SudoRefused
-from runner.templating import RenderError, evaluate
 
 __all__ = [
     "COMMIT",
@@ -56,7 +55,11 @@ def skip_reason(spec: StepSpec, ctx: RunContext) -> str | None:
         if not any(wanted.matches(name) for name in ctx.changed_files):
             return f"no file changed since {ctx.previous_commit} matches {wanted}"
     condition = when.get("if")
-    if condition and not evaluate(condition, ctx.template_context()):
+    if not condition:
+        return None
+    from runner.templating import evaluate  # Jinja: at a run's first template, not in a waiting worker
+
+    if not evaluate(condition, ctx.template_context()):
         return f"the condition {condition!r} is false"
     return None
 
@@ -75,6 +78,9 @@ STEPS: dict[str, StepFunction] = {
 
 async def run(spec: StepSpec, ctx: RunContext) -> Outcome:
     """Carry out one step; a step that cannot be carried out fails with the reason."""
+    # Here, not at the top: a worker that waits holds no Jinja (runner/templating.py imports it).
+    from runner.templating import RenderError
+
     function = STEPS.get(spec.type)
     if function is None:
         return Outcome("failed", None, f"unknown step type {spec.type!r}")

@@ -27,7 +27,6 @@ from runner.masking import PROCESS, Masker
 from runner.pipeline import Pipeline, StepSpec
 from runner.process import Child, process_stat, spawn
 from runner.release_dirs import SHARED
-from runner.templating import SECRETS, render
 
 COMMIT = re.compile(r"^[0-9a-f]{40}([0-9a-f]{24})?$")
 REF = re.compile(r"^refs/(heads|tags)/[^\x00-\x20~^:?*\[\\]+$")
@@ -206,9 +205,14 @@ class RunContext:
     def secret_context(self, spec: StepSpec) -> dict[str, Any]:
         """The template context of the values a secret may reach (env: values, nginx vars): none of them is
         ever written to a log."""
+        # Here, not at the top: a worker that waits holds no Jinja (runner/templating.py imports it).
+        from runner.templating import SECRETS
+
         return {**self.template_context(), SECRETS: self.step_secrets(spec)}
 
     def env_for(self, spec: StepSpec) -> dict[str, str]:
+        from runner.templating import render
+
         context = self.secret_context(spec)
         env = dict(self.base_env)
         for source in (self.pipeline.env, spec.env):

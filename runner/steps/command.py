@@ -6,9 +6,7 @@ import shlex
 import shutil
 
 from runner.pipeline import StepSpec
-from runner.shell import render_shell
 from runner.steps.base import Outcome, RunContext, execute, step_cwd, step_timeout
-from runner.templating import render
 
 # How much of an expression's value the log shows.
 SHOWN_VALUE = 200
@@ -19,6 +17,10 @@ def _shown(value: str) -> str:
 
 
 async def run_step(spec: StepSpec, ctx: RunContext) -> Outcome:
+    # Here, not at the top: a worker that waits holds no Jinja (runner/templating.py imports it).
+    from runner.shell import render_shell
+    from runner.templating import render
+
     context = ctx.template_context()
     env = ctx.env_for(spec)
     if isinstance(spec.args, str):

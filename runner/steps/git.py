@@ -19,7 +19,6 @@ from runner.pipeline import StepSpec
 from runner.process import DEVNULL, spawn
 from runner.release_dirs import REPO, ReleaseError, Releases
 from runner.steps.base import COMMIT, REF, Capture, Outcome, RunContext, StepFailed, execute, step_timeout
-from runner.templating import render
 
 
 def _access(spec: StepSpec, ctx: RunContext) -> GitAccess:
@@ -34,6 +33,8 @@ def _access(spec: StepSpec, ctx: RunContext) -> GitAccess:
 def _remote(spec: StepSpec, ctx: RunContext, access: GitAccess) -> str | None:
     configured = (spec.args or {}).get("remote")
     if configured:
+        from runner.templating import render  # Jinja: at a run's first template, not in a waiting worker
+
         remote = render(configured, ctx.template_context())
         # A plain relative path is a repository on this machine, relative to RUNNER_HOME.
         if "://" not in remote and ":" not in remote.split("/", 1)[0] and not remote.startswith("/"):

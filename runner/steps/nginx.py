@@ -26,7 +26,6 @@ from typing import Any
 from runner import sudo
 from runner.pipeline import StepSpec
 from runner.steps.base import Capture, Outcome, RunContext, StepFailed, execute, step_timeout
-from runner.templating import render
 
 PROG = "runner-nginx"
 # The wrapper's outcome line on standard output, and what it prefixes its diff with.
@@ -41,6 +40,8 @@ def _outcome_line(lines: list[str]) -> str | None:
 
 def _render_vars(value: Any, context: Mapping[str, Any]) -> Any:
     """The pipeline's vars with every string rendered as a pipeline value; other values as they are."""
+    from runner.templating import render  # Jinja: at a run's first template, not in a waiting worker
+
     if isinstance(value, str):
         return render(value, context)
     if isinstance(value, Mapping):

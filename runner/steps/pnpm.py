@@ -15,11 +15,12 @@ from typing import Any
 
 from runner.pipeline import StepSpec
 from runner.steps.base import Outcome, RunContext, StepFailed, execute, step_cwd, step_timeout
-from runner.templating import render
 
 
 def _word(value: Any, what: str, context: Mapping[str, Any]) -> str:
     """A filter selector or script name, rendered; one that could be read as an option is refused."""
+    from runner.templating import render  # Jinja: at a run's first template, not in a waiting worker
+
     text = render(str(value), context)
     if not text or text.startswith("-") or any(c.isspace() for c in text):
         raise StepFailed(f"pnpm: refusing {what} {text!r}: it must be one word, not starting with -")
@@ -28,6 +29,8 @@ def _word(value: Any, what: str, context: Mapping[str, Any]) -> str:
 
 def command(pnpm: str, args: Mapping[str, Any], context: Mapping[str, Any]) -> list[str]:
     """The argument list for the step's ``args``, with ``pnpm`` as the program."""
+    from runner.templating import render  # Jinja: at a run's first template, not in a waiting worker
+
     # --filter=X, never --filter X: glued to its option, a selector cannot become an option itself.
     selection = [f"--filter={_word(s, 'filter', context)}" for s in args.get("filter") or ()]
     if selection and args.get("fail-if-no-match", True):
