@@ -62,7 +62,8 @@ ALLOWED: dict[str, set[str]] = {
     "runner.committer": {"runner.queue"},
     "runner.consumer": {"runner.queue"},
     "runner.entry": {"runner.events", "runner.queue"},
-    "runner.models": {"runner.timefmt"},
+    "runner.tables": {"runner.timefmt"},
+    "runner.models": {"runner.tables"},
     "runner.database": set(),
     # The database through its DB-API driver alone, for a server (no SQLAlchemy).
     "runner.driver": set(),
