@@ -5,7 +5,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from runner.database import create_engine_for, foreign_keys_off
-from runner.models import Base
+from runner.tables import metadata
 
 config = context.config
 
@@ -13,7 +13,7 @@ config = context.config
 def run(connection: Connection) -> None:
     context.configure(
         connection=connection,
-        target_metadata=Base.metadata,
+        target_metadata=metadata,
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():

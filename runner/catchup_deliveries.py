@@ -20,15 +20,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from runner import tables
 from runner.catchup_finding import Finding
 from runner.config import Config, GitHubHook
 from runner.entry import delivery_entry, delivery_head
 from runner.events import ref as event_ref
 from runner.events import repository_name
 from runner.github import GitHub, GitHubError
-from runner.models import Delivery
 from runner.queue import Queue
 from runner.store import Store
 
@@ -46,16 +45,16 @@ def hooks(config: Config, store: Store) -> list[GitHubHook]:
     # A hook's id is unique on GitHub: one configured as an organisation's is not listed again as the
     # hook of a repository whose deliveries it made.
     known = {hook.id for hook in found}
-    with Session(store.engine) as session:
-        learned = session.execute(
-            select(Delivery.repository, Delivery.hook_id)
+    with store.engine.connect() as connection:
+        learned = connection.execute(
+            select(tables.deliveries.c.repository, tables.deliveries.c.hook_id)
             .where(
-                Delivery.server == store.server,
-                Delivery.repository.is_not(None),
-                Delivery.hook_id.is_not(None),
+                tables.deliveries.c.server == store.server,
+                tables.deliveries.c.repository.is_not(None),
+                tables.deliveries.c.hook_id.is_not(None),
             )
             .distinct()
-            .order_by(Delivery.repository, Delivery.hook_id)
+            .order_by(tables.deliveries.c.repository, tables.deliveries.c.hook_id)
         ).all()
     for repository, hook_id in learned:
         if hook_id.isdigit() and int(hook_id) not in known and REPOSITORY.fullmatch(repository):
@@ -135,13 +134,13 @@ def listed(github: GitHub, hook: GitHubHook, since: datetime) -> list[Attempts]:
 def _recorded(store: Store, guids: list[str]) -> dict[str, bool]:
     """Those of ``guids`` that this server has recorded, each with whether it was recovered (not received)."""
     found: dict[str, bool] = {}
-    with Session(store.engine) as session:
+    with store.engine.connect() as connection:
         for start in range(0, len(guids), LOOKUP_BATCH):
             batch = guids[start : start + LOOKUP_BATCH]
-            query = select(Delivery.delivery_id, Delivery.recovered).where(
-                Delivery.server == store.server, Delivery.delivery_id.in_(batch)
+            query = select(tables.deliveries.c.delivery_id, tables.deliveries.c.recovered).where(
+                tables.deliveries.c.server == store.server, tables.deliveries.c.delivery_id.in_(batch)
             )
-            found.update((guid, recovered) for guid, recovered in session.execute(query))
+            found.update((guid, recovered) for guid, recovered in connection.execute(query))
     return found
 
 

@@ -8,11 +8,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Engine, delete, insert, select, update
+from sqlalchemy import ColumnElement, Engine, Row, delete, insert, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from runner.models import Delivery
+from runner import tables
 from runner.servers import THIS_SERVER, Servers, where_server
 
 
@@ -56,7 +55,7 @@ class DeliveryRecords:
         )
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(Delivery), row)
+                connection.execute(insert(tables.deliveries), row)
         except IntegrityError:
             return False
         return True
@@ -127,21 +126,25 @@ class DeliveryRecords:
         ``routed`` or ``duplicate`` (counted), as :meth:`begin_routing` says."""
         with self.engine.begin() as connection:
             first = connection.execute(
-                select(Delivery.entry, Delivery.outcome).where(*self._delivery(delivery_id))
+                select(tables.deliveries.c.entry, tables.deliveries.c.outcome).where(
+                    *self._delivery(delivery_id)
+                )
             ).one()
             if first.entry == entry:
                 return "resume" if first.outcome == "received" else "routed"
             connection.execute(
-                update(Delivery)
+                update(tables.deliveries)
                 .where(*self._delivery(delivery_id))
-                .values(duplicates=Delivery.duplicates + 1)
+                .values(duplicates=tables.deliveries.c.duplicates + 1)
             )
         return "duplicate"
 
     def finish_routing(self, delivery_id: str, outcome: str, detail: str | None) -> None:
         with self.engine.begin() as connection:
             connection.execute(
-                update(Delivery).where(*self._delivery(delivery_id)).values(outcome=outcome, detail=detail)
+                update(tables.deliveries)
+                .where(*self._delivery(delivery_id))
+                .values(outcome=outcome, detail=detail)
             )
 
     def fail_routing(
@@ -154,35 +157,41 @@ class DeliveryRecords:
             # Only this entry's record: a delivery first recorded through another entry keeps its outcome.
             with self.engine.begin() as connection:
                 connection.execute(
-                    update(Delivery)
-                    .where(*self._delivery(delivery_id), Delivery.entry == entry)
+                    update(tables.deliveries)
+                    .where(*self._delivery(delivery_id), tables.deliveries.c.entry == entry)
                     .values(outcome="failed", detail=reason)
                 )
 
     def _delivery(self, delivery_id: str) -> list[ColumnElement[bool]]:
-        return [Delivery.server == self.server, Delivery.delivery_id == delivery_id]
+        return [tables.deliveries.c.server == self.server, tables.deliveries.c.delivery_id == delivery_id]
 
-    def delivery(self, delivery_id: str) -> Delivery | None:
-        """This server's record of the delivery."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            return session.scalars(select(Delivery).where(*self._delivery(delivery_id))).first()
+    def delivery(self, delivery_id: str) -> Row[Any] | None:
+        """This server's record of the delivery: a row whose attributes are the table's columns."""
+        with self.engine.connect() as connection:
+            return connection.execute(select(tables.deliveries).where(*self._delivery(delivery_id))).first()
 
-    def deliveries(self, limit: int = 20, *, server: Servers = THIS_SERVER) -> list[Delivery]:
+    def deliveries(self, limit: int = 20, *, server: Servers = THIS_SERVER) -> list[Row[Any]]:
         """The last deliveries received, newest first: this server's, another's, or (None) every server's."""
-        with Session(self.engine, expire_on_commit=False) as session:
+        with self.engine.connect() as connection:
             query = (
-                select(Delivery)
-                .where(*where_server(Delivery.server, self.server, server))
-                .order_by(Delivery.received_at.desc(), Delivery.server, Delivery.delivery_id)
+                select(tables.deliveries)
+                .where(*where_server(tables.deliveries.c.server, self.server, server))
+                .order_by(
+                    tables.deliveries.c.received_at.desc(),
+                    tables.deliveries.c.server,
+                    tables.deliveries.c.delivery_id,
+                )
                 .limit(limit)
             )
-            return list(session.scalars(query))
+            return list(connection.execute(query))
 
     def forget_delivery(self, delivery_id: str, entry: str) -> bool:
         """Remove the record of a delivery as the main-queue ``entry``, so that the router records it anew
         when that entry comes back (``runner failed retry``); False if there is no such record."""
         with self.engine.begin() as connection:
             done = connection.execute(
-                delete(Delivery).where(*self._delivery(delivery_id), Delivery.entry == entry)
+                delete(tables.deliveries).where(
+                    *self._delivery(delivery_id), tables.deliveries.c.entry == entry
+                )
             )
         return done.rowcount > 0

@@ -20,7 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from support import ROOT, free_port, run_cli, runner_env
 
-from runner.models import Base, Delivery
+from runner import tables
 from runner.schema import SchemaError, head_revision
 from runner.store import Store
 
@@ -63,7 +63,7 @@ def table_names(url: str) -> set[str]:
 
 def count_deliveries(store: Store) -> int:
     with store.engine.connect() as connection:
-        return connection.execute(sa.select(sa.func.count()).select_from(Delivery)).scalar_one()
+        return connection.execute(sa.select(sa.func.count()).select_from(tables.deliveries)).scalar_one()
 
 
 def with_password(url: str) -> tuple[str, str | None]:
@@ -109,8 +109,8 @@ def test_upgrade_downgrade_and_upgrade_again(store: Store, database_url: str) ->
     engine = sa.create_engine(database_url)
     try:
         inspector = sa.inspect(engine)
-        assert set(Base.metadata.tables) | {"alembic_version"} == set(inspector.get_table_names())
-        model = Delivery.__table__
+        assert set(tables.metadata.tables) | {"alembic_version"} == set(inspector.get_table_names())
+        model = tables.deliveries
         columns = {c["name"]: c for c in inspector.get_columns("deliveries")}
         assert set(columns) == {c.name for c in model.columns}
         assert {"delivery_id", "event", "received_at", "recorded_at", "outcome"} <= set(columns)
@@ -178,10 +178,10 @@ def test_upgrade_keeps_deliveries_recorded_at_the_first_revision(store: Store) -
     assert store.record_delivery("old-1", "push", datetime.now(UTC)) is False
 
 
-def test_models_and_migrations_do_not_drift(migrated: Store) -> None:
+def test_tables_and_migrations_do_not_drift(migrated: Store) -> None:
     with migrated.engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
-        differences = compare_metadata(context, Base.metadata)
+        differences = compare_metadata(context, tables.metadata)
     assert differences == []
 
 
