@@ -15,19 +15,18 @@ from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import ColumnElement, Select, func, insert, select, text, update
+from sqlalchemy import ColumnElement, Connection, Row, Select, func, insert, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
 
-from runner import schema
+from runner import schema, tables
 from runner.database import create_engine_for, foreign_keys_off, safe_url
 from runner.delivery_records import DeliveryRecords
-from runner.models import Delivery, Run, StepResult
 from runner.schema import alembic_config
 from runner.servers import THIS_SERVER, Servers, where_server
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
+    from sqlalchemy.orm import Session
 
 
 class Store(DeliveryRecords):
@@ -47,7 +46,9 @@ class Store(DeliveryRecords):
     def servers(self) -> list[str]:
         """The servers that recorded runs or deliveries in this database, by name."""
         with self.engine.connect() as connection:
-            found = connection.execute(select(Run.server).union(select(Delivery.server))).scalars()
+            found = connection.execute(
+                select(tables.runs.c.server).union(select(tables.deliveries.c.server))
+            ).scalars()
             return sorted(found)
 
     def close(self) -> None:
@@ -104,24 +105,11 @@ class Store(DeliveryRecords):
         A run of a delivery is the next attempt of its (delivery, pipeline): for a failed entry put back in
         its queue, never taken for the delivery's first forwarding.
         """
-        with Session(self.engine) as session, session.begin():
-            run = Run(
-                server=self.server,
-                pipeline=pipeline,
-                trigger=trigger,
-                delivery_id=delivery_id,
-                ref=ref,
-                commit=commit,
-                subject=subject,
-                reason=reason,
-                status="queued",
-                queued_at=datetime.now(UTC),
-            )
+        with self.engine.begin() as connection:
+            row = self._run_row(pipeline, trigger, delivery_id, ref, commit, subject, reason)
             if delivery_id is not None:
-                run.attempt = next_attempt(session, self.server, pipeline, delivery_id)
-            session.add(run)
-            session.flush()
-            return run.id
+                row["attempt"] = next_attempt(connection, self.server, pipeline, delivery_id)
+            return connection.execute(insert(tables.runs).returning(tables.runs.c.id), row).scalar_one()
 
     def forward_run(
         self,
@@ -132,7 +120,7 @@ class Store(DeliveryRecords):
         ref: str | None,
         commit: str | None,
         subject: str | None = None,
-    ) -> tuple[Run, bool]:
+    ) -> tuple[Row[Any], bool]:
         """The run that a delivery's forwarding to ``pipeline`` carries out, and whether it is new.
 
         At most one per (delivery, pipeline): the unique attempt 1 decides, not a look-up first, so a
@@ -142,16 +130,17 @@ class Store(DeliveryRecords):
         created = True
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(Run), row)
+                connection.execute(insert(tables.runs), row)
         except IntegrityError:
             created = False
-        with Session(self.engine, expire_on_commit=False) as session:
-            run = session.scalars(
-                select(Run).where(
-                    Run.server == self.server,
-                    Run.delivery_id == delivery_id,
-                    Run.pipeline == pipeline,
-                    Run.attempt == 1,
+        runs = tables.runs
+        with self.engine.connect() as connection:
+            run = connection.execute(
+                select(runs).where(
+                    runs.c.server == self.server,
+                    runs.c.delivery_id == delivery_id,
+                    runs.c.pipeline == pipeline,
+                    runs.c.attempt == 1,
                 )
             ).one()
         return run, created
@@ -177,10 +166,10 @@ class Store(DeliveryRecords):
         delivery_id = delivery["delivery_id"]
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(Delivery), delivery)
+                connection.execute(insert(tables.deliveries), delivery)
                 runs = {
                     pipeline: connection.execute(
-                        insert(Run).returning(Run.id),
+                        insert(tables.runs).returning(tables.runs.c.id),
                         self._first_run(pipeline, trigger, delivery_id, ref, commit, subject),
                     ).scalar_one()
                     for pipeline in pipelines
@@ -190,7 +179,9 @@ class Store(DeliveryRecords):
             pass
         try:
             with self.engine.begin() as connection:
-                connection.execute(insert(Delivery), {**delivery, "outcome": "received", "detail": None})
+                connection.execute(
+                    insert(tables.deliveries), {**delivery, "outcome": "received", "detail": None}
+                )
         except IntegrityError:
             return self.seen_before(delivery_id, delivery["entry"]), None
         return "new", None
@@ -201,9 +192,11 @@ class Store(DeliveryRecords):
         """Record each run's entry in its pipeline's queue and the delivery's outcome, in one transaction."""
         with self.engine.begin() as connection:
             for run_id, entry in entries.items():
-                connection.execute(update(Run).where(Run.id == run_id).values(entry=entry))
+                connection.execute(update(tables.runs).where(tables.runs.c.id == run_id).values(entry=entry))
             connection.execute(
-                update(Delivery).where(*self._delivery(delivery_id)).values(outcome=outcome, detail=detail)
+                update(tables.deliveries)
+                .where(*self._delivery(delivery_id))
+                .values(outcome=outcome, detail=detail)
             )
 
     def _first_run(
@@ -216,55 +209,79 @@ class Store(DeliveryRecords):
         subject: str | None,
     ) -> dict[str, Any]:
         """The row of a delivery's first run of ``pipeline``: attempt 1, which is unique per pipeline."""
+        return {**self._run_row(pipeline, trigger, delivery_id, ref, commit, subject), "attempt": 1}
+
+    def _run_row(
+        self,
+        pipeline: str,
+        trigger: str,
+        delivery_id: str | None,
+        ref: str | None,
+        commit: str | None,
+        subject: str | None,
+        reason: str | None = None,
+    ) -> dict[str, Any]:
+        """The row of a queued run (its attempt the column's default, 1, unless the caller sets it)."""
         return {
             "server": self.server,
             "pipeline": pipeline,
             "trigger": trigger,
             "delivery_id": delivery_id,
-            "attempt": 1,
             "ref": ref,
             "commit": commit,
             "subject": subject,
+            "reason": reason,
             "status": "queued",
             "queued_at": datetime.now(UTC),
         }
 
-    def unfinished_runs(self) -> list[Run]:
+    def unfinished_runs(self) -> list[Row[Any]]:
         """Runs queued or running, oldest first: what a worker that starts settles."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            query = select(Run).where(Run.server == self.server, Run.status.in_(("queued", "running")))
-            query = query.order_by(Run.id)
-            return list(session.scalars(query))
+        runs = tables.runs
+        query = select(runs).where(runs.c.server == self.server, runs.c.status.in_(("queued", "running")))
+        with self.engine.connect() as connection:
+            return list(connection.execute(query.order_by(runs.c.id)))
 
     def end_run(self, run_id: int, status: str, reason: str) -> bool:
         """End a run that has not ended (queued or running); False if it had."""
         with self.engine.begin() as connection:
             done = connection.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.server == self.server, Run.status.in_(("queued", "running")))
+                update(tables.runs)
+                .where(
+                    tables.runs.c.id == run_id,
+                    tables.runs.c.server == self.server,
+                    tables.runs.c.status.in_(("queued", "running")),
+                )
                 .values(status=status, reason=reason, finished_at=datetime.now(UTC))
             )
         return done.rowcount > 0
 
     def fail_runs_of_entry(self, pipeline: str, entry: str, reason: str) -> list[int]:
         """Fail the queued runs of a pipeline-queue entry (one that cannot be carried out)."""
-        return self._fail_queued_runs(reason, Run.pipeline == pipeline, Run.entry == entry)
+        return self._fail_queued_runs(
+            reason, tables.runs.c.pipeline == pipeline, tables.runs.c.entry == entry
+        )
 
     def fail_unforwarded_runs(self, delivery_id: str, reason: str) -> list[int]:
         """Fail the delivery's queued runs that never got their entry (its routing was given up)."""
-        return self._fail_queued_runs(reason, Run.delivery_id == delivery_id, Run.entry.is_(None))
+        return self._fail_queued_runs(
+            reason, tables.runs.c.delivery_id == delivery_id, tables.runs.c.entry.is_(None)
+        )
 
     def _fail_queued_runs(self, reason: str, *where: ColumnElement[bool]) -> list[int]:
-        with Session(self.engine) as session, session.begin():
-            query = select(Run).where(*where, Run.server == self.server, Run.status == "queued")
-            runs = list(session.scalars(query))
-            for run in runs:
-                run.status, run.reason, run.finished_at = "failed", reason, datetime.now(UTC)
-            return [run.id for run in runs]
+        runs = tables.runs
+        with self.engine.begin() as connection:
+            failed = connection.execute(
+                update(runs)
+                .where(*where, runs.c.server == self.server, runs.c.status == "queued")
+                .values(status="failed", reason=reason, finished_at=datetime.now(UTC))
+                .returning(runs.c.id)
+            )
+            return sorted(failed.scalars())
 
     def set_run(self, run_id: int, **fields: Any) -> None:
         with self.engine.begin() as connection:
-            connection.execute(update(Run).where(Run.id == run_id).values(**fields))
+            connection.execute(update(tables.runs).where(tables.runs.c.id == run_id).values(**fields))
 
     def finish_run(self, run_id: int, status: str, reason: str | None = None) -> None:
         self.set_run(run_id, status=status, reason=reason, finished_at=datetime.now(UTC))
@@ -283,7 +300,7 @@ class Store(DeliveryRecords):
     ) -> None:
         with self.engine.begin() as connection:
             connection.execute(
-                insert(StepResult),
+                insert(tables.steps),
                 {
                     "run_id": run_id,
                     "position": position,
@@ -297,44 +314,47 @@ class Store(DeliveryRecords):
                 },
             )
 
-    def run(self, run_id: int) -> Run | None:
+    def run(self, run_id: int) -> Row[Any] | None:
         """Run ``run_id``, whichever server's (ids are the database's): its ``server`` says whose."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            return session.get(Run, run_id)
+        with self.engine.connect() as connection:
+            return connection.execute(select(tables.runs).where(tables.runs.c.id == run_id)).first()
 
     def runs(
         self, pipeline: str | None = None, limit: int = 20, *, server: Servers = THIS_SERVER
-    ) -> list[Run]:
+    ) -> list[Row[Any]]:
         """The last runs, newest first: this server's, another's, or (None) every server's."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            query = (
-                select(Run)
-                .where(*where_server(Run.server, self.server, server))
-                .order_by(Run.id.desc())
-                .limit(limit)
-            )
-            if pipeline is not None:
-                query = query.where(Run.pipeline == pipeline)
-            return list(session.scalars(query))
+        runs = tables.runs
+        query = (
+            select(runs)
+            .where(*where_server(runs.c.server, self.server, server))
+            .order_by(runs.c.id.desc())
+            .limit(limit)
+        )
+        if pipeline is not None:
+            query = query.where(runs.c.pipeline == pipeline)
+        with self.engine.connect() as connection:
+            return list(connection.execute(query))
 
-    def steps(self, run_id: int) -> list[StepResult]:
-        with Session(self.engine, expire_on_commit=False) as session:
-            query = select(StepResult).where(StepResult.run_id == run_id).order_by(StepResult.position)
-            return list(session.scalars(query))
+    def steps(self, run_id: int) -> list[Row[Any]]:
+        steps = tables.steps
+        query = select(steps).where(steps.c.run_id == run_id).order_by(steps.c.position)
+        with self.engine.connect() as connection:
+            return list(connection.execute(query))
 
     def last_deployed_commit(self, pipeline: str, *, server: str | None = None) -> str | None:
         """The commit of the pipeline's last successful run on this server (or ``server``): what is deployed
         there now."""
-        with Session(self.engine) as session:
-            return session.scalars(deployed_commit(server or self.server, pipeline)).first()
+        with self.engine.connect() as connection:
+            return connection.scalars(deployed_commit(server or self.server, pipeline)).first()
 
 
-def next_attempt(session: Session, server: str, pipeline: str, delivery_id: str) -> int:
+def next_attempt(connection: Connection | Session, server: str, pipeline: str, delivery_id: str) -> int:
     """The attempt number after the last of the server's (delivery, pipeline)'s runs (runner/claims.py's
     too)."""
-    last = session.scalar(
-        select(func.max(Run.attempt)).where(
-            Run.server == server, Run.pipeline == pipeline, Run.delivery_id == delivery_id
+    runs = tables.runs
+    last = connection.scalar(
+        select(func.max(runs.c.attempt)).where(
+            runs.c.server == server, runs.c.pipeline == pipeline, runs.c.delivery_id == delivery_id
         )
     )
     return (last or 0) + 1
@@ -344,13 +364,13 @@ def deployed_commit(server: str, pipeline: str) -> Select[tuple[str | None]]:
     """The query of the commit of the pipeline's last successful run on ``server`` (runner/claims.py's
     too)."""
     return (
-        select(Run.commit)
+        select(tables.runs.c.commit)
         .where(
-            Run.server == server,
-            Run.pipeline == pipeline,
-            Run.status == "succeeded",
-            Run.commit.is_not(None),
+            tables.runs.c.server == server,
+            tables.runs.c.pipeline == pipeline,
+            tables.runs.c.status == "succeeded",
+            tables.runs.c.commit.is_not(None),
         )
-        .order_by(Run.finished_at.desc(), Run.id.desc())
+        .order_by(tables.runs.c.finished_at.desc(), tables.runs.c.id.desc())
         .limit(1)
     )

@@ -74,9 +74,9 @@ ALLOWED: dict[str, set[str]] = {
     "runner.store": {
         "runner.database",
         "runner.delivery_records",
-        "runner.models",
         "runner.schema",
         "runner.servers",
+        "runner.tables",
     },
     # Which run carries out an entry, or is called off: decided by the database.
     "runner.claims": {"runner.database", "runner.models", "runner.store"},
