@@ -149,6 +149,22 @@ steps = Table(
     Column("duration", Float, nullable=False),
 )
 
+
+def _sent_with_retries() -> tuple[Column[Any] | Index, ...]:
+    """The columns of a row the worker sends with retries (a GitHub report, a notification): its state
+    (pending, sent, given_up), its attempts, why the last failed (never a URL), and when it is due; and the
+    sender's question, which pending rows are due."""
+    return (
+        Column("state", String(16), nullable=False),
+        Column("attempts", Integer, nullable=False, default=0, server_default="0"),
+        Column("error", Text),
+        Column("created_at", UTCDateTime(), nullable=False),
+        Column("next_attempt_at", UTCDateTime(), nullable=False),
+        Column("sent_at", UTCDateTime()),
+        Index(None, "state", "next_attempt_at"),
+    )
+
+
 # A call GitHub must receive about a run: a commit status, a deployment or a deployment's status. Recorded by
 # the run's lane, sent by the worker's reporter (runner/reporter.py), in the order of their ids within a run;
 # kept until sent, or given up.
@@ -168,16 +184,7 @@ github_reports = Table(
     Column("follows", Integer, ForeignKey("github_reports.id", ondelete="CASCADE")),
     # The id GitHub gave what was made (the deployment's, the status's).
     Column("result", BigInteger),
-    # pending, sent, given_up
-    Column("state", String(16), nullable=False),
-    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
-    # Why the last attempt failed, or why the row was given up.
-    Column("error", Text),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("next_attempt_at", UTCDateTime(), nullable=False),
-    Column("sent_at", UTCDateTime()),
-    # The reporter's question: which pending rows are due.
-    Index(None, "state", "next_attempt_at"),
+    *_sent_with_retries(),
 )
 
 # A message a run's end sends to one of its pipeline's ``notify:`` targets (runner/notifications.py). Recorded
@@ -196,16 +203,7 @@ notifications = Table(
     Column("event", String(16), nullable=False),
     # What is sent (a webhook's JSON body; an e-mail's subject and text), with no credential.
     Column("message", JSON, nullable=False),
-    # pending, sent, given_up
-    Column("state", String(16), nullable=False),
-    Column("attempts", Integer, nullable=False, default=0, server_default="0"),
-    # Why the last failed attempt failed (kept once sent), or why the row was given up; never a URL.
-    Column("error", Text),
-    Column("created_at", UTCDateTime(), nullable=False),
-    Column("next_attempt_at", UTCDateTime(), nullable=False),
-    Column("sent_at", UTCDateTime()),
-    # The notifier's question: which pending rows are due.
-    Index(None, "state", "next_attempt_at"),
+    *_sent_with_retries(),
 )
 
 # An action a user of the status page asked for (redeploy or cancel a run), and what became of it. Recorded
