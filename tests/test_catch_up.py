@@ -23,11 +23,11 @@ from typing import Any
 import pytest
 from fake_github import FakeGitHub
 from fake_github_hooks import Hook
+from sqlalchemy import Row
 from support import FINISHED, PAYLOADS, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, Rig, fake_commit, push_payload
 
 from runner.entry import delivery_entry, delivery_head
-from runner.models import Run
 
 TOKEN = "github_pat_catch_up_0123456789"
 # The hook id Server.deliver's X-GitHub-Hook-ID names.
@@ -63,10 +63,10 @@ class GitHubRig:
         assert done.returncode == expect, f"runner catch-up: {done.returncode}\n{done.stdout}{done.stderr}"
         return done
 
-    def deployed(self, pipeline: str, commit: str) -> Run:
+    def deployed(self, pipeline: str, commit: str) -> Row[Any]:
         """The pipeline's one run of ``commit``, once it succeeded."""
 
-        def check() -> Run | None:
+        def check() -> Row[Any] | None:
             runs = [r for r in self.rig.runs(pipeline=pipeline) if r.commit == commit]
             assert len(runs) <= 1, f"{commit} ran {len(runs)} times\n{self.rig.details()}"
             return runs[0] if runs and runs[0].status in FINISHED else None
@@ -75,7 +75,7 @@ class GitHubRig:
         assert run.status == "succeeded", self.rig.details(run)
         return run
 
-    def trigger(self, pipeline: str, branch: str, commit: str) -> Run:
+    def trigger(self, pipeline: str, branch: str, commit: str) -> Row[Any]:
         """``runner trigger PIPELINE --ref BRANCH --commit COMMIT``'s run, once it succeeded."""
         said = self.rig.cli("trigger", pipeline, "--ref", branch, "--commit", commit).stdout
         found = re.match(r"run (\d+) queued", said)

@@ -24,12 +24,12 @@ import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from sqlalchemy import Row
 from support import FINISHED, ROOT, free_port, require, run_cli, runner_env
 
-from runner.models import Run
 from runner.steps import StepFailed
 from runner.steps.certbot import server_names, site_domains
 from runner.store import Store
@@ -502,23 +502,23 @@ class Runner:
     def pipeline(self, name: str, text: str) -> None:
         (self.home / "pipelines" / f"{name}.yaml").write_text(textwrap.dedent(text).lstrip())
 
-    def trigger(self, pipeline: str) -> Run:
+    def trigger(self, pipeline: str) -> Row[Any]:
         done = run_cli("trigger", pipeline, "--ref", "main", env=self.env)
         assert done.returncode == 0, done.stdout + done.stderr
         match = re.search(r"^run (\d+) queued", done.stdout, re.MULTILINE)
         assert match is not None, done.stdout
         run_id = int(match.group(1))
 
-        def finished() -> Run | None:
+        def finished() -> Row[Any] | None:
             run = self.store.run(run_id)
             return run if run is not None and run.status in FINISHED else None
 
         return self.wait(finished, f"run {run_id} to finish")
 
-    def steps(self, run: Run) -> list[tuple[str, str, str]]:
+    def steps(self, run: Row[Any]) -> list[tuple[str, str, str]]:
         return [(s.name, s.status, s.detail or "") for s in self.store.steps(run.id)]
 
-    def log(self, run: Run) -> str:
+    def log(self, run: Row[Any]) -> str:
         assert run.log_path
         return Path(run.log_path).read_text(errors="replace")
 

@@ -16,15 +16,16 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Row
 from support import FINISHED, alive, wait_for
 from test_worker import ZERO_COMMIT, Rig, fake_commit, push_payload, read_pid
 
 from runner import claims, concurrency
 from runner.entry import RunEntry
 from runner.loading import load_pipeline
-from runner.models import Run
 from runner.pipeline import Concurrency
 from runner.store import Store
 
@@ -71,20 +72,20 @@ def unfinished(rig: Rig) -> list[str]:
     return [f"run {r.id} {r.status}" for r in rig.runs() if r.status not in FINISHED]
 
 
-def run_of(rig: Rig, delivery: str) -> Run:
+def run_of(rig: Rig, delivery: str) -> Row[Any]:
     """The run of a delivery to one pipeline, once the router has made it and put its entry."""
 
-    def check() -> Run | None:
+    def check() -> Row[Any] | None:
         runs = rig.runs(delivery)
         return runs[0] if runs and runs[0].entry else None
 
     return wait_for(check, f"the run of delivery {delivery}", details=rig.details)
 
 
-def reached(rig: Rig, run_id: int, status: str, timeout: float = 30) -> Run:
+def reached(rig: Rig, run_id: int, status: str, timeout: float = 30) -> Row[Any]:
     """Run ``run_id``, once it has this status (failing at once on another that ends it)."""
 
-    def check() -> Run | None:
+    def check() -> Row[Any] | None:
         run = rig.run(run_id)
         if run.status == status:
             return run
@@ -242,7 +243,7 @@ def test_a_manual_entry_supersedes_and_is_superseded_and_a_rollback_says_so(rig:
 # 2. Cancel in progress -------------------------------------------------------------------------------------
 
 
-def left_running(rig: Rig, run: Run) -> list[int]:
+def left_running(rig: Rig, run: Row[Any]) -> list[int]:
     """Processes still alive whose environment says they belong to ``run``'s steps (in this test's home)."""
     markers = {f"RUNNER_RUN_ID={run.id}".encode(), f"RUNNER_WORKDIR={rig.workdir(run.pipeline)}".encode()}
     found = []

@@ -14,12 +14,12 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Row
 from support import FINISHED, wait_for
 from test_worker import ZERO_COMMIT, GitRepo, Rig, git, out_lines, push_payload
-
-from runner.models import Run
 
 # Values git accepts in a branch name: ';', '$', '{}', '()', quotes, backticks, '|', '&', '#', '<>'.
 BRANCHES = [
@@ -235,10 +235,10 @@ def pipeline_text(shape: Shape) -> str:
     return HEAD + step
 
 
-def finished_runs(rig: Rig, delivery: str, count: int) -> list[Run]:
+def finished_runs(rig: Rig, delivery: str, count: int) -> list[Row[Any]]:
     """The delivery's runs, once there are ``count`` and all have ended, whatever their status."""
 
-    def check() -> list[Run] | None:
+    def check() -> list[Row[Any]] | None:
         runs = rig.runs(delivery)
         return runs if len(runs) >= count and all(run.status in FINISHED for run in runs) else None
 
@@ -249,7 +249,7 @@ def finished_runs(rig: Rig, delivery: str, count: int) -> list[Run]:
 class Outcome:
     rig: Rig
     validation: str
-    runs: dict[tuple[str, int], Run]  # (pipeline, push) -> its run
+    runs: dict[tuple[str, int], Row[Any]]  # (pipeline, push) -> its run
     values: list[tuple[str, str]]  # (branch, message) of each push
     commits: list[str]
 
@@ -282,7 +282,7 @@ def outcome(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Outcome]:
             commits.append(commit)
             payload = push_payload(f"refs/heads/{branch}", ZERO_COMMIT, [(commit, message)])
             deliveries.append(rig.deliver("push", payload))
-        runs: dict[tuple[str, int], Run] = {}
+        runs: dict[tuple[str, int], Row[Any]] = {}
         for index, delivery in enumerate(deliveries):
             for run in finished_runs(rig, delivery, len(RUNS) + 1):
                 runs[run.pipeline, index] = run

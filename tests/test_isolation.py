@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Row
 from support import (
     FINISHED,
     PAYLOADS,
@@ -40,7 +41,6 @@ from support import (
     wait_for,
 )
 
-from runner.models import Run
 from runner.store import Store
 
 # The time stamp and stream the run log puts before each line: 2026-11-25T11:26:03.123456Z out   | ...
@@ -130,15 +130,15 @@ class Home:
         assert match, done.stdout
         return int(match.group(1))
 
-    def finished(self, run_id: int, timeout: float = 60) -> Run:
-        def check() -> Run | None:
+    def finished(self, run_id: int, timeout: float = 60) -> Row[Any]:
+        def check() -> Row[Any] | None:
             run = self.store.run(run_id)
             return run if run is not None and run.status in FINISHED else None
 
         return wait_for(check, f"run {run_id} to finish", timeout, lambda: self.details(run_id))
 
-    def runs_of(self, delivery: str, timeout: float = 60) -> Run:
-        def check() -> Run | None:
+    def runs_of(self, delivery: str, timeout: float = 60) -> Row[Any]:
+        def check() -> Row[Any] | None:
             runs = [r for r in self.store.runs(limit=100) if r.delivery_id == delivery]
             return runs[0] if runs and runs[0].status in FINISHED else None
 

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Row
 from support import (
     FINISHED,
     GIT_ENV,
@@ -52,7 +53,6 @@ from support import (
 from runner import steps
 from runner.config import Config
 from runner.loading import load_pipeline
-from runner.models import Run
 from runner.pipeline import StepSpec
 from runner.pipelines import validate
 from runner.process import process_stat
@@ -599,22 +599,22 @@ class Rig:
     def output(self) -> str:
         return self.worker_log.read_text(errors="replace") if self.worker_log.exists() else ""
 
-    def trigger(self, pipeline: str) -> Run:
+    def trigger(self, pipeline: str) -> Row[Any]:
         done = run_cli("trigger", pipeline, "--ref", "main", env=self.env)
         assert done.returncode == 0, done.stdout + done.stderr
         run_id = int(re.search(r"run (\d+) queued", done.stdout).group(1))  # type: ignore[union-attr]
 
-        def finished() -> Run | None:
+        def finished() -> Row[Any] | None:
             run = self.store.run(run_id)
             return run if run is not None and run.status in FINISHED else None
 
         return wait_for(finished, f"run {run_id} to finish", 60, self.output())
 
-    def log_of(self, run: Run) -> str:
+    def log_of(self, run: Row[Any]) -> str:
         assert run.log_path
         return Path(run.log_path).read_text()
 
-    def details(self, run: Run) -> str:
+    def details(self, run: Row[Any]) -> str:
         steps_said = "\n".join(f"  {s.name}: {s.status} {s.detail}" for s in self.store.steps(run.id))
         said = f"run {run.id}: {run.status} {run.reason}\n{steps_said}\n{self.log_of(run)}"
         return f"{said}\n--- runner work:\n{self.output()[-3000:]}"
@@ -1166,7 +1166,7 @@ def test_after_setup_the_deploy_user_deploys_a_site_only_through_the_wrapper(
             store = Store(f"sqlite:///{instance.home / 'runner.db'}")
             try:
 
-                def finished() -> Run | None:
+                def finished() -> Row[Any] | None:
                     runs = [r for r in store.runs(limit=5) if r.status in FINISHED]
                     return runs[0] if runs else None
 

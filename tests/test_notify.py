@@ -23,13 +23,13 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, insert
 from support import free_port, require, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, Rig, fake_commit, push_payload
 
+from runner import tables
 from runner.config_values import read_smtp_url
 from runner.loading import load
-from runner.models import Notification, Run
 from runner.notifications import attempts
 from runner.notify_messages import Facts, discord, email_subject, slack
 from runner.notify_send import SendError, post_webhook, send_email
@@ -152,7 +152,7 @@ def setup(rig: Rig, notify: str, **env: str) -> Path:
     return workdir
 
 
-def deploy(rig: Rig, n: int, status: str, message: str | None = None) -> Run:
+def deploy(rig: Rig, n: int, status: str, message: str | None = None) -> Row[Any]:
     """Push fake commit ``n`` to main; its run, once it ended in ``status``."""
     payload = push_payload(
         "refs/heads/main", ZERO_COMMIT, [(fake_commit(n), message or f"commit {n}\n\nbody")]
@@ -161,12 +161,12 @@ def deploy(rig: Rig, n: int, status: str, message: str | None = None) -> Run:
     return run
 
 
-def rows(rig: Rig, run: Run) -> list[Notification]:
+def rows(rig: Rig, run: Row[Any]) -> list[Row[Any]]:
     return attempts(rig.store, run.id)
 
 
-def wait_row(rig: Rig, run: Run, check: Any, what: str) -> Notification:
-    def found() -> Notification | None:
+def wait_row(rig: Rig, run: Row[Any], check: Any, what: str) -> Row[Any]:
+    def found() -> Row[Any] | None:
         return next((row for row in rows(rig, run) if check(row)), None)
 
     return wait_for(found, what, details=lambda: f"{rows(rig, run)}\n{rig.workers[-1].output()}")
@@ -456,9 +456,9 @@ def test_a_run_s_notifications_are_pruned_with_it(rig: Rig) -> None:
         )
         store.set_run(run_id, status=status, queued_at=when, started_at=when, finished_at=when)
         made.append(run_id)
-        with Session(store.engine) as session, session.begin():
-            session.add(
-                Notification(
+        with store.engine.begin() as connection:
+            connection.execute(
+                insert(tables.notifications).values(
                     run_id=run_id,
                     target="email ops@example.com",
                     target_index=0,

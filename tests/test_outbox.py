@@ -18,12 +18,11 @@ from fake_github_base import error
 from sqlalchemy import update
 
 from runner import config as config_module
-from runner import retention
+from runner import retention, tables
 from runner.config import Config, ConfigError
 from runner.github import GitHub
 from runner.github_auth import TokenCredentials
 from runner.github_reports import DEPLOYMENT, DEPLOYMENT_STATUS, STATUS, Report
-from runner.models import GitHubReport
 from runner.outbox import GIVEN_UP, PENDING, SENT, Outbox
 from runner.reporter import RETRY_FIRST, Reporter
 from runner.store import Store
@@ -90,8 +89,8 @@ def make_due(outbox: Outbox) -> None:
     """Every pending row's next attempt is now: the pause a test does not wait for."""
     with outbox.engine.begin() as connection:
         connection.execute(
-            update(GitHubReport)
-            .where(GitHubReport.state == PENDING)
+            update(tables.github_reports)
+            .where(tables.github_reports.c.state == PENDING)
             .values(next_attempt_at=datetime.now(UTC) - timedelta(seconds=1))
         )
 
@@ -195,7 +194,7 @@ def test_retention_drops_the_rows_of_pruned_runs_and_old_rows_sent_or_given_up(
         outbox.sent(row.id, 1)
     outbox.give_up(rows[kept][2].id, "GitHub: ...: 422 Validation Failed")
     with outbox.engine.begin() as connection:
-        connection.execute(update(GitHubReport).values(created_at=old))
+        connection.execute(update(tables.github_reports).values(created_at=old))
     outbox.add(kept, REPOSITORY, SHA, [status("success")])
     recent = outbox.of_run(kept)[-1]
     outbox.sent(recent.id, 2)

@@ -14,12 +14,12 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Row
 from support import require
 from test_worker import GitRepo, Rig
-
-from runner.models import Run
 
 # Each package's build writes the arguments it was given, so that the test sees exactly what reached it.
 BUILD_JS = "require('fs').writeFileSync('dist.json', JSON.stringify(process.argv.slice(2)))\n"
@@ -91,14 +91,14 @@ def rig(tmp_path: Path) -> Iterator[Rig]:
         rig.close()
 
 
-def trigger(rig: Rig, pipeline: str, ref: str = "main") -> Run:
+def trigger(rig: Rig, pipeline: str, ref: str = "main") -> Row[Any]:
     queued = rig.cli("trigger", pipeline, "--ref", ref).stdout
     match = re.search(r"^run (\d+) queued", queued, re.MULTILINE)
     assert match is not None, queued
     return rig.finished_run(int(match.group(1)), timeout=60)
 
 
-def step_details(rig: Rig, run: Run) -> list[tuple[str, str | None]]:
+def step_details(rig: Rig, run: Row[Any]) -> list[tuple[str, str | None]]:
     return [(s.status, s.detail) for s in rig.steps(run.id)]
 
 

@@ -18,14 +18,15 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Row
 from support import FINISHED, alive, git, run_cli, runner_env, wait_for
 from test_isolation import Home, assert_nowhere, step_output
 from test_private_repos import TOKEN, Repos, SmartHttp
 from test_worker import GitRepo, Rig, out_lines, read_pid
 
-from runner.models import Run
 from runner.release_dirs import Releases
 
 # Each release says its run twice, in two files written one after the other with a pause between: a reader
@@ -91,7 +92,7 @@ class App:
         assert found, done.stdout
         return int(found[1])
 
-    def deploy(self, status: str = "succeeded") -> Run:
+    def deploy(self, status: str = "succeeded") -> Row[Any]:
         run = self.rig.finished_run(self.queue("trigger", "app", "--ref", "main"), timeout=60)
         assert run.status == status, self.rig.details(run)
         return run
@@ -110,7 +111,7 @@ class App:
         return path.read_text().splitlines() if path.exists() else []
 
 
-def release_of(run: Run) -> str:
+def release_of(run: Row[Any]) -> str:
     assert run.commit
     return f"{run.id}-{run.commit[:7]}"
 
@@ -340,7 +341,7 @@ def test_a_worker_killed_during_a_switch_leaves_a_whole_release_and_the_restart_
     app.push({"v": "2\n"})
     held = app.queue("trigger", "app", "--ref", "main")
 
-    def activating() -> Run | None:
+    def activating() -> Row[Any] | None:
         run = rig.run(held)
         return run if run.log_path and "begin" in out_lines(rig.log_of(run)) else None
 
@@ -357,7 +358,7 @@ def test_a_worker_killed_during_a_switch_leaves_a_whole_release_and_the_restart_
 
     rig.start_worker()
 
-    def settled() -> list[Run] | None:
+    def settled() -> list[Row[Any]] | None:
         runs = rig.runs(pipeline="app")
         return runs if len(runs) == 3 and all(r.status in FINISHED for r in runs) else None
 
@@ -606,7 +607,7 @@ def test_keep_spares_the_release_a_switch_left_in_its_journal_goes_back_to(tmp_p
         releases.succeeded(f"{run}-abcdef{run}", run, f"abcdef{run}" + "0" * 33, "refs/heads/main")
     releases.point("1-abcdef1")  # rolled back to run 1's release
     releases.prepare("3-abcdef3")
-    # Run 3's worker was stopped during its activate steps: the journal stays, and keep: 1 runs after.
+    # Row[Any] 3's worker was stopped during its activate steps: the journal stays, and keep: 1 runs after.
     assert releases.switch("3-abcdef3", 3) == "1-abcdef1"
     releases.activating()
     assert releases.prune(1) == []
@@ -674,7 +675,7 @@ def test_a_worker_stop_during_a_health_check_ends_the_check_and_the_entry_is_dep
     handler.status = 200
     rig.start_worker()
 
-    def deployed_again() -> Run | None:
+    def deployed_again() -> Row[Any] | None:
         runs = rig.runs(pipeline="app")
         return runs[-1] if len(runs) == 3 and runs[-1].status in FINISHED else None
 

@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Row
 from support import run_cli, wait_for
 from test_worker import ZERO_COMMIT, Rig, WorkerProcess, fake_commit, out_lines, push_payload
 
-from runner.models import Run
 from runner.watch import UNWATCHED_CHECK
 
 ECHO = """
@@ -137,7 +138,7 @@ def test_an_entry_waiting_for_a_valid_file_runs_once_it_is_fixed(rig: Rig) -> No
 
     path.write_text(good)
 
-    def succeeded() -> list[Run] | None:
+    def succeeded() -> list[Row[Any]] | None:
         runs = rig.runs(pipeline="fixme")
         return runs if [r.status for r in runs] == ["succeeded"] else None
 

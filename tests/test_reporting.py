@@ -19,10 +19,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from fake_github import Answer, FakeGitHub, rate_limited, server_error, too_many_requests
 from fake_github_base import error
+from sqlalchemy import Row
 from support import Server, WorkerProcess, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, Rig, fake_commit, push_payload
 
-from runner.models import Run
 from runner.outbox import Outbox
 
 TOKEN = "github_pat_11CCCCCCC0fake0token0for0the0reports"
@@ -108,7 +108,7 @@ def wait_for_states(
     )
 
 
-def finished(rig: Rig, delivery: str) -> Run:
+def finished(rig: Rig, delivery: str) -> Row[Any]:
     [run] = rig.runs_of(delivery, ["succeeded"])
     return run
 

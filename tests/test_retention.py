@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import Row, func, select, text
 from support import PAYLOADS, WorkerProcess, alive, failed_names, run_cli, runner_env, wait_for
 
 from runner import config as config_module
+from runner import tables
 from runner.config import ConfigError
-from runner.models import Delivery, Run, StepResult
 from runner.queue import Queue
 from runner.store import Store
 
@@ -119,11 +119,11 @@ class Home:
 
     def step_run_ids(self) -> set[int]:
         with self.store.engine.connect() as connection:
-            return set(connection.scalars(select(StepResult.run_id)))
+            return set(connection.scalars(select(tables.steps.c.run_id)))
 
     def delivery_ids(self) -> set[str]:
         with self.store.engine.connect() as connection:
-            return set(connection.scalars(select(Delivery.delivery_id)))
+            return set(connection.scalars(select(tables.deliveries.c.delivery_id)))
 
 
 @pytest.fixture
@@ -383,7 +383,7 @@ def test_failed_entries_are_listed_retried_into_real_runs_and_dropped(home: Home
         rf"^main/{main_name} is back in queues/main as \d{{20}}\.json \(delivery {delivery}\)$", back, re.M
     )
 
-    def routed_run() -> Run | None:
+    def routed_run() -> Row[Any] | None:
         runs = [r for r in home.store.runs("app", limit=100) if r.delivery_id == delivery]
         return runs[0] if runs and runs[0].status == "succeeded" else None
 
@@ -413,8 +413,9 @@ def test_failed_entries_are_listed_retried_into_real_runs_and_dropped(home: Home
     listing = home.cli("failed")
     assert listing.stdout == "" and "no failed entries" in listing.stderr
     assert home.cli("failed", "--json").stdout.strip() == "[]"
+    queued = select(func.count()).select_from(tables.runs).where(tables.runs.c.status == "queued")
     with home.store.engine.connect() as connection:
-        assert connection.scalar(select(func.count()).select_from(Run).where(Run.status == "queued")) == 0
+        assert connection.scalar(queued) == 0
 
 
 def test_an_entry_name_never_leads_out_of_the_failed_directories(tmp_path: Path) -> None:

@@ -9,15 +9,16 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from sqlalchemy import Row
 from support import run_cli, runner_env
 from test_notify import Receiver
 from test_worker import ZERO_COMMIT, Rig, fake_commit, out_lines, push_payload
 from ui_site import PASSWORD, USER, basic, request, write_users
 
 from runner.masking import Masker
-from runner.models import Run
 
 # Values no other text of a run holds: wherever one shows, it leaked.
 VALUE = "s3cr3t-Value-9f2c"
@@ -53,14 +54,14 @@ def secret_file(rig: Rig, name: str, value: str, mode: int = 0o600) -> Path:
     return path
 
 
-def deploy(rig: Rig, n: int, status: str, repository: str = "acme/app") -> Run:
+def deploy(rig: Rig, n: int, status: str, repository: str = "acme/app") -> Row[Any]:
     """Push fake commit ``n`` to main of ``repository``; its run, once it ended in ``status``."""
     payload = push_payload("refs/heads/main", ZERO_COMMIT, [(fake_commit(n), f"commit {n}")], repository)
     [run] = rig.runs_of(rig.deliver("push", payload), [status])
     return run
 
 
-def everything_of(rig: Rig, run: Run) -> str:
+def everything_of(rig: Rig, run: Row[Any]) -> str:
     """Every text runner keeps of a run: its log, its reason, its steps' names and details."""
     parts = [rig.log_of(run), run.reason or ""]
     parts += [f"{s.name} {s.detail or ''}" for s in rig.steps(run.id)]

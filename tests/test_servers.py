@@ -21,14 +21,14 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import Row
 from support import FINISHED, Server, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, GitRepo, fake_commit, push_payload
 from ui_site import PASSWORD, USER, basic, request, write_users
 
-from runner import catchup_deliveries
+from runner import catchup_deliveries, tables
 from runner import config as config_module
 from runner.github_reports import Report
-from runner.models import Delivery, Run
 from runner.outbox import Outbox
 from runner.queue import Queue
 from runner.schema import alembic_config
@@ -100,13 +100,13 @@ class Host:
         ]
         return f"--- {self.name}'s runner up:\n{output}\n" + "\n".join(runs)
 
-    def runs_of(self, delivery: str) -> list[Run]:
+    def runs_of(self, delivery: str) -> list[Row[Any]]:
         return [r for r in self.store.runs(limit=1000) if r.delivery_id == delivery]
 
-    def finished(self, delivery: str) -> Run:
+    def finished(self, delivery: str) -> Row[Any]:
         """The delivery's run on this server, once it ended."""
 
-        def check() -> Run | None:
+        def check() -> Row[Any] | None:
             runs = self.runs_of(delivery)
             return runs[0] if runs and runs[0].status in FINISHED else None
 
@@ -443,7 +443,11 @@ def test_the_migration_run_by_alembic_on_its_own_gives_the_rows_the_host_name(tm
         command.upgrade(alembic_config(url), "head")
         with store.engine.connect() as connection:
             servers = (
-                connection.execute(sa.select(Delivery.server).union(sa.select(Run.server))).scalars().all()
+                connection.execute(
+                    sa.select(tables.deliveries.c.server).union(sa.select(tables.runs.c.server))
+                )
+                .scalars()
+                .all()
             )
             assert connection.execute(sa.text("SELECT COUNT(*) FROM steps")).scalar_one() == 1
         assert servers == [socket.gethostname()[:64]]

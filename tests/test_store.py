@@ -311,17 +311,15 @@ def test_begin_forwarding_with_a_run_recorded_before_records_the_delivery_alone(
 
 def test_a_commit_without_waiting_is_that_transaction_s_alone(migrated: Store) -> None:
     """Relaxed for one transaction; the connection, back in the pool, waits for the disk again."""
-    from sqlalchemy.orm import Session
-
     from runner.database import commit_without_waiting
 
     sqlite = migrated.engine.dialect.name == "sqlite"
     setting = "PRAGMA synchronous" if sqlite else "SHOW synchronous_commit"
     relaxed, durable = (1, 2) if sqlite else ("off", "on")
     for _ in range(3):
-        with Session(migrated.engine) as session, session.begin():
-            commit_without_waiting(session.connection())
-            assert session.connection().exec_driver_sql(setting).scalar() == relaxed
+        with migrated.engine.begin() as connection:
+            commit_without_waiting(connection)
+            assert connection.exec_driver_sql(setting).scalar() == relaxed
             assert migrated.record_delivery("d-inside", "push", datetime.now(UTC)) in (True, False)
         with migrated.engine.connect() as connection:
             assert connection.exec_driver_sql(setting).scalar() == durable

@@ -22,7 +22,7 @@ from typing import Any
 
 import bcrypt
 import pytest
-from sqlalchemy.orm import Session
+from sqlalchemy import insert
 from support import (
     FINISHED,
     SECRET,
@@ -35,11 +35,11 @@ from support import (
     wait_for,
 )
 
+from runner import tables
 from runner.actions import ActionTaker, actions_of_run
 from runner.config import Config, Secret
 from runner.entry import Action
 from runner.log_follow import Line, follow, follow_async
-from runner.models import ActionRecord
 from runner.queue import Queue
 from runner.store import Store
 from runner.ui_actions import TOKEN_LIFETIME, CsrfTokens
@@ -664,9 +664,9 @@ def test_an_action_is_done_once_and_a_bad_one_recorded_on_either_database(
         assert [a.outcome for a in actions_of_run(store, new_run)] == ["queued"]
         # One the worker stopped in the middle of, before its outcome was recorded: not done again.
         at = datetime.now(UTC)
-        with Session(store.engine) as session, session.begin():
-            session.add(
-                ActionRecord(
+        with store.engine.begin() as connection:
+            connection.execute(
+                insert(tables.actions).values(
                     at=at, by="carol", action="redeploy", run_id=new_run, outcome="asked", entry="5.json"
                 )
             )

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
-from runner.models import StepResult
 from runner.ui_logs import MAX_SHOWN_LINES, log_file, read_shown
 
 
@@ -14,9 +15,10 @@ def line(second: int, stream: str, text: str) -> bytes:
     return f"2026-11-25T11:43:{second:02d}.000000Z {stream:<6}| {text}\n".encode()
 
 
-def step(position: int, start: int, end: int) -> StepResult:
+def step(position: int, start: int, end: int) -> Any:
     at = datetime(2026, 11, 25, 11, 43, tzinfo=UTC)
-    return StepResult(
+    # What the log's sections read of a step's row.
+    return SimpleNamespace(
         position=position,
         name=f"s{position}",
         status="failed",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import Row
 from support import (
     FINISHED,
     PAYLOADS,
@@ -34,7 +35,6 @@ from support import (
     wait_for,
 )
 
-from runner.models import Delivery, Run, StepResult
 from runner.queue import Queue
 from runner.store import Store
 
@@ -196,30 +196,30 @@ class Rig:
 
     # Looking -----------------------------------------------------------------------------------------------
 
-    def runs(self, delivery: str | None = None, pipeline: str | None = None) -> list[Run]:
+    def runs(self, delivery: str | None = None, pipeline: str | None = None) -> list[Row[Any]]:
         """Runs, oldest first."""
         runs = list(reversed(self.store.runs(pipeline, limit=1000)))
         return [r for r in runs if delivery is None or r.delivery_id == delivery]
 
-    def run(self, run_id: int) -> Run:
+    def run(self, run_id: int) -> Row[Any]:
         run = self.store.run(run_id)
         assert run is not None, f"there is no run {run_id}"
         return run
 
-    def steps(self, run_id: int) -> list[StepResult]:
+    def steps(self, run_id: int) -> list[Row[Any]]:
         return self.store.steps(run_id)
 
-    def routed(self, delivery: str, timeout: float = 30) -> Delivery:
+    def routed(self, delivery: str, timeout: float = 30) -> Row[Any]:
         """The delivery's record, once the router has recorded what became of it."""
 
-        def check() -> Delivery | None:
+        def check() -> Row[Any] | None:
             record = self.store.delivery(delivery)
             return record if record is not None and record.outcome != "received" else None
 
         return wait_for(check, f"delivery {delivery} to be routed", timeout, self.details)
 
-    def finished_run(self, run_id: int, timeout: float = 30) -> Run:
-        def check() -> Run | None:
+    def finished_run(self, run_id: int, timeout: float = 30) -> Row[Any]:
+        def check() -> Row[Any] | None:
             run = self.store.run(run_id)
             return run if run is not None and run.status in FINISHED else None
 
@@ -227,10 +227,10 @@ class Rig:
 
     def runs_of(
         self, delivery: str, statuses: list[str], timeout: float = 30, pipeline: str | None = None
-    ) -> list[Run]:
+    ) -> list[Row[Any]]:
         """Wait until the delivery's runs (oldest first) have exactly these statuses."""
 
-        def check() -> list[Run] | None:
+        def check() -> list[Row[Any]] | None:
             runs = self.runs(delivery, pipeline)
             found = sorted(r.status for r in runs)
             if found == sorted(statuses):
@@ -241,10 +241,10 @@ class Rig:
 
         return wait_for(check, f"runs of delivery {delivery} to be {statuses}", timeout, self.details)
 
-    def step_started(self, delivery: str) -> Run:
+    def step_started(self, delivery: str) -> Row[Any]:
         """The delivery's first run, once its step has printed ``begin``."""
 
-        def check() -> Run | None:
+        def check() -> Row[Any] | None:
             runs = self.runs(delivery)
             if runs and runs[0].log_path and "begin" in out_lines(self.log_of(runs[0])):
                 return runs[0]
@@ -252,7 +252,7 @@ class Rig:
 
         return wait_for(check, "the step to start", details=self.details)
 
-    def log_of(self, run: Run) -> str:
+    def log_of(self, run: Row[Any]) -> str:
         assert run.log_path, f"run {run.id} has no log"
         path = Path(run.log_path)
         return path.read_text(errors="replace") if path.exists() else ""
@@ -260,7 +260,7 @@ class Rig:
     def queue(self, pipeline: str) -> Queue:
         return Queue(self.home / "queues" / pipeline)
 
-    def details(self, run: Run | None = None) -> str:
+    def details(self, run: Row[Any] | None = None) -> str:
         """What a failing assertion shows: the processes' output, the runs, and a run's log."""
         parts = [f"--- worker {w.pid} ({w.log_path}):\n{w.output()[-6000:]}" for w in self.workers]
         parts.append(f"--- runner serve:\n{self.server.output()[-2000:]}")
@@ -745,7 +745,7 @@ def test_when_skips_steps_by_changed_files_and_by_condition_and_says_why(rig: Ri
     rig.pipeline("app", WHEN_PIPELINE, REMOTE=repo.bare)
     rig.start_worker()
 
-    def deploy() -> tuple[Run, dict[str, StepResult]]:
+    def deploy() -> tuple[Row[Any], dict[str, Row[Any]]]:
         queued = rig.cli("trigger", "app", "--ref", "main").stdout
         match = re.search(r"^run (\d+) queued", queued, re.MULTILINE)
         assert match is not None, queued

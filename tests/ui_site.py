@@ -11,11 +11,12 @@ import base64
 import http.client
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import bcrypt
+from sqlalchemy import Row
 from support import Server, free_port, git, run_cli, runner_env, wait_for
 
-from runner.models import Run
 from runner.store import Store
 
 USER = "alice"
@@ -126,7 +127,7 @@ class Site:
         assert done.returncode == 0, done.stderr
         return int(done.stdout.split()[1])
 
-    def run(self, run_id: int) -> Run:
+    def run(self, run_id: int) -> Row[Any]:
         store = Store(
             self.env.get("RUNNER_DATABASE_URL") or f"sqlite:///{self.home / 'runner.db'}", server=SERVER
         )
@@ -137,8 +138,8 @@ class Site:
         assert run is not None
         return run
 
-    def wait_ended(self, run_id: int) -> Run:
-        def ended() -> Run | None:
+    def wait_ended(self, run_id: int) -> Row[Any]:
+        def ended() -> Row[Any] | None:
             run = self.run(run_id)
             return run if run.status not in ("queued", "running") else None
 
