@@ -4,7 +4,7 @@ Run it from the project's root, with the project's venv (``wrk`` must be install
 for ``--webhook``, adnanh/webhook too: ``apt-get install webhook``)::
 
     .venv/bin/python bench/ingest.py [--duration S] [--rounds N] [--requests N] [--workers 1,2] [--webhook]
-                                     [--baseline] [--before PATH]
+                                     [--baseline] [--before PATH] [--one-connection-only]
 
 The goal: at least 2,000 durable deliveries/s with 20 concurrent connections, and a p99 under 5 ms at one
 connection (GitHub sends a hook's deliveries one at a time), on a 2-core machine; in the long run, ahead of
@@ -24,10 +24,13 @@ payload in ``../shared/github-payloads/push/`` (the repository's parent director
   the end of its duration, so the requests then in flight (at most one per connection, plus any that hit a
   socket error) are stored without being counted: up to that many more entries than 2xx answers is
   consistent, fewer is a loss.
-- One connection, on a fresh server of its own, after a warm-up: N sequential signed POSTs over one
+- One connection, on a fresh server of its own, after a warm-up (200 POSTs over one connection, 200 on a
+  new connection each, so that every server process has served): N sequential signed POSTs over one
   keep-alive connection from Python's ``http.client``, each timed with ``time.perf_counter`` from sending the
   request to having read the answer; then N more, each on a new connection (as GitHub sends them; timed from
   connecting); then, on the same server, ``wrk -t1 -c1 -d<duration>s --latency``.
+- ``--one-connection-only``: no saturation load, only the one-connection measurements (short rounds, for
+  comparing one and two server processes at one connection over many rounds).
 - ``--before PATH``: each ``runner serve --workers N`` is followed in every round by the same command of
   another checkout (its ``.venv/bin/runner``), so that old and new code are measured in the same minutes.
 - ``--webhook``: the same loads against adnanh/webhook (``bench/webhook.py``), checking the same
@@ -195,6 +198,9 @@ def measure_one_connection(target: Target, body: bytes, lua: Path, args: argpars
     signature = sign(body)
     with target.serving(args) as (server, _queue_dir):
         post_sequentially(server.port, body, signature, WARMUP_REQUESTS, "warmup")
+        # And on new connections: with several server processes each has then served (one keep-alive
+        # connection reaches one of them), as on a server that has been up for a while.
+        post_sequentially(server.port, body, signature, WARMUP_REQUESTS, "warmup", fresh=True)
         times = sorted(post_sequentially(server.port, body, signature, args.requests, "latency"))
         fresh = sorted(post_sequentially(server.port, body, signature, args.requests, "fresh", fresh=True))
         result = run_wrk(server.port, lua, 1, 1, args.duration)
@@ -263,10 +269,14 @@ def print_setting(args: argparse.Namespace, payload: Path, body: bytes) -> None:
     )
     print(f"payload: {payload.relative_to(PAYLOADS)}, {len(body)} bytes")
     print(
-        f"saturation: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency; "
-        f"one at a time: {args.requests} sequential POSTs after {WARMUP_REQUESTS} warm-up over one "
-        f"connection, {args.requests} on a new connection each, then wrk -t1 -c1 -d{args.duration}s "
-        "--latency on the same server"
+        (
+            "saturation: none (--one-connection-only); "
+            if args.one_connection_only
+            else f"saturation: wrk -t{args.threads} -c{args.connections} -d{args.duration}s --latency; "
+        )
+        + f"one at a time: {args.requests} sequential POSTs after {WARMUP_REQUESTS} warm-up over one "
+        f"connection and {WARMUP_REQUESTS} on new ones, {args.requests} on a new connection each, "
+        f"then wrk -t1 -c1 -d{args.duration}s --latency on the same server"
     )
     print(f"targets, in each round's order: {', '.join(t.label for t in targets_of(args))}")
     print(f"temporary homes under {tmp_parent}, on {filesystem_of(tmp_parent)}")
@@ -283,9 +293,12 @@ def measure_rounds(args: argparse.Namespace, payload: Path, body: bytes) -> Roun
         for round_number in range(1, args.rounds + 1):
             print(f"\nround {round_number}/{args.rounds} (load average {load_average()})")
             for target in targets_of(args):
-                saturation = measure_saturation(target, body, lua, args)
-                rounds.saturations.setdefault(target, []).append(saturation)
-                print_saturation(target.label, saturation)
+                if args.one_connection_only:
+                    print(f"  {target.label}:")
+                else:
+                    saturation = measure_saturation(target, body, lua, args)
+                    rounds.saturations.setdefault(target, []).append(saturation)
+                    print_saturation(target.label, saturation)
                 sys.stdout.flush()
                 one = measure_one_connection(target, body, lua, args)
                 rounds.connections.setdefault(target, []).append(one)
@@ -308,7 +321,7 @@ class Medians:
 def medians_of(rounds: Rounds, target: Target) -> Medians:
     ones = rounds.connections[target]
     return Medians(
-        statistics.median(s.wrk.rate for s in rounds.saturations[target]),
+        statistics.median(s.wrk.rate for s in rounds.saturations[target]) if rounds.saturations else 0.0,
         median_latency([one.sequential for one in ones]),
         median_latency([one.fresh for one in ones]),
         statistics.median(one.wrk.latency_ms.get("50", float("nan")) for one in ones),
@@ -326,31 +339,43 @@ def print_medians(args: argparse.Namespace, rounds: Rounds) -> None:
     medians = {target: medians_of(rounds, target) for target in targets_of(args)}
     yardstick = medians.get(Target("webhook")) or medians.get(Target("baseline"))
     for target, m in medians.items():
-        ratio = ""
-        if yardstick is not None and target.kind == "runner":
-            ratio = (
-                f" ({m.rate / yardstick.rate:.2f} of the yardstick's rate; p99 at one connection "
-                f"{m.sequential.p99 / yardstick.sequential.p99:.2f}x sequential, "
-                f"{m.wrk_p99 / yardstick.wrk_p99:.2f}x wrk)"
-            )
-        durable = "durable " if target.kind == "runner" else ""
-        print(f"  {target.label}: {m.rate:,.0f} {durable}requests/s at {args.connections} connections{ratio}")
-        print(
-            f"    one connection: sequential p50 {fmt_ms(m.sequential.p50)} / "
-            f"p99 {fmt_ms(m.sequential.p99)}; a new connection each p50 {fmt_ms(m.fresh.p50)} / "
-            f"p99 {fmt_ms(m.fresh.p99)}; wrk p50 {fmt_ms(m.wrk_p50)} / p99 {fmt_ms(m.wrk_p99)}"
-        )
+        print_target_medians(args, target, m, yardstick)
     if yardstick is not None:
         print(f"  (yardstick: {'adnanh/webhook' if Target('webhook') in medians else 'the no-write app'})")
     print(f"  every acknowledged delivery in the queue: {'yes' if rounds.consistent else 'NO'}")
     best_rate = max(m.rate for t, m in medians.items() if t.kind == "runner")
     best_p99 = min(m.sequential.p99 for t, m in medians.items() if t.kind == "runner")
+    rate_goal = (
+        "not measured (--one-connection-only)"
+        if args.one_connection_only
+        else ("met" if best_rate >= GOAL_RATE else "NOT met")
+    )
     print(
-        f"goal: >= {GOAL_RATE:,.0f} durable deliveries/s at 20 connections: "
-        f"{'met' if best_rate >= GOAL_RATE else 'NOT met'}; "
+        f"goal: >= {GOAL_RATE:,.0f} durable deliveries/s at 20 connections: {rate_goal}; "
         f"p99 < {GOAL_P99_MS:g} ms at one connection (sequential client): "
         f"{'met' if best_p99 < GOAL_P99_MS else 'NOT met'} "
         f"(goal stated for a 2-core machine; this one has {nproc()})"
+    )
+
+
+def print_target_medians(
+    args: argparse.Namespace, target: Target, m: Medians, yardstick: Medians | None
+) -> None:
+    parts = []
+    if not args.one_connection_only:
+        durable = "durable " if target.kind == "runner" else ""
+        parts.append(f"{m.rate:,.0f} {durable}requests/s at {args.connections} connections")
+    if yardstick is not None and target.kind == "runner":
+        rate = "" if args.one_connection_only else f"{m.rate / yardstick.rate:.2f} of the yardstick's rate; "
+        parts.append(
+            f"({rate}p99 at one connection {m.sequential.p99 / yardstick.sequential.p99:.2f}x sequential, "
+            f"{m.wrk_p99 / yardstick.wrk_p99:.2f}x wrk)"
+        )
+    print(f"  {target.label}:" + "".join(" " + part for part in parts))
+    print(
+        f"    one connection: sequential p50 {fmt_ms(m.sequential.p50)} / "
+        f"p99 {fmt_ms(m.sequential.p99)}; a new connection each p50 {fmt_ms(m.fresh.p50)} / "
+        f"p99 {fmt_ms(m.fresh.p99)}; wrk p50 {fmt_ms(m.wrk_p50)} / p99 {fmt_ms(m.wrk_p99)}"
     )
 
 
@@ -403,6 +428,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--before",
         metavar="PATH",
         help="also load another checkout's runner serve (its .venv/bin/runner), right after this one's",
+    )
+    parser.add_argument(
+        "--one-connection-only",
+        action="store_true",
+        help="skip the saturation load: only the one-connection measurements, so that rounds are short",
     )
     parser.add_argument(
         "--tmp-dir", help="where the temporary RUNNER_HOMEs go (default: the system's temporary directory)"
