@@ -384,8 +384,8 @@ ALLOWED: dict[str, set[str]] = {
         "runner.cancel",
         "runner.config",
         "runner.entry",
-        "runner.models",
         "runner.store",
+        "runner.tables",
         "runner.trigger",
     },
     "runner.worker": {
