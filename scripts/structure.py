@@ -273,7 +273,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.queue",
         "runner.store",
     },
-    "runner.history": {"runner.models", "runner.store"},
+    "runner.history": {"runner.store", "runner.tables"},
     "runner.ui_logs": {"runner.models", "runner.timefmt"},
     "runner.ui": {
         "runner.config",
