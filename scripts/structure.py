@@ -449,7 +449,6 @@ ALLOWED: dict[str, set[str]] = {
         "runner.failed",
         "runner.lock",
         "runner.log_follow",
-        "runner.models",
         "runner.retention",
         "runner.store",
         "runner.timefmt",
