@@ -162,12 +162,11 @@ ALLOWED: dict[str, set[str]] = {
     "runner.outbox": {"runner.github_reports", "runner.models", "runner.store"},
     "runner.reporter": {
         "runner.entry",
-        "runner.events",
         "runner.errors",
+        "runner.events",
         "runner.github",
         "runner.github_auth",
         "runner.github_reports",
-        "runner.models",
         "runner.outbox",
         "runner.pipeline",
         "runner.store",
