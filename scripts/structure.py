@@ -158,7 +158,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.github": {"runner"},
     "runner.github_auth": {"runner.config", "runner.github", "runner.masking"},
     # What runs tell GitHub: the calls (pure), the outbox that keeps them, the reporter that sends them.
-    "runner.github_reports": {"runner.models", "runner.pipeline"},
+    "runner.github_reports": {"runner.pipeline"},
     "runner.outbox": {"runner.github_reports", "runner.models", "runner.store"},
     "runner.reporter": {
         "runner.entry",
