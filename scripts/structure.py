@@ -277,7 +277,6 @@ ALLOWED: dict[str, set[str]] = {
     "runner.ui": {
         "runner.config",
         "runner.history",
-        "runner.models",
         "runner.notifications",
         "runner.pipelines",
         "runner.queue",
