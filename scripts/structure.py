@@ -268,7 +268,6 @@ ALLOWED: dict[str, set[str]] = {
         "runner.actions",
         "runner.config",
         "runner.entry",
-        "runner.models",
         "runner.queue",
         "runner.store",
     },
