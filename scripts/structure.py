@@ -260,7 +260,6 @@ ALLOWED: dict[str, set[str]] = {
     "runner.ui_live": {
         "runner.config",
         "runner.log_follow",
-        "runner.models",
         "runner.run_events",
         "runner.store",
     },
