@@ -271,7 +271,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.store",
     },
     "runner.history": {"runner.store", "runner.tables"},
-    "runner.ui_logs": {"runner.models", "runner.timefmt"},
+    "runner.ui_logs": {"runner.timefmt"},
     "runner.ui": {
         "runner.config",
         "runner.history",
