@@ -10,14 +10,14 @@ interrupted; the user can ask again).
 from __future__ import annotations
 
 import logging
+from typing import Any
 
-from sqlalchemy import or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, insert, or_, select, update
 
+from runner import tables
 from runner.cancel import CancelError, request_cancel
 from runner.config import Config
 from runner.entry import Action
-from runner.models import ActionRecord
 from runner.store import Store
 from runner.trigger import RunRequest, TriggerError
 
@@ -49,32 +49,41 @@ class ActionTaker:
         return outcome, detail
 
     def _begin(self, entry: str, action: Action) -> tuple[int, tuple[str, str] | None]:
-        with Session(self.store.engine) as session, session.begin():
-            found = session.scalars(
-                select(ActionRecord).where(ActionRecord.entry == entry, ActionRecord.at == action.at)
+        actions = tables.actions
+        with self.store.engine.begin() as connection:
+            found = connection.execute(
+                select(actions.c.id, actions.c.outcome, actions.c.detail).where(
+                    actions.c.entry == entry, actions.c.at == action.at
+                )
             ).first()
             if found is not None:
-                if found.outcome == ASKED:
-                    found.outcome = "interrupted"
-                    found.detail = "the worker stopped while it was being done; not done again"
-                return found.id, (found.outcome, found.detail or "")
-            record = ActionRecord(
-                at=action.at,
-                by=action.by,
-                action=action.action,
-                run_id=action.run_id,
-                outcome=ASKED,
-                entry=entry,
-            )
-            session.add(record)
-            session.flush()
-            return record.id, None
+                outcome, detail = found.outcome, found.detail
+                if outcome == ASKED:
+                    outcome = "interrupted"
+                    detail = "the worker stopped while it was being done; not done again"
+                    connection.execute(
+                        update(actions).where(actions.c.id == found.id).values(outcome=outcome, detail=detail)
+                    )
+                return found.id, (outcome, detail or "")
+            record_id = connection.execute(
+                insert(actions)
+                .values(
+                    at=action.at,
+                    by=action.by,
+                    action=action.action,
+                    run_id=action.run_id,
+                    outcome=ASKED,
+                    entry=entry,
+                )
+                .returning(actions.c.id)
+            ).scalar_one()
+            return record_id, None
 
     def _finish(self, record_id: int, outcome: str, detail: str, new_run: int | None) -> None:
         with self.store.engine.begin() as connection:
             connection.execute(
-                update(ActionRecord)
-                .where(ActionRecord.id == record_id)
+                update(tables.actions)
+                .where(tables.actions.c.id == record_id)
                 .values(outcome=outcome, detail=detail, new_run_id=new_run)
             )
 
@@ -103,12 +112,14 @@ class ActionTaker:
         return "queued", f"run {queued.run_id}", queued.run_id
 
 
-def actions_of_run(store: Store, run_id: int) -> list[ActionRecord]:
-    """The actions asked on run ``run_id``, and the redeploy that queued it, oldest first."""
-    with Session(store.engine, expire_on_commit=False) as session:
-        query = (
-            select(ActionRecord)
-            .where(or_(ActionRecord.run_id == run_id, ActionRecord.new_run_id == run_id))
-            .order_by(ActionRecord.id)
-        )
-        return list(session.scalars(query))
+def actions_of_run(store: Store, run_id: int) -> list[Row[Any]]:
+    """The actions asked on run ``run_id``, and the redeploy that queued it, oldest first: rows whose
+    attributes are the ``actions`` table's columns."""
+    actions = tables.actions
+    query = (
+        select(actions)
+        .where(or_(actions.c.run_id == run_id, actions.c.new_run_id == run_id))
+        .order_by(actions.c.id)
+    )
+    with store.engine.connect() as connection:
+        return list(connection.execute(query))

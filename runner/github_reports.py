@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from runner.pipeline import GitHubReporting
 
 if TYPE_CHECKING:
-    from runner.models import StepResult
+    from sqlalchemy import Row
 
 # The kinds of call: POST .../statuses/{sha}, POST .../deployments, POST .../deployments/{id}/statuses.
 STATUS = "status"
@@ -129,7 +129,7 @@ def start_reports(
     return reports
 
 
-def ending_of(status: str, steps: Sequence[StepResult]) -> tuple[Ending, tuple[int, str] | None]:
+def ending_of(status: str, steps: Sequence[Row[Any]]) -> tuple[Ending, tuple[int, str] | None]:
     """How a run that ended in ``status``, with ``steps`` recorded, is told; and the step it names (its
     position and name)."""
     last = steps[-1] if steps else None

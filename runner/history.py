@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from sqlalchemy import ColumnElement, Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Row, Select, func, select
 
-from runner.models import Delivery, Run
+from runner import tables
 from runner.store import Store
 
 PAGE_SIZE = 50
-# Statuses a run can have (runner/models.py's Run.status), for the filter: anything else is no filter.
+# Statuses a run can have (runner/tables.py's runs.status), for the filter: anything else is no filter.
 RUN_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled", "superseded", "interrupted")
 # The runs that say whether a pipeline deploys: ended by their own steps' verdict (not called off).
 VERDICTS = ("succeeded", "failed", "interrupted")
@@ -46,10 +45,10 @@ class PipelineSummary:
 
     server: str
     name: str
-    last_run: Run | None
-    last_deployed: Run | None
+    last_run: Row[Any] | None
+    last_deployed: Row[Any] | None
     # The last run that ended with a verdict: a run going on, cancelled or superseded does not say.
-    last_verdict: Run | None
+    last_verdict: Row[Any] | None
     has_file: bool
 
     @property
@@ -64,11 +63,11 @@ class History:
         self.store = store
         self.page_size = page_size
 
-    def _page(self, query: Select[tuple[T]], number: int) -> Page[T]:
+    def _page(self, query: Select[Any], number: int) -> Page[Row[Any]]:
         number = max(number, 1)
         limited = query.limit(self.page_size + 1).offset((number - 1) * self.page_size)
-        with Session(self.store.engine, expire_on_commit=False) as session:
-            rows = list(session.scalars(limited))
+        with self.store.engine.connect() as connection:
+            rows = list(connection.execute(limited))
         return Page(rows[: self.page_size], number, len(rows) > self.page_size)
 
     def runs(
@@ -77,28 +76,33 @@ class History:
         status: str | None = None,
         number: int = 1,
         server: str | None = None,
-    ) -> Page[Run]:
+    ) -> Page[Row[Any]]:
         """Runs newest first, of every server unless ``server`` is given."""
-        query = select(Run).order_by(Run.id.desc())
+        runs = tables.runs
+        query = select(runs).order_by(runs.c.id.desc())
         if pipeline:
-            query = query.where(Run.pipeline == pipeline)
+            query = query.where(runs.c.pipeline == pipeline)
         if status:
-            query = query.where(Run.status == status)
+            query = query.where(runs.c.status == status)
         if server:
-            query = query.where(Run.server == server)
+            query = query.where(runs.c.server == server)
         return self._page(query, number)
 
-    def deliveries(self, number: int = 1, server: str | None = None) -> Page[Delivery]:
+    def deliveries(self, number: int = 1, server: str | None = None) -> Page[Row[Any]]:
         """Deliveries newest first, of every server unless ``server`` is given."""
-        query = select(Delivery).order_by(Delivery.received_at.desc(), Delivery.server, Delivery.delivery_id)
+        deliveries = tables.deliveries
+        query = select(deliveries).order_by(
+            deliveries.c.received_at.desc(), deliveries.c.server, deliveries.c.delivery_id
+        )
         if server:
-            query = query.where(Delivery.server == server)
+            query = query.where(deliveries.c.server == server)
         return self._page(query, number)
 
     def pipeline_names(self) -> list[str]:
         """Every pipeline that has runs (on any server), by name."""
-        with Session(self.store.engine) as session:
-            return list(session.scalars(select(Run.pipeline).distinct().order_by(Run.pipeline)))
+        pipeline = tables.runs.c.pipeline
+        with self.store.engine.connect() as connection:
+            return list(connection.scalars(select(pipeline).distinct().order_by(pipeline)))
 
     def servers(self) -> list[str]:
         """Every server with runs or deliveries in the database, by name."""
@@ -108,18 +112,19 @@ class History:
         """Each pipeline of each server that has runs, and this server's with a file (``with_files``), by
         server and name, with its last and last deployed run there."""
         last = self._last_runs()
-        deployed = self._last_runs(Run.status == "succeeded")
-        verdicts = self._last_runs(Run.status.in_(VERDICTS))
+        deployed = self._last_runs(tables.runs.c.status == "succeeded")
+        verdicts = self._last_runs(tables.runs.c.status.in_(VERDICTS))
         files = {(self.store.server, name) for name in with_files}
         return [
             PipelineSummary(*key, last.get(key), deployed.get(key), verdicts.get(key), key in files)
             for key in sorted(files | set(last))
         ]
 
-    def _last_runs(self, *where: ColumnElement[bool]) -> dict[tuple[str, str], Run]:
+    def _last_runs(self, *where: ColumnElement[bool]) -> dict[tuple[str, str], Row[Any]]:
         """Each server's pipelines' last run (of those ``where`` selects): one query, whatever the history's
         size. A pipeline's name is its own on each server: the same name elsewhere is another pipeline."""
-        last = select(func.max(Run.id)).where(*where).group_by(Run.server, Run.pipeline)
-        with Session(self.store.engine, expire_on_commit=False) as session:
-            runs = session.scalars(select(Run).where(Run.id.in_(last)))
-            return {(run.server, run.pipeline): run for run in runs}
+        runs = tables.runs
+        last = select(func.max(runs.c.id)).where(*where).group_by(runs.c.server, runs.c.pipeline)
+        with self.store.engine.connect() as connection:
+            found = connection.execute(select(runs).where(runs.c.id.in_(last)))
+            return {(run.server, run.pipeline): run for run in found}

@@ -2,7 +2,7 @@
 first, for `runner up`), or, for a server alone, only the schema checked, through the DB-API driver.
 
 A server process keeps no store: it only pings the database (runner/driver.py's Database), and neither
-SQLAlchemy nor the models are imported into it.
+SQLAlchemy nor the tables (runner/tables.py) are imported into it.
 """
 
 from __future__ import annotations

@@ -25,10 +25,11 @@ from runner.timefmt import iso, shown
 FOLLOW_CHECK = 1.0
 
 if TYPE_CHECKING:
+    from sqlalchemy import Row
+
     from runner.catchup import Pass
     from runner.catchup_finding import Finding
     from runner.failed import FailedEntry
-    from runner.models import Delivery, Run, StepResult
     from runner.retention import Plan
     from runner.store import Store
 
@@ -60,7 +61,7 @@ def _with_server(rows: list[list[str]], headers: list[str], servers: list[str] |
         _table([[server, *row] for server, row in zip(servers, rows, strict=True)], ["SERVER", *headers])
 
 
-def print_deliveries(deliveries: list[Delivery], as_json: bool, all_servers: bool = False) -> None:
+def print_deliveries(deliveries: list[Row[Any]], as_json: bool, all_servers: bool = False) -> None:
     if as_json:
         print(
             json.dumps(
@@ -101,7 +102,7 @@ def print_deliveries(deliveries: list[Delivery], as_json: bool, all_servers: boo
     _with_server(rows, headers, [d.server for d in deliveries] if all_servers else None)
 
 
-def _run_json(run: Run, steps: list[StepResult] | None = None) -> dict[str, Any]:
+def _run_json(run: Row[Any], steps: list[Row[Any]] | None = None) -> dict[str, Any]:
     data = {
         "id": run.id,
         "server": run.server,
@@ -134,7 +135,7 @@ def _run_json(run: Run, steps: list[StepResult] | None = None) -> dict[str, Any]
 
 
 def print_runs(
-    runs: list[Run], steps: dict[int, list[StepResult]], as_json: bool, all_servers: bool = False
+    runs: list[Row[Any]], steps: dict[int, list[Row[Any]]], as_json: bool, all_servers: bool = False
 ) -> None:
     if as_json:
         print(json.dumps([_run_json(run, steps[run.id]) for run in runs], indent=2))
@@ -164,7 +165,7 @@ def print_runs(
     _with_server(rows, headers, [run.server for run in runs] if all_servers else None)
 
 
-def print_log(store: Store, run: Run, config: Config, follow: bool) -> None:
+def print_log(store: Store, run: Row[Any], config: Config, follow: bool) -> None:
     """Print ``run``'s log; with ``follow``, also what is added to it while the run goes on. Then, on stderr,
     how the run ended, or why it is not followed any further."""
     # Where its lane writes it (the run records it only once it starts).

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Row
 from sqlalchemy.exc import SQLAlchemyError
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -20,7 +21,6 @@ from starlette.staticfiles import StaticFiles
 
 from runner.config import Config, Secret
 from runner.history import RUN_STATUSES, History
-from runner.models import Run
 from runner.notifications import attempts
 from runner.pipelines import pipeline_files
 from runner.queue import Queue
@@ -130,7 +130,7 @@ class StatusPage:
             **live,
         )
 
-    def _log_file(self, run: Run) -> Path | None:
+    def _log_file(self, run: Row[Any]) -> Path | None:
         """The run's log, if this server has it: another server's run has its log on that server."""
         if run.server != self.store.server:
             return None

@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from sqlalchemy import Row
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
 from starlette.routing import BaseRoute, Route
@@ -27,7 +28,6 @@ from starlette.routing import BaseRoute, Route
 from runner.actions import actions_of_run
 from runner.config import Config, Secret
 from runner.entry import ACTIONS, Action
-from runner.models import ActionRecord, Run
 from runner.queue import Queue
 from runner.store import Store
 
@@ -154,10 +154,10 @@ class RunActions:
         logger.info("%s of run %d asked by %s: main queue entry %s", action, run_id, user, name)
         return RedirectResponse(f"{self.prefix}/runs/{run_id}?asked={action}", status_code=303)
 
-    def run_context(self, request: Request, run: Run) -> dict[str, Any]:
+    def run_context(self, request: Request, run: Row[Any]) -> dict[str, Any]:
         """What the run page's actions part shows: the token, the actions recorded, a notice after a POST."""
         user = request.scope.get("ui_user")
-        recorded: list[ActionRecord] = actions_of_run(self.store, run.id)
+        recorded: list[Row[Any]] = actions_of_run(self.store, run.id)
         return {
             "csrf_field": FORM_FIELD,
             "csrf_token": self.tokens.token(user) if user else "",

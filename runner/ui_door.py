@@ -1,9 +1,9 @@
 """The status page's door: the page is built on its first request once its users file exists.
 
 Until then every path under RUNNER_UI_PATH answers 404, as the page itself does without users, and the
-server holds none of it: Jinja, the ORM and the models (the page's read-only store), the page's templates and
-its modules are imported only by a server whose page is used (about 15 MB less in one that only takes
-deliveries).
+server holds none of it: Jinja, SQLAlchemy and the tables (the page's read-only store, on Core), the page's
+templates and its modules are imported only by a server whose page is used (about 18 MB less in one that
+only takes deliveries).
 """
 
 from __future__ import annotations

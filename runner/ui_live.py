@@ -19,13 +19,13 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Row
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.routing import BaseRoute, Route
 
 from runner.config import Config
 from runner.log_follow import Line, LogFollower, follow_async
-from runner.models import Run
 from runner.run_events import RunEvent, RunWatch
 from runner.store import Store
 
@@ -66,7 +66,7 @@ def _busy(why: str) -> Response:
     )
 
 
-def run_log_path(config: Config, store: Store, run: Run) -> Path | None:
+def run_log_path(config: Config, store: Store, run: Row[Any]) -> Path | None:
     """Where the run's log is or will be (its lane's path, logs/PIPELINE/RUN.log, until it records its own),
     if that is inside logs/: a path the database holds is not followed elsewhere. None for another server's
     run: its log is on that server."""
@@ -163,7 +163,7 @@ class LiveStreams:
             follower.close()
             self.following.discard(follower)
 
-    async def _log_events(self, run: Run, follower: LogFollower | None) -> AsyncGenerator[str, None]:
+    async def _log_events(self, run: Row[Any], follower: LogFollower | None) -> AsyncGenerator[str, None]:
         if follower is not None:
             lines = follow_async(
                 follower.path, follower.offset, lambda: self._ended(run.id), follower=follower

@@ -11,8 +11,10 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from runner.models import StepResult
+from sqlalchemy import Row
+
 from runner.timefmt import stamp
 
 # What the page shows of a log at most: the end, where a failure is.
@@ -57,7 +59,7 @@ def log_file(logs_dir: Path, log_path: str | None) -> Path | None:
     return path
 
 
-def read_shown(path: Path, steps: Sequence[StepResult], limit: int = MAX_SHOWN_BYTES) -> ShownLog:
+def read_shown(path: Path, steps: Sequence[Row[Any]], limit: int = MAX_SHOWN_BYTES) -> ShownLog:
     """The complete lines of the last ``limit`` bytes of ``path`` (a line still being written is left for
     the next read), each with its step."""
     with path.open("rb") as log:
@@ -86,7 +88,7 @@ def _last_lines(data: bytes, count: int) -> int:
     return end + 1
 
 
-def _parse(raw_lines: list[str], steps: Sequence[StepResult]) -> list[LogLine]:
+def _parse(raw_lines: list[str], steps: Sequence[Row[Any]]) -> list[LogLine]:
     lines = []
     step = None
     for index, raw in enumerate(raw_lines):
@@ -108,7 +110,7 @@ def _parse(raw_lines: list[str], steps: Sequence[StepResult]) -> list[LogLine]:
     return lines
 
 
-def _step_at(time: str, steps: Sequence[StepResult]) -> int | None:
+def _step_at(time: str, steps: Sequence[Row[Any]]) -> int | None:
     """The step going on at ``time`` (a log line's), for a log shown from its middle."""
     going_on = [step.position for step in steps if stamp(step.started_at) <= time <= stamp(step.finished_at)]
     return going_on[-1] if going_on else None
