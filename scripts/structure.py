@@ -79,7 +79,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.tables",
     },
     # Which run carries out an entry, or is called off: decided by the database.
-    "runner.claims": {"runner.database", "runner.models", "runner.store"},
+    "runner.claims": {"runner.database", "runner.store", "runner.tables"},
     # The pipeline language: templating, the shell rules, the YAML, the model, its checks and loading.
     "runner.templating": set(),
     "runner.shell": {"runner.templating"},
