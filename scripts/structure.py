@@ -218,10 +218,10 @@ ALLOWED: dict[str, set[str]] = {
         "runner.catchup_finding",
         "runner.config",
         "runner.github",
-        "runner.models",
         "runner.pipeline",
         "runner.steps",
         "runner.store",
+        "runner.tables",
         "runner.trigger",
     },
     "runner.catchup": {
