@@ -19,6 +19,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote
 
+from sqlalchemy import Row
+
 from runner.entry import RunEntry
 from runner.errors import describe
 from runner.events import repository_name
@@ -35,7 +37,6 @@ from runner.github_reports import (
     start_reports,
     waiting_ended_reports,
 )
-from runner.models import GitHubReport
 from runner.outbox import GIVEN_UP, Outbox
 from runner.pipeline import GitHubReporting, Pipeline
 from runner.store import Store
@@ -47,7 +48,7 @@ RETRY_FIRST = 1.0
 RETRY_MAX = 300.0
 
 
-def _what(row: GitHubReport) -> str:
+def _what(row: Row[Any]) -> str:
     """A row, as a log line names it."""
     state = row.body.get("state") or row.body.get("environment")
     return f"GitHub report {row.id} of run {row.run_id} ({row.kind} {state} for {row.repository})"
@@ -175,7 +176,7 @@ class Reporter:
                 self._send(row)
         return self.outbox.next_due()
 
-    def _send(self, row: GitHubReport) -> None:
+    def _send(self, row: Row[Any]) -> None:
         try:
             result = self._call(row)
         except GitHubUnavailable as exc:
@@ -195,7 +196,7 @@ class Reporter:
             if row.attempts:
                 logger.info("%s sent, at attempt %d", _what(row), row.attempts + 1)
 
-    def _keep(self, row: GitHubReport, error: GitHubError, retry_at: float | None) -> None:
+    def _keep(self, row: Row[Any], error: GitHubError, retry_at: float | None) -> None:
         """Keep a row whose call failed for now: made again when GitHub said, or after the pause."""
         pause = min(RETRY_FIRST * 2**row.attempts, RETRY_MAX)
         at = max(retry_at or 0.0, time.time() + pause)
@@ -203,7 +204,7 @@ class Reporter:
             logger.warning("%s: %s; kept, and made again until it is sent", _what(row), error)
         self.outbox.retry(row.id, datetime.fromtimestamp(at, UTC), str(error))
 
-    def _call(self, row: GitHubReport) -> int | None:
+    def _call(self, row: Row[Any]) -> int | None:
         """Make the row's call; the id of what GitHub made."""
         repository = row.repository
         path = f"/repos/{quote(repository, safe='/')}"
@@ -225,7 +226,7 @@ class Reporter:
         target = f"{path}/deployments/{deployment.result}/statuses"
         return _made_id(self.github.request("POST", target, repository=repository, json=row.body), target)
 
-    def _made_before(self, row: GitHubReport, path: str) -> int | None:
+    def _made_before(self, row: Row[Any], path: str) -> int | None:
         """The deployment an earlier attempt at ``row`` made, whose answer was lost (a timeout after the
         call was sent): found by the run its payload names."""
         params: dict[str, Any] = {"sha": row.commit, "environment": row.body["environment"]}

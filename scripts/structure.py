@@ -159,7 +159,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.github_auth": {"runner.config", "runner.github", "runner.masking"},
     # What runs tell GitHub: the calls (pure), the outbox that keeps them, the reporter that sends them.
     "runner.github_reports": {"runner.models", "runner.pipeline"},
-    "runner.outbox": {"runner.github_reports", "runner.models", "runner.store"},
+    "runner.outbox": {"runner.github_reports", "runner.store", "runner.tables"},
     "runner.reporter": {
         "runner.entry",
         "runner.events",
@@ -167,7 +167,6 @@ ALLOWED: dict[str, set[str]] = {
         "runner.github",
         "runner.github_auth",
         "runner.github_reports",
-        "runner.models",
         "runner.outbox",
         "runner.pipeline",
         "runner.store",
