@@ -177,10 +177,10 @@ ALLOWED: dict[str, set[str]] = {
     "runner.notify_messages": set(),
     "runner.notifications": {
         "runner.credentials",
-        "runner.models",
         "runner.notify_messages",
         "runner.pipeline",
         "runner.store",
+        "runner.tables",
     },
     "runner.notify_send": {
         "runner",
