@@ -192,7 +192,6 @@ ALLOWED: dict[str, set[str]] = {
     },
     "runner.notifier": {
         "runner.config",
-        "runner.models",
         "runner.notifications",
         "runner.notify_send",
         "runner.pipeline",
