@@ -372,9 +372,9 @@ ALLOWED: dict[str, set[str]] = {
     "runner.retention": {
         "runner.config",
         "runner.failed",
-        "runner.models",
         "runner.outbox",
         "runner.store",
+        "runner.tables",
         "runner.timefmt",
     },
     # The status page's actions (redeploy, cancel), done for the router as the commands do them, recorded.
