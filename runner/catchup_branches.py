@@ -17,12 +17,11 @@ from typing import Any
 from urllib.parse import quote
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
+from runner import tables
 from runner.catchup_finding import Finding
 from runner.config import Config
 from runner.github import GitHub, GitHubError
-from runner.models import Run
 from runner.pipeline import Pipeline
 from runner.steps import COMMIT, REF
 from runner.store import Store
@@ -78,19 +77,20 @@ def _branch(item: Any) -> tuple[str | None, str | None]:
 def _deployed(store: Store, pipeline: str, ref: str) -> list[str]:
     """The commits the pipeline deployed from ``ref`` on this server (its succeeded runs'), the last one
     first."""
-    with Session(store.engine) as session:
-        query = (
-            select(Run.commit)
-            .where(
-                Run.server == store.server,
-                Run.pipeline == pipeline,
-                Run.ref == ref,
-                Run.status == "succeeded",
-                Run.commit.is_not(None),
-            )
-            .order_by(Run.finished_at.desc(), Run.id.desc())
+    runs = tables.runs
+    query = (
+        select(runs.c.commit)
+        .where(
+            runs.c.server == store.server,
+            runs.c.pipeline == pipeline,
+            runs.c.ref == ref,
+            runs.c.status == "succeeded",
+            runs.c.commit.is_not(None),
         )
-        return [commit for commit in session.scalars(query) if commit is not None]
+        .order_by(runs.c.finished_at.desc(), runs.c.id.desc())
+    )
+    with store.engine.connect() as connection:
+        return [commit for commit in connection.scalars(query) if commit is not None]
 
 
 class Comparison:

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, or_, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Connection, and_, insert, or_, select, update
 
+from runner import tables
 from runner.database import commit_without_waiting
-from runner.models import Run
 from runner.store import Store, deployed_commit, next_attempt
+
+runs = tables.runs
 
 # The statuses of a run that has not ended.
 OPEN = ("queued", "running")
@@ -30,13 +31,13 @@ INTERRUPTED = "the worker stopped during the run; the entry is run again"
 
 def _called_off() -> ColumnElement[bool]:
     """A run called off. Its reason tells a cancel from a worker's stop, whose entry is carried out again."""
-    by_request = or_(Run.reason.startswith(BY_HAND), Run.reason.startswith(SUPERSEDED_BY))
-    return or_(Run.status == "superseded", and_(Run.status == "cancelled", by_request))
+    by_request = or_(runs.c.reason.startswith(BY_HAND), runs.c.reason.startswith(SUPERSEDED_BY))
+    return or_(runs.c.status == "superseded", and_(runs.c.status == "cancelled", by_request))
 
 
 def _of(store: Store, pipeline: str) -> tuple[ColumnElement[bool], ColumnElement[bool]]:
     """The runs of the Store's server's ``pipeline`` (another server may have a pipeline of that name)."""
-    return Run.server == store.server, Run.pipeline == pipeline
+    return runs.c.server == store.server, runs.c.pipeline == pipeline
 
 
 def claim_run(
@@ -48,8 +49,8 @@ def claim_run(
     Runs of the entry left ``running`` by a worker that died are marked ``interrupted`` and returned as the
     second item: the entry is done again, by a new run.
     """
-    with Session(store.engine) as session, session.begin():
-        return _claim(session, store, pipeline, entry, run_id, trigger=trigger, **fields)
+    with store.engine.begin() as connection:
+        return _claim(connection, store, pipeline, entry, run_id, trigger=trigger, **fields)
 
 
 @dataclass
@@ -75,24 +76,23 @@ def start_run(
 ) -> Claim:
     """:func:`claim_run`, and in the same transaction what the run needs before its first step: its log's
     path (``log_path(run id)``), ref and commit recorded, and the commit the pipeline last deployed."""
-    with Session(store.engine) as session, session.begin():
+    with store.engine.begin() as connection:
         if run_id is not None:
             # Undone by a power cut, the claim of the entry's queued run leaves it queued and the entry in its
             # queue: the run is carried out again, as a run that a power cut stops is. Its end, which waits
             # for the disk, makes the claim durable before the entry leaves the queue.
-            commit_without_waiting(session.connection())
+            commit_without_waiting(connection)
         claimed, interrupted = _claim(
-            session, store, pipeline, entry, run_id, trigger=trigger, ref=ref, commit=commit, **fields
+            connection, store, pipeline, entry, run_id, trigger=trigger, ref=ref, commit=commit, **fields
         )
         if claimed is None:
             return Claim(None, interrupted)
         # Read before this run can succeed: what was deployed before it.
-        previous = session.scalars(deployed_commit(store.server, pipeline)).first()
-        session.execute(
-            update(Run)
-            .where(Run.id == claimed)
+        previous = connection.scalars(deployed_commit(store.server, pipeline)).first()
+        connection.execute(
+            update(runs)
+            .where(runs.c.id == claimed)
             .values(log_path=log_path(claimed), ref=ref, commit=commit)
-            .execution_options(synchronize_session=False)
         )
     if claimed != run_id and run_id is not None:
         # A new run, whose id a power cut could give another run: durable now, by a commit that waits.
@@ -101,7 +101,7 @@ def start_run(
 
 
 def _claim(
-    session: Session,
+    connection: Connection,
     store: Store,
     pipeline: str,
     entry: str,
@@ -112,40 +112,42 @@ def _claim(
 ) -> tuple[int | None, list[int]]:
     """:func:`claim_run`'s work, in the caller's transaction."""
     now = datetime.now(UTC)
-    of_entry = and_(Run.server == store.server, Run.pipeline == pipeline, Run.entry == entry)
+    of_entry = and_(runs.c.server == store.server, runs.c.pipeline == pipeline, runs.c.entry == entry)
     interrupted = list(
-        session.scalars(
-            update(Run)
-            .where(of_entry, Run.status == "running")
+        connection.execute(
+            update(runs)
+            .where(of_entry, runs.c.status == "running")
             .values(status="interrupted", reason=INTERRUPTED, finished_at=now)
-            .returning(Run.id)
-            .execution_options(synchronize_session=False)
-        )
+            .returning(runs.c.id)
+        ).scalars()
     )
     if run_id is not None:
-        claimed = session.execute(
-            update(Run)
-            .where(Run.id == run_id, *_of(store, pipeline), Run.status == "queued")
+        claimed = connection.execute(
+            update(runs)
+            .where(runs.c.id == run_id, *_of(store, pipeline), runs.c.status == "queued")
             .values(entry=entry, status="running", started_at=now)
-            .execution_options(synchronize_session=False)
         )
         if claimed.rowcount:
             return run_id, interrupted
-    mine = or_(of_entry, and_(Run.id == run_id, *_of(store, pipeline))) if run_id is not None else of_entry
-    if session.scalar(select(Run.id).where(mine, _called_off()).limit(1)) is not None:
+    mine = or_(of_entry, and_(runs.c.id == run_id, *_of(store, pipeline))) if run_id is not None else of_entry
+    if connection.scalar(select(runs.c.id).where(mine, _called_off()).limit(1)) is not None:
         return None, interrupted
     # The entry's commit is the earlier runs' commit: so is its subject.
-    subject = session.scalar(select(Run.subject).where(mine, Run.subject.is_not(None)).limit(1))
-    run = Run(
-        server=store.server, pipeline=pipeline, trigger=trigger, queued_at=now, subject=subject, **fields
-    )
-    if run.delivery_id is not None:
+    subject = connection.scalar(select(runs.c.subject).where(mine, runs.c.subject.is_not(None)).limit(1))
+    row = {
+        "server": store.server,
+        "pipeline": pipeline,
+        "trigger": trigger,
+        "queued_at": now,
+        "subject": subject,
+    }
+    row.update(fields)
+    if row.get("delivery_id") is not None:
         # The entry done again: the next attempt of its (delivery, pipeline).
-        run.attempt = next_attempt(session, store.server, pipeline, run.delivery_id)
-    run.entry, run.status, run.started_at = entry, "running", now
-    session.add(run)
-    session.flush()
-    return run.id, interrupted
+        row["attempt"] = next_attempt(connection, store.server, pipeline, row["delivery_id"])
+    row.update(entry=entry, status="running", started_at=now)
+    new_id: int = connection.execute(insert(runs).returning(runs.c.id), row).scalar_one()
+    return new_id, interrupted
 
 
 def call_off(
@@ -154,18 +156,17 @@ def call_off(
     """End the runs of a waiting ``entry`` that have not ended, with ``reason``: its queued run ``run_id`` as
     ``status``, and any that a worker that died left running as cancelled (they had started). Returns each
     run ended, with the status it had."""
-    of_entry = and_(*_of(store, pipeline), Run.entry == entry)
-    mine = or_(of_entry, and_(Run.id == run_id, *_of(store, pipeline))) if run_id is not None else of_entry
+    of_entry = and_(*_of(store, pipeline), runs.c.entry == entry)
+    mine = or_(of_entry, and_(runs.c.id == run_id, *_of(store, pipeline))) if run_id is not None else of_entry
     ended: dict[int, str] = {}
-    with Session(store.engine) as session, session.begin():
+    with store.engine.begin() as connection:
         for had, becomes in (("queued", status), ("running", "cancelled")):
-            for ended_id in session.scalars(
-                update(Run)
-                .where(mine, Run.status == had)
+            for ended_id in connection.execute(
+                update(runs)
+                .where(mine, runs.c.status == had)
                 .values(status=becomes, reason=reason, finished_at=datetime.now(UTC))
-                .returning(Run.id)
-                .execution_options(synchronize_session=False)
-            ):
+                .returning(runs.c.id)
+            ).scalars():
                 ended[ended_id] = had
     return ended
 
@@ -179,8 +180,8 @@ def cancel_run(store: Store, run_id: int) -> str | None:
     for had in OPEN:
         with store.engine.begin() as connection:
             done = connection.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.server == store.server, Run.status == had)
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.server == store.server, runs.c.status == had)
                 .values(status="cancelled", reason=BY_HAND, finished_at=datetime.now(UTC))
             )
         if done.rowcount:
@@ -195,17 +196,17 @@ def finish_claimed(store: Store, run_id: int, status: str, reason: str | None) -
     with store.engine.begin() as connection:
         now = datetime.now(UTC)
         done = connection.execute(
-            update(Run)
-            .where(Run.id == run_id, Run.status == "running")
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.status == "running")
             .values(status=status, reason=reason, finished_at=now)
         )
         if done.rowcount:
             return True
-        connection.execute(update(Run).where(Run.id == run_id).values(finished_at=now))
+        connection.execute(update(runs).where(runs.c.id == run_id).values(finished_at=now))
         if reason is not None and reason.startswith(BY_HAND):
             connection.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.status == "cancelled", Run.reason == BY_HAND)
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.status == "cancelled", runs.c.reason == BY_HAND)
                 .values(reason=reason)
             )
     return False

@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, func, insert, select, update
 
+from runner import tables
 from runner.credentials import mask
-from runner.models import Notification, Run
 from runner.notify_messages import Facts, email_message, plain, subject_of, webhook_body
 from runner.pipeline import NotifyTarget, Pipeline
 from runner.store import Store
@@ -38,6 +37,8 @@ _STAMP = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d+Z ")
 # Runs that ended for themselves: what a recovery looks back at.
 _ENDED = ("succeeded", "failed")
 
+runs, notifications = tables.runs, tables.notifications
+
 
 def describe(target: NotifyTarget) -> str:
     """The target, as rows and pages show it: no URL but its scheme and host."""
@@ -49,22 +50,22 @@ def describe(target: NotifyTarget) -> str:
     return f"{target.format} webhook {parts.scheme}://{parts.hostname}/…"
 
 
-def event_of(store: Store, run: Run) -> str | None:
+def event_of(store: Store, run: Row[Any]) -> str | None:
     """What the run's end is told as: failure, recovery, success; None for a run that was called off."""
     if run.status == "failed":
         return "failure"
     if run.status != "succeeded":
         return None
-    with Session(store.engine) as session:
-        previous = session.scalar(
-            select(Run.status)
+    with store.engine.connect() as connection:
+        previous = connection.scalar(
+            select(runs.c.status)
             .where(
-                Run.server == run.server,
-                Run.pipeline == run.pipeline,
-                Run.id < run.id,
-                Run.status.in_(_ENDED),
+                runs.c.server == run.server,
+                runs.c.pipeline == run.pipeline,
+                runs.c.id < run.id,
+                runs.c.status.in_(_ENDED),
             )
-            .order_by(Run.id.desc())
+            .order_by(runs.c.id.desc())
             .limit(1)
         )
     return "recovery" if previous == "failed" else "success"
@@ -93,7 +94,12 @@ def log_tail(path: Path, lines: int = LOG_LINES) -> list[str]:
 
 
 def facts_of(
-    store: Store, run: Run, event: str, payload: Mapping[str, Any] | None, server: str, public_url: str | None
+    store: Store,
+    run: Row[Any],
+    event: str,
+    payload: Mapping[str, Any] | None,
+    server: str,
+    public_url: str | None,
 ) -> Facts:
     failed = [step for step in store.steps(run.id) if step.status in ("failed", "timed_out")]
     return Facts(
@@ -136,56 +142,56 @@ class Notifications:
             return 0
         facts = facts_of(self.store, run, event, payload, server, public_url)
         now = datetime.now(UTC)
-        with Session(self.engine) as session, session.begin():
-            for index, target in targets:
-                message = (
-                    email_message(facts) if target.kind == "email" else webhook_body(target.format, facts)
-                )
-                session.add(
-                    Notification(
-                        run_id=run_id,
-                        target=describe(target),
-                        target_index=index,
-                        event=event,
-                        message=message,
-                        state=PENDING,
-                        attempts=0,
-                        created_at=now,
-                        next_attempt_at=now,
-                    )
-                )
+        rows = [
+            {
+                "run_id": run_id,
+                "target": describe(target),
+                "target_index": index,
+                "event": event,
+                "message": email_message(facts)
+                if target.kind == "email"
+                else webhook_body(target.format, facts),
+                "state": PENDING,
+                "attempts": 0,
+                "created_at": now,
+                "next_attempt_at": now,
+            }
+            for index, target in targets
+        ]
+        with self.engine.begin() as connection:
+            connection.execute(insert(notifications), rows)
         return len(targets)
 
-    def due(self, now: datetime, busy: Sequence[int] = ()) -> list[tuple[Notification, str]]:
+    def due(self, now: datetime, busy: Sequence[int] = ()) -> list[tuple[Row[Any], str]]:
         """Pending rows whose time has come, oldest first, but those being sent (``busy``); each with its
-        run's pipeline."""
+        run's pipeline (which the row has too, as ``pipeline``)."""
         query = (
-            select(Notification, Run.pipeline)
-            .join(Run, Run.id == Notification.run_id)
+            select(notifications, runs.c.pipeline)
+            .join(runs, runs.c.id == notifications.c.run_id)
             .where(
-                Run.server == self.store.server,
-                Notification.state == PENDING,
-                Notification.next_attempt_at <= now,
+                runs.c.server == self.store.server,
+                notifications.c.state == PENDING,
+                notifications.c.next_attempt_at <= now,
             )
-            .order_by(Notification.id)
+            .order_by(notifications.c.id)
             .limit(100)
         )
         if busy:
-            query = query.where(Notification.id.not_in(busy))
-        with Session(self.engine, expire_on_commit=False) as session:
-            return [(row, pipeline) for row, pipeline in session.execute(query)]
+            query = query.where(notifications.c.id.not_in(busy))
+        with self.engine.connect() as connection:
+            return [(row, row.pipeline) for row in connection.execute(query)]
 
     def next_due(self, busy: Sequence[int] = ()) -> datetime | None:
         """When the next pending row not being sent is due; None: none is."""
         query = (
-            select(func.min(Notification.next_attempt_at))
-            .join(Run, Run.id == Notification.run_id)
-            .where(Run.server == self.store.server, Notification.state == PENDING)
+            select(func.min(notifications.c.next_attempt_at))
+            .join(runs, runs.c.id == notifications.c.run_id)
+            .where(runs.c.server == self.store.server, notifications.c.state == PENDING)
         )
         if busy:
-            query = query.where(Notification.id.not_in(busy))
-        with Session(self.engine) as session:
-            return session.scalar(query)
+            query = query.where(notifications.c.id.not_in(busy))
+        with self.engine.connect() as connection:
+            return connection.scalar(query)
 
     def sent(self, row_id: int) -> None:
         # The error stays: how the attempts before this one failed.
@@ -199,14 +205,14 @@ class Notifications:
 
     def _set(self, row_id: int, attempted: bool = True, **values: object) -> None:
         if attempted:
-            values["attempts"] = Notification.attempts + 1
+            values["attempts"] = notifications.c.attempts + 1
         with self.engine.begin() as connection:
-            connection.execute(update(Notification).where(Notification.id == row_id).values(**values))
+            connection.execute(update(notifications).where(notifications.c.id == row_id).values(**values))
 
 
-def attempts(store: Store, run_id: int) -> list[Notification]:
+def attempts(store: Store, run_id: int) -> list[Row[Any]]:
     """A run's notifications, oldest first: each one's target, event, state, attempts and last error (what
     the status page shows)."""
-    with Session(store.engine, expire_on_commit=False) as session:
-        query = select(Notification).where(Notification.run_id == run_id).order_by(Notification.id)
-        return list(session.scalars(query))
+    query = select(notifications).where(notifications.c.run_id == run_id).order_by(notifications.c.id)
+    with store.engine.connect() as connection:
+        return list(connection.execute(query))

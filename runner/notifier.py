@@ -19,8 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from sqlalchemy import Row
+
 from runner.config import Config
-from runner.models import Notification
 from runner.notifications import Notifications, describe
 from runner.pipeline import NotifyTarget, Pipeline
 from runner.pipelines import PipelineSet
@@ -38,7 +39,7 @@ class GiveUp(Exception):
     """A row that no attempt can send (its target is gone from the pipeline)."""
 
 
-def _what(row: Notification) -> str:
+def _what(row: Row[Any]) -> str:
     return f"notification {row.id} of run {row.run_id} ({row.event}, {row.target})"
 
 
@@ -96,7 +97,7 @@ class Notifier:
         self._busy.discard(row_id)
         self.wake.set()
 
-    def _target(self, row: Notification, pipeline_name: str) -> NotifyTarget:
+    def _target(self, row: Row[Any], pipeline_name: str) -> NotifyTarget:
         pipeline = self.pipelines.get(pipeline_name)
         if pipeline is None:
             raise GiveUp(f"pipeline {pipeline_name} no longer exists")
@@ -117,7 +118,7 @@ class Notifier:
             sender = config.smtp_from or f"runner@{socket.gethostname()}"
             notify_send.send_email(config.smtp, config.smtp_password_file, sender, target.addresses, message)
 
-    def _send(self, row: Notification, pipeline_name: str) -> None:
+    def _send(self, row: Row[Any], pipeline_name: str) -> None:
         """One attempt at ``row``, in a thread of the pool; its outcome recorded on the row."""
         # Here, at the first message, not at the top: sending imports urllib, http.client, smtplib, email
         # and ssl (OpenSSL's libraries, 4 MB), which a worker that sends nothing would hold for nothing.
@@ -140,7 +141,7 @@ class Notifier:
         except Exception:
             logger.exception("could not record the attempt at %s", _what(row))
 
-    def _failed(self, row: Notification, error: str) -> None:
+    def _failed(self, row: Row[Any], error: str) -> None:
         if row.attempts >= len(RETRIES):
             logger.error("%s given up after %d attempts: %s", _what(row), row.attempts + 1, error)
             self.notifications.give_up(row.id, error)

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from typing import Any
 
-from sqlalchemy import func, select, update
-from sqlalchemy.orm import Session, aliased
+from sqlalchemy import Row, func, insert, select, update
 from sqlalchemy.sql import Select
 
+from runner import tables
 from runner.github_reports import DEPLOYMENT, DEPLOYMENT_STATUS, Report
-from runner.models import GitHubReport, Run
 from runner.store import Store
+
+# The table is the outbox.
+outbox = tables.github_reports
 
 PENDING = "pending"
 SENT = "sent"
@@ -30,70 +33,67 @@ class Outbox:
 
     def __init__(self, store: Store) -> None:
         self.engine = store.engine
-        self.mine = GitHubReport.run_id.in_(select(Run.id).where(Run.server == store.server))
+        self.mine = outbox.c.run_id.in_(select(tables.runs.c.id).where(tables.runs.c.server == store.server))
 
     def add(self, run_id: int, repository: str, commit: str, reports: Sequence[Report]) -> None:
         """Record a run's calls, after those it recorded before; a deployment status follows the run's
         last deployment."""
         now = datetime.now(UTC)
-        with Session(self.engine) as session, session.begin():
-            deployment = session.scalar(
-                select(func.max(GitHubReport.id)).where(
-                    GitHubReport.run_id == run_id, GitHubReport.kind == DEPLOYMENT
-                )
+        with self.engine.begin() as connection:
+            deployment = connection.scalar(
+                select(func.max(outbox.c.id)).where(outbox.c.run_id == run_id, outbox.c.kind == DEPLOYMENT)
             )
             for report in reports:
-                row = GitHubReport(
-                    run_id=run_id,
-                    repository=repository,
-                    kind=report.kind,
-                    commit=commit,
-                    body=report.body,
-                    follows=deployment if report.kind == DEPLOYMENT_STATUS else None,
-                    state=PENDING,
-                    attempts=0,
-                    created_at=now,
-                    next_attempt_at=now,
-                )
-                session.add(row)
+                row = {
+                    "run_id": run_id,
+                    "repository": repository,
+                    "kind": report.kind,
+                    "commit": commit,
+                    "body": report.body,
+                    "follows": deployment if report.kind == DEPLOYMENT_STATUS else None,
+                    "state": PENDING,
+                    "attempts": 0,
+                    "created_at": now,
+                    "next_attempt_at": now,
+                }
                 # Its id, in order: what a later deployment status follows.
-                session.flush()
+                row_id = connection.execute(insert(outbox).returning(outbox.c.id), row).scalar_one()
                 if report.kind == DEPLOYMENT:
-                    deployment = row.id
+                    deployment = row_id
 
-    def of_run(self, run_id: int) -> list[GitHubReport]:
+    def of_run(self, run_id: int) -> list[Row[Any]]:
         """A run's rows, in their order."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            query = select(GitHubReport).where(GitHubReport.run_id == run_id).order_by(GitHubReport.id)
-            return list(session.scalars(query))
+        with self.engine.connect() as connection:
+            query = select(outbox).where(outbox.c.run_id == run_id).order_by(outbox.c.id)
+            return list(connection.execute(query))
 
-    def get(self, report_id: int) -> GitHubReport | None:
-        with Session(self.engine, expire_on_commit=False) as session:
-            return session.get(GitHubReport, report_id)
+    def get(self, report_id: int) -> Row[Any] | None:
+        with self.engine.connect() as connection:
+            return connection.execute(select(outbox).where(outbox.c.id == report_id)).first()
 
-    def _heads(self) -> Select[tuple[GitHubReport]]:
+    def _heads(self) -> Select[Any]:
         """The first pending row of each of this server's runs: the only one of the run that may be sent."""
-        earlier = aliased(GitHubReport)
+        earlier = outbox.alias()
         waits = (
-            select(earlier.id)
+            select(earlier.c.id)
             .where(
-                earlier.run_id == GitHubReport.run_id, earlier.state == PENDING, earlier.id < GitHubReport.id
+                earlier.c.run_id == outbox.c.run_id, earlier.c.state == PENDING, earlier.c.id < outbox.c.id
             )
             .exists()
         )
-        return select(GitHubReport).where(self.mine, GitHubReport.state == PENDING, ~waits)
+        return select(outbox).where(self.mine, outbox.c.state == PENDING, ~waits)
 
-    def due(self, now: datetime) -> list[GitHubReport]:
+    def due(self, now: datetime) -> list[Row[Any]]:
         """The rows to send now, oldest first."""
-        with Session(self.engine, expire_on_commit=False) as session:
-            query = self._heads().where(GitHubReport.next_attempt_at <= now).order_by(GitHubReport.id)
-            return list(session.scalars(query))
+        with self.engine.connect() as connection:
+            query = self._heads().where(outbox.c.next_attempt_at <= now).order_by(outbox.c.id)
+            return list(connection.execute(query))
 
     def next_due(self) -> datetime | None:
         """When the next row is due; None when none is pending."""
         heads = self._heads().subquery()
-        with Session(self.engine) as session:
-            return session.scalar(select(func.min(heads.c.next_attempt_at)))
+        with self.engine.connect() as connection:
+            return connection.scalar(select(func.min(heads.c.next_attempt_at)))
 
     def sent(self, report_id: int, result: int | None) -> None:
         self._set(report_id, True, state=SENT, result=result, sent_at=datetime.now(UTC), error=None)
@@ -109,19 +109,23 @@ class Outbox:
     def _set(self, report_id: int, attempted: bool, **values: object) -> None:
         with self.engine.begin() as connection:
             connection.execute(
-                update(GitHubReport)
-                .where(GitHubReport.id == report_id)
-                .values(attempts=GitHubReport.attempts + int(attempted), **values)
+                update(outbox)
+                .where(outbox.c.id == report_id)
+                .values(attempts=outbox.c.attempts + int(attempted), **values)
             )
 
-    def give_up_older(self, before: datetime, why: str) -> list[GitHubReport]:
+    def give_up_older(self, before: datetime, why: str) -> list[Row[Any]]:
         """Give up the pending rows made before ``before``: ``why``, then the last attempt's error."""
-        with Session(self.engine, expire_on_commit=False) as session, session.begin():
-            query = select(GitHubReport).where(
-                self.mine, GitHubReport.state == PENDING, GitHubReport.created_at < before
-            )
-            rows = list(session.scalars(query.order_by(GitHubReport.id)))
-            for row in rows:
-                row.state = GIVEN_UP
-                row.error = why + (f" (last: {row.error})" if row.error else "")
-            return rows
+        with self.engine.begin() as connection:
+            query = select(outbox).where(self.mine, outbox.c.state == PENDING, outbox.c.created_at < before)
+            rows = list(connection.execute(query.order_by(outbox.c.id)))
+            # Each row as it is now: given up, its error said.
+            return [
+                connection.execute(
+                    update(outbox)
+                    .where(outbox.c.id == row.id)
+                    .values(state=GIVEN_UP, error=why + (f" (last: {row.error})" if row.error else ""))
+                    .returning(*outbox.c)
+                ).one()
+                for row in rows
+            ]

@@ -19,13 +19,13 @@ from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
-from sqlalchemy import delete, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Row, delete, func, select
 
+from runner import tables
 from runner.config import Config
 from runner.failed import FailedEntry, failed_entries, orphan_reasons
-from runner.models import Delivery, GitHubReport, Notification, Run, StepResult
 from runner.outbox import PENDING
 from runner.store import Store
 from runner.timefmt import shown
@@ -35,6 +35,9 @@ logger = logging.getLogger(__name__)
 # How often the worker prunes; the first pass is when it starts.
 PRUNE_INTERVAL = 24 * 3600.0
 
+runs, steps, deliveries = tables.runs, tables.steps, tables.deliveries
+reports, notifications = tables.github_reports, tables.notifications
+
 
 @dataclass
 class Plan:
@@ -42,8 +45,8 @@ class Plan:
 
     cutoff: datetime
     keep_runs: int
-    runs: list[Run] = field(default_factory=list)
-    deliveries: list[Delivery] = field(default_factory=list)
+    runs: list[Row[Any]] = field(default_factory=list)
+    deliveries: list[Row[Any]] = field(default_factory=list)
     failed: list[FailedEntry] = field(default_factory=list)
     # The outbox's rows of runs that are kept, sent or given up before the cutoff.
     reports: list[int] = field(default_factory=list)
@@ -62,42 +65,45 @@ class Plan:
         )
 
 
-def run_files(config: Config, run: Run) -> list[Path]:
+def run_files(config: Config, run: Row[Any]) -> list[Path]:
     """A run's files: its log and the process group file of its step, where the worker puts them (the path
     in its record does not decide what is removed)."""
     directory = config.logs_dir / run.pipeline
     return [directory / f"{run.id}.log", directory / f"{run.id}.pgid"]
 
 
-def _runs_to_prune(store: Store, before: datetime, keep_last: int) -> list[Run]:
+def _runs_to_prune(store: Store, before: datetime, keep_last: int) -> list[Row[Any]]:
     """Runs that ended before ``before`` (or were queued then, if they have no end), oldest first,
     except each pipeline's last ``keep_last`` runs, its last successful run and its last successful run
     with a commit (what ``Store.last_deployed_commit`` gives). A run queued or running is never one of
     them."""
-    mine = Run.server == store.server
-    by_pipeline = {"partition_by": Run.pipeline}
+    mine = runs.c.server == store.server
+    by_pipeline = {"partition_by": runs.c.pipeline}
     newest = (
-        select(Run.id, func.row_number().over(**by_pipeline, order_by=Run.id.desc()).label("n"))
+        select(runs.c.id, func.row_number().over(**by_pipeline, order_by=runs.c.id.desc()).label("n"))
         .where(mine)
         .subquery()
     )
     kept = [select(newest.c.id).where(newest.c.n <= keep_last)]
-    for succeeded in (Run.status == "succeeded", (Run.status == "succeeded") & Run.commit.is_not(None)):
-        order = (Run.finished_at.desc(), Run.id.desc())
+    for succeeded in (
+        runs.c.status == "succeeded",
+        (runs.c.status == "succeeded") & runs.c.commit.is_not(None),
+    ):
+        order = (runs.c.finished_at.desc(), runs.c.id.desc())
         last = (
-            select(Run.id, func.row_number().over(**by_pipeline, order_by=order).label("n"))
+            select(runs.c.id, func.row_number().over(**by_pipeline, order_by=order).label("n"))
             .where(mine, succeeded)
             .subquery()
         )
         kept.append(select(last.c.id).where(last.c.n == 1))
-    query = select(Run).where(
+    query = select(runs).where(
         mine,
-        Run.status.not_in(("queued", "running")),
-        func.coalesce(Run.finished_at, Run.queued_at) < before,
-        *(Run.id.not_in(ids) for ids in kept),
+        runs.c.status.not_in(("queued", "running")),
+        func.coalesce(runs.c.finished_at, runs.c.queued_at) < before,
+        *(runs.c.id.not_in(ids) for ids in kept),
     )
-    with Session(store.engine, expire_on_commit=False) as session:
-        return list(session.scalars(query.order_by(Run.id)))
+    with store.engine.connect() as connection:
+        return list(connection.execute(query.order_by(runs.c.id)))
 
 
 def _delete_runs(store: Store, run_ids: Sequence[int]) -> None:
@@ -105,52 +111,58 @@ def _delete_runs(store: Store, run_ids: Sequence[int]) -> None:
     with store.engine.begin() as connection:
         for start in range(0, len(run_ids), 500):
             chunk = run_ids[start : start + 500]
-            connection.execute(delete(StepResult).where(StepResult.run_id.in_(chunk)))
-            connection.execute(delete(GitHubReport).where(GitHubReport.run_id.in_(chunk)))
-            connection.execute(delete(Notification).where(Notification.run_id.in_(chunk)))
+            connection.execute(delete(steps).where(steps.c.run_id.in_(chunk)))
+            connection.execute(delete(reports).where(reports.c.run_id.in_(chunk)))
+            connection.execute(delete(notifications).where(notifications.c.run_id.in_(chunk)))
             connection.execute(
-                delete(Run).where(
-                    Run.id.in_(chunk), Run.server == store.server, Run.status.not_in(("queued", "running"))
+                delete(runs).where(
+                    runs.c.id.in_(chunk),
+                    runs.c.server == store.server,
+                    runs.c.status.not_in(("queued", "running")),
                 )
             )
 
 
-def _deliveries_to_prune(store: Store, before: datetime, dropped_runs: Collection[int]) -> list[Delivery]:
+def _deliveries_to_prune(store: Store, before: datetime, dropped_runs: Collection[int]) -> list[Row[Any]]:
     """Deliveries received before ``before`` and routed (or given up), oldest first, that no run names
     but those in ``dropped_runs``: a run that is kept keeps the record of the delivery it carried out."""
-    with Session(store.engine, expire_on_commit=False) as session:
+    with store.engine.connect() as connection:
         named = {
             delivery_id
-            for run_id, delivery_id in session.execute(
-                select(Run.id, Run.delivery_id).where(
-                    Run.server == store.server, Run.delivery_id.is_not(None)
+            for run_id, delivery_id in connection.execute(
+                select(runs.c.id, runs.c.delivery_id).where(
+                    runs.c.server == store.server, runs.c.delivery_id.is_not(None)
                 )
             )
             if run_id not in dropped_runs
         }
         query = (
-            select(Delivery)
+            select(deliveries)
             .where(
-                Delivery.server == store.server, Delivery.received_at < before, Delivery.outcome != "received"
+                deliveries.c.server == store.server,
+                deliveries.c.received_at < before,
+                deliveries.c.outcome != "received",
             )
-            .order_by(Delivery.received_at, Delivery.delivery_id)
+            .order_by(deliveries.c.received_at, deliveries.c.delivery_id)
         )
-        return [d for d in session.scalars(query) if d.delivery_id not in named]
+        return [d for d in connection.execute(query) if d.delivery_id not in named]
 
 
 def _delete_deliveries(store: Store, delivery_ids: Sequence[str]) -> None:
     """Remove routed deliveries' records; one that a run names (again, by a retry) stays."""
     named = (
-        select(Run.id).where(Run.server == Delivery.server, Run.delivery_id == Delivery.delivery_id).exists()
+        select(runs.c.id)
+        .where(runs.c.server == deliveries.c.server, runs.c.delivery_id == deliveries.c.delivery_id)
+        .exists()
     )
     with store.engine.begin() as connection:
         for start in range(0, len(delivery_ids), 500):
             chunk = delivery_ids[start : start + 500]
             connection.execute(
-                delete(Delivery).where(
-                    Delivery.server == store.server,
-                    Delivery.delivery_id.in_(chunk),
-                    Delivery.outcome != "received",
+                delete(deliveries).where(
+                    deliveries.c.server == store.server,
+                    deliveries.c.delivery_id.in_(chunk),
+                    deliveries.c.outcome != "received",
                     ~named,
                 )
             )
@@ -160,15 +172,15 @@ def _reports_to_prune(store: Store, before: datetime, dropped_runs: Collection[i
     """The outbox's rows made before ``before`` and sent or given up, of runs with no row still pending
     (which may need them: a deployment's status needs the deployment's id), but for those of
     ``dropped_runs`` (which go with their run)."""
-    waiting = select(GitHubReport.run_id).where(GitHubReport.state == PENDING)
-    query = select(GitHubReport.id, GitHubReport.run_id).where(
-        GitHubReport.run_id.in_(select(Run.id).where(Run.server == store.server)),
-        GitHubReport.state != PENDING,
-        GitHubReport.created_at < before,
-        GitHubReport.run_id.not_in(waiting),
+    waiting = select(reports.c.run_id).where(reports.c.state == PENDING)
+    query = select(reports.c.id, reports.c.run_id).where(
+        reports.c.run_id.in_(select(runs.c.id).where(runs.c.server == store.server)),
+        reports.c.state != PENDING,
+        reports.c.created_at < before,
+        reports.c.run_id.not_in(waiting),
     )
     with store.engine.connect() as connection:
-        rows = connection.execute(query.order_by(GitHubReport.id))
+        rows = connection.execute(query.order_by(reports.c.id))
         return [row.id for row in rows if row.run_id not in dropped_runs]
 
 
@@ -177,9 +189,7 @@ def _delete_reports(store: Store, report_ids: Sequence[int]) -> None:
     with store.engine.begin() as connection:
         for start in range(0, len(report_ids), 500):
             chunk = report_ids[start : start + 500]
-            connection.execute(
-                delete(GitHubReport).where(GitHubReport.id.in_(chunk), GitHubReport.state != PENDING)
-            )
+            connection.execute(delete(reports).where(reports.c.id.in_(chunk), reports.c.state != PENDING))
 
 
 def plan(config: Config, store: Store, now: datetime | None = None) -> Plan:

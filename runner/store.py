@@ -26,7 +26,6 @@ from runner.servers import THIS_SERVER, Servers, where_server
 
 if TYPE_CHECKING:
     from alembic.config import Config as AlembicConfig
-    from sqlalchemy.orm import Session
 
 
 class Store(DeliveryRecords):
@@ -348,7 +347,7 @@ class Store(DeliveryRecords):
             return connection.scalars(deployed_commit(server or self.server, pipeline)).first()
 
 
-def next_attempt(connection: Connection | Session, server: str, pipeline: str, delivery_id: str) -> int:
+def next_attempt(connection: Connection, server: str, pipeline: str, delivery_id: str) -> int:
     """The attempt number after the last of the server's (delivery, pipeline)'s runs (runner/claims.py's
     too)."""
     runs = tables.runs

@@ -79,7 +79,7 @@ ALLOWED: dict[str, set[str]] = {
         "runner.tables",
     },
     # Which run carries out an entry, or is called off: decided by the database.
-    "runner.claims": {"runner.database", "runner.models", "runner.store"},
+    "runner.claims": {"runner.database", "runner.store", "runner.tables"},
     # The pipeline language: templating, the shell rules, the YAML, the model, its checks and loading.
     "runner.templating": set(),
     "runner.shell": {"runner.templating"},
@@ -159,7 +159,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.github_auth": {"runner.config", "runner.github", "runner.masking"},
     # What runs tell GitHub: the calls (pure), the outbox that keeps them, the reporter that sends them.
     "runner.github_reports": {"runner.pipeline"},
-    "runner.outbox": {"runner.github_reports", "runner.models", "runner.store"},
+    "runner.outbox": {"runner.github_reports", "runner.store", "runner.tables"},
     "runner.reporter": {
         "runner.entry",
         "runner.errors",
@@ -177,10 +177,10 @@ ALLOWED: dict[str, set[str]] = {
     "runner.notify_messages": set(),
     "runner.notifications": {
         "runner.credentials",
-        "runner.models",
         "runner.notify_messages",
         "runner.pipeline",
         "runner.store",
+        "runner.tables",
     },
     "runner.notify_send": {
         "runner",
@@ -192,7 +192,6 @@ ALLOWED: dict[str, set[str]] = {
     },
     "runner.notifier": {
         "runner.config",
-        "runner.models",
         "runner.notifications",
         "runner.notify_send",
         "runner.pipeline",
@@ -217,10 +216,10 @@ ALLOWED: dict[str, set[str]] = {
         "runner.catchup_finding",
         "runner.config",
         "runner.github",
-        "runner.models",
         "runner.pipeline",
         "runner.steps",
         "runner.store",
+        "runner.tables",
         "runner.trigger",
     },
     "runner.catchup": {
@@ -370,9 +369,9 @@ ALLOWED: dict[str, set[str]] = {
     "runner.retention": {
         "runner.config",
         "runner.failed",
-        "runner.models",
         "runner.outbox",
         "runner.store",
+        "runner.tables",
         "runner.timefmt",
     },
     # The status page's actions (redeploy, cancel), done for the router as the commands do them, recorded.
