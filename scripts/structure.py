@@ -63,7 +63,6 @@ ALLOWED: dict[str, set[str]] = {
     "runner.consumer": {"runner.queue"},
     "runner.entry": {"runner.events", "runner.queue"},
     "runner.tables": {"runner.timefmt"},
-    "runner.models": {"runner.tables"},
     "runner.database": set(),
     # The database through its DB-API driver alone, for a server (no SQLAlchemy).
     "runner.driver": set(),

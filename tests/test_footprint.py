@@ -19,13 +19,15 @@ import pytest
 from support import free_port, register, run_cli, runner_env, stop_process, wait_for
 
 # Neither process needs these once it is up (on a database at the latest revision, without a GitHub App).
-NEITHER = {"alembic", "mako", "pygments", "jwt", "cryptography", "bcrypt"}
+# Nor the ORM: every module reads and writes with SQLAlchemy Core (runner/tables.py).
+NEITHER = {"alembic", "mako", "pygments", "jwt", "cryptography", "bcrypt", "sqlalchemy.orm"}
 # The server only verifies, writes, and pings the database (through its driver, runner/driver.py); the
 # status page has no users file here.
 NOT_SERVER = NEITHER | {"jinja2", "jsonschema", "yaml", "sqlalchemy", "runner.store", "runner.worker"}
 # The worker alone runs on asyncio's own loop: uvloop is for a server's ingest. It checks pipeline files in a
-# child (jsonschema, Jinja and the checks), imports asyncio without ssl (_ssl: ssl's import is tried, and
-# fails, so that "ssl" itself is in the account), and the modules that send (GitHub's client imports
+# child (jsonschema, Jinja and the checks), imports asyncio without ssl and hashlib without OpenSSL's hashes
+# (_ssl; an import of ssl and of _hashlib is tried, and fails, so that both are in the account: whether
+# OpenSSL is mapped is read from the process's maps), and the modules that send (GitHub's client imports
 # http.client only as it calls) or print only as they do.
 NOT_WORKER = NEITHER | {
     "starlette",
@@ -114,21 +116,31 @@ def test_the_worker_imports_no_web_server(home: Path) -> None:
     try:
         wait_for(lambda: "worker started" in worker.output(), "the worker to start", 60, worker.output)
         modules = worker.modules()
+        mapped = Path(f"/proc/{worker.process.pid}/maps").read_text()
     finally:
         assert worker.stop() == 0, worker.output()
-    assert {"runner.worker", "runner.check_process", "ssl"} <= modules, "the account of imports is not read"
+    expected = {"runner.worker", "runner.check_process", "ssl", "hashlib"}
+    assert expected <= modules, "the account of imports is not read"
     assert heavy(modules, NOT_WORKER) == set()
+    assert "libpython" in mapped or "python" in mapped, "the maps are not read"
+    assert "libcrypto" not in mapped and "libssl" not in mapped
 
 
-def test_asyncio_without_ssl_leaves_ssl_importable() -> None:
-    """What runner work does before its imports: asyncio has no TLS, and a later ``import ssl`` (GitHub's
-    HTTPS, SMTP's STARTTLS) works, as does an HTTPS connection's set-up."""
+def test_the_worker_s_imports_map_no_openssl_and_leave_ssl_and_hashes_working() -> None:
+    """What runner work does before its imports: asyncio has no TLS and hashlib its own hashes, so that
+    SQLAlchemy's imports map no OpenSSL library; hashes and HMACs still come out right, and a later
+    ``import ssl`` (GitHub's HTTPS, SMTP's STARTTLS) works, as does an HTTPS connection's set-up."""
     code = (
         "import sys\n"
         "from runner import start\n"
-        "start.import_asyncio_without_ssl()\n"
-        "import asyncio.base_events, asyncio.sslproto\n"
+        "start.import_without_openssl()\n"
+        "import asyncio.base_events, asyncio.sslproto, hashlib, hmac, sqlalchemy\n"
+        "from runner import store\n"
         "assert asyncio.sslproto.ssl is None and asyncio.base_events.ssl is None\n"
+        "assert 'libcrypto' not in open('/proc/self/maps').read()\n"
+        "assert hashlib.sha256(b'abc').hexdigest().startswith('ba7816bf8f01cfea')\n"
+        "assert hashlib.md5(b'', usedforsecurity=False).hexdigest() == 'd41d8cd98f00b204e9800998ecf8427e'\n"
+        "assert hmac.new(b'key', b'msg', 'sha256').hexdigest().startswith('2d93cbc1be167bcb')\n"
         "import http.client, smtplib, ssl, urllib.request\n"
         "http.client.HTTPSConnection('github.com', context=ssl.create_default_context())\n"
         "assert smtplib._have_ssl and urllib.request.HTTPSHandler\n"
