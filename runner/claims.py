@@ -146,7 +146,8 @@ def _claim(
         # The entry done again: the next attempt of its (delivery, pipeline).
         row["attempt"] = next_attempt(connection, store.server, pipeline, row["delivery_id"])
     row.update(entry=entry, status="running", started_at=now)
-    new_id: int = connection.execute(insert(runs).returning(runs.c.id), row).scalar_one()
+    # In values(), a field that is no column is an error, not a key left out.
+    new_id: int = connection.execute(insert(runs).values(**row).returning(runs.c.id)).scalar_one()
     return new_id, interrupted
 
 

@@ -19,8 +19,6 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from sqlalchemy import Row
-
 from runner.entry import RunEntry
 from runner.errors import describe
 from runner.events import repository_name

@@ -150,6 +150,25 @@ def test_the_worker_s_imports_map_no_openssl_and_leave_ssl_and_hashes_working() 
     assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
 
 
+def test_a_python_without_hashes_of_its_own_keeps_openssl_s() -> None:
+    """A Python built without its own md5 (hashlib's fallback) keeps OpenSSL's hashes in the worker."""
+    code = (
+        "import importlib.util\n"
+        "find_spec = importlib.util.find_spec\n"
+        "importlib.util.find_spec = lambda name, *a: None if name == '_md5' else find_spec(name, *a)\n"
+        "from runner import start\n"
+        "assert not start.has_own_hashes()\n"
+        "start.import_without_openssl()\n"
+        "import asyncio.sslproto, hashlib\n"
+        "assert asyncio.sslproto.ssl is None\n"
+        "assert 'libcrypto' in open('/proc/self/maps').read()\n"
+        "assert hashlib.md5(b'').hexdigest() == 'd41d8cd98f00b204e9800998ecf8427e'\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+
+
 def server_modules(home: Path, database_url: str | None = None) -> set[str]:
     """What a real `runner serve` has imported once it listens (and has answered /healthz)."""
     port = free_port()

@@ -607,7 +607,7 @@ def test_keep_spares_the_release_a_switch_left_in_its_journal_goes_back_to(tmp_p
         releases.succeeded(f"{run}-abcdef{run}", run, f"abcdef{run}" + "0" * 33, "refs/heads/main")
     releases.point("1-abcdef1")  # rolled back to run 1's release
     releases.prepare("3-abcdef3")
-    # Row[Any] 3's worker was stopped during its activate steps: the journal stays, and keep: 1 runs after.
+    # Run 3's worker was stopped during its activate steps: the journal stays, and keep: 1 runs after.
     assert releases.switch("3-abcdef3", 3) == "1-abcdef1"
     releases.activating()
     assert releases.prune(1) == []
