@@ -148,11 +148,19 @@ class DeliveryRecords:
             )
 
     def fail_routing(
-        self, delivery_id: str, event: str, received_at: datetime, entry: str, reason: str
+        self,
+        delivery_id: str,
+        event: str,
+        received_at: datetime,
+        entry: str,
+        reason: str,
+        *,
+        recovered: bool = False,
     ) -> None:
-        """Record that routing the delivery was given up, whether or not it was recorded before."""
+        """Record that routing the delivery was given up, whether or not it was recorded before
+        (``recovered``: the catch-up's)."""
         if not self.record_delivery(
-            delivery_id, event, received_at, entry=entry, outcome="failed", detail=reason
+            delivery_id, event, received_at, entry=entry, outcome="failed", detail=reason, recovered=recovered
         ):
             # Only this entry's record: a delivery first recorded through another entry keeps its outcome.
             with self.engine.begin() as connection:

@@ -493,3 +493,35 @@ def test_cli_hides_the_password_of_an_unreachable_database(command: tuple[str, .
     assert PASSWORD not in result.stdout
     assert PASSWORD not in result.stderr
     assert "127.0.0.1" in result.stdout + result.stderr  # it does say which database failed
+
+
+def test_a_recovered_delivery_given_up_is_recorded_as_recovered(migrated: Store, tmp_path: Path) -> None:
+    """The router gives up an entry of the recovered queue (the catch-up's): the delivery's record says both
+    that its routing failed and that it was recovered, as it would had it been routed."""
+    from runner.entry import delivery_entry, delivery_head
+    from runner.pipelines import PipelineSet
+    from runner.queue import Queue
+    from runner.router import Router
+
+    (tmp_path / "pipelines").mkdir()
+    main, recovered = Queue(tmp_path / "queues" / "main"), Queue(tmp_path / "queues" / "recovered")
+    router = Router(
+        main,
+        tmp_path / "queues",
+        PipelineSet(tmp_path / "pipelines", tmp_path),
+        migrated,
+        recovered=recovered,
+    )
+    at, reason = datetime.now(UTC), "routing failed after 5 tries: DataError: refused"
+    for queue, delivery in ((recovered, "given-up-recovered"), (main, "given-up-received")):
+        head = delivery_head("push", delivery, "4242", at, recovered=queue is recovered)
+        name = queue.put(delivery_entry(head, b"{}"))
+        router.give_up(queue, name, reason)
+        record = migrated.delivery(delivery)
+        assert record is not None
+        assert (record.outcome, record.detail) == (
+            "failed",
+            "routing failed after 5 tries: DataError: refused",
+        )
+        assert record.recovered is (queue is recovered)
+        assert (queue.directory / "failed" / name).is_file()
