@@ -194,12 +194,15 @@ def finish_claimed(store: Store, run_id: int, status: str, reason: str | None) -
     """Record how a claimed run ended; False if it was cancelled by hand meanwhile, which stays its outcome
     (only when it ended is recorded then, and ``reason`` if it says more of that cancel: it starts with
     ``cancelled by hand``, as a release run's switch back after one does)."""
+    # No reason of its own (a run that succeeded): the run keeps the one it was queued with, if any (the
+    # catch-up's, "the branch head moved ...").
+    said = {} if reason is None else {"reason": reason}
     with store.engine.begin() as connection:
         now = datetime.now(UTC)
         done = connection.execute(
             update(runs)
             .where(runs.c.id == run_id, runs.c.status == "running")
-            .values(status=status, reason=reason, finished_at=now)
+            .values(status=status, finished_at=now, **said)
         )
         if done.rowcount:
             return True

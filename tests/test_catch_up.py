@@ -27,6 +27,7 @@ from sqlalchemy import Row
 from support import FINISHED, PAYLOADS, run_cli, runner_env, wait_for
 from test_worker import ZERO_COMMIT, Rig, fake_commit, push_payload
 
+from runner import catchup_branches
 from runner.entry import delivery_entry, delivery_head
 
 TOKEN = "github_pat_catch_up_0123456789"
@@ -441,7 +442,12 @@ def test_branch_heads_that_moved_during_a_week_long_outage_are_deployed_once(hub
     assert "6 branch(es), 2 run(s) queued; 0 error(s)" in done.stderr, done.stderr
     for pipeline, commit, branch in (("app", 11, "main"), ("releases", 13, "release/1")):
         run = hub.deployed(pipeline, fake_commit(commit))
-        assert (run.trigger, run.ref) == ("manual", f"refs/heads/{branch}")
+        # Why it was run stays on the run once it has succeeded.
+        assert (run.trigger, run.ref, run.reason) == (
+            "manual",
+            f"refs/heads/{branch}",
+            catchup_branches.REASON,
+        )
     # The glob's branches were listed, the names looked up one by one.
     assert github.calls("GET", "/repos/acme/rel/branches")
     assert github.calls("GET", "/repos/acme/ghost/branches/gone")
