@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner import pipeline_secrets, repo_checks, sudo
+from runner.catchup import RECOVERED_QUEUE
 from runner.config import Config
 from runner.pipeline import Pipeline
 from runner.pipelines import pipeline_files, validate
@@ -132,7 +133,13 @@ class Doctor:
         return Check("pipelines", True, f"{len(files)} valid ({names})")
 
     def check_queues(self) -> Iterator[Check]:
-        directories = [self.config.main_queue_dir] + [self.config.queues_dir / p.name for p in self.pipelines]
+        # The recovered queue too: the catch-up writes into it, as the worker's user.
+        queues = self.config.queues_dir
+        directories = [
+            self.config.main_queue_dir,
+            queues / RECOVERED_QUEUE,
+            *(queues / pipeline.name for pipeline in self.pipelines),
+        ]
         for directory in directories:
             # A pipeline's queue appears when the worker first routes to it: its parent must allow that.
             target = directory if directory.exists() else _nearest_existing(directory)

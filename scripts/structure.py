@@ -424,6 +424,7 @@ ALLOWED: dict[str, set[str]] = {
     "runner.instance": {"runner.config", "runner.pipelines", "runner.shipped", "runner.steps.systemctl"},
     "runner.setup": {"runner.instance", "runner.known_hosts", "runner.queue", "runner.shipped"},
     "runner.doctor": {
+        "runner.catchup",
         "runner.config",
         "runner.database",
         "runner.loading",

@@ -232,6 +232,21 @@ def test_write_access_to_nginx_sites_or_templates_is_a_root_equivalent_right(
 
 
 @pytest.mark.usefixtures("lane_queue")
+def test_a_recovered_queue_the_deploy_user_cannot_write_fails_with_its_fix(deployed: Deployed) -> None:
+    """The catch-up writes the deliveries it recovers into queues/recovered, as the deploy user: a directory
+    left root's (made by hand, or by a setup run as root) would stop it at the first outage."""
+    recovered = deployed.home / "queues" / "recovered"
+    recovered.mkdir(mode=0o755)  # root's: this test runs as root
+    try:
+        report = doctor(deployed)
+    finally:
+        recovered.rmdir()
+    [line] = fails_only(report, "queue recovered")
+    assert f"cannot create a file in {recovered}" in line.message, line.message
+    assert f"sudo install -d -o {deployed.name} -g {deployed.name} {recovered}" in line.message
+
+
+@pytest.mark.usefixtures("lane_queue")
 def test_an_unmigrated_database_names_runner_db_upgrade(deployed: Deployed) -> None:
     empty = deployed.home / f"empty-{secrets.token_hex(4)}.db"
     try:
