@@ -305,7 +305,7 @@ class Router:
             delivery = entry.delivery
             try:
                 self.store.fail_routing(
-                    delivery, entry.event, entry.received_at, name, reason, recovered=queue is self.recovered
+                    delivery, entry.event, entry.received_at, name, reason, recovered=entry.recovered
                 )
                 for run_id in self.store.fail_unforwarded_runs(delivery, reason):
                     logger.error("run %d of delivery %s failed: %s", run_id, delivery, reason)
